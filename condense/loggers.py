@@ -1,0 +1,100 @@
+"""Loggers: a CSV log always, W&B online when it can be reached, offline otherwise.
+
+W&B with a key but no network retries for minutes before failing, and with no key and
+no WANDB_MODE it raises; so the mode is decided here, up front, with a quick probe.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from condense.files import write_atomic
+
+RUN_ID_FILE = "wandb_run_id"
+DEFAULT_WANDB_URL = "https://api.wandb.ai"
+
+
+def wandb_mode(setting: str) -> str | None:
+    """"online", "offline", or None (off) for a config's `wandb` setting."""
+    if setting == "off":
+        return None
+    if setting == "auto":
+        online = bool(os.environ.get("WANDB_API_KEY")) and _wandb_reachable()
+        return "online" if online else "offline"
+    return setting
+
+
+def _wandb_reachable(timeout: float = 3.0) -> bool:
+    url = urlparse(os.environ.get("WANDB_BASE_URL", DEFAULT_WANDB_URL))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+class _AppendingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        # Lightning deletes an existing metrics.csv here; a resumed run appends to it,
+        # starting from the columns already in its header.
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                self.metrics_keys = next(csv.reader(f), [])
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, except that a resumed run keeps the earlier rows of
+    metrics.csv and appends its own, so the file holds the whole curve."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def make_loggers(setting: str, project: str, name: str, run_dir: Path) -> list[Logger]:
+    """A CSV logger writing run_dir/metrics.csv, plus W&B unless it is off.
+
+    The W&B run id is kept in run_dir, so a resumed run continues the same W&B run.
+    """
+    loggers: list[Logger] = [ResumableCSVLogger(run_dir, name="", version="")]
+    mode = wandb_mode(setting)
+    if mode is None:
+        return loggers
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    id_file = run_dir / RUN_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
+    write_atomic(id_file, run_id)
+    loggers.append(
+        WandbLogger(
+            project=project,
+            name=name,
+            id=run_id,
+            resume="allow",
+            save_dir=str(run_dir),
+            offline=mode == "offline",
+            settings=wandb.Settings(init_timeout=90, silent=True),
+        )
+    )
+    return loggers
+
+
+def wandb_run_id(loggers: list[Logger]) -> str | None:
+    """The W&B run id, or None when W&B is off."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            return logger.version
+    return None
+

@@ -1,0 +1,175 @@
+"""The condenser: a LoRA encoder, N condense embeddings, LayerNorm and a projection,
+feeding a frozen decoder.
+
+Shapes: B batch, L context tokens, N condense slots, T prompt+completion tokens,
+He / Hd encoder / decoder hidden sizes, k = n_last_hidden_states.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from condense.config import ModelConfig
+
+IGNORE_INDEX = -100
+
+
+class Condenser(nn.Module):
+    """Condenses a context into N embeddings in the decoder's input space, and scores
+    the decoder's completion of a prompt from them.
+
+    Args:
+        encoder: A Hugging Face causal LM; LoRA is added to it here.
+        decoder: A Hugging Face causal LM; frozen here (no grads, eval mode).
+        cfg: The condenser's shape and LoRA settings.
+
+    >>> condenser = Condenser(encoder, decoder, ModelConfig(num_condense_tokens=32))
+    >>> condensed = condenser.condense(context_ids, context_mask)  # (B, 32, Hd)
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, cfg: ModelConfig):
+        super().__init__()
+        self.num_condense_tokens = cfg.num_condense_tokens
+        self.n_last = cfg.n_last_hidden_states
+        encoder_hidden = encoder.config.hidden_size
+        decoder_hidden = decoder.config.hidden_size
+
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_target_modules,
+        )
+        self.encoder = get_peft_model(encoder, lora)
+        # The transformer bodies, without LM heads: the encoder's head is never needed,
+        # and the decoder's head is applied only at labelled positions.
+        self.encoder_body = encoder.base_model
+        self.decoder = decoder.requires_grad_(False).eval()
+        self.decoder_body = decoder.base_model
+
+        # Start on the scale of real embeddings on both sides, so that step 0 already
+        # feeds each model inputs of the size it was trained on.
+        encoder_scale = _embedding_scale(encoder)
+        decoder_scale = _embedding_scale(decoder)
+        self.condense_tokens = nn.Parameter(
+            torch.randn(cfg.num_condense_tokens, encoder_hidden) * encoder_scale
+        )
+        self.norm = nn.LayerNorm(self.n_last * encoder_hidden)
+        self.projection = nn.Linear(self.n_last * encoder_hidden, decoder_hidden)
+        # LayerNorm outputs have unit variance, so weights of std s give outputs of std
+        # s * sqrt(fan_in): choose s to land on the decoder's embedding scale.
+        nn.init.normal_(self.projection.weight, std=decoder_scale / (self.n_last * encoder_hidden) ** 0.5)
+        nn.init.zeros_(self.projection.bias)
+
+    def train(self, mode: bool = True) -> Condenser:
+        """Switch training mode, keeping the frozen decoder in eval mode (no dropout).
+
+        Hugging Face layers only checkpoint activations while `training` is set, so with
+        gradient checkpointing that one flag is raised on the decoder's layers alone; every
+        module that could apply dropout stays in eval mode.
+        """
+        super().train(mode)
+        self.decoder.eval()
+        if mode and getattr(self.decoder, "is_activation_checkpointing", False):
+            for layer in _checkpointed_layers(self.decoder):
+                layer.training = True
+        return self
+
+    def condense(self, context_ids: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+        """Condensed embeddings (B, N, Hd) of right-padded contexts (B, L).
+
+        The N condense embeddings go right after each context's last real token, so
+        positions 0..len+N-1 are contiguous whatever the padding, and the causal mask
+        keeps every real position from seeing the padding that follows it.
+        """
+        batch, length = context_ids.shape
+        n = self.num_condense_tokens
+        lengths = context_mask.sum(1)  # (B,)
+        embeds = self.encoder.get_input_embeddings()(context_ids)  # (B, L, He)
+        embeds = torch.cat([embeds, embeds.new_zeros(batch, n, embeds.shape[-1])], 1)  # (B, L+N, He)
+        rows = torch.arange(batch, device=embeds.device)[:, None].expand(batch, n)  # (B, N)
+        slots = lengths[:, None] + torch.arange(n, device=embeds.device)  # (B, N)
+        tokens = self.condense_tokens.to(embeds.dtype).expand(batch, n, -1)  # (B, N, He)
+        embeds = embeds.index_put((rows, slots), tokens)
+        positions = torch.arange(length + n, device=embeds.device)
+        mask = (positions[None] < (lengths + n)[:, None]).long()  # (B, L+N)
+        out = self.encoder_body(
+            inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True, use_cache=False
+        )
+        hidden = torch.cat(out.hidden_states[-self.n_last :], dim=-1)  # (B, L+N, k*He)
+        hidden = hidden[rows, slots]  # (B, N, k*He)
+        return self.projection(self.norm(hidden))  # (B, N, Hd)
+
+    def decoder_loss(
+        self,
+        condensed: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy of the decoder on labelled tokens, and how many there were.
+
+        The decoder reads [condensed (N) ; prompt+completion (T)]; logits are computed only
+        at the positions that predict a label, not over the whole vocabulary everywhere.
+        """
+        n = condensed.shape[1]
+        token_embeds = self.decoder.get_input_embeddings()(input_ids)  # (B, T, Hd)
+        embeds = torch.cat([condensed.to(token_embeds.dtype), token_embeds], 1)  # (B, N+T, Hd)
+        mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], n), attention_mask], 1)
+        hidden = self.decoder_body(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        # Text token t sits at position N+t and is predicted from position N+t-1.
+        predicting = hidden[:, n - 1 : -1]  # (B, T, Hd)
+        targeted = labels != IGNORE_INDEX  # (B, T)
+        logits = self.decoder.get_output_embeddings()(predicting[targeted])  # (M, V)
+        loss = F.cross_entropy(logits.float(), labels[targeted])
+        return loss, targeted.sum()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and target-token count of a collated batch."""
+        condensed = self.condense(batch["context_ids"], batch["context_mask"])
+        return self.decoder_loss(
+            condensed, batch["input_ids"], batch["attention_mask"], batch["labels"]
+        )
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations of both models in backward (non-reentrant, so gradients
+        reach the condense embeddings through a frozen decoder)."""
+        kwargs = {"activation_checkpointing_kwargs": {"use_reentrant": False}}
+        self.encoder.base_model.model.activation_checkpointing_enable(**kwargs)
+        self.decoder.activation_checkpointing_enable(**kwargs)
+        self.train(self.training)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only what training changes: condense embeddings, norm, projection, LoRA."""
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in trainable}
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by optimizer group: condense, projection (with norm), lora."""
+        groups: dict[str, list[nn.Parameter]] = {"condense": [], "projection": [], "lora": []}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name == "condense_tokens":
+                groups["condense"].append(p)
+            elif name.startswith(("norm.", "projection.")):
+                groups["projection"].append(p)
+            else:
+                groups["lora"].append(p)
+        return groups
+
+
+def _embedding_scale(model: nn.Module) -> float:
+    weight = model.get_input_embeddings().weight
+    if weight.is_meta:  # shapes only (parameter counts, plans): the value is never used
+        return 0.02
+    return weight.float().std().item()
+
+
+def _checkpointed_layers(model: nn.Module) -> list[nn.Module]:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]

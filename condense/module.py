@@ -1,0 +1,66 @@
+"""The LightningModule: one training step, one validation step, the optimizer groups,
+and checkpoints that hold only the trainable state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from transformers import get_cosine_schedule_with_warmup
+
+from condense.config import OptimConfig
+from condense.model import Condenser
+
+
+class CondenseModule(L.LightningModule):
+    """Trains a `Condenser`; the Trainer owns the loop, devices and precision.
+
+    Args:
+        condenser: The model, with its frozen decoder inside.
+        optim: Learning rates, weight decay, warmup, clipping.
+        max_steps: Length of the cosine decay.
+    """
+
+    def __init__(self, condenser: Condenser, optim: OptimConfig, max_steps: int):
+        super().__init__()
+        self.condenser = condenser
+        self.optim = optim
+        self.max_steps = max_steps
+        # Checkpoints hold only the trainable state, so loading one must not ask for the
+        # frozen weights it deliberately left out.
+        self.strict_loading = False
+        self.val_loss_initial: float | None = None
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = self.condenser(batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Lightning validates at its interval, not at max_steps; asking it to stop on the
+        # last step makes it validate (and checkpoint) there too, so the final weights
+        # always have a val_loss and can be the best checkpoint.
+        if self.trainer.global_step >= self.trainer.max_steps:
+            self.trainer.should_stop = True
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, targets = self.condenser(batch)
+        # Weighted by target tokens, so val_loss is the mean over tokens, not over batches.
+        self.log("val_loss", loss, prog_bar=True, batch_size=int(targets), sync_dist=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        groups = self.condenser.parameter_groups()
+        lrs = {"condense": self.optim.lr_condense, "projection": self.optim.lr_projection, "lora": self.optim.lr_lora}
+        params = [{"params": groups[name], "lr": lrs[name], "name": name} for name in groups if groups[name]]
+        optimizer = torch.optim.AdamW(params, weight_decay=self.optim.weight_decay, foreach=True)
+        schedule = get_cosine_schedule_with_warmup(optimizer, self.optim.warmup_steps, self.max_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {f"condenser.{k}" for k in self.condenser.trainable_state_dict()}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["val_loss_initial"] = self.val_loss_initial
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.val_loss_initial = checkpoint.get("val_loss_initial")

@@ -1,0 +1,97 @@
+"""An embedded data set that needs no file and no network.
+
+Each passage states facts no pretrained model can know (invented people, towns,
+numbers and dates), so a decoder can only get them right through the condensed context.
+One passage gives three samples: reconstruction, question answering, continuation.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from condense.samples import Sample
+
+_ONSETS = ["b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kl", "l", "m", "n", "p", "r",
+           "s", "st", "t", "th", "v", "w", "z"]
+_VOWELS = ["a", "e", "i", "o", "u", "ae", "ia", "ou"]
+_CODAS = ["", "n", "r", "l", "s", "th", "m", "nd", "rk", "x"]
+_JOBS = ["glassmaker", "clockmaker", "ferry pilot", "beekeeper", "cartographer", "weaver",
+         "lighthouse keeper", "violin maker", "salt trader", "bookbinder", "tanner", "brewer"]
+_THINGS = ["goats", "books", "boats", "lanterns", "apple trees", "bells", "looms", "maps"]
+_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
+           "September", "October", "November", "December"]
+_COLOURS = ["red", "blue", "green", "yellow", "grey", "white", "black", "orange"]
+
+RECONSTRUCTION, QUESTION_ANSWERING, CONTINUATION = "reconstruction", "question_answering", "continuation"
+TASKS = (RECONSTRUCTION, QUESTION_ANSWERING, CONTINUATION)
+RECONSTRUCTION_PROMPT = "Repeat the passage above word for word.\n"
+CONTINUATION_PROMPT = "Continue the passage.\n"
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One sentence of a passage, and a question whose exact answer it states."""
+
+    sentence: str
+    question: str
+    answer: str
+
+
+def _word(rng: random.Random, syllables: int) -> str:
+    parts = [rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables)]
+    return ("".join(parts) + rng.choice(_CODAS)).capitalize()
+
+
+def _facts(rng: random.Random) -> list[Fact]:
+    first, family = _word(rng, 2), _word(rng, 2)
+    person = f"{first} {family}"
+    town, river, street = _word(rng, 2) + rng.choice(["holm", "by", "wick", "ford"]), _word(rng, 2), _word(rng, 2)
+    sibling = f"{_word(rng, 2)} {family}"
+    year = rng.randint(1820, 1960)
+    born = f"{rng.randint(1, 28)} {rng.choice(_MONTHS)} {year}"
+    job, things, colour = rng.choice(_JOBS), rng.choice(_THINGS), rng.choice(_COLOURS)
+    count, moved, age = rng.randint(3, 97), year + rng.randint(16, 60), rng.randint(61, 104)
+    return [
+        Fact(f"{person} was born on {born} in {town}.", f"When was {person} born?", born),
+        Fact(f"{first} worked as a {job} on {street} Street.", f"On which street did {first} work?", f"{street} Street"),
+        Fact(f"The family kept {count} {things} beside the {river} river.", f"How many {things} did the family keep?", str(count)),
+        Fact(f"In {moved}, {first} moved across the {river} with {sibling}.", f"In which year did {first} move across the {river}?", str(moved)),
+        Fact(f"Their house had {_article(colour)} {colour} door and {rng.randint(2, 9)} windows.", f"What colour was the door of {first}'s house?", colour),
+        Fact(f"{sibling} later became the mayor of {town}.", f"Who became the mayor of {town}?", sibling),
+        Fact(f"{person} died at the age of {age}.", f"At what age did {person} die?", str(age)),
+    ]
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def make_passage(rng: random.Random) -> list[Fact]:
+    """Five to seven facts about one invented person: birth first, death last."""
+    facts = _facts(rng)
+    return [facts[0], *rng.sample(facts[1:-1], rng.randint(3, 5)), facts[-1]]
+
+
+def synthetic_samples(num_passages: int, seed: int = 0) -> list[Sample]:
+    """`num_passages` passages, three samples each, the same for the same seed."""
+    rng = random.Random(f"condense-synthetic-{seed}")
+    samples: list[Sample] = []
+    for index in range(num_passages):
+        facts = make_passage(rng)
+        text = " ".join(f.sentence for f in facts)
+        asked = rng.choice(facts)
+        cut = rng.randint(2, len(facts) - 2)
+        group = f"synthetic-{seed}-{index}"
+        samples += [
+            Sample(text, RECONSTRUCTION_PROMPT, text, RECONSTRUCTION, group),
+            Sample(text, f"{asked.question}\n", asked.answer, QUESTION_ANSWERING, group),
+            Sample(
+                " ".join(f.sentence for f in facts[:cut]),
+                CONTINUATION_PROMPT,
+                " ".join(f.sentence for f in facts[cut:]),
+                CONTINUATION,
+                group,
+            ),
+        ]
+    return samples

