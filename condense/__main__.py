@@ -82,9 +82,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if argv else 2)
     command, rest = argv[0], argv[1:]
     if command == "train":
+        cfg = parse_train(rest)
+        from condense.samples import DataError
         from condense.train import train
+        from condense.weights import ModelNotFoundError
 
-        train(parse_train(rest))
+        try:
+            train(cfg)
+        except (DataError, ModelNotFoundError, FileNotFoundError) as err:
+            raise SystemExit(f"condense: error: {err}") from None
     else:
         raise SystemExit(f"condense: error: unknown command {command!r}\n{USAGE}")
 

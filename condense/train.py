@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from condense.config import TrainConfig
 from condense.data import CondenseDataModule
@@ -23,16 +24,21 @@ from condense.module import CondenseModule
 from condense.weights import load_causal_lm, load_tokenizer
 
 
+# The frozen decoder is in eval mode on purpose (no dropout); Lightning warns about it.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train a condenser as `cfg` says; returns the summary also written to summary.json."""
     start = time.monotonic()
     L.seed_everything(cfg.seed, verbose=False)
+    precision = resolve_precision(cfg.precision, cfg.accelerator)
+    # Data and weights are checked before anything is written, so a bad input costs
+    # nothing but its error message.
+    module, datamodule = build(cfg, precision)
     run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-    precision = resolve_precision(cfg.precision, cfg.accelerator)
-    module, datamodule = build(cfg, precision)
     loggers = make_loggers(cfg.wandb, cfg.wandb_project, cfg.name, run_dir)
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val_loss", mode="min",
@@ -50,7 +56,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         gradient_clip_val=cfg.optim.grad_clip or None,
         log_every_n_steps=cfg.log_every_n_steps,
         logger=loggers,
-        callbacks=[checkpoints],
+        callbacks=[checkpoints, TQDMProgressBar(refresh_rate=1)],
         default_root_dir=run_dir,
     )
     resume_from = resolve_resume(cfg.resume, run_dir)
@@ -77,9 +83,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDataModule]:
-    """The LightningModule and DataModule for a config (loads tokenizers and weights)."""
+    """The LightningModule and a set-up DataModule for a config: tokenizers, then the data
+    (cheap, and the likelier to be wrong), then the weights."""
     encoder_tok = load_tokenizer(cfg.model.encoder)
     decoder_tok = load_tokenizer(cfg.model.decoder)
+    datamodule = CondenseDataModule(cfg.data, cfg.dataset, encoder_tok, decoder_tok, cfg.seed)
+    datamodule.setup()
     # Frozen weights are stored in the compute dtype; only trainable ones stay fp32.
     dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision.split("-")[0], torch.float32)
     encoder = load_causal_lm(cfg.model.encoder, dtype)
@@ -87,9 +96,7 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
     condenser = Condenser(encoder, decoder, cfg.model)
     if _use_checkpointing(cfg):
         condenser.enable_gradient_checkpointing()
-    module = CondenseModule(condenser, cfg.optim, cfg.max_steps)
-    datamodule = CondenseDataModule(cfg.data, cfg.dataset, encoder_tok, decoder_tok, cfg.seed)
-    return module, datamodule
+    return CondenseModule(condenser, cfg.optim, cfg.max_steps), datamodule
 
 
 def resolve_run_dir(cfg: TrainConfig) -> Path:

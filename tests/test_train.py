@@ -92,3 +92,13 @@ def test_wandb_offline_records_a_run_id(tiny_pair, tmp_path):
     summary = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=1, wandb="offline"))
     assert summary["wandb_run_id"]
     assert (tmp_path / "run" / "wandb_run_id").read_text() == summary["wandb_run_id"]
+
+
+def test_bad_data_fails_before_anything_is_written(tiny_pair, tmp_path):
+    from condense.samples import DataError
+
+    import pytest
+
+    with pytest.raises(DataError, match="no such file"):
+        train(tiny_config(*tiny_pair, tmp_path / "run", data=str(tmp_path / "missing.jsonl")))
+    assert not (tmp_path / "run").exists()
