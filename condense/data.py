@@ -25,6 +25,8 @@ def load_samples(source: str, cfg: DatasetConfig, seed: int) -> list[Sample]:
     with contexts cut to `max_characters` and only the configured tasks kept."""
     if source == SYNTHETIC:
         samples = synthetic_samples(cfg.synthetic_passages, seed)
+    elif Path(source).is_dir():
+        samples = read_hub(source)  # a dataset folder in the Hub's layout, read the same way
     elif Path(source).suffix in (".jsonl", ".json", ".parquet") or Path(source).exists():
         if not Path(source).is_file():
             raise DataError(f"--data {source}: no such file")

@@ -56,10 +56,15 @@ def read_file(path: Path) -> list[Sample]:
 
 
 def read_hub(dataset_id: str, split: str = "train") -> list[Sample]:
-    """Samples from a Hugging Face dataset in the original's columns."""
+    """Samples from a Hugging Face dataset (a Hub id or a local dataset folder) in the
+    original's columns."""
     import datasets
 
-    rows = datasets.load_dataset(dataset_id, split=split).to_list()
+    try:
+        rows = datasets.load_dataset(dataset_id, split=split).to_list()
+    except (FileNotFoundError, ConnectionError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"--data {dataset_id}: cannot load it as a dataset ({first_line})") from err
     return from_rows(rows, dataset_id)
 
 

@@ -93,6 +93,9 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
     dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision.split("-")[0], torch.float32)
     encoder = load_causal_lm(cfg.model.encoder, dtype)
     decoder = load_causal_lm(cfg.model.decoder, dtype)
+    # Seeded here, not only at start: loading (a first-time GGUF conversion, say) may
+    # draw random numbers, and the condenser's initialisation must not depend on that.
+    L.seed_everything(cfg.seed, verbose=False)
     condenser = Condenser(encoder, decoder, cfg.model)
     if _use_checkpointing(cfg):
         condenser.enable_gradient_checkpointing()

@@ -59,6 +59,19 @@ def test_local_files_in_the_original_columns(tmp_path, suffix):
     assert samples[0].context == ORIGINAL_ROWS[0]["context"][:20]  # max_characters applies
 
 
+def test_dataset_folder_in_hub_layout_loads_through_datasets(tmp_path):
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist(ORIGINAL_ROWS), tmp_path / "data" / "train-00000-of-00001.parquet")
+    samples = load_samples(str(tmp_path), DatasetConfig(), seed=0)
+    assert [s.completion for s in samples] == ["Alpha beta gamma.", "4"]
+
+
+def test_unknown_hub_dataset_offline_is_one_clear_line():
+    with pytest.raises(DataError, match="no-such-org/no-such-data") as err:
+        load_samples("no-such-org/no-such-data", DatasetConfig(), seed=0)
+    assert "\n" not in str(err.value)
+
+
 def test_a_row_without_a_field_is_named(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(ORIGINAL_ROWS[0]) + "\n" + json.dumps({"context": "x", "activation_prompt": "y"}) + "\n")

@@ -102,3 +102,12 @@ def test_bad_data_fails_before_anything_is_written(tiny_pair, tmp_path):
     with pytest.raises(DataError, match="no such file"):
         train(tiny_config(*tiny_pair, tmp_path / "run", data=str(tmp_path / "missing.jsonl")))
     assert not (tmp_path / "run").exists()
+
+
+def test_initialisation_depends_only_on_the_seed(tiny_pair, tmp_path):
+    cfg = tiny_config(*tiny_pair, tmp_path / "run")
+    first, _ = build(cfg, cfg.precision)
+    torch.rand(1000)  # as if loading had drawn random numbers
+    second, _ = build(cfg, cfg.precision)
+    a, b = first.condenser.trainable_state_dict(), second.condenser.trainable_state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
