@@ -53,7 +53,10 @@ def parse_train(argv: list[str]) -> TrainConfig:
         argv = ["--config", str(job_path("test"))] + argv
     parser = train_parser()
     parsed = parser.instantiate(parser.parse_args(argv))
-    return TrainConfig(**{f.name: getattr(parsed, f.name) for f in fields(TrainConfig)})
+    try:
+        return TrainConfig(**{f.name: getattr(parsed, f.name) for f in fields(TrainConfig)})
+    except ValueError as err:  # the config's own checks (__post_init__)
+        parser.error(str(err))
 
 
 def normalize_flags(argv: list[str]) -> list[str]:

@@ -54,8 +54,8 @@ class DatasetConfig:
         max_characters: Contexts are cut to this many characters before tokenizing.
         batch_size: Samples per optimizer step (per device).
         num_workers: DataLoader worker processes.
-        val_size: Validation samples, taken whole-context-groups at a time so that no
-            context (or a prefix of one) is in both splits.
+        val_size: Validation samples, taken a whole context at a time so that no context is
+            in both splits (a synthetic passage and its prefixes count as one).
         train_on_prompt: Put the prompt tokens in the loss too, as the original trainer did.
             Off by default: the loss is on the completion only.
         synthetic_passages: Passages generated when `data` is "synthetic"; each passage
@@ -111,7 +111,8 @@ class TrainConfig:
         precision: Lightning precision; "auto" is bf16-mixed where the hardware has bf16
             (frozen weights are then stored in bf16) and 32-true elsewhere.
         accelerator: Lightning accelerator: auto, cpu, gpu.
-        devices: Lightning devices: auto, a count, or a list of ids.
+        devices: Lightning devices: a count or a list of ids (several GPUs come with the
+            launchers in launch/; one device here).
         val_every_n_steps: Validate (and maybe save the best checkpoint) every this many steps.
         val_batches: Validation batches per check (null: the whole validation split).
         log_every_n_steps: How often training metrics are logged.
@@ -131,7 +132,7 @@ class TrainConfig:
     resume: str = "auto"
     precision: str = "auto"
     accelerator: str = "auto"
-    devices: int | str | list[int] = "auto"
+    devices: int | str | list[int] = 1
     val_every_n_steps: int = 100
     val_batches: int | None = None
     log_every_n_steps: int = 10
@@ -140,6 +141,12 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_steps <= 0:
+            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+        if self.val_every_n_steps <= 0:
+            raise ValueError(f"val_every_n_steps must be positive, got {self.val_every_n_steps}")
 
     def to_dict(self) -> dict:
         """Plain nested dict, for saving beside the checkpoints and for loggers."""

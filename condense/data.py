@@ -108,16 +108,14 @@ def _pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]
 class LengthGroupedBatchSampler(Sampler[list[int]]):
     """Batches of similar lengths, so dynamic padding pads little, in a seeded order.
 
-    With `shuffle`, indices are shuffled, cut into windows of `batch_size * window`,
-    sorted by length inside each window, batched, and the batches shuffled again: random
-    enough for training, tight enough that padding stays small. Without it, batches
-    follow length order (validation). Call `set_epoch` for a new order each epoch.
+    Indices are shuffled, cut into windows of `batch_size * window`, sorted by length
+    inside each window, batched, and the batches shuffled again: random enough for
+    training, tight enough that padding stays small. `set_epoch` gives a new order.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0, window: int = 50):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, window: int = 50):
         self.lengths = lengths
         self.batch_size = batch_size
-        self.shuffle = shuffle
         self.seed = seed
         self.window = window
         self.epoch = 0
@@ -127,10 +125,6 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         order = list(range(len(self.lengths)))
-        if not self.shuffle:
-            order.sort(key=self.lengths.__getitem__)
-            yield from self._chunk(order)
-            return
         rng = random.Random(self.seed * 100_003 + self.epoch)
         rng.shuffle(order)
         span = self.batch_size * self.window
@@ -174,13 +168,15 @@ class CondenseDataModule(L.LightningDataModule):
         self.val_set = tokenize(self.val_samples, self.encoder_tok, self.decoder_tok, self.cfg)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        # Batched like training, but no one calls set_epoch on it: every validation sees the
+        # same batches, and a `val_batches` limit takes a fair sample, not the shortest.
+        return self._loader(self.val_set)
 
-    def _loader(self, dataset: list[Tokenized], shuffle: bool) -> DataLoader:
-        sampler = LengthGroupedBatchSampler([len(t) for t in dataset], self.cfg.batch_size, shuffle, self.seed)
+    def _loader(self, dataset: list[Tokenized]) -> DataLoader:
+        sampler = LengthGroupedBatchSampler([len(t) for t in dataset], self.cfg.batch_size, self.seed)
         return DataLoader(
             dataset,
             batch_sampler=sampler,

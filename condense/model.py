@@ -124,7 +124,7 @@ class Condenser(nn.Module):
         predicting = hidden[:, n - 1 : -1]  # (B, T, Hd)
         targeted = labels != IGNORE_INDEX  # (B, T)
         logits = self.decoder.get_output_embeddings()(predicting[targeted])  # (M, V)
-        loss = F.cross_entropy(logits.float(), labels[targeted])
+        loss = F.cross_entropy(_as_model_logits(logits.float(), self.decoder.config), labels[targeted])
         return loss, targeted.sum()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,6 +140,9 @@ class Condenser(nn.Module):
         kwargs = {"activation_checkpointing_kwargs": {"use_reentrant": False}}
         self.encoder.base_model.model.activation_checkpointing_enable(**kwargs)
         self.decoder.activation_checkpointing_enable(**kwargs)
+        # Enabling it also makes the decoder's token embeddings require grad (a hook meant
+        # for reentrant checkpointing); that gradient is never used, so turn it off.
+        self.decoder.disable_input_require_grads()
         self.train(self.training)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -160,6 +163,19 @@ class Condenser(nn.Module):
             else:
                 groups["lora"].append(p)
         return groups
+
+
+def _as_model_logits(logits: torch.Tensor, config) -> torch.Tensor:
+    """What the decoder's own forward does to its LM head's output, for the families that
+    do anything: Cohere scales, Granite divides, Gemma 2/3 soft-cap."""
+    if getattr(config, "logit_scale", None):
+        logits = logits * config.logit_scale
+    if getattr(config, "logits_scaling", None):
+        logits = logits / config.logits_scaling
+    if getattr(config, "final_logit_softcapping", None):
+        cap = config.final_logit_softcapping
+        logits = torch.tanh(logits / cap) * cap
+    return logits
 
 
 def _embedding_scale(model: nn.Module) -> float:

@@ -13,6 +13,10 @@ from condense.config import OptimConfig
 from condense.model import Condenser
 
 
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint whose trainable tensors are not this model's."""
+
+
 class CondenseModule(L.LightningModule):
     """Trains a `Condenser`; the Trainer owns the loop, devices and precision.
 
@@ -36,6 +40,13 @@ class CondenseModule(L.LightningModule):
         loss, _ = self.condenser(batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning calls set_epoch only on a DataLoader's sampler, not on a custom batch
+        # sampler, so a new epoch would replay the same batch order without this.
+        batch_sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
+        if hasattr(batch_sampler, "set_epoch"):
+            batch_sampler.set_epoch(self.current_epoch)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Lightning validates at its interval, not at max_steps; asking it to stop on the
@@ -63,4 +74,15 @@ class CondenseModule(L.LightningModule):
         checkpoint["val_loss_initial"] = self.val_loss_initial
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Loading is non-strict (the frozen weights are left out on purpose), so check here
+        # that the checkpoint holds exactly this condenser's trainable state.
+        expected = {f"condenser.{k}" for k in self.condenser.trainable_state_dict()}
+        found = set(checkpoint["state_dict"])
+        if found != expected:
+            missing, extra = sorted(expected - found), sorted(found - expected)
+            raise CheckpointMismatchError(
+                f"checkpoint does not match this model: {len(missing)} trainable tensors missing"
+                f" (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]});"
+                " was it trained with other model or LoRA settings?"
+            )
         self.val_loss_initial = checkpoint.get("val_loss_initial")

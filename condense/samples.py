@@ -44,8 +44,15 @@ def from_rows(rows: list[dict], origin: str) -> list[Sample]:
 def read_file(path: Path) -> list[Sample]:
     """Samples from a local .jsonl or .parquet file."""
     if path.suffix in (".jsonl", ".json"):
+        rows = []
         with path.open(encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}: line {number}: not a JSON object ({err.msg})") from None
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 

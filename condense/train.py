@@ -40,6 +40,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     loggers = make_loggers(cfg.wandb, cfg.wandb_project, cfg.name, run_dir)
+    for logger in loggers:
+        logger.log_hyperparams(cfg.to_dict())
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val_loss", mode="min",
         save_top_k=1, save_last=True, auto_insert_metric_name=False,

@@ -48,12 +48,17 @@ def embedded_gguf_path() -> Path | None:
     return path if path.is_file() else None
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it, but at call time, not import time."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "on", "true", "yes")
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """True when the Hub endpoint accepts a TCP connection; HF_HUB_OFFLINE=1 means no.
 
     A quick probe, because a Hub call with no network retries for tens of seconds.
     """
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if hub_offline():
         return False
     from huggingface_hub import constants
 
@@ -155,7 +160,7 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32):
 def _loadable(name: str) -> str:
     resolved = resolve_model(name)
     is_local = Path(resolved).exists()
-    if not is_local and os.environ.get("HF_HUB_OFFLINE") and not _in_hub_cache(resolved):
+    if not is_local and hub_offline() and not _in_hub_cache(resolved):
         raise ModelNotFoundError(
             f"model {resolved!r} is not a local folder and is not in the Hub cache"
             " (HF_HUB_OFFLINE is set)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,13 @@ def test_default_job_is_the_original_setup():
     assert cfg.data == "Condense-AI/benchmark-condense-v0.1"
 
 
+@pytest.mark.parametrize("flag", ["--max-steps=0", "--val-every-n-steps=-1"])
+def test_non_positive_step_counts_are_refused(flag):
+    with pytest.raises(SystemExit) as err:
+        parse_train(["--test", flag])
+    assert err.value.code != 0
+
+
 def test_unknown_option_is_refused():
     with pytest.raises(SystemExit) as err:
         parse_train(["--test", "--max-stepz", "3"])
@@ -74,7 +82,8 @@ def test_unknown_command_exits_nonzero():
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "condense", "--help"], capture_output=True, text=True)
+    script = shutil.which("condense") or str(Path(sys.executable).parent / "condense")
+    out = subprocess.run([script, "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "train" in out.stdout
 
 

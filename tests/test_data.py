@@ -29,7 +29,8 @@ def test_train_and_validation_share_no_context_or_passage():
     assert not {s.context for s in train} & {s.context for s in val}
     assert not {s.group for s in train} & {s.group for s in val}
     # A continuation context is a prefix of its passage; the passage must not be in train.
-    assert not any(v.context in t.context for v in val for t in train[:200])
+    train_text = "\n".join(t.context for t in train)
+    assert not any(v.context in train_text for v in val)
 
 
 def test_split_groups_rows_by_context_when_no_group_is_given():
@@ -72,6 +73,13 @@ def test_unknown_hub_dataset_offline_is_one_clear_line():
     assert "\n" not in str(err.value)
 
 
+def test_a_line_that_is_not_json_is_named(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps(ORIGINAL_ROWS[0]) + "\n{not json\n")
+    with pytest.raises(DataError, match=r"broken.jsonl: line 2: not a JSON object"):
+        load_samples(str(path), DatasetConfig(), seed=0)
+
+
 def test_a_row_without_a_field_is_named(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(ORIGINAL_ROWS[0]) + "\n" + json.dumps({"context": "x", "activation_prompt": "y"}) + "\n")
@@ -110,7 +118,7 @@ def test_length_grouping_pads_less_than_random_batches():
     import random
 
     lengths = [random.Random(i).randint(10, 500) for i in range(800)]
-    grouped = list(LengthGroupedBatchSampler(lengths, 8, shuffle=True, seed=0))
+    grouped = list(LengthGroupedBatchSampler(lengths, 8, seed=0))
     assert sorted(i for b in grouped for i in b) == list(range(800))  # every sample once
 
     def padding(batches):
@@ -124,9 +132,9 @@ def test_length_grouping_pads_less_than_random_batches():
 
 def test_batch_order_is_seeded_and_changes_by_epoch():
     lengths = list(range(100))
-    sampler = LengthGroupedBatchSampler(lengths, 4, shuffle=True, seed=1, window=5)
+    sampler = LengthGroupedBatchSampler(lengths, 4, seed=1, window=5)
     first = list(sampler)
-    assert first == list(LengthGroupedBatchSampler(lengths, 4, shuffle=True, seed=1, window=5))
+    assert first == list(LengthGroupedBatchSampler(lengths, 4, seed=1, window=5))
     sampler.set_epoch(1)
     assert list(sampler) != first
 

@@ -70,9 +70,12 @@ def test_condensed_context_does_not_depend_on_batch_neighbours(tiny_pair):
     condenser, enc_tok, dec_tok = _build(tiny_pair)
     condenser.eval()
     samples = synthetic_samples(2, seed=6)
+    short, long = samples[2], samples[0]  # a passage's prefix, and the whole passage
+    batch = _batch(enc_tok, dec_tok, [short, long])
+    assert batch["context_mask"][0].sum() < batch["context_mask"].shape[1]  # short is padded
     with torch.no_grad():
-        alone = condenser.condense(**_context(_batch(enc_tok, dec_tok, [samples[1]])))
-        pair = condenser.condense(**_context(_batch(enc_tok, dec_tok, [samples[1], samples[3]])))
+        alone = condenser.condense(**_context(_batch(enc_tok, dec_tok, [short])))
+        pair = condenser.condense(**_context(batch))
     torch.testing.assert_close(pair[0], alone[0], rtol=0, atol=1e-5)
 
 
@@ -147,6 +150,11 @@ def test_gradient_checkpointing_keeps_gradients_and_dropout_off(tiny_pair):
     plain = condenser.condense_tokens.grad.clone()
     condenser.zero_grad()
     condenser.enable_gradient_checkpointing()
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in condenser.decoder.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert layers and all(m.gradient_checkpointing and m.training for m in layers)  # it will recompute
+    assert not condenser.decoder.get_input_embeddings().weight.requires_grad
     dropouts = [m for m in condenser.decoder.modules() if isinstance(m, torch.nn.Dropout)]
     assert dropouts and not any(m.training for m in dropouts)
     torch.manual_seed(1)
@@ -154,3 +162,27 @@ def test_gradient_checkpointing_keeps_gradients_and_dropout_off(tiny_pair):
     loss_ckpt.backward()
     torch.testing.assert_close(loss_ckpt, loss)
     torch.testing.assert_close(condenser.condense_tokens.grad, plain, rtol=1e-4, atol=1e-6)
+
+
+def test_loss_applies_the_decoders_own_logit_scaling(tiny_pair):
+    """Cohere multiplies its logits by logit_scale; the loss must be the model's own."""
+    from transformers import CohereConfig, CohereForCausalLM
+
+    encoder, decoder_dir = tiny_pair
+    dec_tok = load_tokenizer(decoder_dir)
+    torch.manual_seed(0)
+    cohere = CohereForCausalLM(CohereConfig(
+        vocab_size=len(dec_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, logit_scale=0.25, pad_token_id=dec_tok.pad_token_id,
+    ))
+    cfg = ModelConfig(encoder=encoder, decoder=decoder_dir, num_condense_tokens=4, lora_r=4, lora_alpha=8)
+    condenser = Condenser(load_causal_lm(encoder), cohere, cfg).eval()
+    batch = _batch(load_tokenizer(encoder), dec_tok, synthetic_samples(1, seed=11))
+    with torch.no_grad():
+        loss, _ = condenser(batch)
+        condensed = condenser.condense(batch["context_ids"], batch["context_mask"])
+        embeds = torch.cat([condensed, cohere.get_input_embeddings()(batch["input_ids"])], 1)
+        mask = torch.cat([torch.ones(len(condensed), 4, dtype=torch.long), batch["attention_mask"]], 1)
+        labels = torch.cat([torch.full((len(condensed), 4), IGNORE_INDEX), batch["labels"]], 1)
+        expected = cohere(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)

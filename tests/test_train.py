@@ -6,6 +6,7 @@ import json
 
 import torch
 
+from condense.module import CheckpointMismatchError, CondenseModule
 from condense.train import build, train
 from tests.conftest import tiny_config
 
@@ -73,9 +74,19 @@ def test_checkpoint_holds_only_the_trainable_state(tiny_pair, tmp_path):
     assert size < frozen_bytes
 
 
-def test_resume_from_last_continues_the_global_step(tiny_pair, tmp_path):
+def test_resume_from_last_continues_the_global_step(tiny_pair, tmp_path, monkeypatch):
     first = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=3))
+    saved = torch.load(first["last_checkpoint"], weights_only=False)["state_dict"]
+    seen_at_start = {}
+
+    def record(self):
+        seen_at_start.update({f"condenser.{k}": v.clone() for k, v in self.condenser.trainable_state_dict().items()})
+
+    monkeypatch.setattr(CondenseModule, "on_train_start", record, raising=False)
     second = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=6))
+    # Training restarted from the saved weights, not from a fresh init.
+    assert set(seen_at_start) == set(saved)
+    assert all(torch.equal(seen_at_start[k], saved[k]) for k in saved)
     assert first["steps"] == 3
     assert second["resumed_from"].endswith("last.ckpt")
     assert second["steps"] == 6
@@ -111,3 +122,34 @@ def test_initialisation_depends_only_on_the_seed(tiny_pair, tmp_path):
     second, _ = build(cfg, cfg.precision)
     a, b = first.condenser.trainable_state_dict(), second.condenser.trainable_state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_of_another_shape_is_refused(tiny_pair, tmp_path):
+    import pytest
+
+    train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2))
+    other = tiny_config(*tiny_pair, tmp_path / "run", max_steps=4)
+    other.model.lora_target_modules = ["q_proj", "v_proj"]
+    with pytest.raises(CheckpointMismatchError, match="missing|unexpected"):
+        train(other)
+
+
+def test_each_epoch_has_a_new_batch_order(tiny_pair, tmp_path, monkeypatch):
+    orders: dict[int, list] = {}
+
+    def record(self, batch, batch_idx):
+        orders.setdefault(self.current_epoch, []).append(batch["context_ids"].tolist())
+        return CondenseModule_training_step(self, batch, batch_idx)
+
+    CondenseModule_training_step = CondenseModule.training_step
+    monkeypatch.setattr(CondenseModule, "training_step", record)
+    cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=24, val_every_n_steps=24)
+    cfg.dataset.synthetic_passages = 12  # 36 samples - 12 validation = 6 batches an epoch
+    train(cfg)
+    assert len(orders) >= 2 and len(orders[0]) == len(orders[1])
+    assert orders[0] != orders[1]
+
+    def samples(epoch):  # every context of the epoch, padding stripped
+        return sorted(str([t for t in row if t != 0]) for batch in orders[epoch] for row in batch)
+
+    assert samples(0) == samples(1)  # the same samples, in a new order
