@@ -24,7 +24,7 @@ _EXPORTS = {
     "synthetic_samples": "condense.synthetic",
     "train": "condense.train",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

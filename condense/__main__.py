@@ -39,8 +39,14 @@ def train_parser() -> ArgumentParser:
         description="Train a condenser. Every option below can be set in a job YAML (--config)"
         " and overridden on the command line; dashes and underscores are interchangeable.",
     )
-    parser.add_argument("--test", action="store_true", help="Use jobs/test.yaml: the embedded model and data, sized for a CPU.")
-    parser.add_argument("--config", action=ActionConfigFile, help="A job YAML (jobs/*.yaml or a path).")
+    parser.add_argument(
+        "--test",
+        action="store_true",
+        help="Use jobs/test.yaml: the embedded model and data, sized for a CPU.",
+    )
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="A job YAML (jobs/*.yaml or a path)."
+    )
     parser.add_class_arguments(TrainConfig)
     return parser
 

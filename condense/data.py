@@ -3,6 +3,7 @@ batches, and the LightningDataModule that owns the splits and loaders."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,7 +45,9 @@ def load_samples(source: str, cfg: DatasetConfig, seed: int) -> list[Sample]:
 def _cut(sample: Sample, max_characters: int) -> Sample:
     if len(sample.context) <= max_characters:
         return sample
-    return Sample(sample.context[:max_characters], sample.prompt, sample.completion, sample.task, sample.group)
+    return Sample(
+        sample.context[:max_characters], sample.prompt, sample.completion, sample.task, sample.group
+    )
 
 
 @dataclass
@@ -59,7 +62,9 @@ class Tokenized:
         return len(self.context_ids) + len(self.input_ids)
 
 
-def tokenize(samples: list[Sample], encoder_tok, decoder_tok, cfg: DatasetConfig) -> list[Tokenized]:
+def tokenize(
+    samples: list[Sample], encoder_tok, decoder_tok, cfg: DatasetConfig
+) -> list[Tokenized]:
     """Tokenize contexts with the encoder's tokenizer, prompts and completions with the
     decoder's; labels are the completion (and the prompt if `train_on_prompt`)."""
     contexts = encoder_tok([s.context for s in samples], truncation=True, max_length=cfg.max_tokens)
@@ -67,7 +72,9 @@ def tokenize(samples: list[Sample], encoder_tok, decoder_tok, cfg: DatasetConfig
     completions = decoder_tok([s.completion for s in samples], add_special_tokens=False)
     eos = [decoder_tok.eos_token_id] if decoder_tok.eos_token_id is not None else []
     out = []
-    for ctx, prompt, completion in zip(contexts["input_ids"], prompts["input_ids"], completions["input_ids"]):
+    for ctx, prompt, completion in zip(
+        contexts["input_ids"], prompts["input_ids"], completions["input_ids"]
+    ):
         prompt = prompt[: cfg.max_tokens - 1]
         completion = (completion + eos)[: cfg.max_tokens - len(prompt)]
         prompt_labels = prompt if cfg.train_on_prompt else [IGNORE_INDEX] * len(prompt)
@@ -139,7 +146,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        return math.ceil(len(self.lengths) / self.batch_size)
 
 
 class CondenseDataModule(L.LightningDataModule):
@@ -158,7 +165,9 @@ class CondenseDataModule(L.LightningDataModule):
         if self.train_set:
             return
         samples = load_samples(self.source, self.cfg, self.seed)
-        self.train_samples, self.val_samples = split_train_val(samples, self.cfg.val_size, self.seed)
+        self.train_samples, self.val_samples = split_train_val(
+            samples, self.cfg.val_size, self.seed
+        )
         if not self.train_samples or not self.val_samples:
             raise DataError(
                 f"--data {self.source}: {len(samples)} samples cannot make both a training and a"
@@ -176,7 +185,9 @@ class CondenseDataModule(L.LightningDataModule):
         return self._loader(self.val_set)
 
     def _loader(self, dataset: list[Tokenized]) -> DataLoader:
-        sampler = LengthGroupedBatchSampler([len(t) for t in dataset], self.cfg.batch_size, self.seed)
+        sampler = LengthGroupedBatchSampler(
+            [len(t) for t in dataset], self.cfg.batch_size, self.seed
+        )
         return DataLoader(
             dataset,
             batch_sampler=sampler,

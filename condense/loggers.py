@@ -8,37 +8,29 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 import uuid
 from pathlib import Path
-from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from condense.files import write_atomic
+from condense.network import reachable
 
 RUN_ID_FILE = "wandb_run_id"
 DEFAULT_WANDB_URL = "https://api.wandb.ai"
 
 
 def wandb_mode(setting: str) -> str | None:
-    """"online", "offline", or None (off) for a config's `wandb` setting."""
+    """ "online", "offline", or None (off) for a config's `wandb` setting."""
     if setting == "off":
         return None
     if setting == "auto":
-        online = bool(os.environ.get("WANDB_API_KEY")) and _wandb_reachable()
+        online = bool(os.environ.get("WANDB_API_KEY")) and reachable(
+            os.environ.get("WANDB_BASE_URL", DEFAULT_WANDB_URL)
+        )
         return "online" if online else "offline"
     return setting
-
-
-def _wandb_reachable(timeout: float = 3.0) -> bool:
-    url = urlparse(os.environ.get("WANDB_BASE_URL", DEFAULT_WANDB_URL))
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -97,4 +89,3 @@ def wandb_run_id(loggers: list[Logger]) -> str | None:
         if type(logger).__name__ == "WandbLogger":
             return logger.version
     return None
-

@@ -61,7 +61,9 @@ class Condenser(nn.Module):
         self.projection = nn.Linear(self.n_last * encoder_hidden, decoder_hidden)
         # LayerNorm outputs have unit variance, so weights of std s give outputs of std
         # s * sqrt(fan_in): choose s to land on the decoder's embedding scale.
-        nn.init.normal_(self.projection.weight, std=decoder_scale / (self.n_last * encoder_hidden) ** 0.5)
+        nn.init.normal_(
+            self.projection.weight, std=decoder_scale / (self.n_last * encoder_hidden) ** 0.5
+        )
         nn.init.zeros_(self.projection.bias)
 
     def train(self, mode: bool = True) -> Condenser:
@@ -89,7 +91,9 @@ class Condenser(nn.Module):
         n = self.num_condense_tokens
         lengths = context_mask.sum(1)  # (B,)
         embeds = self.encoder.get_input_embeddings()(context_ids)  # (B, L, He)
-        embeds = torch.cat([embeds, embeds.new_zeros(batch, n, embeds.shape[-1])], 1)  # (B, L+N, He)
+        embeds = torch.cat(
+            [embeds, embeds.new_zeros(batch, n, embeds.shape[-1])], 1
+        )  # (B, L+N, He)
         rows = torch.arange(batch, device=embeds.device)[:, None].expand(batch, n)  # (B, N)
         slots = lengths[:, None] + torch.arange(n, device=embeds.device)  # (B, N)
         tokens = self.condense_tokens.to(embeds.dtype).expand(batch, n, -1)  # (B, N, He)
@@ -119,12 +123,16 @@ class Condenser(nn.Module):
         token_embeds = self.decoder.get_input_embeddings()(input_ids)  # (B, T, Hd)
         embeds = torch.cat([condensed.to(token_embeds.dtype), token_embeds], 1)  # (B, N+T, Hd)
         mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], n), attention_mask], 1)
-        hidden = self.decoder_body(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        hidden = self.decoder_body(
+            inputs_embeds=embeds, attention_mask=mask, use_cache=False
+        ).last_hidden_state
         # Text token t sits at position N+t and is predicted from position N+t-1.
         predicting = hidden[:, n - 1 : -1]  # (B, T, Hd)
         targeted = labels != IGNORE_INDEX  # (B, T)
         logits = self.decoder.get_output_embeddings()(predicting[targeted])  # (M, V)
-        loss = F.cross_entropy(_as_model_logits(logits.float(), self.decoder.config), labels[targeted])
+        loss = F.cross_entropy(
+            _as_model_logits(logits.float(), self.decoder.config), labels[targeted]
+        )
         return loss, targeted.sum()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -62,15 +62,27 @@ class CondenseModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self.condenser.parameter_groups()
-        lrs = {"condense": self.optim.lr_condense, "projection": self.optim.lr_projection, "lora": self.optim.lr_lora}
-        params = [{"params": groups[name], "lr": lrs[name], "name": name} for name in groups if groups[name]]
+        lrs = {
+            "condense": self.optim.lr_condense,
+            "projection": self.optim.lr_projection,
+            "lora": self.optim.lr_lora,
+        }
+        params = [
+            {"params": groups[name], "lr": lrs[name], "name": name}
+            for name in groups
+            if groups[name]
+        ]
         optimizer = torch.optim.AdamW(params, weight_decay=self.optim.weight_decay, foreach=True)
-        schedule = get_cosine_schedule_with_warmup(optimizer, self.optim.warmup_steps, self.max_steps)
+        schedule = get_cosine_schedule_with_warmup(
+            optimizer, self.optim.warmup_steps, self.max_steps
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {f"condenser.{k}" for k in self.condenser.trainable_state_dict()}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if k in trainable
+        }
         checkpoint["val_loss_initial"] = self.val_loss_initial
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -37,7 +37,11 @@ def from_rows(rows: list[dict], origin: str) -> list[Sample]:
         missing = [f for f in FIELDS if not isinstance(row.get(f), str)]
         if missing:
             raise DataError(f"{origin}: row {number}: missing or non-text field(s) {missing}")
-        samples.append(Sample(row["context"], row["prompt"], row["completion"], str(row.get("task") or "unknown")))
+        samples.append(
+            Sample(
+                row["context"], row["prompt"], row["completion"], str(row.get("task") or "unknown")
+            )
+        )
     return samples
 
 
@@ -52,7 +56,9 @@ def read_file(path: Path) -> list[Sample]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise DataError(f"{path}: line {number}: not a JSON object ({err.msg})") from None
+                    raise DataError(
+                        f"{path}: line {number}: not a JSON object ({err.msg})"
+                    ) from None
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -75,7 +81,9 @@ def read_hub(dataset_id: str, split: str = "train") -> list[Sample]:
     return from_rows(rows, dataset_id)
 
 
-def split_train_val(samples: list[Sample], val_size: int, seed: int) -> tuple[list[Sample], list[Sample]]:
+def split_train_val(
+    samples: list[Sample], val_size: int, seed: int
+) -> tuple[list[Sample], list[Sample]]:
     """Split so that no context is in both halves.
 
     Samples are grouped by their `group` (the synthetic set puts a passage's full text
@@ -91,4 +99,3 @@ def split_train_val(samples: list[Sample], val_size: int, seed: int) -> tuple[li
     for key in keys:
         (val if len(val) < val_size else train).extend(groups[key])
     return train, val
-

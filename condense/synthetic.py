@@ -12,18 +12,68 @@ from dataclasses import dataclass
 
 from condense.samples import Sample
 
-_ONSETS = ["b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kl", "l", "m", "n", "p", "r",
-           "s", "st", "t", "th", "v", "w", "z"]
+_ONSETS = [
+    "b",
+    "br",
+    "d",
+    "dr",
+    "f",
+    "g",
+    "gr",
+    "h",
+    "k",
+    "kl",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "st",
+    "t",
+    "th",
+    "v",
+    "w",
+    "z",
+]
 _VOWELS = ["a", "e", "i", "o", "u", "ae", "ia", "ou"]
 _CODAS = ["", "n", "r", "l", "s", "th", "m", "nd", "rk", "x"]
-_JOBS = ["glassmaker", "clockmaker", "ferry pilot", "beekeeper", "cartographer", "weaver",
-         "lighthouse keeper", "violin maker", "salt trader", "bookbinder", "tanner", "brewer"]
+_JOBS = [
+    "glassmaker",
+    "clockmaker",
+    "ferry pilot",
+    "beekeeper",
+    "cartographer",
+    "weaver",
+    "lighthouse keeper",
+    "violin maker",
+    "salt trader",
+    "bookbinder",
+    "tanner",
+    "brewer",
+]
 _THINGS = ["goats", "books", "boats", "lanterns", "apple trees", "bells", "looms", "maps"]
-_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
-           "September", "October", "November", "December"]
+_MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 _COLOURS = ["red", "blue", "green", "yellow", "grey", "white", "black", "orange"]
 
-RECONSTRUCTION, QUESTION_ANSWERING, CONTINUATION = "reconstruction", "question_answering", "continuation"
+RECONSTRUCTION, QUESTION_ANSWERING, CONTINUATION = (
+    "reconstruction",
+    "question_answering",
+    "continuation",
+)
 TASKS = (RECONSTRUCTION, QUESTION_ANSWERING, CONTINUATION)
 RECONSTRUCTION_PROMPT = "Repeat the passage above word for word.\n"
 CONTINUATION_PROMPT = "Continue the passage.\n"
@@ -46,7 +96,11 @@ def _word(rng: random.Random, syllables: int) -> str:
 def _facts(rng: random.Random) -> list[Fact]:
     first, family = _word(rng, 2), _word(rng, 2)
     person = f"{first} {family}"
-    town, river, street = _word(rng, 2) + rng.choice(["holm", "by", "wick", "ford"]), _word(rng, 2), _word(rng, 2)
+    town, river, street = (
+        _word(rng, 2) + rng.choice(["holm", "by", "wick", "ford"]),
+        _word(rng, 2),
+        _word(rng, 2),
+    )
     sibling = f"{_word(rng, 2)} {family}"
     year = rng.randint(1820, 1960)
     born = f"{rng.randint(1, 28)} {rng.choice(_MONTHS)} {year}"
@@ -54,11 +108,31 @@ def _facts(rng: random.Random) -> list[Fact]:
     count, moved, age = rng.randint(3, 97), year + rng.randint(16, 60), rng.randint(61, 104)
     return [
         Fact(f"{person} was born on {born} in {town}.", f"When was {person} born?", born),
-        Fact(f"{first} worked as a {job} on {street} Street.", f"On which street did {first} work?", f"{street} Street"),
-        Fact(f"The family kept {count} {things} beside the {river} river.", f"How many {things} did the family keep?", str(count)),
-        Fact(f"In {moved}, {first} moved across the {river} with {sibling}.", f"In which year did {first} move across the {river}?", str(moved)),
-        Fact(f"Their house had {_article(colour)} {colour} door and {rng.randint(2, 9)} windows.", f"What colour was the door of {first}'s house?", colour),
-        Fact(f"{sibling} later became the mayor of {town}.", f"Who became the mayor of {town}?", sibling),
+        Fact(
+            f"{first} worked as a {job} on {street} Street.",
+            f"On which street did {first} work?",
+            f"{street} Street",
+        ),
+        Fact(
+            f"The family kept {count} {things} beside the {river} river.",
+            f"How many {things} did the family keep?",
+            str(count),
+        ),
+        Fact(
+            f"In {moved}, {first} moved across the {river} with {sibling}.",
+            f"In which year did {first} move across the {river}?",
+            str(moved),
+        ),
+        Fact(
+            f"Their house had {_article(colour)} {colour} door and {rng.randint(2, 9)} windows.",
+            f"What colour was the door of {first}'s house?",
+            colour,
+        ),
+        Fact(
+            f"{sibling} later became the mayor of {town}.",
+            f"Who became the mayor of {town}?",
+            sibling,
+        ),
         Fact(f"{person} died at the age of {age}.", f"At what age did {person} die?", str(age)),
     ]
 

@@ -23,7 +23,6 @@ from condense.model import Condenser
 from condense.module import CondenseModule
 from condense.weights import load_causal_lm, load_tokenizer
 
-
 # The frozen decoder is in eval mode on purpose (no dropout); Lightning warns about it.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
@@ -43,8 +42,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     for logger in loggers:
         logger.log_hyperparams(cfg.to_dict())
     checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor="val_loss", mode="min",
-        save_top_k=1, save_last=True, auto_insert_metric_name=False,
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor="val_loss",
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
     )
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
@@ -92,7 +96,9 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
     datamodule = CondenseDataModule(cfg.data, cfg.dataset, encoder_tok, decoder_tok, cfg.seed)
     datamodule.setup()
     # Frozen weights are stored in the compute dtype; only trainable ones stay fp32.
-    dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision.split("-")[0], torch.float32)
+    dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(
+        precision.split("-")[0], torch.float32
+    )
     encoder = load_causal_lm(cfg.model.encoder, dtype)
     decoder = load_causal_lm(cfg.model.decoder, dtype)
     # Seeded here, not only at start: loading (a first-time GGUF conversion, say) may
@@ -124,7 +130,7 @@ def resolve_resume(resume: str, run_dir: Path) -> str | None:
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
-    """"auto" -> bf16-mixed where the hardware has bf16 (GPU or CPU), else 16-mixed on a
+    """ "auto" -> bf16-mixed where the hardware has bf16 (GPU or CPU), else 16-mixed on a
     GPU without it, else 32-true."""
     if precision != "auto":
         return precision
@@ -152,13 +158,15 @@ def describe(summary: dict[str, Any]) -> str:
     change = ""
     if initial and best is not None:
         change = f" ({100 * (initial - best) / initial:.0f}% lower)"
-    return "\n".join([
-        f"condense: {summary['steps']} steps in {summary['wall_s']:.0f} s ({summary['precision']})",
-        f"  val loss: initial {_fmt(initial)}, best {_fmt(best)}{change}, final {_fmt(summary['val_loss_final'])}",
-        f"  best checkpoint: {summary['best_checkpoint']}",
-        f"  last checkpoint: {summary['last_checkpoint']}",
-        f"  summary: {os.path.join(summary['run_dir'], 'summary.json')}",
-    ])
+    return "\n".join(
+        [
+            f"condense: {summary['steps']} steps in {summary['wall_s']:.0f} s ({summary['precision']})",
+            f"  val loss: initial {_fmt(initial)}, best {_fmt(best)}{change}, final {_fmt(summary['val_loss_final'])}",
+            f"  best checkpoint: {summary['best_checkpoint']}",
+            f"  last checkpoint: {summary['last_checkpoint']}",
+            f"  summary: {os.path.join(summary['run_dir'], 'summary.json')}",
+        ]
+    )
 
 
 def _fmt(value: float | None) -> str:

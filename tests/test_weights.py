@@ -18,10 +18,12 @@ def test_paths_and_hub_ids_pass_through(tmp_path):
 
 def test_embedded_model_uses_the_cache_first(tmp_path, monkeypatch):
     monkeypatch.setenv("CONDENSE_CACHE", str(tmp_path))
-    (tmp_path / "SmolLM2-135M-Instruct").mkdir()
-    (tmp_path / "SmolLM2-135M-Instruct" / "config.json").write_text("{}")
-    monkeypatch.setattr(weights, "convert_gguf", lambda *a: pytest.fail("converted despite a cache"))
-    assert resolve_model("embedded") == str(tmp_path / "SmolLM2-135M-Instruct")
+    (tmp_path / weights.EMBEDDED_CACHE_NAME).mkdir()
+    (tmp_path / weights.EMBEDDED_CACHE_NAME / "config.json").write_text("{}")
+    monkeypatch.setattr(
+        weights, "convert_gguf", lambda *a: pytest.fail("converted despite a cache")
+    )
+    assert resolve_model("embedded") == str(tmp_path / weights.EMBEDDED_CACHE_NAME)
 
 
 def test_missing_embedded_model_says_how_to_get_it(tmp_path, monkeypatch):
@@ -49,9 +51,10 @@ def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
 def test_gguf_converts_into_a_loadable_safetensors_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("CONDENSE_CACHE", str(tmp_path))
     folder = resolve_model("embedded")
-    assert (tmp_path / "SmolLM2-135M-Instruct" / "model.safetensors").is_file()
+    assert (tmp_path / weights.EMBEDDED_CACHE_NAME / "model.safetensors").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
     model = weights.load_causal_lm(folder)
+    assert getattr(model.config, "quantization_config", None) is None  # dense, not GGUF
     tok = weights.load_tokenizer(folder)
     ids = tok("The capital of France is", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=3, do_sample=False)

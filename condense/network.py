@@ -1,0 +1,18 @@
+"""A quick reachability probe: clients with no network retry for tens of seconds or
+minutes, so the project asks the question itself, once, with a short timeout."""
+
+from __future__ import annotations
+
+import socket
+from urllib.parse import urlparse
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """True when the URL's host accepts a TCP connection within `timeout` seconds."""
+    parsed = urlparse(url)
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
