@@ -111,8 +111,8 @@ class TrainConfig:
         precision: Lightning precision; "auto" is bf16-mixed where the hardware has bf16
             (frozen weights are then stored in bf16) and 32-true elsewhere.
         accelerator: Lightning accelerator: auto, cpu, gpu.
-        devices: Lightning devices: a count or a list of ids (several GPUs come with the
-            launchers in launch/; one device here).
+        devices: Devices to train on. Only 1 for now: training on several devices needs a
+            distributed version of the length-grouped batch sampler, not built yet.
         val_every_n_steps: Validate (and maybe save the best checkpoint) every this many steps.
         val_batches: Validation batches per check (null: the whole validation split).
         log_every_n_steps: How often training metrics are logged.
@@ -145,6 +145,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_steps <= 0:
             raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+        one_device = self.devices in (1, "1") or (
+            isinstance(self.devices, list) and len(self.devices) == 1
+        )
+        if not one_device:
+            raise ValueError(f"devices: only one device is supported for now, got {self.devices!r}")
         if self.val_every_n_steps <= 0:
             raise ValueError(f"val_every_n_steps must be positive, got {self.val_every_n_steps}")
 
