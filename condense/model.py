@@ -125,13 +125,13 @@ class Condenser(nn.Module):
         mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], n), attention_mask], 1)
         hidden = self.decoder_body(
             inputs_embeds=embeds, attention_mask=mask, use_cache=False
-        ).last_hidden_state
-        # Text token t sits at position N+t and is predicted from position N+t-1.
-        predicting = hidden[:, n - 1 : -1]  # (B, T, Hd)
-        targeted = labels != IGNORE_INDEX  # (B, T)
-        logits = self.decoder.get_output_embeddings()(predicting[targeted])  # (M, V)
+        ).last_hidden_state  # (B, N+T, Hd)
+        # Position p predicts the token at p+1. N may be 0: the no-context baseline.
+        targets = torch.cat([labels.new_full((len(labels), n), IGNORE_INDEX), labels], 1)[:, 1:]
+        targeted = targets != IGNORE_INDEX  # (B, N+T-1)
+        logits = self.decoder.get_output_embeddings()(hidden[:, :-1][targeted])  # (M, V)
         loss = F.cross_entropy(
-            _as_model_logits(logits.float(), self.decoder.config), labels[targeted]
+            _as_model_logits(logits.float(), self.decoder.config), targets[targeted]
         )
         return loss, targeted.sum()
 

@@ -211,3 +211,22 @@ def test_loss_applies_the_decoders_own_logit_scaling(tiny_pair):
         labels = torch.cat([torch.full((len(condensed), 4), IGNORE_INDEX), batch["labels"]], 1)
         expected = cohere(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_no_context_loss_is_the_decoders_own_loss_on_the_text(tiny_pair):
+    """N = 0 condensed embeddings (the no-context baseline) scores the text alone."""
+    condenser, enc_tok, dec_tok = _build(tiny_pair)
+    condenser.eval()
+    batch = _batch(enc_tok, dec_tok, synthetic_samples(1, seed=12))
+    with torch.no_grad():
+        empty = torch.zeros(len(batch["input_ids"]), 0, 48)
+        loss, count = condenser.decoder_loss(
+            empty, batch["input_ids"], batch["attention_mask"], batch["labels"]
+        )
+        expected = condenser.decoder(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+        ).loss
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    assert count == (batch["labels"] != IGNORE_INDEX).sum()  # the prompt comes first: nothing lost
