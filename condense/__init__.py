@@ -20,6 +20,7 @@ _EXPORTS = {
     "OptimConfig": "condense.config",
     "Sample": "condense.samples",
     "TrainConfig": "condense.config",
+    "import_original": "condense.artifact",
     "load_samples": "condense.data",
     "synthetic_samples": "condense.synthetic",
     "train": "condense.train",

@@ -26,12 +26,14 @@ class Condenser(nn.Module):
         decoder: A Hugging Face causal LM; frozen here (no grads, eval mode).
         cfg: The condenser's shape and LoRA settings.
 
-    >>> condenser = Condenser(encoder, decoder, ModelConfig(num_condense_tokens=32))
-    >>> condensed = condenser.condense(context_ids, context_mask)  # (B, 32, Hd)
+    >>> condenser = Condenser.from_pretrained("runs/test-.../artifact")
+    >>> condensed = condenser.condense(["A long context ..."])  # (1, N, Hd)
+    >>> condensed = condenser.encode(context_ids, context_mask)  # the same, from token ids
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, cfg: ModelConfig):
         super().__init__()
+        self.cfg = cfg
         self.num_condense_tokens = cfg.num_condense_tokens
         self.n_last = cfg.n_last_hidden_states
         encoder_hidden = encoder.config.hidden_size
@@ -80,7 +82,7 @@ class Condenser(nn.Module):
                 layer.training = True
         return self
 
-    def condense(self, context_ids: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+    def encode(self, context_ids: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
         """Condensed embeddings (B, N, Hd) of right-padded contexts (B, L).
 
         The N condense embeddings go right after each context's last real token, so
@@ -135,9 +137,43 @@ class Condenser(nn.Module):
         )
         return loss, targeted.sum()
 
+    @torch.no_grad()
+    def condense(self, texts: list[str]) -> torch.Tensor:
+        """Condensed embeddings (B, N, Hd) of raw texts, with the encoder's tokenizer.
+
+        Needs the tokenizers that `from_pretrained` attaches; contexts longer than the
+        training budget (`max_tokens`) are truncated to it.
+        """
+        tokenizer = getattr(self, "encoder_tokenizer", None)
+        if tokenizer is None:
+            raise RuntimeError(
+                "condense(texts) needs a tokenizer: load with Condenser.from_pretrained"
+            )
+        limit = getattr(self, "max_context_tokens", None)
+        batch = tokenizer(
+            texts, padding=True, truncation=limit is not None, max_length=limit, return_tensors="pt"
+        )
+        device = self.condense_tokens.device
+        return self.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str, dtype: torch.dtype = torch.float32) -> Condenser:
+        """Load a condenser from an artifact folder or a Hub repo (see condense.artifact)."""
+        from condense.artifact import load_condenser
+
+        return load_condenser(path_or_hub_id, dtype)
+
+    def save_pretrained(self, folder: str, **extra) -> None:
+        """Write the portable artifact: LoRA adapter, condenser tensors, config, model card."""
+        from pathlib import Path
+
+        from condense.artifact import save_artifact
+
+        save_artifact(self, Path(folder), extra)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and target-token count of a collated batch."""
-        condensed = self.condense(batch["context_ids"], batch["context_mask"])
+        condensed = self.encode(batch["context_ids"], batch["context_mask"])
         return self.decoder_loss(
             condensed, batch["input_ids"], batch["attention_mask"], batch["labels"]
         )

@@ -13,8 +13,10 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.trainer.states import TrainerFn
 
+from condense.artifact import save_artifact
 from condense.config import TrainConfig
 from condense.data import CondenseDataModule
 from condense.files import write_atomic
@@ -62,7 +64,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         gradient_clip_val=cfg.optim.grad_clip or None,
         log_every_n_steps=cfg.log_every_n_steps,
         logger=loggers,
-        callbacks=[checkpoints, TQDMProgressBar(refresh_rate=1)],
+        callbacks=[
+            checkpoints,
+            ExportBest(run_dir / "artifact", cfg),
+            TQDMProgressBar(refresh_rate=1),
+        ],
         default_root_dir=run_dir,
     )
     resume_from = resolve_resume(cfg.resume, run_dir)
@@ -79,6 +85,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "best_checkpoint": checkpoints.best_model_path or None,
         "last_checkpoint": checkpoints.last_model_path or None,
         "wandb_run_id": wandb_run_id(loggers),
+        "artifact": str(run_dir / "artifact") if (run_dir / "artifact").is_dir() else None,
         "run_dir": str(run_dir),
         "precision": precision,
         "resumed_from": resume_from,
@@ -86,6 +93,35 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     print(describe(summary))
     return summary
+
+
+class ExportBest(Callback):
+    """Writes the portable artifact whenever validation reaches a new best loss, so the
+    artifact folder always holds the best weights so far (the .ckpt files are for resume).
+    Runs after ModelCheckpoint, whose best score it reads."""
+
+    def __init__(self, folder: Path, cfg: TrainConfig):
+        self.folder = folder
+        self.extra = {
+            "max_tokens": cfg.dataset.max_tokens,
+            "train_data": cfg.data,
+            "train_steps": 0,
+        }
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if (
+            trainer.sanity_checking
+            or trainer.state.fn != TrainerFn.FITTING
+            or not trainer.is_global_zero
+        ):
+            return
+        best, current = (
+            trainer.checkpoint_callback.best_model_score,
+            trainer.callback_metrics.get("val_loss"),
+        )
+        if best is not None and current is not None and float(current) <= float(best):
+            self.extra.update(train_steps=trainer.global_step, val_loss=float(current))
+            save_artifact(module.condenser, self.folder, self.extra)
 
 
 def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDataModule]:

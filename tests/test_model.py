@@ -81,8 +81,8 @@ def test_condensed_context_does_not_depend_on_batch_neighbours(tiny_pair):
     batch = _batch(enc_tok, dec_tok, [short, long])
     assert batch["context_mask"][0].sum() < batch["context_mask"].shape[1]  # short is padded
     with torch.no_grad():
-        alone = condenser.condense(**_context(_batch(enc_tok, dec_tok, [short])))
-        pair = condenser.condense(**_context(batch))
+        alone = condenser.encode(**_context(_batch(enc_tok, dec_tok, [short])))
+        pair = condenser.encode(**_context(batch))
     torch.testing.assert_close(pair[0], alone[0], rtol=0, atol=1e-5)
 
 
@@ -97,7 +97,7 @@ def test_loss_matches_full_logit_cross_entropy(tiny_pair):
     batch = _batch(enc_tok, dec_tok, synthetic_samples(2, seed=7)[:4])
     with torch.no_grad():
         loss, count = condenser(batch)
-        condensed = condenser.condense(batch["context_ids"], batch["context_mask"])
+        condensed = condenser.encode(batch["context_ids"], batch["context_mask"])
         n = condensed.shape[1]
         embeds = torch.cat(
             [condensed, condenser.decoder.get_input_embeddings()(batch["input_ids"])], 1
@@ -129,7 +129,7 @@ def test_projection_maps_concatenated_layers_to_decoder_size(tiny_pair):
     condenser, enc_tok, dec_tok = _build(tiny_pair, n_last_hidden_states=2)
     batch = _batch(enc_tok, dec_tok, synthetic_samples(1, seed=9)[:2])
     assert condenser.projection.in_features == 2 * 32
-    assert condenser.condense(batch["context_ids"], batch["context_mask"]).shape == (2, 4, 48)
+    assert condenser.encode(batch["context_ids"], batch["context_mask"]).shape == (2, 4, 48)
 
 
 def test_only_condenser_parts_are_trainable(tiny_pair):
@@ -203,7 +203,7 @@ def test_loss_applies_the_decoders_own_logit_scaling(tiny_pair):
     batch = _batch(load_tokenizer(encoder), dec_tok, synthetic_samples(1, seed=11))
     with torch.no_grad():
         loss, _ = condenser(batch)
-        condensed = condenser.condense(batch["context_ids"], batch["context_mask"])
+        condensed = condenser.encode(batch["context_ids"], batch["context_mask"])
         embeds = torch.cat([condensed, cohere.get_input_embeddings()(batch["input_ids"])], 1)
         mask = torch.cat(
             [torch.ones(len(condensed), 4, dtype=torch.long), batch["attention_mask"]], 1

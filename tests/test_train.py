@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from condense.module import CheckpointMismatchError, CondenseModule
@@ -37,6 +38,13 @@ def test_run_writes_summary_csv_and_checkpoints(tiny_pair, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
     assert summary["last_checkpoint"].endswith("last.ckpt")
     assert (tmp_path / "run" / "config.yaml").is_file()
+    # The portable artifact holds the best validation's weights.
+    from condense.artifact import ARTIFACT_FILES, read_config
+
+    assert {p.name for p in (tmp_path / "run" / "artifact").iterdir()} == ARTIFACT_FILES
+    exported = read_config(tmp_path / "run" / "artifact")
+    assert exported["val_loss"] == pytest.approx(summary["val_loss_best"])
+    assert summary["artifact"] == str(tmp_path / "run" / "artifact")
 
 
 def test_training_lowers_validation_loss(tiny_pair, tmp_path):

@@ -1,0 +1,280 @@
+"""The portable artifact: a folder holding only what training changed, and the ids of
+the models it goes with.
+
+    adapter_config.json, adapter_model.safetensors   the encoder's LoRA (peft's own format)
+    condenser.safetensors                            condense tokens, norm, projection
+    condense_config.json                             models, shapes, format version
+    README.md                                        a model card
+
+The frozen encoder base and decoder are referred to by id, never copied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from condense.config import ModelConfig
+from condense.model import Condenser
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "condense_config.json"
+WEIGHTS_FILE = "condenser.safetensors"
+ADAPTER_FILE = "adapter_model.safetensors"
+ARTIFACT_FILES = {"adapter_config.json", ADAPTER_FILE, WEIGHTS_FILE, CONFIG_FILE, "README.md"}
+CONDENSER_KEYS = (
+    "condense_tokens",
+    "norm.weight",
+    "norm.bias",
+    "projection.weight",
+    "projection.bias",
+)
+
+
+class ArtifactError(RuntimeError):
+    """An artifact folder that is missing, incomplete, or of another format."""
+
+
+def save_artifact(condenser: Condenser, out: Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write `condenser`'s trained state to the folder `out`, atomically.
+
+    Everything goes into a temporary sibling first and is swapped in at the end, so a
+    reader finds the previous artifact or the new one, never half of one.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        condenser.encoder.save_pretrained(tmp)
+        state = condenser.state_dict()
+        save_file(
+            {k: state[k].detach().float().cpu().contiguous() for k in CONDENSER_KEYS},
+            tmp / WEIGHTS_FILE,
+        )
+        config = artifact_config(condenser, extra or {})
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        (tmp / "README.md").write_text(model_card(config))
+        _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def artifact_config(condenser: Condenser, extra: dict[str, Any]) -> dict[str, Any]:
+    """What a loader needs to rebuild the condenser around the frozen models."""
+    cfg = condenser.cfg
+    encoder_config, decoder_config = (
+        condenser.encoder.get_base_model().config,
+        condenser.decoder.config,
+    )
+    return {
+        "format_version": FORMAT_VERSION,
+        "encoder": cfg.encoder,
+        "decoder": cfg.decoder,
+        "encoder_revision": getattr(encoder_config, "_commit_hash", None),
+        "decoder_revision": getattr(decoder_config, "_commit_hash", None),
+        "num_condense_tokens": cfg.num_condense_tokens,
+        "n_last_hidden_states": cfg.n_last_hidden_states,
+        "encoder_hidden_size": encoder_config.hidden_size,
+        "decoder_hidden_size": decoder_config.hidden_size,
+        "encoder_tokenizer": {"name": cfg.encoder, "vocab_size": encoder_config.vocab_size},
+        "decoder_tokenizer": {"name": cfg.decoder, "vocab_size": decoder_config.vocab_size},
+        "lora": {
+            "r": cfg.lora_r,
+            "alpha": cfg.lora_alpha,
+            "dropout": cfg.lora_dropout,
+            "target_modules": cfg.lora_target_modules,
+        },
+        "dtype": "float32",
+        **extra,
+    }
+
+
+def load_condenser(path_or_id: str, dtype: torch.dtype = torch.float32) -> Condenser:
+    """A Condenser rebuilt from an artifact folder or a Hub repo holding one, with its
+    tokenizers attached (`condenser.condense(texts)` works), in eval mode."""
+    from condense.weights import load_causal_lm, load_tokenizer
+
+    folder = _local_folder(path_or_id)
+    config = read_config(folder)
+    lora = config["lora"]
+    cfg = ModelConfig(
+        encoder=config["encoder"],
+        decoder=config["decoder"],
+        num_condense_tokens=config["num_condense_tokens"],
+        n_last_hidden_states=config["n_last_hidden_states"],
+        lora_r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        lora_target_modules=lora["target_modules"],
+        gradient_checkpointing=False,
+    )
+    condenser = Condenser(
+        load_causal_lm(cfg.encoder, dtype), load_causal_lm(cfg.decoder, dtype), cfg
+    )
+    load_trained_state(
+        condenser, load_file(folder / ADAPTER_FILE), load_file(folder / WEIGHTS_FILE)
+    )
+    condenser.encoder_tokenizer = load_tokenizer(cfg.encoder)
+    condenser.decoder_tokenizer = load_tokenizer(cfg.decoder)
+    condenser.max_context_tokens = config.get("max_tokens")
+    return condenser.eval()
+
+
+def load_trained_state(condenser: Condenser, adapter: dict, tensors: dict) -> None:
+    """Put LoRA weights (peft's saved form) and condenser tensors into `condenser`,
+    refusing anything that does not fit exactly."""
+    result = set_peft_model_state_dict(condenser.encoder, adapter)
+    missing_lora = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing_lora:
+        raise ArtifactError(
+            f"LoRA weights do not fit the encoder: {len(missing_lora)} missing,"
+            f" {len(result.unexpected_keys)} unexpected (e.g. {(missing_lora or result.unexpected_keys)[:2]})"
+        )
+    if set(tensors) != set(CONDENSER_KEYS):
+        raise ArtifactError(
+            f"{WEIGHTS_FILE} holds {sorted(tensors)}, expected {list(CONDENSER_KEYS)}"
+        )
+    condenser.load_state_dict(tensors, strict=False)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The artifact's condense_config.json, checked for completeness and format version."""
+    missing = sorted(f for f in ARTIFACT_FILES - {"README.md"} if not (folder / f).is_file())
+    if missing:
+        raise ArtifactError(f"{folder}: not a condense artifact (missing {', '.join(missing)})")
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{folder}: format_version {config.get('format_version')!r}, this condense reads {FORMAT_VERSION}"
+        )
+    return config
+
+
+def model_card(config: dict[str, Any]) -> str:
+    """A README.md for the artifact: what it is, how to load it, how it was trained."""
+    shown = {k: v for k, v in config.items() if k not in ("lora",)}
+    rows = "\n".join(f"| {k} | {v} |" for k, v in shown.items())
+    return f"""---
+library_name: condense
+tags: [context-compression, soft-prompt, peft, lora]
+---
+# Condenser: {config["encoder"]} -> {config["decoder"]}
+
+Condenses a context into {config["num_condense_tokens"]} embeddings in the input space of the
+frozen decoder `{config["decoder"]}`, using a LoRA adapter on the encoder `{config["encoder"]}`.
+Only the adapter, the condense embeddings, the LayerNorm and the projection are stored here;
+both base models are loaded from their own ids.
+
+```python
+from condense import Condenser
+
+condenser = Condenser.from_pretrained("path/or/hub-id")
+condensed = condenser.condense(["A long context ..."])  # (1, {config["num_condense_tokens"]}, {config["decoder_hidden_size"]})
+```
+
+| field | value |
+|---|---|
+{rows}
+| lora | r={config["lora"]["r"]}, alpha={config["lora"]["alpha"]}, dropout={config["lora"]["dropout"]}, targets={config["lora"]["target_modules"]} |
+"""
+
+
+def _local_folder(path_or_id: str) -> Path:
+    if Path(path_or_id).is_dir():
+        return Path(path_or_id)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(path_or_id))
+    except Exception as err:  # offline, not found, no access: all one line for the user
+        raise ArtifactError(
+            f"{path_or_id}: not a local folder, and not loadable from the Hub ({type(err).__name__})"
+        ) from err
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    # os.replace cannot replace a non-empty folder: move the old one aside first.
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+ORIGINAL_ENCODER = "meta-llama/Llama-3.2-1B"
+ORIGINAL_DECODER = "mistralai/Mistral-7B-Instruct-v0.2"
+
+
+def import_original(
+    folder: Path, out: Path, encoder: str | None = None, decoder: str = ORIGINAL_DECODER
+) -> Path:
+    """Turn a checkpoint of the original trainer into an artifact at `out`.
+
+    The original saved a peft adapter and checkpoints/modules.pt = {"modules":
+    {"pre_condensed_tokens", "linear_state_dict", "norm_state_dict"}}. The pickle is read
+    with weights_only=True, so a file that carries code is refused, not run. The encoder
+    defaults to the adapter's base model, the decoder to the original's Mistral.
+    """
+    from condense.weights import load_causal_lm
+
+    folder = Path(folder)
+    tokens, linear, norm = _original_modules(folder / "checkpoints" / "modules.pt")
+    adapter_dir = folder if (folder / "adapter_config.json").is_file() else folder / "checkpoints"
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    encoder = encoder or adapter_config.get("base_model_name_or_path") or ORIGINAL_ENCODER
+    encoder_model = load_causal_lm(encoder)
+    tokens = tokens.reshape(-1, tokens.shape[-1])  # the original stored (1, N, He)
+    cfg = ModelConfig(
+        encoder=encoder,
+        decoder=decoder,
+        num_condense_tokens=tokens.shape[0],
+        n_last_hidden_states=norm["weight"].numel() // encoder_model.config.hidden_size,
+        lora_r=adapter_config["r"],
+        lora_alpha=adapter_config["lora_alpha"],
+        lora_dropout=adapter_config.get("lora_dropout", 0.0),
+        lora_target_modules=sorted(adapter_config["target_modules"]),
+        gradient_checkpointing=False,
+    )
+    condenser = Condenser(encoder_model, load_causal_lm(decoder), cfg)
+    tensors = {
+        "condense_tokens": tokens,
+        "norm.weight": norm["weight"],
+        "norm.bias": norm["bias"],
+        "projection.weight": linear["weight"],
+        "projection.bias": linear["bias"],
+    }
+    load_trained_state(condenser, _original_adapter(adapter_dir), tensors)
+    return save_artifact(condenser, out, {"imported_from": str(folder)})
+
+
+def _original_modules(path: Path) -> tuple[torch.Tensor, dict, dict]:
+    import pickle
+
+    try:
+        modules = torch.load(path, map_location="cpu", weights_only=True)["modules"]
+        return (
+            modules["pre_condensed_tokens"],
+            modules["linear_state_dict"],
+            modules["norm_state_dict"],
+        )
+    except (pickle.UnpicklingError, RuntimeError, OSError, KeyError, TypeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ArtifactError(
+            f"{path}: not a readable original checkpoint ({reason[:200]})"
+        ) from None
+
+
+def _original_adapter(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    if (adapter_dir / ADAPTER_FILE).is_file():
+        return load_file(adapter_dir / ADAPTER_FILE)
+    # Older peft saved adapter_model.bin, a pickle: tensors only, no code.
+    return torch.load(adapter_dir / "adapter_model.bin", map_location="cpu", weights_only=True)

@@ -1,0 +1,156 @@
+"""The portable artifact: exact round trip, file set, atomic writes, the original format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from condense.artifact import ARTIFACT_FILES, ArtifactError, import_original, read_config
+from condense.config import ModelConfig
+from condense.model import Condenser
+from condense.synthetic import synthetic_samples
+from condense.weights import load_causal_lm, load_tokenizer
+
+TEXTS = [s.context for s in synthetic_samples(2, seed=21)[::3]]
+
+
+def _trained_condenser(tiny_pair) -> Condenser:
+    torch.manual_seed(0)
+    encoder, decoder = tiny_pair
+    cfg = ModelConfig(
+        encoder=encoder, decoder=decoder, num_condense_tokens=4, lora_r=4, lora_alpha=8
+    )
+    condenser = Condenser(load_causal_lm(encoder), load_causal_lm(decoder), cfg)
+    with torch.no_grad():  # as if trained: every trainable tensor moved off its init
+        for p in condenser.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    return condenser.eval()
+
+
+def _encode(condenser, tokenizer, texts):
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return condenser.encode(batch["input_ids"], batch["attention_mask"])
+
+
+def test_export_then_load_gives_the_same_condensed_embeddings(tiny_pair, tmp_path):
+    condenser = _trained_condenser(tiny_pair)
+    expected = _encode(condenser, load_tokenizer(tiny_pair[0]), TEXTS)
+    condenser.save_pretrained(str(tmp_path / "artifact"))
+    loaded = Condenser.from_pretrained(str(tmp_path / "artifact"))
+    got = loaded.condense(TEXTS)
+    assert got.shape == (2, 4, 48)
+    assert (got - expected).abs().max().item() < 1e-6
+
+
+def test_artifact_holds_exactly_its_files_and_no_frozen_weights(tiny_pair, tmp_path):
+    condenser = _trained_condenser(tiny_pair)
+    condenser.save_pretrained(str(tmp_path / "artifact"), max_tokens=96)
+    files = {p.name for p in (tmp_path / "artifact").iterdir()}
+    assert files == ARTIFACT_FILES
+    size = sum(p.stat().st_size for p in (tmp_path / "artifact").iterdir())
+    frozen = sum(p.numel() * 4 for p in condenser.parameters() if not p.requires_grad)
+    assert size < frozen
+    config = read_config(tmp_path / "artifact")
+    assert config["num_condense_tokens"] == 4 and config["max_tokens"] == 96
+    assert "Condenser.from_pretrained" in (tmp_path / "artifact" / "README.md").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_a_failed_write_leaves_the_previous_artifact_intact(tiny_pair, tmp_path, monkeypatch):
+    condenser = _trained_condenser(tiny_pair)
+    condenser.save_pretrained(str(tmp_path / "artifact"))
+    before = (tmp_path / "artifact" / "condenser.safetensors").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("condense.artifact.save_file", broken)
+    with torch.no_grad():
+        condenser.projection.weight.add_(1.0)
+    with pytest.raises(OSError, match="disk full"):
+        condenser.save_pretrained(str(tmp_path / "artifact"))
+    assert (tmp_path / "artifact" / "condenser.safetensors").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_an_incomplete_folder_is_refused_in_one_line(tmp_path):
+    (tmp_path / "condense_config.json").write_text(json.dumps({"format_version": 1}))
+    with pytest.raises(ArtifactError, match="not a condense artifact") as err:
+        Condenser.from_pretrained(str(tmp_path))
+    assert "\n" not in str(err.value)
+
+
+def _original_checkpoint(tiny_pair, folder):
+    """What the original trainer saved: a peft adapter, and checkpoints/modules.pt."""
+    torch.manual_seed(1)
+    encoder = get_peft_model(
+        load_causal_lm(tiny_pair[0]),
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=[
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ],
+        ),
+    )
+    with torch.no_grad():
+        for name, p in encoder.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    encoder.save_pretrained(folder)
+    tokens = torch.randn(1, 6, 32) * 0.02  # (1, N, encoder hidden), as the original stored it
+    linear = torch.nn.Linear(2 * 32, 48)
+    norm = torch.nn.LayerNorm(2 * 32)
+    (folder / "checkpoints").mkdir()
+    modules = {
+        "pre_condensed_tokens": tokens,
+        "linear_state_dict": linear.state_dict(),
+        "norm_state_dict": norm.state_dict(),
+    }
+    torch.save({"modules": modules}, folder / "checkpoints" / "modules.pt")
+    return encoder, tokens, linear, norm
+
+
+def test_an_original_checkpoint_imports_and_condenses(tiny_pair, tmp_path):
+    lora_encoder, tokens, linear, norm = _original_checkpoint(tiny_pair, tmp_path / "original")
+    import_original(
+        tmp_path / "original", tmp_path / "artifact", encoder=tiny_pair[0], decoder=tiny_pair[1]
+    )
+    condenser = Condenser.from_pretrained(str(tmp_path / "artifact"))
+    assert condenser.num_condense_tokens == 6 and condenser.n_last == 2
+    assert torch.equal(condenser.condense_tokens, tokens[0])
+    assert torch.equal(condenser.projection.weight, linear.weight)
+    assert torch.equal(condenser.norm.weight, norm.weight)
+    # The imported LoRA is the original's: the encoder gives the same hidden states.
+    ids = load_tokenizer(tiny_pair[0])(TEXTS[:1], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        theirs = lora_encoder(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+        ours = condenser.encoder(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(ours, theirs)
+    assert condenser.condense(TEXTS).shape == (2, 6, 48)
+
+
+def test_an_original_checkpoint_is_read_without_unpickling_code(tiny_pair, tmp_path):
+    _original_checkpoint(tiny_pair, tmp_path / "original")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"modules": Evil()}, tmp_path / "original" / "checkpoints" / "modules.pt")
+    with pytest.raises(ArtifactError, match="modules.pt"):
+        import_original(
+            tmp_path / "original", tmp_path / "artifact", encoder=tiny_pair[0], decoder=tiny_pair[1]
+        )
+    assert not (tmp_path / "artifact").exists()
