@@ -3,6 +3,8 @@
     condense train --test                       # the embedded job, CPU-sized
     condense train --config jobs/default.yaml   # Llama-3.2-1B -> Mistral-7B
     condense train --test --max-steps 50 --model.num_condense_tokens 16
+    condense generate --artifact runs/X/artifact --context-file doc.txt --prompt "Who?"
+    condense push runs/X/artifact --repo me/my-condenser
 
 Every field of the config is a flag; nested ones read `--model.lora_r 64`. Flags accept
 dashes or underscores (`--max-steps` is `--max_steps`).
@@ -76,10 +78,73 @@ def normalize_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def push_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="condense push",
+        description="Upload an artifact to a Hugging Face Hub model repo (token from HF_TOKEN).",
+    )
+    parser.add_argument("artifact", help="The artifact folder (a run's artifact/).")
+    parser.add_argument(
+        "--repo", required=True, help="OWNER/NAME of the model repo; created if missing."
+    )
+    parser.add_argument(
+        "--public", action="store_true", help="Create the repo public (default: private)."
+    )
+    return parser
+
+
+def generate_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="condense generate",
+        description="Condense a context, then let the decoder answer a prompt from it.",
+    )
+    parser.add_argument(
+        "--artifact", required=True, help="An artifact folder or a Hub repo holding one."
+    )
+    parser.add_argument(
+        "--context-file",
+        "--context_file",
+        dest="context_file",
+        required=True,
+        help="A text file with the context.",
+    )
+    parser.add_argument("--prompt", required=True, help="What to ask of the condensed context.")
+    parser.add_argument(
+        "--max-new-tokens",
+        "--max_new_tokens",
+        dest="max_new_tokens",
+        type=int,
+        default=128,
+        help="Most tokens to generate.",
+    )
+    return parser
+
+
+def run_push(argv: list[str]) -> None:
+    args = push_parser().parse_args(argv)
+    from condense.push import push_artifact
+
+    print(
+        f"condense: pushed {args.artifact} to {push_artifact(Path(args.artifact), args.repo, args.public)}"
+    )
+
+
+def run_generate(argv: list[str]) -> None:
+    args = generate_parser().parse_args(argv)
+    from condense.generate import generate
+    from condense.model import Condenser
+
+    context = Path(args.context_file).read_text(encoding="utf-8")
+    condenser = Condenser.from_pretrained(args.artifact)
+    print(generate(condenser, condenser.condense([context]), [args.prompt], args.max_new_tokens)[0])
+
+
 USAGE = """usage: condense COMMAND [options]
 
 commands:
-  train    train a condenser (condense train --help)
+  train      train a condenser (condense train --help)
+  generate   answer a prompt from a condensed context (condense generate --help)
+  push       upload an artifact to the Hugging Face Hub (condense push --help)
 """
 
 
@@ -90,18 +155,28 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE, end="")
         raise SystemExit(0 if argv else 2)
     command, rest = argv[0], argv[1:]
-    if command == "train":
-        cfg = parse_train(rest)
-        from condense.samples import DataError
-        from condense.train import train
-        from condense.weights import ModelNotFoundError
-
-        try:
-            train(cfg)
-        except (DataError, ModelNotFoundError, FileNotFoundError) as err:
-            raise SystemExit(f"condense: error: {err}") from None
-    else:
+    commands = {
+        "train": lambda: _train(parse_train(rest)),
+        "push": lambda: run_push(rest),
+        "generate": lambda: run_generate(rest),
+    }
+    if command not in commands:
         raise SystemExit(f"condense: error: unknown command {command!r}\n{USAGE}")
+    from condense.artifact import ArtifactError
+    from condense.push import PushError
+    from condense.samples import DataError
+    from condense.weights import ModelNotFoundError
+
+    try:
+        commands[command]()
+    except (ArtifactError, DataError, ModelNotFoundError, PushError, FileNotFoundError) as err:
+        raise SystemExit(f"condense: error: {err}") from None
+
+
+def _train(cfg: TrainConfig) -> None:
+    from condense.train import train
+
+    train(cfg)
 
 
 if __name__ == "__main__":

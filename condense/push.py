@@ -1,0 +1,54 @@
+"""`condense push`: an artifact to a Hugging Face Hub model repo, private by default.
+
+Every way it can fail (offline, no token, a refused token, no network) ends in one line
+that says what to do, and never touches the local artifact, which is only read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from condense.artifact import read_config
+from condense.network import reachable
+from condense.weights import hub_offline
+
+
+class PushError(RuntimeError):
+    """A push that did not happen; the message is one line for the user."""
+
+
+def push_artifact(folder: Path, repo: str, public: bool = False) -> str:
+    """Upload the artifact in `folder` to the model repo `repo` (OWNER/NAME), creating it
+    private unless `public`; the token comes from HF_TOKEN. Returns the repo's URL."""
+    import httpx
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    folder = Path(folder)
+    read_config(folder)  # refuse anything that is not an artifact before any network call
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise PushError(f"--repo {repo!r}: expected OWNER/NAME")
+    if hub_offline():
+        raise PushError(f"cannot push to {repo}: HF_HUB_OFFLINE is set; {folder} is unchanged")
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        raise PushError(f"cannot push to {repo}: set HF_TOKEN to a token with write access")
+    if not reachable(constants.ENDPOINT):
+        raise PushError(
+            f"cannot push to {repo}: {constants.ENDPOINT} does not answer; {folder} is unchanged"
+        )
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo, private=not public, exist_ok=True, repo_type="model")
+        api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="condense artifact")
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", "?")
+        raise PushError(
+            f"the Hub refused the push to {repo} (HTTP {status}); {folder} is unchanged"
+        ) from None
+    except (OSError, httpx.HTTPError) as err:
+        raise PushError(
+            f"push to {repo} failed ({type(err).__name__}); {folder} is unchanged"
+        ) from None
+    return f"{constants.ENDPOINT}/{repo}"

@@ -1,0 +1,120 @@
+"""Pushing an artifact: every failure is one line, non-zero, with the artifact untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from condense.config import ModelConfig
+from condense.model import Condenser
+from condense.push import PushError, push_artifact
+from condense.weights import load_causal_lm
+
+
+@pytest.fixture
+def artifact(tiny_pair, tmp_path):
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        encoder=tiny_pair[0], decoder=tiny_pair[1], num_condense_tokens=4, lora_r=4, lora_alpha=8
+    )
+    Condenser(load_causal_lm(tiny_pair[0]), load_causal_lm(tiny_pair[1]), cfg).save_pretrained(
+        str(tmp_path / "art")
+    )
+    return tmp_path / "art"
+
+
+def _fingerprint(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_push_offline_fails_in_one_line_and_keeps_the_artifact(artifact, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_TOKEN", "hf_planted_secret_value")
+    before = _fingerprint(artifact)
+    out = subprocess.run(
+        [sys.executable, "-m", "condense", "push", str(artifact), "--repo", "someone/condenser"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"condense: error: cannot push to someone/condenser: HF_HUB_OFFLINE is set; {artifact} is unchanged"
+    ]
+    assert "hf_planted_secret_value" not in out.stdout + out.stderr
+    assert _fingerprint(artifact) == before
+
+
+def test_push_without_a_token_says_how_to_give_one(artifact, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(PushError, match="set HF_TOKEN"):
+        push_artifact(artifact, "someone/condenser")
+
+
+def test_push_to_an_unreachable_hub_fails_fast(artifact, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    before = _fingerprint(artifact)
+    start = time.monotonic()
+    with pytest.raises(PushError, match="does not answer"):
+        push_artifact(artifact, "someone/condenser")
+    assert time.monotonic() - start < 5
+    assert _fingerprint(artifact) == before
+
+
+def test_a_refused_token_is_one_line(artifact, monkeypatch):
+    import httpx
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    monkeypatch.setattr("condense.push.reachable", lambda url: True)
+    response = httpx.Response(
+        401, request=httpx.Request("POST", f"{constants.ENDPOINT}/api/repos/create")
+    )
+
+    def refuse(self, *args, **kwargs):
+        raise HfHubHTTPError("Invalid credentials", response=response)
+
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    with pytest.raises(
+        PushError, match=r"refused the push to someone/condenser \(HTTP 401\)"
+    ) as err:
+        push_artifact(artifact, "someone/condenser")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("repo", ["condenser", "a/b/c", "/x"])
+def test_repo_must_be_owner_slash_name(artifact, repo):
+    with pytest.raises(PushError, match="OWNER/NAME"):
+        push_artifact(artifact, repo)
+
+
+def test_push_creates_a_private_repo_unless_public(artifact, monkeypatch):
+    from huggingface_hub import HfApi
+
+    calls = {}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    monkeypatch.setattr("condense.push.reachable", lambda url: True)
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo, **kw: calls.update(create=(repo, kw))
+    )
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.update(upload=kw))
+    push_artifact(artifact, "someone/condenser")
+    assert calls["create"][1]["private"] is True
+    assert calls["upload"]["folder_path"] == str(artifact)
+    push_artifact(artifact, "someone/condenser", public=True)
+    assert calls["create"][1]["private"] is False
