@@ -120,6 +120,32 @@ def generate_parser() -> ArgumentParser:
     return parser
 
 
+def eval_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="condense eval",
+        description="Score an artifact per task with no context, a wrong context, the condensed"
+        " context and the full context.",
+    )
+    parser.add_argument(
+        "--artifact", required=True, help="An artifact folder or a Hub repo holding one."
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="Samples to score (same sources as training); default: the artifact's validation split.",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="Score only the first N samples.")
+    parser.add_argument("--out", required=True, help="JSON results; a PNG plot goes beside it.")
+    return parser
+
+
+def run_eval(argv: list[str]) -> None:
+    args = eval_parser().parse_args(argv)
+    from condense.evaluate import run_eval as evaluate
+
+    evaluate(args.artifact, args.data, args.limit, Path(args.out))
+
+
 def run_push(argv: list[str]) -> None:
     args = push_parser().parse_args(argv)
     from condense.push import push_artifact
@@ -143,6 +169,7 @@ USAGE = """usage: condense COMMAND [options]
 
 commands:
   train      train a condenser (condense train --help)
+  eval       score an artifact from no context to full context (condense eval --help)
   generate   answer a prompt from a condensed context (condense generate --help)
   push       upload an artifact to the Hugging Face Hub (condense push --help)
 """
@@ -157,8 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     commands = {
         "train": lambda: _train(parse_train(rest)),
-        "push": lambda: run_push(rest),
+        "eval": lambda: run_eval(rest),
         "generate": lambda: run_generate(rest),
+        "push": lambda: run_push(rest),
     }
     if command not in commands:
         raise SystemExit(f"condense: error: unknown command {command!r}\n{USAGE}")

@@ -9,30 +9,31 @@ from condense.model import Condenser
 
 @torch.no_grad()
 def generate(
-    condenser: Condenser, condensed: torch.Tensor, prompts: list[str], max_new_tokens: int = 64
+    condenser: Condenser,
+    prefixes: torch.Tensor | list[torch.Tensor],
+    prompts: list[str],
+    max_new_tokens: int = 64,
 ) -> list[str]:
-    """Greedy completions of `prompts`, each after its row of `condensed` (B, N, Hd).
+    """Greedy completions of `prompts`, each after its prefix of decoder input embeddings:
+    condensed (B, N, Hd), or a list of (n_i, Hd) of any lengths (n_i = 0: no context).
 
     Rows are left-padded to one width and masked, so a batch gives what each row would
-    give alone; `condensed` may have N = 0 (no context).
+    give alone.
     """
     tokenizer = condenser.decoder_tokenizer
     decoder = condenser.decoder
-    ids = [tokenizer(p)["input_ids"] for p in prompts]
-    width = max(len(i) for i in ids)
     embed = decoder.get_input_embeddings()
-    n, device = condensed.shape[1], condensed.device
-    rows, masks = [], []
-    for row, prompt_ids in zip(condensed, ids):
-        pad = width - len(prompt_ids)
-        tokens = embed(torch.tensor(prompt_ids, device=device))  # (t, Hd)
-        rows.append(
-            torch.cat([tokens.new_zeros(pad, tokens.shape[-1]), row.to(tokens.dtype), tokens])
-        )
-        masks.append([0] * pad + [1] * (n + len(prompt_ids)))
+    device = embed.weight.device
+    rows = []
+    for prefix, prompt in zip(prefixes, prompts):
+        tokens = embed(torch.tensor(tokenizer(prompt)["input_ids"], device=device))  # (t, Hd)
+        rows.append(torch.cat([prefix.to(device, tokens.dtype), tokens]))  # (n + t, Hd)
+    width = max(len(r) for r in rows)
+    embeds = torch.stack([torch.cat([r.new_zeros(width - len(r), r.shape[-1]), r]) for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
     out = decoder.generate(
-        inputs_embeds=torch.stack(rows),  # (B, pad + N + t, Hd)
-        attention_mask=torch.tensor(masks, device=device),
+        inputs_embeds=embeds,  # (B, width, Hd)
+        attention_mask=mask,
         max_new_tokens=max_new_tokens,
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,

@@ -109,6 +109,28 @@ class Condenser(nn.Module):
         hidden = hidden[rows, slots]  # (B, N, k*He)
         return self.projection(self.norm(hidden))  # (B, N, Hd)
 
+    def decoder_logits(
+        self,
+        condensed: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's logits (M, V) at the M positions that predict a label, and those
+        labels (M,). It reads [condensed (N) ; prompt+completion (T)]; N may be 0."""
+        n = condensed.shape[1]
+        token_embeds = self.decoder.get_input_embeddings()(input_ids)  # (B, T, Hd)
+        embeds = torch.cat([condensed.to(token_embeds.dtype), token_embeds], 1)  # (B, N+T, Hd)
+        mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], n), attention_mask], 1)
+        hidden = self.decoder_body(
+            inputs_embeds=embeds, attention_mask=mask, use_cache=False
+        ).last_hidden_state  # (B, N+T, Hd)
+        # Position p predicts the token at p+1.
+        targets = torch.cat([labels.new_full((len(labels), n), IGNORE_INDEX), labels], 1)[:, 1:]
+        targeted = targets != IGNORE_INDEX  # (B, N+T-1)
+        logits = self.decoder.get_output_embeddings()(hidden[:, :-1][targeted])  # (M, V)
+        return _as_model_logits(logits.float(), self.decoder.config), targets[targeted]
+
     def decoder_loss(
         self,
         condensed: torch.Tensor,
@@ -117,25 +139,9 @@ class Condenser(nn.Module):
         labels: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean cross-entropy of the decoder on labelled tokens, and how many there were.
-
-        The decoder reads [condensed (N) ; prompt+completion (T)]; logits are computed only
-        at the positions that predict a label, not over the whole vocabulary everywhere.
-        """
-        n = condensed.shape[1]
-        token_embeds = self.decoder.get_input_embeddings()(input_ids)  # (B, T, Hd)
-        embeds = torch.cat([condensed.to(token_embeds.dtype), token_embeds], 1)  # (B, N+T, Hd)
-        mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], n), attention_mask], 1)
-        hidden = self.decoder_body(
-            inputs_embeds=embeds, attention_mask=mask, use_cache=False
-        ).last_hidden_state  # (B, N+T, Hd)
-        # Position p predicts the token at p+1. N may be 0: the no-context baseline.
-        targets = torch.cat([labels.new_full((len(labels), n), IGNORE_INDEX), labels], 1)[:, 1:]
-        targeted = targets != IGNORE_INDEX  # (B, N+T-1)
-        logits = self.decoder.get_output_embeddings()(hidden[:, :-1][targeted])  # (M, V)
-        loss = F.cross_entropy(
-            _as_model_logits(logits.float(), self.decoder.config), targets[targeted]
-        )
-        return loss, targeted.sum()
+        Logits are computed only where there is a label, not over every position."""
+        logits, targets = self.decoder_logits(condensed, input_ids, attention_mask, labels)
+        return F.cross_entropy(logits, targets), targets.new_tensor(len(targets))
 
     @torch.no_grad()
     def condense(self, texts: list[str]) -> torch.Tensor:

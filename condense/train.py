@@ -102,9 +102,14 @@ class ExportBest(Callback):
 
     def __init__(self, folder: Path, cfg: TrainConfig):
         self.folder = folder
+        # Enough to rebuild the validation split at evaluation time.
         self.extra = {
             "max_tokens": cfg.dataset.max_tokens,
+            "max_characters": cfg.dataset.max_characters,
             "train_data": cfg.data,
+            "seed": cfg.seed,
+            "val_size": cfg.dataset.val_size,
+            "synthetic_passages": cfg.dataset.synthetic_passages,
             "train_steps": 0,
         }
 

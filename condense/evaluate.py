@@ -1,0 +1,227 @@
+"""`condense eval`: every score between its floor and its ceiling.
+
+For each sample the decoder is scored under four conditions:
+    none       the prompt alone (the floor)
+    wrong      another sample's condensed context (is the information specific?)
+    condensed  its own condensed context
+    full       its context as text, in the decoder's own tokenizer (the ceiling)
+and gap closed = (none - condensed) / (none - full) on loss.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.text import squad
+from torchmetrics.functional.text.rouge import rouge_score
+from tqdm import tqdm
+
+from condense.config import DatasetConfig
+from condense.data import load_samples, tokenize
+from condense.generate import generate
+from condense.model import Condenser
+from condense.samples import Sample, split_train_val
+from condense.synthetic import QUESTION_ANSWERING, RECONSTRUCTION
+
+CONDITIONS = ("none", "wrong", "condensed", "full")
+
+
+def eval_samples(config: dict[str, Any], data: str | None, limit: int | None) -> list[Sample]:
+    """`data`'s samples, or by default the validation split the artifact was trained
+    against (rebuilt from the data source, seed and sizes its config records)."""
+    cut = DatasetConfig(max_characters=config.get("max_characters", 10000))
+    if data is None:
+        cut.synthetic_passages = config.get("synthetic_passages", cut.synthetic_passages)
+        samples = load_samples(config.get("train_data", "synthetic"), cut, config.get("seed", 0))
+        samples = split_train_val(samples, config.get("val_size", 100), config.get("seed", 0))[1]
+    else:
+        samples = load_samples(data, cut, config.get("seed", 0))
+    return samples[:limit] if limit else samples
+
+
+def wrong_partners(samples: list[Sample]) -> list[int]:
+    """For each sample, the next one (cyclically) from another context group."""
+    keys = [s.group or s.context for s in samples]
+    partners = []
+    for i, key in enumerate(keys):
+        j = next(
+            (k % len(keys) for k in range(i + 1, i + len(keys)) if keys[k % len(keys)] != key), i
+        )
+        partners.append(j)
+    return partners
+
+
+@torch.no_grad()
+def evaluate(condenser: Condenser, samples: list[Sample], max_tokens: int) -> dict[str, Any]:
+    """Loss, token accuracy, QA exact match and reconstruction ROUGE-L per task and
+    condition; see the module docstring for the conditions."""
+    enc_tok, dec_tok = condenser.encoder_tokenizer, condenser.decoder_tokenizer
+    items = tokenize(samples, enc_tok, dec_tok, DatasetConfig(max_tokens=max_tokens))
+    context_ids = dec_tok(
+        [s.context for s in samples],
+        add_special_tokens=False,
+        truncation=True,
+        max_length=max_tokens,
+    )["input_ids"]
+    embed = condenser.decoder.get_input_embeddings()
+    condensed = [
+        condenser.encode(
+            torch.tensor([t.context_ids]), torch.ones(1, len(t.context_ids), dtype=torch.long)
+        )[0]
+        for t in items
+    ]
+    partners = wrong_partners(samples)
+    prefixes = {
+        "none": [c[:0] for c in condensed],
+        "wrong": [condensed[j] for j in partners],
+        "condensed": condensed,
+        "full": [embed(torch.tensor(ids)) for ids in context_ids],
+    }
+    sums: dict = defaultdict(
+        lambda: defaultdict(lambda: [0.0, 0, 0])
+    )  # task -> cond -> [nll, right, n]
+    for i, item in enumerate(tqdm(items, desc="condense eval: scoring", unit="sample")):
+        ids = torch.tensor([item.input_ids])
+        labels = torch.tensor([item.labels])
+        for cond in CONDITIONS:
+            logits, targets = condenser.decoder_logits(
+                prefixes[cond][i][None], ids, torch.ones_like(ids), labels
+            )
+            acc = sums[samples[i].task][cond]
+            acc[0] += F.cross_entropy(logits, targets, reduction="sum").item()
+            acc[1] += (logits.argmax(-1) == targets).sum().item()
+            acc[2] += len(targets)
+    report = {task: _task_scores(by_cond) for task, by_cond in sums.items()}
+    examples = _generated_scores(condenser, samples, prefixes, report)
+    return {"samples": len(samples), "by_task": report, "examples": examples}
+
+
+def _task_scores(by_cond: dict) -> dict[str, Any]:
+    loss = {c: by_cond[c][0] / by_cond[c][2] for c in CONDITIONS}
+    span = loss["none"] - loss["full"]
+    return {
+        "loss": loss,
+        "gap_closed": (loss["none"] - loss["condensed"]) / span if span else None,
+        "token_accuracy": {c: by_cond[c][1] / by_cond[c][2] for c in CONDITIONS},
+    }
+
+
+def _generated_scores(condenser, samples, prefixes, report) -> list[dict[str, str]]:
+    """Greedy answers (QA exact match) and reconstructions (ROUGE-L), batched per condition."""
+    examples = []
+    for task, metric, budget in (
+        (QUESTION_ANSWERING, "exact_match", 24),
+        (RECONSTRUCTION, "rougeL", 256),
+    ):
+        index = [i for i, s in enumerate(samples) if s.task == task]
+        if not index:
+            continue
+        references = [samples[i].completion for i in index]
+        report[task][metric] = {}
+        for cond in tqdm(CONDITIONS, desc=f"condense eval: generating {task}", unit="condition"):
+            outputs = []
+            for start in range(0, len(index), 8):
+                chunk = index[start : start + 8]
+                outputs += generate(
+                    condenser,
+                    [prefixes[cond][i] for i in chunk],
+                    [samples[i].prompt for i in chunk],
+                    budget,
+                )
+            report[task][metric][cond] = (
+                exact_match(outputs, references)
+                if metric == "exact_match"
+                else rouge_l(outputs, references)
+            )
+            examples += [
+                {
+                    "task": task,
+                    "condition": cond,
+                    "prompt": samples[i].prompt,
+                    "reference": ref,
+                    "output": out,
+                }
+                for i, ref, out in list(zip(index, references, outputs))[:3]
+            ]
+    return examples
+
+
+def exact_match(predictions: list[str], references: list[str]) -> float:
+    """Fraction of predictions equal to their reference after SQuAD normalisation
+    (lower case, no punctuation, articles or extra spaces), from torchmetrics."""
+    preds = [{"prediction_text": p, "id": str(i)} for i, p in enumerate(predictions)]
+    target = [
+        {"answers": {"answer_start": [0], "text": [r]}, "id": str(i)}
+        for i, r in enumerate(references)
+    ]
+    return squad(preds, target)["exact_match"].item() / 100
+
+
+def rouge_l(predictions: list[str], references: list[str]) -> float:
+    """Mean ROUGE-L F-measure (longest common subsequence of words), from torchmetrics."""
+    return rouge_score(predictions, references, rouge_keys="rougeL")["rougeL_fmeasure"].item()
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """One row per task and metric, one column per condition, and gap closed."""
+    lines = [
+        "| task | metric | none | wrong | condensed | full | gap closed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task, scores in sorted(results["by_task"].items()):
+        for metric in ("loss", "token_accuracy", "exact_match", "rougeL"):
+            if metric in scores:
+                row = " | ".join(f"{scores[metric][c]:.3f}" for c in CONDITIONS)
+                gap = (
+                    f"{scores['gap_closed']:.2f}"
+                    if metric == "loss" and scores["gap_closed"] is not None
+                    else ""
+                )
+                lines.append(f"| {task} | {metric} | {row} | {gap} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Bar chart of loss per task and condition."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted(results["by_task"])
+    fig, ax = plt.subplots(figsize=(2.5 + 2 * len(tasks), 4))
+    width = 0.2
+    for k, cond in enumerate(CONDITIONS):
+        values = [results["by_task"][t]["loss"][cond] for t in tasks]
+        ax.bar([i + (k - 1.5) * width for i in range(len(tasks))], values, width, label=cond)
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_ylabel("decoder loss on the target (nats/token)")
+    ax.set_title("condense eval: floor (none) to ceiling (full)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_eval(artifact: str, data: str | None, limit: int | None, out: Path) -> dict[str, Any]:
+    """Load an artifact, evaluate it, write JSON and a PNG beside it, print the table."""
+    from condense.artifact import read_config
+    from condense.files import write_atomic
+
+    condenser = Condenser.from_pretrained(artifact)
+    config = read_config(Path(artifact)) if Path(artifact).is_dir() else {}
+    samples = eval_samples(config, data, limit)
+    results = {
+        "artifact": artifact,
+        "data": data or f"{config.get('train_data')} (validation split)",
+    }
+    results |= evaluate(condenser, samples, config.get("max_tokens") or 4096)
+    write_atomic(out, json.dumps(results, indent=2))
+    plot(results, out.with_suffix(".png"))
+    print(markdown_table(results))
+    return results
