@@ -5,6 +5,7 @@
     condense train --test --max-steps 50 --model.num_condense_tokens 16
     condense generate --artifact runs/X/artifact --context-file doc.txt --prompt "Who?"
     condense push runs/X/artifact --repo me/my-condenser
+    condense import old-run/ --out my-artifact   # a checkpoint of the original trainer
 
 Every field of the config is a flag; nested ones read `--model.lora_r 64`. Flags accept
 dashes or underscores (`--max-steps` is `--max_steps`).
@@ -139,11 +140,42 @@ def eval_parser() -> ArgumentParser:
     return parser
 
 
+def import_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="condense import",
+        description="Turn a checkpoint folder of the original trainer (checkpoints/modules.pt"
+        " and a peft adapter) into a condense artifact. The pickle is read with"
+        " weights_only=True: a file carrying code is refused, not run.",
+    )
+    parser.add_argument("folder", help="The original run's folder.")
+    parser.add_argument("--out", required=True, help="Artifact folder to write.")
+    parser.add_argument(
+        "--encoder", default=None, help="Encoder id (default: the adapter's base model)."
+    )
+    parser.add_argument(
+        "--decoder",
+        default=None,
+        help="Decoder id (default: the original's mistralai/Mistral-7B-Instruct-v0.2).",
+    )
+    return parser
+
+
+def run_import(argv: list[str]) -> None:
+    args = import_parser().parse_args(argv)
+    from condense.artifact import ORIGINAL_DECODER, import_original
+
+    out = import_original(
+        Path(args.folder), Path(args.out), args.encoder, args.decoder or ORIGINAL_DECODER
+    )
+    print(f"condense: imported {args.folder} into {out}")
+
+
 def run_eval(argv: list[str]) -> None:
     args = eval_parser().parse_args(argv)
     from condense.evaluate import run_eval as evaluate
 
-    evaluate(args.artifact, args.data, args.limit, Path(args.out))
+    command = " ".join(["condense eval", *argv])
+    evaluate(args.artifact, args.data, args.limit, Path(args.out), command)
 
 
 def run_push(argv: list[str]) -> None:
@@ -172,6 +204,7 @@ commands:
   eval       score an artifact from no context to full context (condense eval --help)
   generate   answer a prompt from a condensed context (condense generate --help)
   push       upload an artifact to the Hugging Face Hub (condense push --help)
+  import     turn an original-trainer checkpoint into an artifact (condense import --help)
 """
 
 
@@ -187,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         "eval": lambda: run_eval(rest),
         "generate": lambda: run_generate(rest),
         "push": lambda: run_push(rest),
+        "import": lambda: run_import(rest),
     }
     if command not in commands:
         raise SystemExit(f"condense: error: unknown command {command!r}\n{USAGE}")

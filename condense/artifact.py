@@ -161,8 +161,14 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 def model_card(config: dict[str, Any]) -> str:
     """A README.md for the artifact: what it is, how to load it, how it was trained."""
-    shown = {k: v for k, v in config.items() if k not in ("lora",)}
+    shown = {k: v for k, v in config.items() if k not in ("lora", "training_config")}
     rows = "\n".join(f"| {k} | {v} |" for k, v in shown.items())
+    training = ""
+    if config.get("training_config"):
+        import yaml
+
+        dumped = yaml.safe_dump(config["training_config"], sort_keys=False)
+        training = f"\n## Training configuration\n\n```yaml\n{dumped}```\n"
     return f"""---
 library_name: condense
 tags: [context-compression, soft-prompt, peft, lora]
@@ -185,7 +191,25 @@ condensed = condenser.condense(["A long context ..."])  # (1, {config["num_conde
 |---|---|
 {rows}
 | lora | r={config["lora"]["r"]}, alpha={config["lora"]["alpha"]}, dropout={config["lora"]["dropout"]}, targets={config["lora"]["target_modules"]} |
+{training}{EVALUATION_HEADING}
+
+Not evaluated yet: `condense eval --artifact THIS_FOLDER --out eval.json` writes its table here.
 """
+
+
+EVALUATION_HEADING = "## Evaluation"
+
+
+def add_evaluation(folder: Path, table: str, command: str) -> None:
+    """Put an evaluation table into the artifact's model card, replacing any earlier one."""
+    from condense.files import write_atomic
+
+    card_path = Path(folder) / "README.md"
+    card = card_path.read_text() if card_path.is_file() else ""
+    head = card.split(EVALUATION_HEADING)[0].rstrip("\n")
+    write_atomic(
+        card_path, f"{head}\n\n{EVALUATION_HEADING}\n\nMeasured with `{command}`:\n\n{table}\n"
+    )
 
 
 def _local_folder(path_or_id: str) -> Path:

@@ -119,6 +119,9 @@ class TrainConfig:
         wandb: "auto" is online when WANDB_API_KEY is set and the server answers, offline
             otherwise; "online", "offline", or "off".
         wandb_project: W&B project name.
+        hub_repo: OWNER/NAME of a Hugging Face model repo: the best artifact is pushed there
+            at the end of training (token from HF_TOKEN). null: nothing is pushed.
+        hub_public: Create `hub_repo` public; it is private by default.
         model: The encoder/decoder pair and the condenser's shape.
         dataset: Tokenization, splits and batching.
         optim: Optimizer and schedule.
@@ -138,6 +141,8 @@ class TrainConfig:
     log_every_n_steps: int = 10
     wandb: Literal["auto", "online", "offline", "off"] = "auto"
     wandb_project: str = "condense"
+    hub_repo: str | None = None
+    hub_public: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

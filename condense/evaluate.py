@@ -208,9 +208,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def run_eval(artifact: str, data: str | None, limit: int | None, out: Path) -> dict[str, Any]:
-    """Load an artifact, evaluate it, write JSON and a PNG beside it, print the table."""
-    from condense.artifact import read_config
+def run_eval(
+    artifact: str, data: str | None, limit: int | None, out: Path, command: str | None = None
+) -> dict[str, Any]:
+    """Load an artifact, evaluate it, write JSON and a PNG beside it, print the table, and
+    put the table into a local artifact's model card (`command` is quoted there)."""
+    from condense.artifact import add_evaluation, read_config
     from condense.files import write_atomic
 
     condenser = Condenser.from_pretrained(artifact)
@@ -223,5 +226,8 @@ def run_eval(artifact: str, data: str | None, limit: int | None, out: Path) -> d
     results |= evaluate(condenser, samples, config.get("max_tokens") or 4096)
     write_atomic(out, json.dumps(results, indent=2))
     plot(results, out.with_suffix(".png"))
-    print(markdown_table(results))
+    table = markdown_table(results)
+    print(table)
+    if Path(artifact).is_dir():
+        add_evaluation(Path(artifact), table, command or "condense eval")
     return results

@@ -10,7 +10,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from condense.config import OptimConfig
-from condense.model import Condenser
+from condense.model import IGNORE_INDEX, Condenser
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -56,9 +56,18 @@ class CondenseModule(L.LightningModule):
             self.trainer.should_stop = True
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, targets = self.condenser(batch)
+        condensed = self.condenser.encode(batch["context_ids"], batch["context_mask"])
+        text = batch["input_ids"], batch["attention_mask"]
+        loss, targets = self.condenser.decoder_loss(condensed, *text, batch["labels"])
         # Weighted by target tokens, so val_loss is the mean over tokens, not over batches.
         self.log("val_loss", loss, prog_bar=True, batch_size=int(targets), sync_dist=True)
+        # The same targets behind another sample's condensed context: a val_loss that falls
+        # while val_loss_wrong falls with it has learned the task's format, not its content.
+        partner, has_partner = other_context(batch["context_ids"], batch["context_mask"])
+        if has_partner.any():
+            labels = batch["labels"].masked_fill(~has_partner[:, None], IGNORE_INDEX)
+            wrong, counted = self.condenser.decoder_loss(condensed[partner], *text, labels)
+            self.log("val_loss_wrong", wrong, batch_size=int(counted), sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self.condenser.parameter_groups()
@@ -98,3 +107,23 @@ class CondenseModule(L.LightningModule):
                 " was it trained with other model or LoRA settings?"
             )
         self.val_loss_initial = checkpoint.get("val_loss_initial")
+
+
+def other_context(
+    context_ids: torch.Tensor, context_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row, the next row (cyclically) whose context differs, and whether one exists.
+
+    Samples cut from one passage share a context, and length-grouped batches put them side by
+    side, so plain "the next row" would often be the right context, not a wrong one.
+    """
+    batch = context_ids.shape[0]
+    rows = torch.arange(batch, device=context_ids.device)
+    if batch < 2:
+        return rows, torch.zeros_like(rows, dtype=torch.bool)
+    ids = context_ids.masked_fill(context_mask == 0, -1)
+    same = (ids[:, None] == ids[None]).all(-1)  # (B, B)
+    others = (rows[:, None] + rows[None, 1:]) % batch  # (B, B-1): the other rows, in order
+    differs = ~same.gather(1, others)
+    partner = others.gather(1, differs.float().argmax(1, keepdim=True))[:, 0]
+    return partner, differs.any(1)

@@ -17,12 +17,14 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from lightning.pytorch.trainer.states import TrainerFn
 
 from condense.artifact import save_artifact
+from condense.callbacks import LogGenerations
 from condense.config import TrainConfig
 from condense.data import CondenseDataModule
 from condense.files import write_atomic
 from condense.loggers import make_loggers, wandb_run_id
 from condense.model import Condenser
 from condense.module import CondenseModule
+from condense.push import PushError, push_artifact
 from condense.weights import load_causal_lm, load_tokenizer
 
 # The frozen decoder is in eval mode on purpose (no dropout); Lightning warns about it.
@@ -67,6 +69,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         callbacks=[
             checkpoints,
             ExportBest(run_dir / "artifact", cfg),
+            LogGenerations(datamodule.val_samples),
             TQDMProgressBar(refresh_rate=1),
         ],
         default_root_dir=run_dir,
@@ -89,16 +92,26 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "precision": precision,
         "resumed_from": resume_from,
+        "pushed_to": None,
     }
+    push_error = None
+    if cfg.hub_repo and summary["artifact"] and trainer.is_global_zero:
+        try:
+            summary["pushed_to"] = push_artifact(
+                Path(summary["artifact"]), cfg.hub_repo, cfg.hub_public
+            )
+        except PushError as err:
+            push_error = err
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     print(describe(summary))
+    if push_error:  # after the summary: the run and its artifact are kept, the push is not
+        raise push_error
     return summary
 
 
 class ExportBest(Callback):
     """Writes the portable artifact whenever validation reaches a new best loss, so the
-    artifact folder always holds the best weights so far (the .ckpt files are for resume).
-    Runs after ModelCheckpoint, whose best score it reads."""
+    artifact folder always holds the best weights so far (the .ckpt files are for resume)."""
 
     def __init__(self, folder: Path, cfg: TrainConfig):
         self.folder = folder
@@ -111,6 +124,7 @@ class ExportBest(Callback):
             "val_size": cfg.dataset.val_size,
             "synthetic_passages": cfg.dataset.synthetic_passages,
             "train_steps": 0,
+            "training_config": cfg.to_dict(),
         }
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -120,11 +134,13 @@ class ExportBest(Callback):
             or not trainer.is_global_zero
         ):
             return
+        # Lightning runs checkpoint callbacks last, so this is the best score *before* this
+        # validation: none yet means this one is the first, and so the best.
         best, current = (
             trainer.checkpoint_callback.best_model_score,
             trainer.callback_metrics.get("val_loss"),
         )
-        if best is not None and current is not None and float(current) <= float(best):
+        if current is not None and (best is None or float(current) <= float(best)):
             self.extra.update(train_steps=trainer.global_step, val_loss=float(current))
             save_artifact(module.condenser, self.folder, self.extra)
 
@@ -146,6 +162,9 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
     # draw random numbers, and the condenser's initialisation must not depend on that.
     L.seed_everything(cfg.seed, verbose=False)
     condenser = Condenser(encoder, decoder, cfg.model)
+    # As Condenser.from_pretrained attaches them: condense(texts) and generate() need them.
+    condenser.encoder_tokenizer, condenser.decoder_tokenizer = encoder_tok, decoder_tok
+    condenser.max_context_tokens = cfg.dataset.max_tokens
     if _use_checkpointing(cfg):
         condenser.enable_gradient_checkpointing()
     return CondenseModule(condenser, cfg.optim, cfg.max_steps), datamodule
@@ -207,6 +226,7 @@ def describe(summary: dict[str, Any]) -> str:
             f"  last checkpoint: {summary['last_checkpoint']}",
             f"  summary: {os.path.join(summary['run_dir'], 'summary.json')}",
         ]
+        + ([f"  pushed to: {summary['pushed_to']}"] if summary.get("pushed_to") else [])
     )
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from condense.__main__ import main
 from condense.artifact import ARTIFACT_FILES, ArtifactError, import_original, read_config
 from condense.config import ModelConfig
 from condense.model import Condenser
@@ -122,11 +123,13 @@ def _original_checkpoint(tiny_pair, folder):
     return encoder, tokens, linear, norm
 
 
-def test_an_original_checkpoint_imports_and_condenses(tiny_pair, tmp_path):
+def test_an_original_checkpoint_imports_and_condenses(tiny_pair, tmp_path, capsys):
     lora_encoder, tokens, linear, norm = _original_checkpoint(tiny_pair, tmp_path / "original")
-    import_original(
-        tmp_path / "original", tmp_path / "artifact", encoder=tiny_pair[0], decoder=tiny_pair[1]
+    main(
+        ["import", str(tmp_path / "original"), "--out", str(tmp_path / "artifact")]
+        + ["--encoder", tiny_pair[0], "--decoder", tiny_pair[1]]
     )
+    assert "imported" in capsys.readouterr().out
     condenser = Condenser.from_pretrained(str(tmp_path / "artifact"))
     assert condenser.num_condense_tokens == 6 and condenser.n_last == 2
     assert torch.equal(condenser.condense_tokens, tokens[0])

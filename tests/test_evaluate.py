@@ -113,3 +113,7 @@ def test_eval_command_writes_json_png_and_a_table(tiny_pair, tmp_path):
     assert "rougeL" in results["by_task"]["reconstruction"]
     assert (tmp_path / "eval.png").stat().st_size > 1000
     assert "| question_answering | loss |" in out.stdout
+    # The local artifact's model card now carries the same table, once.
+    card = (tmp_path / "art" / "README.md").read_text()
+    assert card.count("## Evaluation") == 1 and "| question_answering | loss |" in card
+    assert f"condense eval --artifact {tmp_path / 'art'}" in card

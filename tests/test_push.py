@@ -118,3 +118,37 @@ def test_push_creates_a_private_repo_unless_public(artifact, monkeypatch):
     assert calls["upload"]["folder_path"] == str(artifact)
     push_artifact(artifact, "someone/condenser", public=True)
     assert calls["create"][1]["private"] is False
+
+
+def test_training_pushes_its_best_artifact_when_a_repo_is_configured(
+    tiny_pair, tmp_path, monkeypatch
+):
+    import condense.train
+    from condense.train import train
+    from tests.conftest import tiny_config
+
+    pushed = []
+    monkeypatch.setattr(
+        condense.train,
+        "push_artifact",
+        lambda folder, repo, public: pushed.append((folder, repo, public)) or f"hub/{repo}",
+    )
+    cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, hub_repo="me/condenser")
+    summary = train(cfg)
+    assert pushed == [(tmp_path / "run" / "artifact", "me/condenser", False)]
+    assert summary["pushed_to"] == "hub/me/condenser"
+
+
+def test_a_failed_push_after_training_keeps_the_run_and_says_so(tiny_pair, tmp_path, monkeypatch):
+    import json
+
+    from condense.train import train
+    from tests.conftest import tiny_config
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, hub_repo="me/condenser")
+    with pytest.raises(PushError, match="HF_HUB_OFFLINE is set"):
+        train(cfg)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["pushed_to"] is None
+    assert Condenser.from_pretrained(summary["artifact"]).num_condense_tokens > 0

@@ -45,6 +45,9 @@ def test_run_writes_summary_csv_and_checkpoints(tiny_pair, tmp_path):
     exported = read_config(tmp_path / "run" / "artifact")
     assert exported["val_loss"] == pytest.approx(summary["val_loss_best"])
     assert summary["artifact"] == str(tmp_path / "run" / "artifact")
+    assert exported["training_config"]["max_steps"] == 5
+    card = (tmp_path / "run" / "artifact" / "README.md").read_text()
+    assert "## Training configuration" in card and "max_steps: 5" in card
 
 
 def test_training_lowers_validation_loss(tiny_pair, tmp_path):

@@ -1,0 +1,28 @@
+"""Training-time callbacks: sample generations reach W&B."""
+
+from __future__ import annotations
+
+import json
+
+from condense.callbacks import GENERATION_COLUMNS
+from condense.synthetic import TASKS
+from condense.train import train
+from tests.conftest import tiny_config
+
+
+def test_validation_logs_a_table_of_generations_to_wandb(tiny_pair, tmp_path):
+    # bf16-mixed as in the test job: frozen weights in bf16 meet fp32 trained ones.
+    cfg = tiny_config(
+        *tiny_pair, tmp_path / "run", max_steps=4, wandb="offline", precision="bf16-mixed"
+    )
+    train(cfg)
+    tables = sorted((tmp_path / "run" / "wandb").glob("offline-run-*/files/media/table/**/*.json"))
+    assert tables, "no W&B table was written"
+    newest = max(tables, key=lambda p: len(json.loads(p.read_text())["data"]))
+    table = json.loads(newest.read_text())
+    assert table["columns"] == GENERATION_COLUMNS
+    # One row per task at each of the two validations inside fit (steps 2 and 4).
+    assert sorted((row[0], row[1]) for row in table["data"]) == sorted(
+        (step, task) for step in (2, 4) for task in TASKS
+    )
+    assert all(isinstance(row[4], str) for row in table["data"])
