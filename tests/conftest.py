@@ -125,3 +125,14 @@ def tiny_config(encoder: str, decoder: str, run_dir: Path, **overrides) -> Train
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
+
+
+def tiny_job(encoder: str, decoder: str, path: Path, **overrides) -> Path:
+    """A job YAML over the tiny pair (what `tiny_config` holds), for the entry points that
+    take a job file: `condense train --config`, `python -m launch run`."""
+    import yaml
+
+    cfg = tiny_config(encoder, decoder, path.parent, **overrides).to_dict()
+    cfg.pop("run_dir")
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
