@@ -11,6 +11,8 @@ Lightning then starts one process per GPU on each node.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -98,3 +100,12 @@ def detect(environ: Mapping[str, str]) -> Cluster | None:
     """SkyPilot's description, else a launcher's CONDENSE_NODE_* one, else None (a plain
     machine: the job's own `devices` and `num_nodes` apply)."""
     return from_skypilot(environ) or from_condense_vars(environ)
+
+
+def gpu_count() -> int:
+    """NVIDIA GPUs on this machine (0 without a driver), counted without importing torch:
+    the launcher's process must not initialise CUDA before the trainer's processes do."""
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
+    return sum(line.startswith("GPU ") for line in listing.stdout.splitlines())

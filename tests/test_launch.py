@@ -177,3 +177,30 @@ def test_launch_resumes_after_sigterm_and_sigkill(tiny_pair, tmp_path):
     from condense.artifact import ARTIFACT_FILES
 
     assert {p.name for p in (ckpts / "artifact").iterdir()} == ARTIFACT_FILES
+
+
+def test_supervisor_commits_on_each_checkpoint_and_passes_a_preemption_on(tmp_path):
+    import threading
+
+    from launch.supervise import supervise
+
+    # A stand-in trainer: writes a checkpoint, then waits to be stopped.
+    child = (
+        "import pathlib, time, sys\n"
+        "folder = pathlib.Path(sys.argv[1]) / 'checkpoints'; folder.mkdir(parents=True)\n"
+        "(folder / 'last.ckpt').write_text('step 1')\n"
+        "time.sleep(60)\n"
+    )
+    commits = []
+    # Modal's preemption notice is SIGINT: it reaches the trainer as SIGTERM.
+    threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    started = time.monotonic()
+    status = supervise(
+        [sys.executable, "-c", child, str(tmp_path)],
+        tmp_path,
+        on_checkpoint=lambda: commits.append(time.monotonic()),
+        poll_s=0.2,
+    )
+    assert status == -signal.SIGTERM and time.monotonic() - started < 30
+    assert len(commits) == 2  # once when last.ckpt appeared, once at the end
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
