@@ -236,9 +236,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _train(cfg: TrainConfig) -> None:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from condense.preemption import SIGTERM_EXIT_CODE
     from condense.train import train
 
-    train(cfg)
+    try:
+        train(cfg)
+    except SIGTERMException:
+        # last.ckpt is saved and said so; "terminated", not "finished", to whoever waits.
+        raise SystemExit(SIGTERM_EXIT_CODE) from None
 
 
 if __name__ == "__main__":

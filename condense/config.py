@@ -111,8 +111,12 @@ class TrainConfig:
         precision: Lightning precision; "auto" is bf16-mixed where the hardware has bf16
             (frozen weights are then stored in bf16) and 32-true elsewhere.
         accelerator: Lightning accelerator: auto, cpu, gpu.
-        devices: Devices to train on. Only 1 for now: training on several devices needs a
-            distributed version of the length-grouped batch sampler, not built yet.
+        devices: Devices per node (a count, "auto" for all GPUs, or a list of indices).
+            More than one trains with Lightning DDP: each process sees its own share of
+            every epoch's batches (so the effective batch is devices x nodes x batch_size).
+        num_nodes: Machines to train on (DDP); each needs MASTER_ADDR, MASTER_PORT and
+            NODE_RANK set, which `python -m launch run` does from the cluster's variables.
+        strategy: Lightning strategy; "auto" is DDP when there are several processes.
         val_every_n_steps: Validate (and maybe save the best checkpoint) every this many steps.
         val_batches: Validation batches per check (null: the whole validation split).
         log_every_n_steps: How often training metrics are logged.
@@ -136,6 +140,8 @@ class TrainConfig:
     precision: str = "auto"
     accelerator: str = "auto"
     devices: int | str | list[int] = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
     val_every_n_steps: int = 100
     val_batches: int | None = None
     log_every_n_steps: int = 10
@@ -150,11 +156,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_steps <= 0:
             raise ValueError(f"max_steps must be positive, got {self.max_steps}")
-        one_device = self.devices in (1, "1") or (
-            isinstance(self.devices, list) and len(self.devices) == 1
-        )
-        if not one_device:
-            raise ValueError(f"devices: only one device is supported for now, got {self.devices!r}")
+        if self.num_nodes <= 0:
+            raise ValueError(f"num_nodes must be positive, got {self.num_nodes}")
         if self.val_every_n_steps <= 0:
             raise ValueError(f"val_every_n_steps must be positive, got {self.val_every_n_steps}")
 

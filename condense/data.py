@@ -118,13 +118,30 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     Indices are shuffled, cut into windows of `batch_size * window`, sorted by length
     inside each window, batched, and the batches shuffled again: random enough for
     training, tight enough that padding stays small. `set_epoch` gives a new order.
+
+    With several processes (DDP), every rank builds the same epoch from the same seed and
+    keeps every `num_replicas`-th batch from its `rank` on: the ranks' shares are disjoint
+    and equally long (the last `len % num_replicas` batches of an epoch are left out, so
+    no rank waits on another in the gradient all-reduce).
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, window: int = 50):
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        seed: int = 0,
+        window: int = 50,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
         self.lengths = lengths
         self.batch_size = batch_size
         self.seed = seed
         self.window = window
+        self.num_replicas = num_replicas
+        self.rank = rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -140,13 +157,15 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             window = sorted(order[start : start + span], key=self.lengths.__getitem__)
             batches += self._chunk(window)
         rng.shuffle(batches)
-        yield from batches
+        shared = len(self) * self.num_replicas
+        yield from batches[self.rank : shared : self.num_replicas]
 
     def _chunk(self, order: list[int]) -> list[list[int]]:
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        """Batches this rank gets per epoch."""
+        return math.ceil(len(self.lengths) / self.batch_size) // self.num_replicas
 
 
 class CondenseDataModule(L.LightningDataModule):
@@ -185,9 +204,18 @@ class CondenseDataModule(L.LightningDataModule):
         return self._loader(self.val_set)
 
     def _loader(self, dataset: list[Tokenized]) -> DataLoader:
+        # The sampler shards batches across DDP ranks itself; the Trainer is told not to
+        # put a DistributedSampler in its place (use_distributed_sampler=False).
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         sampler = LengthGroupedBatchSampler(
-            [len(t) for t in dataset], self.cfg.batch_size, self.seed
+            [len(t) for t in dataset], self.cfg.batch_size, self.seed, 50, replicas, rank
         )
+        if len(sampler) == 0:
+            raise DataError(
+                f"--data {self.source}: {len(dataset)} samples make fewer batches of"
+                f" {self.cfg.batch_size} than there are processes ({replicas})"
+            )
         return DataLoader(
             dataset,
             batch_sampler=sampler,

@@ -57,7 +57,9 @@ class ResumableCSVLogger(CSVLogger):
 def make_loggers(setting: str, project: str, name: str, run_dir: Path) -> list[Logger]:
     """A CSV logger writing run_dir/metrics.csv, plus W&B unless it is off.
 
-    The W&B run id is kept in run_dir, so a resumed run continues the same W&B run.
+    The W&B run id is read from run_dir when a run left one there, so a resumed run
+    continues the same W&B run; `keep_run_id` writes it. Nothing is written here: with
+    several processes, only global rank 0 writes.
     """
     loggers: list[Logger] = [ResumableCSVLogger(run_dir, name="", version="")]
     mode = wandb_mode(setting)
@@ -68,7 +70,6 @@ def make_loggers(setting: str, project: str, name: str, run_dir: Path) -> list[L
 
     id_file = run_dir / RUN_ID_FILE
     run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
-    write_atomic(id_file, run_id)
     loggers.append(
         WandbLogger(
             project=project,
@@ -83,9 +84,25 @@ def make_loggers(setting: str, project: str, name: str, run_dir: Path) -> list[L
     return loggers
 
 
+def keep_run_id(loggers: list[Logger], run_dir: Path) -> None:
+    """Write the W&B run id to run_dir/wandb_run_id (no-op when W&B is off)."""
+    run_id = wandb_run_id(loggers)
+    if run_id is not None:
+        write_atomic(run_dir / RUN_ID_FILE, run_id)
+
+
 def wandb_run_id(loggers: list[Logger]) -> str | None:
     """The W&B run id, or None when W&B is off."""
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
             return logger.version
     return None
+
+
+def finish_wandb(loggers: list[Logger]) -> None:
+    """End the W&B run, if any: Lightning leaves it open, and a later `train()` in the same
+    process would then log into it instead of its own run."""
+    if wandb_run_id(loggers) is not None:
+        import wandb
+
+        wandb.finish()

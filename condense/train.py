@@ -21,18 +21,25 @@ from condense.callbacks import LogGenerations
 from condense.config import TrainConfig
 from condense.data import CondenseDataModule
 from condense.files import write_atomic
-from condense.loggers import make_loggers, wandb_run_id
+from condense.loggers import finish_wandb, keep_run_id, make_loggers, wandb_run_id
 from condense.model import Condenser
 from condense.module import CondenseModule
+from condense.preemption import SaveOnSigterm
 from condense.push import PushError, push_artifact
 from condense.weights import load_causal_lm, load_tokenizer
+
+RUN_DIR_ENV = "CONDENSE_RUN_DIR"
 
 # The frozen decoder is in eval mode on purpose (no dropout); Lightning warns about it.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train a condenser as `cfg` says; returns the summary also written to summary.json."""
+    """Train a condenser as `cfg` says; returns the summary also written to summary.json.
+
+    With several processes (DDP) every process calls this; only global rank 0 writes
+    files. On SIGTERM it saves last.ckpt and raises Lightning's `SIGTERMException`.
+    """
     start = time.monotonic()
     L.seed_everything(cfg.seed, verbose=False)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
@@ -40,11 +47,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # nothing but its error message.
     module, datamodule = build(cfg, precision)
     run_dir = resolve_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     loggers = make_loggers(cfg.wandb, cfg.wandb_project, cfg.name, run_dir)
-    for logger in loggers:
-        logger.log_hyperparams(cfg.to_dict())
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
@@ -54,30 +57,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         save_last=True,
         auto_insert_metric_name=False,
     )
-    trainer = L.Trainer(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        precision=precision,
-        max_steps=cfg.max_steps,
-        val_check_interval=cfg.val_every_n_steps,
-        check_val_every_n_epoch=None,
-        limit_val_batches=cfg.val_batches or 1.0,
-        num_sanity_val_steps=0,
-        gradient_clip_val=cfg.optim.grad_clip or None,
-        log_every_n_steps=cfg.log_every_n_steps,
-        logger=loggers,
-        callbacks=[
-            checkpoints,
-            ExportBest(run_dir / "artifact", cfg),
-            LogGenerations(datamodule.val_samples),
-            TQDMProgressBar(refresh_rate=1),
-        ],
-        default_root_dir=run_dir,
-    )
+    watch = [LogGenerations(datamodule.val_samples)]
+    trainer = make_trainer(cfg, precision, run_dir, loggers, checkpoints, watch)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        keep_run_id(loggers, run_dir)
+        for logger in loggers:
+            logger.log_hyperparams(cfg.to_dict())
     resume_from = resolve_resume(cfg.resume, run_dir)
     if resume_from is None:
         module.val_loss_initial = trainer.validate(module, datamodule, verbose=False)[0]["val_loss"]
     trainer.fit(module, datamodule, ckpt_path=resume_from)
+    finish_wandb(loggers)
 
     summary = {
         "steps": trainer.global_step,
@@ -92,10 +84,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "precision": precision,
         "resumed_from": resume_from,
+        "world_size": trainer.world_size,
         "pushed_to": None,
     }
+    if not trainer.is_global_zero:
+        return summary
     push_error = None
-    if cfg.hub_repo and summary["artifact"] and trainer.is_global_zero:
+    if cfg.hub_repo and summary["artifact"]:
         try:
             summary["pushed_to"] = push_artifact(
                 Path(summary["artifact"]), cfg.hub_repo, cfg.hub_public
@@ -107,6 +102,43 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if push_error:  # after the summary: the run and its artifact are kept, the push is not
         raise push_error
     return summary
+
+
+def make_trainer(
+    cfg: TrainConfig,
+    precision: str,
+    run_dir: Path,
+    loggers: list,
+    checkpoints: ModelCheckpoint,
+    extra_callbacks: list[Callback] | None = None,
+) -> L.Trainer:
+    """The Lightning Trainer for a run: devices, nodes and strategy from the config (DDP when
+    there are several processes), validation and checkpoints every `val_every_n_steps`."""
+    return L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        # The length-grouped sampler shards batches across ranks itself.
+        use_distributed_sampler=False,
+        precision=precision,
+        max_steps=cfg.max_steps,
+        val_check_interval=cfg.val_every_n_steps,
+        check_val_every_n_epoch=None,
+        limit_val_batches=cfg.val_batches or 1.0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        log_every_n_steps=cfg.log_every_n_steps,
+        logger=loggers,
+        callbacks=[
+            checkpoints,
+            ExportBest(run_dir / "artifact", cfg),
+            SaveOnSigterm(run_dir / "checkpoints" / "last.ckpt"),
+            *(extra_callbacks or []),
+            TQDMProgressBar(refresh_rate=1),
+        ],
+        default_root_dir=run_dir,
+    )
 
 
 class ExportBest(Callback):
@@ -171,10 +203,19 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
 
 
 def resolve_run_dir(cfg: TrainConfig) -> Path:
-    """`cfg.run_dir`, or a new runs/<name>-<time> folder."""
+    """`cfg.run_dir`, or a new runs/<name>-<time> folder, chosen once per run.
+
+    The choice is kept in $CONDENSE_RUN_DIR, which the processes that Lightning starts for
+    DDP inherit, so that all of them use the folder the first one chose. Processes started
+    together by another launcher (torchrun) need an explicit `run_dir`.
+    """
     if cfg.run_dir:
         return Path(cfg.run_dir)
-    return Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    chosen = os.environ.get(RUN_DIR_ENV) or str(
+        Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    )
+    os.environ[RUN_DIR_ENV] = chosen
+    return Path(chosen)
 
 
 def resolve_resume(resume: str, run_dir: Path) -> str | None:

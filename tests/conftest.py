@@ -91,10 +91,14 @@ def _save_gpt2(path: Path, tokenizer, hidden: int) -> Path:
 def tiny_pair(tmp_path_factory) -> tuple[str, str]:
     """(encoder dir, decoder dir): a Llama of hidden 32 with a word-level tokenizer, and a
     GPT-2 of hidden 48 (with dropout, learned positions) with a byte-level BPE tokenizer."""
+    return make_tiny_pair(tmp_path_factory.mktemp("tiny"))
+
+
+def make_tiny_pair(root: Path) -> tuple[str, str]:
+    """Save the tiny encoder and decoder under `root`; see `tiny_pair`."""
     import torch
 
     torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("tiny")
     encoder = _save_llama(root / "encoder", _tokenizer("word", 400), hidden=32)
     decoder = _save_gpt2(root / "decoder", _tokenizer("bpe", 350), hidden=48)
     return str(encoder), str(decoder)
@@ -125,3 +129,24 @@ def tiny_config(encoder: str, decoder: str, run_dir: Path, **overrides) -> Train
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
+
+
+def tiny_job(encoder: str, decoder: str, path: Path, **overrides) -> Path:
+    """A job YAML over the tiny pair (what `tiny_config` holds), for the entry points that
+    take a job file: `condense train --config`, `python -m launch run`."""
+    import yaml
+
+    cfg = tiny_config(encoder, decoder, path.parent, **overrides).to_dict()
+    cfg.pop("run_dir")
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+if __name__ == "__main__":
+    # `python tests/conftest.py FOLDER`: the tiny pair and FOLDER/job.yaml over it, for the
+    # tests that run in an environment without torch (tests/cloud) and train through one
+    # that has it.
+    import sys
+
+    folder = Path(sys.argv[1])
+    print(tiny_job(*make_tiny_pair(folder), folder / "job.yaml", max_steps=4, wandb="off"))

@@ -61,7 +61,7 @@ def test_default_job_is_the_original_setup():
     assert cfg.data == "Condense-AI/benchmark-condense-v0.1"
 
 
-@pytest.mark.parametrize("flag", ["--max-steps=0", "--val-every-n-steps=-1", "--devices=2"])
+@pytest.mark.parametrize("flag", ["--max-steps=0", "--val-every-n-steps=-1", "--num-nodes=0"])
 def test_non_positive_step_counts_are_refused(flag):
     with pytest.raises(SystemExit) as err:
         parse_train(["--test", flag])

@@ -172,6 +172,29 @@ def test_batch_order_is_seeded_and_changes_by_epoch():
     assert list(sampler) != first
 
 
+def test_ranks_get_disjoint_equal_shares_of_every_epoch():
+    lengths = [(i * 37) % 101 for i in range(103)]  # 26 batches of 4: 3 ranks get 8 each
+    for epoch in (0, 1):
+        shares = []
+        for rank in range(3):
+            sampler = LengthGroupedBatchSampler(lengths, 4, seed=2, num_replicas=3, rank=rank)
+            sampler.set_epoch(epoch)
+            shares.append(list(sampler))
+            assert len(shares[-1]) == len(sampler) == 8
+        flat = [i for share in shares for batch in share for i in batch]
+        assert len(flat) == len(set(flat))  # no sample on two ranks
+        # Together the ranks take the single-process epoch's batches, less its tail.
+        alone = LengthGroupedBatchSampler(lengths, 4, seed=2)
+        alone.set_epoch(epoch)
+        together = [tuple(batch) for share in shares for batch in share]
+        assert sorted(together) == sorted(map(tuple, list(alone)[:24]))
+
+
+def test_a_rank_outside_the_replicas_is_refused():
+    with pytest.raises(ValueError, match="rank 2"):
+        LengthGroupedBatchSampler([1, 2, 3], 1, num_replicas=2, rank=2)
+
+
 def test_datamodule_serves_padded_batches_with_workers(tiny_pair):
     enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
     cfg = DatasetConfig(

@@ -1,0 +1,48 @@
+"""Stop on SIGTERM with a checkpoint: what a preempted cloud node gets before it goes.
+
+Lightning already handles SIGTERM: its handler sets `trainer.received_sigterm` (and
+forwards the signal to the DDP processes it started), the fit loop finishes the batch in
+progress, raises `SIGTERMException` (a `SystemExit`) and calls every callback's
+`on_exception`. `SaveOnSigterm` is that callback: it writes last.ckpt there, at a step
+boundary, so a restart resumes from the step the signal interrupted, not from the last
+validation. Lightning writes checkpoints atomically (a temporary file, then a rename), so
+a SIGKILL during the save leaves the previous last.ckpt whole.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+# The exit status of a process ended by SIGTERM (128 + 15): a launcher or a shell sees
+# "terminated", not "finished", and a managed job is not marked as done.
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+
+
+class SaveOnSigterm(Callback):
+    """Saves a checkpoint to `path` when training stops on SIGTERM.
+
+    Args:
+        path: Where to write it; the run's last.ckpt, so `--resume auto` picks it up.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: Any) -> None:
+        # Only SIGTERM, raised by Lightning between steps, leaves a state worth saving;
+        # during the first validation there is nothing trained to save yet.
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        trainer.save_checkpoint(self.path)  # all ranks call it; rank 0 writes
+        rank_zero_info(
+            f"condense: SIGTERM: saved step {trainer.global_step} to {self.path};"
+            " run the same command again to resume"
+        )

@@ -1,0 +1,31 @@
+"""`python -m launch run JOB [--checkpoint-dir DIR] [--hub-repo OWNER/NAME] [overrides...]`
+
+The entry both sky.yaml and modal_app.py run on a node (see launch/run.py).
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: python -m launch run JOB [--checkpoint-dir DIR] [--hub-repo OWNER/NAME] [overrides...]
+
+  JOB        a job in jobs/ (test, default) or a job YAML path
+  overrides  `condense train` flags, e.g. --max-steps 500 (python -m launch run --help)
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Dispatch `python -m launch COMMAND`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        raise SystemExit(0 if argv else 2)
+    if argv[0] != "run":
+        raise SystemExit(f"launch: error: unknown command {argv[0]!r}\n{USAGE}")
+    from launch.run import main as run
+
+    run(argv[1:])
+
+
+if __name__ == "__main__":
+    main()

