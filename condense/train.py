@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from lightning.pytorch.trainer.states import TrainerFn
 
 from condense.artifact import save_artifact
+from condense.checkpoint_io import AtomicCheckpointIO
 from condense.config import TrainConfig
 from condense.data import CondenseDataModule
 from condense.files import write_atomic
@@ -64,6 +65,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         gradient_clip_val=cfg.optim.grad_clip or None,
         log_every_n_steps=cfg.log_every_n_steps,
         logger=loggers,
+        plugins=[AtomicCheckpointIO()],
         callbacks=[
             checkpoints,
             ExportBest(run_dir / "artifact", cfg),
@@ -74,7 +76,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     resume_from = resolve_resume(cfg.resume, run_dir)
     if resume_from is None:
         module.val_loss_initial = trainer.validate(module, datamodule, verbose=False)[0]["val_loss"]
-    trainer.fit(module, datamodule, ckpt_path=resume_from)
+    trainer.fit(module, datamodule, ckpt_path=resume_from, weights_only=True)
 
     summary = {
         "steps": trainer.global_step,
