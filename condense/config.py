@@ -6,10 +6,45 @@ field can be overridden on the command line (`--model.num_condense_tokens 64`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 EMBEDDED_MODEL = "embedded"
+# Lightning's precision values (Trainer(precision=...)), kept here so that checking a config
+# does not import Lightning; "auto" is ours (see TrainConfig.precision).
+PRECISIONS = (
+    "auto",
+    "transformer-engine",
+    "transformer-engine-float16",
+    "16-true",
+    "16-mixed",
+    "bf16-true",
+    "bf16-mixed",
+    "32-true",
+    "64-true",
+    "64",
+    "32",
+    "16",
+    "bf16",
+)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the field and the value."""
+
+
+def _require(ok: bool, name: str, rule: str, value: object) -> None:
+    if not ok:
+        raise ConfigError(f"{name} {rule}, got {value!r}")
+
+
+def _positive(prefix: str, obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        # `not value > 0` also refuses NaN.
+        _require(value is not None and value > 0, f"{prefix}.{name}", "must be positive", value)
 
 
 @dataclass
@@ -43,6 +78,15 @@ class ModelConfig:
     lora_target_modules: str | list[str] = "all-linear"
     gradient_checkpointing: bool | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("encoder", "decoder"):
+            value = getattr(self, name)
+            _require(bool(str(value).strip()), f"model.{name}", "must name a model", value)
+        _positive("model", self, "num_condense_tokens", "n_last_hidden_states", "lora_r")
+        _positive("model", self, "lora_alpha")
+        dropout = self.lora_dropout
+        _require(0 <= dropout < 1, "model.lora_dropout", "must be in [0, 1)", dropout)
+
 
 @dataclass
 class DatasetConfig:
@@ -61,6 +105,10 @@ class DatasetConfig:
         synthetic_passages: Passages generated when `data` is "synthetic"; each passage
             yields a reconstruction, a question-answering and a continuation sample.
         tasks: Keep only these tasks (null keeps all).
+        skip_bad_rows: Skip rows that cannot be used (a missing, null or non-text field, an
+            empty context or completion, invalid unicode, a line that is not JSON) instead of
+            stopping before training; they are counted in summary.json. Off by default: a
+            bad row stops the run with its file, row and what is wrong.
     """
 
     max_tokens: int = 4096
@@ -71,6 +119,13 @@ class DatasetConfig:
     train_on_prompt: bool = False
     synthetic_passages: int = 2000
     tasks: list[str] | None = None
+    skip_bad_rows: bool = False
+
+    def __post_init__(self) -> None:
+        _positive("dataset", self, "max_tokens", "max_characters", "batch_size", "val_size")
+        _positive("dataset", self, "synthetic_passages")
+        workers = self.num_workers
+        _require(workers >= 0, "dataset.num_workers", "must be 0 or more", workers)
 
 
 @dataclass
@@ -92,6 +147,14 @@ class OptimConfig:
     weight_decay: float = 1e-5
     warmup_steps: int = 100
     grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("lr_condense", "lr_projection", "lr_lora"):
+            value = getattr(self, name)
+            _require(0 < value < math.inf, f"optim.{name}", "must be a positive number", value)
+        for name in ("weight_decay", "warmup_steps", "grad_clip"):
+            value = getattr(self, name)
+            _require(0 <= value < math.inf, f"optim.{name}", "must be 0 or more", value)
 
 
 @dataclass
@@ -143,15 +206,40 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
-        if self.max_steps <= 0:
-            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+        for name in ("max_steps", "val_every_n_steps", "log_every_n_steps"):
+            value = getattr(self, name)
+            _require(value > 0, name, "must be positive", value)
+        _require(
+            self.val_batches is None or self.val_batches > 0,
+            "val_batches",
+            "must be positive or null",
+            self.val_batches,
+        )
         one_device = self.devices in (1, "1") or (
             isinstance(self.devices, list) and len(self.devices) == 1
         )
-        if not one_device:
-            raise ValueError(f"devices: only one device is supported for now, got {self.devices!r}")
-        if self.val_every_n_steps <= 0:
-            raise ValueError(f"val_every_n_steps must be positive, got {self.val_every_n_steps}")
+        _require(one_device, "devices", "must be 1 (one device is supported for now)", self.devices)
+        _require(
+            str(self.precision) in PRECISIONS,
+            "precision",
+            f"must be one of {', '.join(PRECISIONS)}",
+            self.precision,
+        )
+        _require(
+            self.accelerator in ACCELERATORS,
+            "accelerator",
+            f"must be one of {', '.join(ACCELERATORS)}",
+            self.accelerator,
+        )
+        _require(bool(self.name.strip()), "name", "must not be empty", self.name)
+        # N condensed embeddings stand for at most max_tokens context tokens: more slots than
+        # tokens is no compression, and the encoder reads context + N in one sequence.
+        n, budget = self.model.num_condense_tokens, self.dataset.max_tokens
+        if n > budget:
+            raise ConfigError(
+                f"model.num_condense_tokens ({n}) is larger than the context budget"
+                f" dataset.max_tokens ({budget})"
+            )
 
     def to_dict(self) -> dict:
         """Plain nested dict, for saving beside the checkpoints and for loggers."""

@@ -3,6 +3,8 @@ and checkpoints that hold only the trainable state."""
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from typing import Any
 
 import lightning as L
@@ -88,8 +90,12 @@ class CondenseModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Loading is non-strict (the frozen weights are left out on purpose), so check here
         # that the checkpoint holds exactly this condenser's trainable state.
+        self.check_checkpoint_keys(set(checkpoint["state_dict"]))
+        self.val_loss_initial = checkpoint.get("val_loss_initial")
+
+    def check_checkpoint_keys(self, found: set[str]) -> None:
+        """Refuse a checkpoint whose tensors are not exactly this condenser's trainable ones."""
         expected = {f"condenser.{k}" for k in self.condenser.trainable_state_dict()}
-        found = set(checkpoint["state_dict"])
         if found != expected:
             missing, extra = sorted(expected - found), sorted(found - expected)
             raise CheckpointMismatchError(
@@ -97,4 +103,16 @@ class CondenseModule(L.LightningModule):
                 f" (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]});"
                 " was it trained with other model or LoRA settings?"
             )
-        self.val_loss_initial = checkpoint.get("val_loss_initial")
+
+    def check_checkpoint(self, path: str) -> None:
+        """Check a checkpoint to resume from before anything is written: readable, tensors
+        and plain values only, and this model's trainable tensors. Memory-mapped, so the
+        tensors themselves are not read."""
+        if not zipfile.is_zipfile(path):  # what torch.save writes
+            raise CheckpointMismatchError(f"{path}: not a readable checkpoint (not a torch file)")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointMismatchError(f"{path}: not a readable checkpoint ({reason})") from None
+        self.check_checkpoint_keys(set(checkpoint.get("state_dict", {})))

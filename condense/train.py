@@ -18,13 +18,13 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from condense.artifact import save_artifact
 from condense.checkpoint_io import AtomicCheckpointIO
-from condense.config import TrainConfig
+from condense.config import ConfigError, TrainConfig
 from condense.data import CondenseDataModule
 from condense.files import write_atomic
 from condense.loggers import make_loggers, wandb_run_id
 from condense.model import Condenser
 from condense.module import CondenseModule
-from condense.weights import load_causal_lm, load_tokenizer
+from condense.weights import load_causal_lm, load_tokenizer, max_positions
 
 # The frozen decoder is in eval mode on purpose (no dropout); Lightning warns about it.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
@@ -34,11 +34,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train a condenser as `cfg` says; returns the summary also written to summary.json."""
     start = time.monotonic()
     L.seed_everything(cfg.seed, verbose=False)
+    check_devices(cfg.accelerator)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
-    # Data and weights are checked before anything is written, so a bad input costs
-    # nothing but its error message.
-    module, datamodule = build(cfg, precision)
+    # The run dir, the checkpoint to resume from, the data and the weights are all checked
+    # before anything is written, so a bad input costs nothing but its error message.
     run_dir = resolve_run_dir(cfg)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run_dir {str(run_dir)!r} is a file, not a folder")
+    resume_from = resolve_resume(cfg.resume, run_dir)
+    module, datamodule = build(cfg, precision)
+    if resume_from is not None:
+        module.check_checkpoint(resume_from)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     loggers = make_loggers(cfg.wandb, cfg.wandb_project, cfg.name, run_dir)
@@ -73,7 +79,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         ],
         default_root_dir=run_dir,
     )
-    resume_from = resolve_resume(cfg.resume, run_dir)
     if resume_from is None:
         module.val_loss_initial = trainer.validate(module, datamodule, verbose=False)[0]["val_loss"]
     trainer.fit(module, datamodule, ckpt_path=resume_from, weights_only=True)
@@ -91,6 +96,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "precision": precision,
         "resumed_from": resume_from,
+        "data": datamodule.report.as_dict(),
+        "notes": datamodule.report.notes(),
     }
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     print(describe(summary))
@@ -136,6 +143,7 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
     (cheap, and the likelier to be wrong), then the weights."""
     encoder_tok = load_tokenizer(cfg.model.encoder)
     decoder_tok = load_tokenizer(cfg.model.decoder)
+    check_positions(cfg)
     datamodule = CondenseDataModule(cfg.data, cfg.dataset, encoder_tok, decoder_tok, cfg.seed)
     datamodule.setup()
     # Frozen weights are stored in the compute dtype; only trainable ones stay fp32.
@@ -151,6 +159,30 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
     if _use_checkpointing(cfg):
         condenser.enable_gradient_checkpointing()
     return CondenseModule(condenser, cfg.optim, cfg.max_steps), datamodule
+
+
+def check_devices(accelerator: str) -> None:
+    """Refuse an accelerator this machine does not have, before anything is loaded."""
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"accelerator={accelerator} but torch sees no GPU on this machine"
+            " (use --accelerator cpu or auto)"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("accelerator=mps but this machine has no MPS device")
+
+
+def check_positions(cfg: TrainConfig) -> None:
+    """The encoder reads context + N condense slots and the decoder N slots + prompt and
+    completion, each up to max_tokens + N positions: both models must have that many."""
+    need = cfg.dataset.max_tokens + cfg.model.num_condense_tokens
+    for role, name in (("encoder", cfg.model.encoder), ("decoder", cfg.model.decoder)):
+        limit = max_positions(name)
+        if limit is not None and need > limit:
+            raise ConfigError(
+                f"dataset.max_tokens + model.num_condense_tokens = {need} positions, more than"
+                f" the {role} {name!r} has ({limit})"
+            )
 
 
 def resolve_run_dir(cfg: TrainConfig) -> Path:
@@ -208,6 +240,7 @@ def describe(summary: dict[str, Any]) -> str:
             f"  best checkpoint: {summary['best_checkpoint']}",
             f"  last checkpoint: {summary['last_checkpoint']}",
             f"  summary: {os.path.join(summary['run_dir'], 'summary.json')}",
+            *(f"  note: {note}" for note in summary.get("notes", [])),
         ]
     )
 

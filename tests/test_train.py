@@ -49,6 +49,9 @@ def test_run_writes_summary_csv_and_checkpoints(tiny_pair, tmp_path, monkeypatch
         "best.ckpt",
         "last.ckpt",
     }
+    # What was cut to fit max_tokens is counted, and said in a note.
+    assert summary["data"]["targets_cut_to_max_tokens"] > 0
+    assert any("cut to dataset.max_tokens" in note for note in summary["notes"])
     assert summary["last_checkpoint"].endswith("last.ckpt")
     assert (tmp_path / "run" / "config.yaml").is_file()
     # The portable artifact holds the best validation's weights.
@@ -166,10 +169,13 @@ def test_a_checkpoint_of_another_shape_is_refused(tiny_pair, tmp_path):
     import pytest
 
     train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2))
+    saved_config = (tmp_path / "run" / "config.yaml").read_text()
     other = tiny_config(*tiny_pair, tmp_path / "run", max_steps=4)
     other.model.lora_target_modules = ["q_proj", "v_proj"]
     with pytest.raises(CheckpointMismatchError, match="missing|unexpected"):
         train(other)
+    # Refused before anything was written: the run dir still describes the first run.
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved_config
 
 
 def test_each_epoch_has_a_new_batch_order(tiny_pair, tmp_path, monkeypatch):
