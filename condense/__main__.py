@@ -221,7 +221,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     Imported here, not at the top, so that a mistyped flag costs no torch import.
     """
     from condense.artifact import ArtifactError
-    from condense.module import CheckpointMismatchError
+    from condense.module import CheckpointMismatchError, NonFiniteLossError
     from condense.push import PushError
     from condense.samples import DataError
     from condense.weights import ModelNotFoundError
@@ -233,6 +233,7 @@ def user_errors() -> tuple[type[Exception], ...]:
         ModelNotFoundError,
         PushError,
         CheckpointMismatchError,
+        NonFiniteLossError,
         OSError,  # a missing, unreadable or unwritable file; a full disk
     )
 

@@ -139,6 +139,9 @@ class OptimConfig:
         weight_decay: AdamW weight decay (all groups).
         warmup_steps: Linear warmup from 0 to each group's learning rate.
         grad_clip: Gradient norm clipping (0 turns it off).
+        max_bad_steps: A step whose loss is NaN or infinite is skipped (the weights and the
+            optimizer state stay as they were); this many such steps in a row stop the run,
+            keeping the checkpoints saved before them.
     """
 
     lr_condense: float = 1e-5
@@ -147,6 +150,7 @@ class OptimConfig:
     weight_decay: float = 1e-5
     warmup_steps: int = 100
     grad_clip: float = 1.0
+    max_bad_steps: int = 10
 
     def __post_init__(self) -> None:
         for name in ("lr_condense", "lr_projection", "lr_lora"):
@@ -155,6 +159,7 @@ class OptimConfig:
         for name in ("weight_decay", "warmup_steps", "grad_clip"):
             value = getattr(self, name)
             _require(0 <= value < math.inf, f"optim.{name}", "must be 0 or more", value)
+        _positive("optim", self, "max_bad_steps")
 
 
 @dataclass

@@ -23,7 +23,7 @@ from condense.data import CondenseDataModule
 from condense.files import write_atomic
 from condense.loggers import make_loggers, wandb_run_id
 from condense.model import Condenser
-from condense.module import CondenseModule
+from condense.module import CondenseModule, NonFiniteLossError
 from condense.weights import load_causal_lm, load_tokenizer, max_positions
 
 # The frozen decoder is in eval mode on purpose (no dropout); Lightning warns about it.
@@ -81,7 +81,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     )
     if resume_from is None:
         module.val_loss_initial = trainer.validate(module, datamodule, verbose=False)[0]["val_loss"]
-    trainer.fit(module, datamodule, ckpt_path=resume_from, weights_only=True)
+    try:
+        trainer.fit(module, datamodule, ckpt_path=resume_from, weights_only=True)
+    except NonFiniteLossError as err:
+        kept = checkpoints.last_model_path or "none yet (no validation had run)"
+        raise NonFiniteLossError(f"{err}; last good checkpoint: {kept}") from None
 
     summary = {
         "steps": trainer.global_step,
@@ -96,6 +100,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "precision": precision,
         "resumed_from": resume_from,
+        "skipped_steps": module.skipped_steps,
         "data": datamodule.report.as_dict(),
         "notes": datamodule.report.notes(),
     }
@@ -107,7 +112,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 class ExportBest(Callback):
     """Writes the portable artifact whenever validation reaches a new best loss, so the
     artifact folder always holds the best weights so far (the .ckpt files are for resume).
-    Runs after ModelCheckpoint, whose best score it reads."""
+    Lightning runs ModelCheckpoint after every other callback, so the best score read here
+    is the best before this validation (None at the first one)."""
 
     def __init__(self, folder: Path, cfg: TrainConfig):
         self.folder = folder
@@ -133,7 +139,9 @@ class ExportBest(Callback):
             trainer.checkpoint_callback.best_model_score,
             trainer.callback_metrics.get("val_loss"),
         )
-        if best is not None and current is not None and float(current) <= float(best):
+        if current is None or not torch.isfinite(current):
+            return
+        if best is None or float(current) <= float(best):
             self.extra.update(train_steps=trainer.global_step, val_loss=float(current))
             save_artifact(module.condenser, self.folder, self.extra)
 

@@ -161,6 +161,8 @@ CASES = [
      r"dataset.batch_size must be positive, got 0"),
     ("dropout-out-of-range", flags("--model.lora_dropout", "1.5"), CONFIG,
      r"model.lora_dropout must be in \[0, 1\)"),
+    ("max-bad-steps-zero", flags("--optim.max_bad_steps", "0"), CONFIG,
+     r"optim.max_bad_steps must be positive"),
     ("unknown-precision", flags("--precision", "fp8"), CONFIG, r"precision must be one of"),
     ("two-devices", flags("--devices", "2"), CONFIG, r"devices must be 1"),
     ("model-id-not-found-offline", flags("--model.encoder", "no-org/no-model"), DATA,
