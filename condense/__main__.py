@@ -8,7 +8,9 @@
     condense import old-run/ --out my-artifact   # a checkpoint of the original trainer
 
 Every field of the config is a flag; nested ones read `--model.lora_r 64`. Flags accept
-dashes or underscores (`--max-steps` is `--max_steps`).
+dashes or underscores (`--max-steps` is `--max_steps`). A mistake in the arguments, the job
+file, the data or the models stops with one line on stderr and a non-zero exit (2 for
+arguments and config, 1 for the rest); `--debug` shows the full traceback instead.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from condense.config import TrainConfig
+from condense.cli_errors import check_groups, parse
+from condense.config import ConfigError, TrainConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -33,7 +36,15 @@ def job_path(name: str) -> Path:
         candidate = jobs / f"{name.removesuffix('.yaml')}.yaml"
         if candidate.is_file():
             return candidate
-    raise SystemExit(f"condense: error: no job {name!r} (not a file, not in jobs/)")
+    raise ConfigError(f"no job {name!r} (not a file, not in jobs/)")
+
+
+def add_debug(parser: ArgumentParser) -> ArgumentParser:
+    """The `--debug` flag every command takes (main() acts on it)."""
+    parser.add_argument(
+        "--debug", action="store_true", help="On an error, show the full traceback."
+    )
+    return parser
 
 
 def train_parser() -> ArgumentParser:
@@ -41,6 +52,7 @@ def train_parser() -> ArgumentParser:
         prog="condense train",
         description="Train a condenser. Every option below can be set in a job YAML (--config)"
         " and overridden on the command line; dashes and underscores are interchangeable.",
+        exit_on_error=False,
     )
     parser.add_argument(
         "--test",
@@ -51,21 +63,21 @@ def train_parser() -> ArgumentParser:
         "--config", action=ActionConfigFile, help="A job YAML (jobs/*.yaml or a path)."
     )
     parser.add_class_arguments(TrainConfig)
-    return parser
+    return add_debug(parser)
 
 
 def parse_train(argv: list[str]) -> TrainConfig:
-    """A TrainConfig from `condense train` arguments."""
+    """A TrainConfig from `condense train` arguments; ConfigError (one line) if they are wrong."""
     argv = normalize_flags(argv)
     if "--test" in argv:
         # The job file goes first, so flags given on the line override it wherever they stand.
         argv = ["--config", str(job_path("test"))] + argv
     parser = train_parser()
-    parsed = parser.instantiate(parser.parse_args(argv))
-    try:
-        return TrainConfig(**{f.name: getattr(parsed, f.name) for f in fields(TrainConfig)})
-    except ValueError as err:  # the config's own checks (__post_init__)
-        parser.error(str(err))
+    parsed = parse(parser, argv)
+    check_groups(parsed, ["model", "dataset", "optim"])
+    # The config's own checks (__post_init__) run here, the nested groups' first.
+    parsed = parser.instantiate(parsed)
+    return TrainConfig(**{f.name: getattr(parsed, f.name) for f in fields(TrainConfig)})
 
 
 def normalize_flags(argv: list[str]) -> list[str]:
@@ -82,6 +94,7 @@ def normalize_flags(argv: list[str]) -> list[str]:
 def push_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="condense push",
+        exit_on_error=False,
         description="Upload an artifact to a Hugging Face Hub model repo (token from HF_TOKEN).",
     )
     parser.add_argument("artifact", help="The artifact folder (a run's artifact/).")
@@ -91,12 +104,13 @@ def push_parser() -> ArgumentParser:
     parser.add_argument(
         "--public", action="store_true", help="Create the repo public (default: private)."
     )
-    return parser
+    return add_debug(parser)
 
 
 def generate_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="condense generate",
+        exit_on_error=False,
         description="Condense a context, then let the decoder answer a prompt from it.",
     )
     parser.add_argument(
@@ -118,12 +132,13 @@ def generate_parser() -> ArgumentParser:
         default=128,
         help="Most tokens to generate.",
     )
-    return parser
+    return add_debug(parser)
 
 
 def eval_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="condense eval",
+        exit_on_error=False,
         description="Score an artifact per task with no context, a wrong context, the condensed"
         " context and the full context.",
     )
@@ -137,7 +152,7 @@ def eval_parser() -> ArgumentParser:
     )
     parser.add_argument("--limit", type=int, default=None, help="Score only the first N samples.")
     parser.add_argument("--out", required=True, help="JSON results; a PNG plot goes beside it.")
-    return parser
+    return add_debug(parser)
 
 
 def import_parser() -> ArgumentParser:
@@ -171,7 +186,7 @@ def run_import(argv: list[str]) -> None:
 
 
 def run_eval(argv: list[str]) -> None:
-    args = eval_parser().parse_args(argv)
+    args = parse(eval_parser(), argv)
     from condense.evaluate import run_eval as evaluate
 
     command = " ".join(["condense eval", *argv])
@@ -179,7 +194,7 @@ def run_eval(argv: list[str]) -> None:
 
 
 def run_push(argv: list[str]) -> None:
-    args = push_parser().parse_args(argv)
+    args = parse(push_parser(), argv)
     from condense.push import push_artifact
 
     print(
@@ -188,7 +203,7 @@ def run_push(argv: list[str]) -> None:
 
 
 def run_generate(argv: list[str]) -> None:
-    args = generate_parser().parse_args(argv)
+    args = parse(generate_parser(), argv)
     from condense.generate import generate
     from condense.model import Condenser
 
@@ -224,15 +239,37 @@ def main(argv: list[str] | None = None) -> None:
     }
     if command not in commands:
         raise SystemExit(f"condense: error: unknown command {command!r}\n{USAGE}")
+    try:
+        commands[command]()
+    except Exception as err:
+        if "--debug" in rest or not isinstance(err, user_errors()):
+            raise
+        # One line, whatever the message held: a reader (or a log parser) sees the problem.
+        print(f"condense: error: {' '.join(str(err).split())}", file=sys.stderr)
+        raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors whose message says what to fix: shown as one line, without a traceback.
+
+    Imported here, not at the top, so that a mistyped flag costs no torch import.
+    """
     from condense.artifact import ArtifactError
+    from condense.module import CheckpointMismatchError, NonFiniteLossError
     from condense.push import PushError
     from condense.samples import DataError
     from condense.weights import ModelNotFoundError
 
-    try:
-        commands[command]()
-    except (ArtifactError, DataError, ModelNotFoundError, PushError, FileNotFoundError) as err:
-        raise SystemExit(f"condense: error: {err}") from None
+    return (
+        ConfigError,
+        ArtifactError,
+        DataError,
+        ModelNotFoundError,
+        PushError,
+        CheckpointMismatchError,
+        NonFiniteLossError,
+        OSError,  # a missing, unreadable or unwritable file; a full disk
+    )
 
 
 def _train(cfg: TrainConfig) -> None:

@@ -6,10 +6,45 @@ field can be overridden on the command line (`--model.num_condense_tokens 64`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 EMBEDDED_MODEL = "embedded"
+# Lightning's precision values (Trainer(precision=...)), kept here so that checking a config
+# does not import Lightning; "auto" is ours (see TrainConfig.precision).
+PRECISIONS = (
+    "auto",
+    "transformer-engine",
+    "transformer-engine-float16",
+    "16-true",
+    "16-mixed",
+    "bf16-true",
+    "bf16-mixed",
+    "32-true",
+    "64-true",
+    "64",
+    "32",
+    "16",
+    "bf16",
+)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the field and the value."""
+
+
+def _require(ok: bool, name: str, rule: str, value: object) -> None:
+    if not ok:
+        raise ConfigError(f"{name} {rule}, got {value!r}")
+
+
+def _positive(prefix: str, obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        # `not value > 0` also refuses NaN.
+        _require(value is not None and value > 0, f"{prefix}.{name}", "must be positive", value)
 
 
 @dataclass
@@ -43,6 +78,15 @@ class ModelConfig:
     lora_target_modules: str | list[str] = "all-linear"
     gradient_checkpointing: bool | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("encoder", "decoder"):
+            value = getattr(self, name)
+            _require(bool(str(value).strip()), f"model.{name}", "must name a model", value)
+        _positive("model", self, "num_condense_tokens", "n_last_hidden_states", "lora_r")
+        _positive("model", self, "lora_alpha")
+        dropout = self.lora_dropout
+        _require(0 <= dropout < 1, "model.lora_dropout", "must be in [0, 1)", dropout)
+
 
 @dataclass
 class DatasetConfig:
@@ -61,6 +105,10 @@ class DatasetConfig:
         synthetic_passages: Passages generated when `data` is "synthetic"; each passage
             yields a reconstruction, a question-answering and a continuation sample.
         tasks: Keep only these tasks (null keeps all).
+        skip_bad_rows: Skip rows that cannot be used (a missing, null or non-text field, an
+            empty context or completion, invalid unicode, a line that is not JSON) instead of
+            stopping before training; they are counted in summary.json. Off by default: a
+            bad row stops the run with its file, row and what is wrong.
     """
 
     max_tokens: int = 4096
@@ -71,6 +119,13 @@ class DatasetConfig:
     train_on_prompt: bool = False
     synthetic_passages: int = 2000
     tasks: list[str] | None = None
+    skip_bad_rows: bool = False
+
+    def __post_init__(self) -> None:
+        _positive("dataset", self, "max_tokens", "max_characters", "batch_size", "val_size")
+        _positive("dataset", self, "synthetic_passages")
+        workers = self.num_workers
+        _require(workers >= 0, "dataset.num_workers", "must be 0 or more", workers)
 
 
 @dataclass
@@ -84,6 +139,9 @@ class OptimConfig:
         weight_decay: AdamW weight decay (all groups).
         warmup_steps: Linear warmup from 0 to each group's learning rate.
         grad_clip: Gradient norm clipping (0 turns it off).
+        max_bad_steps: A step whose loss is NaN or infinite is skipped (the weights and the
+            optimizer state stay as they were); this many such steps in a row stop the run,
+            keeping the checkpoints saved before them.
     """
 
     lr_condense: float = 1e-5
@@ -92,6 +150,16 @@ class OptimConfig:
     weight_decay: float = 1e-5
     warmup_steps: int = 100
     grad_clip: float = 1.0
+    max_bad_steps: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("lr_condense", "lr_projection", "lr_lora"):
+            value = getattr(self, name)
+            _require(0 < value < math.inf, f"optim.{name}", "must be a positive number", value)
+        for name in ("weight_decay", "warmup_steps", "grad_clip"):
+            value = getattr(self, name)
+            _require(0 <= value < math.inf, f"optim.{name}", "must be 0 or more", value)
+        _positive("optim", self, "max_bad_steps")
 
 
 @dataclass
@@ -154,12 +222,36 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
-        if self.max_steps <= 0:
-            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
-        if self.num_nodes <= 0:
-            raise ValueError(f"num_nodes must be positive, got {self.num_nodes}")
-        if self.val_every_n_steps <= 0:
-            raise ValueError(f"val_every_n_steps must be positive, got {self.val_every_n_steps}")
+        for name in ("max_steps", "val_every_n_steps", "log_every_n_steps", "num_nodes"):
+            value = getattr(self, name)
+            _require(value > 0, name, "must be positive", value)
+        _require(
+            self.val_batches is None or self.val_batches > 0,
+            "val_batches",
+            "must be positive or null",
+            self.val_batches,
+        )
+        _require(
+            str(self.precision) in PRECISIONS,
+            "precision",
+            f"must be one of {', '.join(PRECISIONS)}",
+            self.precision,
+        )
+        _require(
+            self.accelerator in ACCELERATORS,
+            "accelerator",
+            f"must be one of {', '.join(ACCELERATORS)}",
+            self.accelerator,
+        )
+        _require(bool(self.name.strip()), "name", "must not be empty", self.name)
+        # N condensed embeddings stand for at most max_tokens context tokens: more slots than
+        # tokens is no compression, and the encoder reads context + N in one sequence.
+        n, budget = self.model.num_condense_tokens, self.dataset.max_tokens
+        if n > budget:
+            raise ConfigError(
+                f"model.num_condense_tokens ({n}) is larger than the context budget"
+                f" dataset.max_tokens ({budget})"
+            )
 
     def to_dict(self) -> dict:
         """Plain nested dict, for saving beside the checkpoints and for loggers."""

@@ -15,31 +15,48 @@ from torch.utils.data import DataLoader, Sampler
 
 from condense.config import DatasetConfig
 from condense.model import IGNORE_INDEX
-from condense.samples import DataError, Sample, read_file, read_hub, split_train_val
+from condense.samples import (
+    DataError,
+    DataReport,
+    Sample,
+    read_file,
+    read_hub,
+    split_train_val,
+)
 from condense.synthetic import synthetic_samples
 
 SYNTHETIC = "synthetic"
 
 
-def load_samples(source: str, cfg: DatasetConfig, seed: int) -> list[Sample]:
+def load_samples(
+    source: str, cfg: DatasetConfig, seed: int, report: DataReport | None = None
+) -> list[Sample]:
     """Samples from "synthetic", a local .jsonl/.parquet file, or a Hub dataset id,
-    with contexts cut to `max_characters` and only the configured tasks kept."""
+    with contexts cut to `max_characters` and only the configured tasks kept.
+
+    An unusable row raises DataError unless `cfg.skip_bad_rows`; skipped rows and cut
+    contexts are counted in `report`.
+    """
+    report = report if report is not None else DataReport()
+    skip = cfg.skip_bad_rows
     if source == SYNTHETIC:
         samples = synthetic_samples(cfg.synthetic_passages, seed)
     elif Path(source).is_dir():
-        samples = read_hub(source)  # a dataset folder in the Hub's layout, read the same way
+        # A dataset folder in the Hub's layout, read the same way.
+        samples = read_hub(source, skip_bad=skip, report=report)
     elif Path(source).suffix in (".jsonl", ".json", ".parquet") or Path(source).exists():
         if not Path(source).is_file():
             raise DataError(f"--data {source}: no such file")
-        samples = read_file(Path(source))
+        samples = read_file(Path(source), skip, report)
     else:
-        samples = read_hub(source)
+        samples = read_hub(source, skip_bad=skip, report=report)
     if cfg.tasks:
         samples = [s for s in samples if s.task in cfg.tasks]
-    samples = [_cut(s, cfg.max_characters) for s in samples]
     if not samples:
-        raise DataError(f"--data {source}: no samples (tasks={cfg.tasks})")
-    return samples
+        raise DataError(f"--data {source}: no samples of the tasks {cfg.tasks}")
+    cut = [_cut(s, cfg.max_characters) for s in samples]
+    report.contexts_cut_to_max_characters += sum(a is not b for a, b in zip(samples, cut))
+    return cut
 
 
 def _cut(sample: Sample, max_characters: int) -> Sample:
@@ -63,20 +80,29 @@ class Tokenized:
 
 
 def tokenize(
-    samples: list[Sample], encoder_tok, decoder_tok, cfg: DatasetConfig
+    samples: list[Sample],
+    encoder_tok,
+    decoder_tok,
+    cfg: DatasetConfig,
+    report: DataReport | None = None,
 ) -> list[Tokenized]:
     """Tokenize contexts with the encoder's tokenizer, prompts and completions with the
-    decoder's; labels are the completion (and the prompt if `train_on_prompt`)."""
+    decoder's; labels are the completion (and the prompt if `train_on_prompt`). What is
+    cut to `max_tokens` is counted in `report` when one is given."""
     contexts = encoder_tok([s.context for s in samples], truncation=True, max_length=cfg.max_tokens)
     prompts = decoder_tok([s.prompt for s in samples])
     completions = decoder_tok([s.completion for s in samples], add_special_tokens=False)
     eos = [decoder_tok.eos_token_id] if decoder_tok.eos_token_id is not None else []
+    report = report if report is not None else DataReport()
+    report.contexts_cut_to_max_tokens += _count_truncated(contexts, cfg.max_tokens)
     out = []
     for ctx, prompt, completion in zip(
         contexts["input_ids"], prompts["input_ids"], completions["input_ids"]
     ):
+        whole = len(prompt) + len(completion) + len(eos)
         prompt = prompt[: cfg.max_tokens - 1]
         completion = (completion + eos)[: cfg.max_tokens - len(prompt)]
+        report.targets_cut_to_max_tokens += len(prompt) + len(completion) < whole
         prompt_labels = prompt if cfg.train_on_prompt else [IGNORE_INDEX] * len(prompt)
         out.append(Tokenized(ctx, prompt + completion, prompt_labels + completion))
     return out
@@ -100,6 +126,14 @@ class Collator:
             "attention_mask": attention_mask,
             "labels": labels,
         }
+
+
+def _count_truncated(batch, max_tokens: int) -> int:
+    """How many sequences of a tokenizer's batch output truncation cut."""
+    if batch.encodings:  # fast tokenizers keep what was cut off
+        return sum(bool(e.overflowing) for e in batch.encodings)
+    # Others do not say: a sequence that fills the limit exactly may have been cut.
+    return sum(len(ids) >= max_tokens for ids in batch["input_ids"])
 
 
 def _pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,11 +213,12 @@ class CondenseDataModule(L.LightningDataModule):
         self.val_set: list[Tokenized] = []
         self.train_samples: list[Sample] = []
         self.val_samples: list[Sample] = []
+        self.report = DataReport()
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set:
             return
-        samples = load_samples(self.source, self.cfg, self.seed)
+        samples = load_samples(self.source, self.cfg, self.seed, self.report)
         self.train_samples, self.val_samples = split_train_val(
             samples, self.cfg.val_size, self.seed
         )
@@ -192,8 +227,16 @@ class CondenseDataModule(L.LightningDataModule):
                 f"--data {self.source}: {len(samples)} samples cannot make both a training and a"
                 f" validation split (dataset.val_size={self.cfg.val_size})"
             )
-        self.train_set = tokenize(self.train_samples, self.encoder_tok, self.decoder_tok, self.cfg)
-        self.val_set = tokenize(self.val_samples, self.encoder_tok, self.decoder_tok, self.cfg)
+        if len(self.train_samples) < self.cfg.batch_size:
+            raise DataError(
+                f"--data {self.source}: {len(self.train_samples)} training samples (after"
+                f" {len(self.val_samples)} for validation), fewer than one batch"
+                f" (dataset.batch_size={self.cfg.batch_size})"
+            )
+        self.train_set, self.val_set = (
+            tokenize(part, self.encoder_tok, self.decoder_tok, self.cfg, self.report)
+            for part in (self.train_samples, self.val_samples)
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set)

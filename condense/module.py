@@ -3,6 +3,8 @@ and checkpoints that hold only the trainable state."""
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from typing import Any
 
 import lightning as L
@@ -15,6 +17,10 @@ from condense.model import IGNORE_INDEX, Condenser
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint whose trainable tensors are not this model's."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many steps in a row had a NaN or infinite loss; training stopped."""
 
 
 class CondenseModule(L.LightningModule):
@@ -35,11 +41,40 @@ class CondenseModule(L.LightningModule):
         # frozen weights it deliberately left out.
         self.strict_loading = False
         self.val_loss_initial: float | None = None
+        self.skipped_steps = 0  # steps skipped for a non-finite loss, over the whole run
+        self.bad_in_a_row = 0
+        self._loss_finite: torch.Tensor | None = None
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self.condenser(batch)
+        self._loss_finite = torch.isfinite(loss.detach())
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        # Returned even when it is NaN: returning None would skip the step too, but Lightning
+        # refuses that under DDP, where every rank must run backward. The step is dropped
+        # in on_before_optimizer_step instead.
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip a step whose loss was NaN or infinite: with no gradients, AdamW leaves the
+        weights and its state untouched (clipping and the step then see nothing). After
+        `optim.max_bad_steps` such steps in a row, stop with NonFiniteLossError: nothing is
+        saved on the way out, so the checkpoints on disk are the last good ones."""
+        bad = self._loss_finite is not None and not bool(self._loss_finite)
+        # One rank's NaN is every rank's (gradients are averaged): all skip together.
+        if not self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            self.bad_in_a_row = 0
+            return
+        optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self.bad_in_a_row += 1
+        step = self.trainer.global_step + 1
+        self.print(f"condense: step {step}: loss is not finite, step skipped")
+        if self.bad_in_a_row >= self.optim.max_bad_steps:
+            raise NonFiniteLossError(
+                f"training stopped: {self.bad_in_a_row} steps in a row (steps"
+                f" {step - self.bad_in_a_row + 1}-{step}) had a NaN or infinite loss"
+                f" (optim.max_bad_steps={self.optim.max_bad_steps})"
+            )
 
     def on_train_epoch_start(self) -> None:
         # Lightning calls set_epoch only on a DataLoader's sampler, not on a custom batch
@@ -67,7 +102,17 @@ class CondenseModule(L.LightningModule):
         if has_partner.any():
             labels = batch["labels"].masked_fill(~has_partner[:, None], IGNORE_INDEX)
             wrong, counted = self.condenser.decoder_loss(condensed[partner], *text, labels)
-            self.log("val_loss_wrong", wrong, batch_size=int(counted), sync_dist=True)
+            self._wrong_totals += torch.stack([wrong.detach().float() * counted, counted])
+
+    def on_validation_epoch_start(self) -> None:
+        self._wrong_totals = torch.zeros(2, device=self.device)  # summed loss, target tokens
+
+    def on_validation_epoch_end(self) -> None:
+        # Summed here rather than logged per batch: a batch of one has no wrong partner, and
+        # under DDP a metric that some ranks log and others do not would hang the reduction.
+        loss_sum, count = self.trainer.strategy.reduce(self._wrong_totals, reduce_op="sum")
+        if count > 0:
+            self.log("val_loss_wrong", loss_sum / count, rank_zero_only=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self.condenser.parameter_groups()
@@ -93,12 +138,18 @@ class CondenseModule(L.LightningModule):
             k: v for k, v in checkpoint["state_dict"].items() if k in trainable
         }
         checkpoint["val_loss_initial"] = self.val_loss_initial
+        checkpoint["skipped_steps"] = self.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Loading is non-strict (the frozen weights are left out on purpose), so check here
         # that the checkpoint holds exactly this condenser's trainable state.
+        self.check_checkpoint_keys(set(checkpoint["state_dict"]))
+        self.val_loss_initial = checkpoint.get("val_loss_initial")
+        self.skipped_steps = checkpoint.get("skipped_steps", 0)
+
+    def check_checkpoint_keys(self, found: set[str]) -> None:
+        """Refuse a checkpoint whose tensors are not exactly this condenser's trainable ones."""
         expected = {f"condenser.{k}" for k in self.condenser.trainable_state_dict()}
-        found = set(checkpoint["state_dict"])
         if found != expected:
             missing, extra = sorted(expected - found), sorted(found - expected)
             raise CheckpointMismatchError(
@@ -106,7 +157,19 @@ class CondenseModule(L.LightningModule):
                 f" (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]});"
                 " was it trained with other model or LoRA settings?"
             )
-        self.val_loss_initial = checkpoint.get("val_loss_initial")
+
+    def check_checkpoint(self, path: str) -> None:
+        """Check a checkpoint to resume from before anything is written: readable, tensors
+        and plain values only, and this model's trainable tensors. Memory-mapped, so the
+        tensors themselves are not read."""
+        if not zipfile.is_zipfile(path):  # what torch.save writes
+            raise CheckpointMismatchError(f"{path}: not a readable checkpoint (not a torch file)")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointMismatchError(f"{path}: not a readable checkpoint ({reason})") from None
+        self.check_checkpoint_keys(set(checkpoint.get("state_dict", {})))
 
 
 def other_context(

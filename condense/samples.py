@@ -6,8 +6,10 @@ import hashlib
 import json
 import random
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 # The original trainer's column names, mapped to ours.
 ORIGINAL_COLUMNS = {"activation_prompt": "prompt", "expected_completion": "completion"}
@@ -29,46 +31,157 @@ class DataError(ValueError):
     """Data that cannot be used, named by its origin and row."""
 
 
-def from_rows(rows: list[dict], origin: str) -> list[Sample]:
-    """Samples from dict rows in either our columns or the original's."""
-    samples = []
-    for number, row in enumerate(rows, start=1):
-        row = {ORIGINAL_COLUMNS.get(k, k): v for k, v in row.items()}
-        missing = [f for f in FIELDS if not isinstance(row.get(f), str)]
-        if missing:
-            raise DataError(f"{origin}: row {number}: missing or non-text field(s) {missing}")
-        samples.append(
-            Sample(
-                row["context"], row["prompt"], row["completion"], str(row.get("task") or "unknown")
+@dataclass
+class DataReport:
+    """What reading and cutting the data did to it, for summary.json.
+
+    Rows that cannot be used stop the run unless `dataset.skip_bad_rows` is set; then they
+    are counted here, with the first few named. Cut contexts and targets are counted too.
+    """
+
+    rows_read: int = 0
+    rows_skipped: int = 0
+    skipped_examples: list[str] = field(default_factory=list)
+    contexts_cut_to_max_characters: int = 0
+    contexts_cut_to_max_tokens: int = 0
+    targets_cut_to_max_tokens: int = 0
+
+    def skip(self, problem: str) -> None:
+        self.rows_skipped += 1
+        if len(self.skipped_examples) < 5:
+            self.skipped_examples.append(problem)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def notes(self) -> list[str]:
+        """One line per thing a user should know happened to the data."""
+        notes = []
+        if self.rows_skipped:
+            notes.append(
+                f"{self.rows_skipped} of {self.rows_read} rows skipped as unusable"
+                f" (first: {self.skipped_examples[0]})"
             )
+        cuts = {
+            "contexts cut to dataset.max_characters": self.contexts_cut_to_max_characters,
+            "contexts cut to dataset.max_tokens": self.contexts_cut_to_max_tokens,
+            "prompt+completion cut to dataset.max_tokens": self.targets_cut_to_max_tokens,
+        }
+        return notes + [f"{count} {what}" for what, count in cuts.items() if count]
+
+
+def row_problem(row: Any) -> str | None:
+    """What makes a row unusable, or None: a missing, null or non-text field, an empty
+    context or completion, text that is not valid unicode (a lone surrogate)."""
+    if not isinstance(row, dict):
+        return f"expected an object with {', '.join(FIELDS)}, got {type(row).__name__}"
+    keys = {ORIGINAL_COLUMNS.get(k, k): k for k in row}  # our name -> the row's own name
+    for name in FIELDS:
+        key = keys.get(name)
+        if key is None:
+            alias = next((k for k, v in ORIGINAL_COLUMNS.items() if v == name), None)
+            return f"missing field {name!r}" + (f" (or {alias!r})" if alias else "")
+        value = row[key]
+        if value is None:
+            return f"field {key!r} is null"
+        if not isinstance(value, str):
+            return f"field {key!r} is {type(value).__name__}, not text"
+        if name != "prompt" and not value.strip():
+            return f"field {key!r} is empty"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return f"field {key!r} is not valid unicode (at character {err.start + 1})"
+    return None
+
+
+def from_rows(
+    rows: Iterable[tuple[int, Any]],
+    origin: str,
+    unit: str = "row",
+    skip_bad: bool = False,
+    report: DataReport | None = None,
+) -> list[Sample]:
+    """Samples from numbered rows, each a dict in either our columns or the original's, or
+    a string saying why that row could not even be read.
+
+    A row that cannot be used raises DataError naming `origin`, the row and the problem,
+    unless `skip_bad`: then it is counted in `report`.
+    """
+    report = report if report is not None else DataReport()
+    samples = []
+    for number, row in rows:
+        report.rows_read += 1
+        problem = row if isinstance(row, str) else row_problem(row)
+        if problem is not None:
+            where = f"{origin}: {unit} {number}: {problem}"
+            if not skip_bad:
+                raise DataError(where + " (dataset.skip_bad_rows=true skips such rows)")
+            report.skip(where)
+            continue
+        row = {ORIGINAL_COLUMNS.get(k, k): v for k, v in row.items()}
+        task = row.get("task")
+        samples.append(
+            Sample(row["context"], row["prompt"], row["completion"], str(task or "unknown"))
         )
+    if report.rows_read == 0:
+        raise DataError(f"{origin}: no rows")
+    if not samples:
+        raise DataError(f"{origin}: none of its {report.rows_read} rows is usable")
     return samples
 
 
-def read_file(path: Path) -> list[Sample]:
-    """Samples from a local .jsonl or .parquet file."""
+def read_file(path: Path, skip_bad: bool = False, report: DataReport | None = None) -> list[Sample]:
+    """Samples from a local .jsonl or .parquet file; see `from_rows` for bad rows."""
     if path.suffix in (".jsonl", ".json"):
-        rows = []
-        with path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataError(
-                        f"{path}: line {number}: not a JSON object ({err.msg})"
-                    ) from None
+        rows, unit = _jsonl_rows(path), "line"
     elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(path).to_pylist()
+        rows, unit = enumerate(_parquet_rows(path), start=1), "row"
     else:
         raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl or .parquet)")
-    return from_rows(rows, str(path))
+    try:
+        return from_rows(rows, str(path), unit, skip_bad, report)
+    except OSError as err:  # unreadable: permissions, a folder, a disk error
+        raise DataError(f"{path}: cannot read it ({err.strerror or type(err).__name__})") from None
 
 
-def read_hub(dataset_id: str, split: str = "train") -> list[Sample]:
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed row or what is wrong with the line), blank lines left out.
+
+    Read as bytes and decoded a line at a time, so that bytes that are not UTF-8 are
+    named by their line instead of failing the whole file.
+    """
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                yield (
+                    number,
+                    f"not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})",
+                )
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as err:
+                yield number, f"not a JSON object ({err.msg})"
+
+
+def _parquet_rows(path: Path) -> list[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except pa.ArrowException as err:
+        raise DataError(f"{path}: not a readable parquet file ({first_line(err)})") from None
+
+
+def read_hub(
+    dataset_id: str, split: str = "train", skip_bad: bool = False, report: DataReport | None = None
+) -> list[Sample]:
     """Samples from a Hugging Face dataset (a Hub id or a local dataset folder) in the
     original's columns."""
     import datasets
@@ -76,9 +189,16 @@ def read_hub(dataset_id: str, split: str = "train") -> list[Sample]:
     try:
         rows = datasets.load_dataset(dataset_id, split=split).to_list()
     except (FileNotFoundError, ConnectionError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"--data {dataset_id}: cannot load it as a dataset ({first_line})") from err
-    return from_rows(rows, dataset_id)
+        raise DataError(
+            f"--data {dataset_id}: cannot load it as a dataset ({first_line(err)})"
+        ) from err
+    return from_rows(enumerate(rows, start=1), dataset_id, "row", skip_bad, report)
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message, or its type when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def split_train_val(

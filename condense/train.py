@@ -18,15 +18,16 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from condense.artifact import save_artifact
 from condense.callbacks import LogGenerations
-from condense.config import TrainConfig
+from condense.checkpoint_io import AtomicCheckpointIO
+from condense.config import ConfigError, TrainConfig
 from condense.data import CondenseDataModule
 from condense.files import write_atomic
 from condense.loggers import finish_wandb, keep_run_id, make_loggers, wandb_run_id
 from condense.model import Condenser
-from condense.module import CondenseModule
+from condense.module import CondenseModule, NonFiniteLossError
 from condense.preemption import SaveOnSigterm
 from condense.push import PushError, push_artifact
-from condense.weights import load_causal_lm, load_tokenizer
+from condense.weights import load_causal_lm, load_tokenizer, max_positions
 
 RUN_DIR_ENV = "CONDENSE_RUN_DIR"
 
@@ -42,11 +43,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """
     start = time.monotonic()
     L.seed_everything(cfg.seed, verbose=False)
+    check_devices(cfg.accelerator)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
-    # Data and weights are checked before anything is written, so a bad input costs
-    # nothing but its error message.
-    module, datamodule = build(cfg, precision)
+    # The run dir, the checkpoint to resume from, the data and the weights are all checked
+    # before anything is written, so a bad input costs nothing but its error message.
     run_dir = resolve_run_dir(cfg)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run_dir {str(run_dir)!r} is a file, not a folder")
+    resume_from = resolve_resume(cfg.resume, run_dir)
+    module, datamodule = build(cfg, precision)
+    if resume_from is not None:
+        module.check_checkpoint(resume_from)
     loggers = make_loggers(cfg.wandb, cfg.wandb_project, cfg.name, run_dir)
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -65,11 +72,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         keep_run_id(loggers, run_dir)
         for logger in loggers:
             logger.log_hyperparams(cfg.to_dict())
-    resume_from = resolve_resume(cfg.resume, run_dir)
     if resume_from is None:
         module.val_loss_initial = trainer.validate(module, datamodule, verbose=False)[0]["val_loss"]
-    trainer.fit(module, datamodule, ckpt_path=resume_from)
-    finish_wandb(loggers)
+    try:
+        trainer.fit(module, datamodule, ckpt_path=resume_from, weights_only=True)
+    except NonFiniteLossError as err:
+        kept = checkpoints.last_model_path or "none yet (no validation had run)"
+        raise NonFiniteLossError(f"{err}; last good checkpoint: {kept}") from None
+    finally:
+        finish_wandb(loggers)
+        if not cfg.run_dir:  # chosen for this run only; a next train() in this process picks anew
+            os.environ.pop(RUN_DIR_ENV, None)
 
     summary = {
         "steps": trainer.global_step,
@@ -85,6 +98,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "precision": precision,
         "resumed_from": resume_from,
         "world_size": trainer.world_size,
+        "skipped_steps": module.skipped_steps,
+        "data": datamodule.report.as_dict(),
+        "notes": datamodule.report.notes(),
         "pushed_to": None,
     }
     if not trainer.is_global_zero:
@@ -130,6 +146,7 @@ def make_trainer(
         gradient_clip_val=cfg.optim.grad_clip or None,
         log_every_n_steps=cfg.log_every_n_steps,
         logger=loggers,
+        plugins=[AtomicCheckpointIO()],
         callbacks=[
             checkpoints,
             ExportBest(run_dir / "artifact", cfg),
@@ -143,7 +160,9 @@ def make_trainer(
 
 class ExportBest(Callback):
     """Writes the portable artifact whenever validation reaches a new best loss, so the
-    artifact folder always holds the best weights so far (the .ckpt files are for resume)."""
+    artifact folder always holds the best weights so far (the .ckpt files are for resume).
+    Lightning runs ModelCheckpoint after every other callback, so the best score read here
+    is the best before this validation (None at the first one)."""
 
     def __init__(self, folder: Path, cfg: TrainConfig):
         self.folder = folder
@@ -172,7 +191,9 @@ class ExportBest(Callback):
             trainer.checkpoint_callback.best_model_score,
             trainer.callback_metrics.get("val_loss"),
         )
-        if current is not None and (best is None or float(current) <= float(best)):
+        if current is None or not torch.isfinite(current):
+            return
+        if best is None or float(current) <= float(best):
             self.extra.update(train_steps=trainer.global_step, val_loss=float(current))
             save_artifact(module.condenser, self.folder, self.extra)
 
@@ -182,6 +203,7 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
     (cheap, and the likelier to be wrong), then the weights."""
     encoder_tok = load_tokenizer(cfg.model.encoder)
     decoder_tok = load_tokenizer(cfg.model.decoder)
+    check_positions(cfg)
     datamodule = CondenseDataModule(cfg.data, cfg.dataset, encoder_tok, decoder_tok, cfg.seed)
     datamodule.setup()
     # Frozen weights are stored in the compute dtype; only trainable ones stay fp32.
@@ -200,6 +222,30 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
     if _use_checkpointing(cfg):
         condenser.enable_gradient_checkpointing()
     return CondenseModule(condenser, cfg.optim, cfg.max_steps), datamodule
+
+
+def check_devices(accelerator: str) -> None:
+    """Refuse an accelerator this machine does not have, before anything is loaded."""
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"accelerator={accelerator} but torch sees no GPU on this machine"
+            " (use --accelerator cpu or auto)"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("accelerator=mps but this machine has no MPS device")
+
+
+def check_positions(cfg: TrainConfig) -> None:
+    """The encoder reads context + N condense slots and the decoder N slots + prompt and
+    completion, each up to max_tokens + N positions: both models must have that many."""
+    need = cfg.dataset.max_tokens + cfg.model.num_condense_tokens
+    for role, name in (("encoder", cfg.model.encoder), ("decoder", cfg.model.decoder)):
+        limit = max_positions(name)
+        if limit is not None and need > limit:
+            raise ConfigError(
+                f"dataset.max_tokens + model.num_condense_tokens = {need} positions, more than"
+                f" the {role} {name!r} has ({limit})"
+            )
 
 
 def resolve_run_dir(cfg: TrainConfig) -> Path:
@@ -266,6 +312,7 @@ def describe(summary: dict[str, Any]) -> str:
             f"  best checkpoint: {summary['best_checkpoint']}",
             f"  last checkpoint: {summary['last_checkpoint']}",
             f"  summary: {os.path.join(summary['run_dir'], 'summary.json')}",
+            *(f"  note: {note}" for note in summary.get("notes", [])),
         ]
         + ([f"  pushed to: {summary['pushed_to']}"] if summary.get("pushed_to") else [])
     )

@@ -144,21 +144,52 @@ def load_tokenizer(name: str):
 
 
 def load_causal_lm(name: str, dtype: torch.dtype = torch.float32):
-    """A causal LM with SDPA attention, its weights in `dtype`."""
+    """A causal LM with SDPA attention, its weights in `dtype`.
+
+    safetensors where the model has them; a model that only has pickled weights
+    (pytorch_model.bin) is read with weights_only=True, which refuses code.
+    """
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        _loadable(name), dtype=dtype, attn_implementation="sdpa"
+        _loadable(name), dtype=dtype, attn_implementation="sdpa", weights_only=True
     )
 
 
+def max_positions(name: str) -> int | None:
+    """How many positions the model `name` reads (its config's max_position_embeddings),
+    from its config alone; None when the config does not say."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(_loadable(name))
+    return getattr(config, "max_position_embeddings", None)
+
+
 def _loadable(name: str) -> str:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     resolved = resolve_model(name)
-    is_local = Path(resolved).exists()
-    if not is_local and hub_offline() and not _in_hub_cache(resolved):
+    if Path(resolved).exists():
+        return resolved
+    try:
+        validate_repo_id(resolved)
+    except HFValidationError:
+        raise ModelNotFoundError(
+            f"model {resolved!r}: no such folder, and not a Hub id (OWNER/NAME)"
+        ) from None
+    if _in_hub_cache(resolved):
+        return resolved
+    if hub_offline():
         raise ModelNotFoundError(
             f"model {resolved!r} is not a local folder and is not in the Hub cache"
             " (HF_HUB_OFFLINE is set)"
+        )
+    # Without this probe, transformers retries an unreachable Hub for ~25 s, then fails
+    # with a paragraph.
+    if not hub_reachable():
+        raise ModelNotFoundError(
+            f"model {resolved!r} is not a local folder, not in the Hub cache, and the Hub"
+            " does not answer"
         )
     return resolved
 

@@ -17,7 +17,7 @@ from condense.data import (
     tokenize,
 )
 from condense.model import IGNORE_INDEX
-from condense.samples import DataError, Sample, split_train_val
+from condense.samples import DataError, DataReport, Sample, split_train_val
 from condense.weights import load_tokenizer
 
 ORIGINAL_ROWS = [
@@ -110,8 +110,57 @@ def test_a_row_without_a_field_is_named(tmp_path):
         + json.dumps({"context": "x", "activation_prompt": "y"})
         + "\n"
     )
-    with pytest.raises(DataError, match=r"bad.jsonl: row 2: .*completion"):
+    with pytest.raises(DataError, match=r"bad.jsonl: line 2: missing field .completion."):
         load_samples(str(path), DatasetConfig(), seed=0)
+
+
+def test_skip_bad_rows_counts_and_names_them(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    good = {"context": "c", "prompt": "p", "completion": "x"}
+    lines = [good, {**good, "context": None}, good, {"context": "c"}, good]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = DataReport()
+    samples = load_samples(str(path), DatasetConfig(skip_bad_rows=True), 0, report)
+    assert len(samples) == 3
+    assert (report.rows_read, report.rows_skipped) == (5, 2)
+    assert report.skipped_examples == [
+        f"{path}: line 2: field 'context' is null",
+        f"{path}: line 4: missing field 'prompt' (or 'activation_prompt')",
+    ]
+    assert report.notes() == [
+        f"2 of 5 rows skipped as unusable (first: {path}: line 2: field 'context' is null)"
+    ]
+
+
+def test_skipping_every_row_leaves_nothing_to_train_on(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"context": 1}\n[]\n')
+    with pytest.raises(DataError, match="none of its 2 rows is usable"):
+        load_samples(str(path), DatasetConfig(skip_bad_rows=True), 0)
+
+
+def test_an_unreadable_file_is_named(tmp_path, monkeypatch):
+    path = tmp_path / "locked.jsonl"
+    path.write_text("{}\n")
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(path), "open", refuse)
+    with pytest.raises(DataError, match=r"locked.jsonl: cannot read it \(Permission denied\)"):
+        load_samples(str(path), DatasetConfig(), 0)
+
+
+def test_cut_contexts_and_targets_are_counted(tiny_pair):
+    enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
+    report = DataReport()
+    cfg = DatasetConfig(max_characters=60, max_tokens=8, synthetic_passages=3)
+    samples = load_samples("synthetic", cfg, 0, report)
+    tokenize(samples, enc_tok, dec_tok, cfg, report)
+    assert report.contexts_cut_to_max_characters == sum(len(s.context) == 60 for s in samples)
+    assert 0 < report.contexts_cut_to_max_tokens <= len(samples)
+    assert 0 < report.targets_cut_to_max_tokens <= len(samples)
+    assert len(report.notes()) == 3
 
 
 def test_tasks_filter_keeps_only_named_tasks():

@@ -1,10 +1,19 @@
-"""The LightningModule's validation: a wrong-context loss beside the real one."""
+"""The LightningModule: the guard against NaN and infinite losses, and the wrong-context
+loss that validation logs beside the real one, on the tiny pair."""
 
 from __future__ import annotations
 
-import torch
+import itertools
+import math
+from pathlib import Path
 
-from condense.module import other_context
+import pytest
+import torch
+import yaml
+
+from condense.__main__ import main
+from condense.model import Condenser
+from condense.module import CondenseModule, other_context
 from condense.train import train
 from tests.conftest import tiny_config
 
@@ -34,3 +43,77 @@ def test_validation_logs_the_wrong_context_loss(tiny_pair, tmp_path):
     column = header.split(",").index("val_loss_wrong")
     values = [float(r.split(",")[column]) for r in rows if r.split(",")[column]]
     assert len(values) == 2 and all(v > 0 for v in values)  # before step 1, and at step 2
+
+
+def poison(monkeypatch, bad_steps) -> None:
+    """Make the training loss NaN at these (1-based) training steps; validation is left be."""
+    original = Condenser.forward
+    calls = itertools.count(1)
+
+    def forward(self, batch):
+        loss, targets = original(self, batch)
+        if self.training and next(calls) in bad_steps:
+            loss = loss * float("nan")  # backward then fills every gradient with NaN too
+        return loss, targets
+
+    monkeypatch.setattr(Condenser, "forward", forward)
+
+
+def record_steps(monkeypatch) -> dict[int, dict[str, torch.Tensor]]:
+    """Trainable weights and AdamW moments after each optimizer step, by global step."""
+    states: dict[int, dict[str, torch.Tensor]] = {}
+    original = CondenseModule.on_train_batch_end
+
+    def record(self, outputs, batch, batch_idx):
+        state = {k: v.clone() for k, v in self.condenser.trainable_state_dict().items()}
+        for i, s in enumerate(self.trainer.optimizers[0].state.values()):
+            state[f"exp_avg.{i}"] = s["exp_avg"].clone()
+        states[self.trainer.global_step] = state
+        original(self, outputs, batch, batch_idx)
+
+    monkeypatch.setattr(CondenseModule, "on_train_batch_end", record)
+    return states
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_nan_step_is_skipped_and_changes_nothing(tiny_pair, tmp_path, monkeypatch):
+    poison(monkeypatch, {3})
+    states = record_steps(monkeypatch)
+    summary = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=5, val_every_n_steps=5))
+    assert summary["steps"] == 5 and summary["skipped_steps"] == 1
+    assert same(states[3], states[2])  # step 3: no weight and no optimizer moment moved
+    assert not same(states[4], states[3]) and not same(states[2], states[1])  # others train
+    assert all(torch.isfinite(v).all() for v in states[5].values())
+    assert math.isfinite(summary["val_loss_final"])
+
+
+def test_k_nan_steps_in_a_row_stop_the_run_keeping_the_last_good_checkpoint(
+    tiny_pair, tmp_path, monkeypatch, capsys
+):
+    poison(monkeypatch, set(range(3, 100)))
+    states = record_steps(monkeypatch)
+    cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=10, val_every_n_steps=2)
+    cfg.optim.max_bad_steps = 2
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(cfg.to_dict()))
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--config", str(job)])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
+    assert err.strip().splitlines()[-1] == (
+        "condense: error: training stopped: 2 steps in a row (steps 3-4) had a NaN or"
+        f" infinite loss (optim.max_bad_steps=2); last good checkpoint: {last}"
+    )
+    assert "Traceback" not in err
+    # Stopped during step 4: the checkpoint of the validation at step 2 is kept as it was.
+    assert max(states) == 3
+    saved = torch.load(last, weights_only=True)
+    assert saved["global_step"] == 2
+    trainable = {k.removeprefix("condenser."): v for k, v in saved["state_dict"].items()}
+    assert same(trainable, {k: v for k, v in states[2].items() if not k.startswith("exp_avg")})
+    assert not (Path(cfg.run_dir) / "summary.json").exists()  # the run did not finish

@@ -23,8 +23,18 @@ SUMMARY_KEYS = {
 }
 
 
-def test_run_writes_summary_csv_and_checkpoints(tiny_pair, tmp_path):
+def test_run_writes_summary_csv_and_checkpoints(tiny_pair, tmp_path, monkeypatch):
+    from condense.checkpoint_io import AtomicCheckpointIO
+
+    saved = []
+    original_save = AtomicCheckpointIO.save_checkpoint
+    monkeypatch.setattr(
+        AtomicCheckpointIO,
+        "save_checkpoint",
+        lambda self, ckpt, path, **kwargs: saved.append(path) or original_save(self, ckpt, path),
+    )
     summary = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=5))
+    assert saved  # checkpoints go through the atomic writer
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(on_disk) and on_disk == summary
     assert summary["steps"] == 5
@@ -35,7 +45,13 @@ def test_run_writes_summary_csv_and_checkpoints(tiny_pair, tmp_path):
     assert val_steps == ["0", "1", "3", "4"]  # Lightning's step column is 0-based
     assert summary["val_loss_final"] is not None and summary["val_loss_initial"] is not None
     assert summary["val_loss_best"] <= summary["val_loss_final"]
-    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
+    assert {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()} == {
+        "best.ckpt",
+        "last.ckpt",
+    }
+    # What was cut to fit max_tokens is counted, and said in a note.
+    assert summary["data"]["targets_cut_to_max_tokens"] > 0
+    assert any("cut to dataset.max_tokens" in note for note in summary["notes"])
     assert summary["last_checkpoint"].endswith("last.ckpt")
     assert (tmp_path / "run" / "config.yaml").is_file()
     # The portable artifact holds the best validation's weights.
@@ -92,7 +108,7 @@ def test_checkpoint_holds_only_the_trainable_state(tiny_pair, tmp_path):
         p.numel() * p.element_size() for p in module.parameters() if not p.requires_grad
     )
 
-    ckpt = torch.load(summary["last_checkpoint"], weights_only=False)
+    ckpt = torch.load(summary["last_checkpoint"], weights_only=True)
     assert set(ckpt["state_dict"]) == {f"condenser.{k}" for k in trainable}
     size = (tmp_path / "run" / "checkpoints" / "last.ckpt").stat().st_size
     # Weights plus AdamW's two moments, plus a little bookkeeping: no frozen weights.
@@ -102,7 +118,7 @@ def test_checkpoint_holds_only_the_trainable_state(tiny_pair, tmp_path):
 
 def test_resume_from_last_continues_the_global_step(tiny_pair, tmp_path, monkeypatch):
     first = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=3))
-    saved = torch.load(first["last_checkpoint"], weights_only=False)["state_dict"]
+    saved = torch.load(first["last_checkpoint"], weights_only=True)["state_dict"]
     seen_at_start = {}
 
     def record(self):
@@ -156,10 +172,13 @@ def test_a_checkpoint_of_another_shape_is_refused(tiny_pair, tmp_path):
     import pytest
 
     train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2))
+    saved_config = (tmp_path / "run" / "config.yaml").read_text()
     other = tiny_config(*tiny_pair, tmp_path / "run", max_steps=4)
     other.model.lora_target_modules = ["q_proj", "v_proj"]
     with pytest.raises(CheckpointMismatchError, match="missing|unexpected"):
         train(other)
+    # Refused before anything was written: the run dir still describes the first run.
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved_config
 
 
 def test_each_epoch_has_a_new_batch_order(tiny_pair, tmp_path, monkeypatch):

@@ -1,0 +1,40 @@
+"""How Lightning checkpoints are written and read: atomically, and without running code.
+
+Lightning's own writer goes through an fsspec transaction whose temporary file lies in
+the system temp folder; renaming it onto a run dir on another filesystem (a mounted
+volume, a network disk) is a copy, which a kill can cut half-way. Here the temporary file
+is a sibling of the checkpoint, so the rename is atomic. Reading refuses pickled code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from condense.files import replace_atomic
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's TorchCheckpointIO, saving through a sibling temporary file and loading
+    with `weights_only=True` whatever the caller asks."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if "://" in str(path):  # remote storage: Lightning's own way
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Leftovers of a writer killed mid-save: as large as a checkpoint, and never read.
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):
+            stale.unlink(missing_ok=True)
+        replace_atomic(path, lambda f: torch.save(checkpoint, f))
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = lambda storage, loc: storage, weights_only: Any = None
+    ) -> dict[str, Any]:
+        # A checkpoint holds tensors and plain values only; anything else is refused, not run.
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)

@@ -1,0 +1,98 @@
+"""Command-line and job-file mistakes as one line that names the problem.
+
+jsonargparse reports a bad option with the whole usage text and a multi-line message; a
+user wants the flag, what it expects, what it got, and for a misspelled name the nearest
+valid one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+from typing import Any
+
+from jsonargparse import ArgumentParser, Namespace
+
+from condense.config import ConfigError
+
+# How jsonargparse spells a type in "Expected a <class 'int'>" and how a user would.
+TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "text",
+    "list": "a list",
+    "dict": "a mapping",
+    "NoneType": "null",
+}
+
+
+def parse(parser: ArgumentParser, argv: list[str]) -> Namespace:
+    """`parser.parse_args(argv)`, raising a one-line ConfigError instead of printing usage.
+
+    The parser must be built with `exit_on_error=False`.
+    """
+    try:
+        return parser.parse_args(argv)
+    except argparse.ArgumentError as err:
+        raise ConfigError(one_line(str(err), option_names(parser))) from err
+
+
+def option_names(parser: ArgumentParser) -> list[str]:
+    """Every dotted key the parser accepts: `max_steps`, `model.lora_r`, ..."""
+    return [a.dest for a in parser._actions if a.dest not in ("help", argparse.SUPPRESS)]
+
+
+def one_line(message: str, names: list[str]) -> str:
+    """A jsonargparse error message, rewritten as one line for a person."""
+    unknown_flags = re.match(r"unrecognized arguments: (.*)", message)
+    if unknown_flags:
+        return _unknown_arguments(unknown_flags.group(1).split(), names)
+    unknown_key = re.match(
+        r"(?:Group '([\w.]+)' does not accept option|Option) '([\w.]+)'(?: is not accepted)?",
+        message,
+    )
+    if unknown_key:
+        group, key = unknown_key.groups()
+        return _unknown(f"{group}.{key}" if group else key, names, "key", "")
+    bad_value = re.match(r'Parser key "([\w.]+)":\s*(.*)', message, re.DOTALL)
+    if bad_value:
+        return _bad_value(*bad_value.groups())
+    return " ".join(message.split())
+
+
+def _unknown_arguments(words: list[str], names: list[str]) -> str:
+    flag = next((w for w in words if w.startswith("--")), None)
+    if flag is None:
+        return f"unexpected argument {' '.join(words)!r}"
+    return _unknown(flag[2:].partition("=")[0], names, "option", "--")
+
+
+def _unknown(key: str, names: list[str], kind: str, prefix: str) -> str:
+    nearest = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    hint = f" (did you mean {prefix}{nearest[0]}?)" if nearest else ""
+    return f"unknown {kind} {prefix}{key}{hint}"
+
+
+def _bad_value(key: str, detail: str) -> str:
+    given = re.search(r"(?:Got|Given) value: (.*)", detail)
+    if given is None:
+        return f"--{key}: {' '.join(detail.split())}"
+    expected_part = detail.split("Given value type")[0]  # not the type of what was given
+    literal = re.search(r"Literal\[(.*?)\]", expected_part)
+    if literal:
+        expected = "one of " + literal.group(1).replace("'", "")
+    else:
+        kinds = re.findall(r"<class '(\w+)'>|\b(list)\[", expected_part)
+        words = dict.fromkeys(TYPE_WORDS.get(a or b, a or b) for a, b in kinds)
+        expected = " or ".join(words) or "another type"
+    return f"--{key}: expected {expected}, got {given.group(1).strip()!r}"
+
+
+def check_groups(parsed: Namespace, groups: list[str]) -> None:
+    """A job file that sets a group (`model: 3`) to something other than a mapping."""
+    for group in groups:
+        value: Any = parsed.get(group)
+        if value is not None and not isinstance(value, Namespace):
+            raise ConfigError(f"{group}: expected a mapping of {group}.* settings, got {value!r}")

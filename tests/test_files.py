@@ -1,0 +1,80 @@
+"""Writes that cannot be half-done, and reads that cannot run code."""
+
+from __future__ import annotations
+
+import ast
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from condense.checkpoint_io import AtomicCheckpointIO
+from condense.files import replace_atomic, write_atomic
+from condense.train import resolve_resume
+
+PACKAGE = Path(__file__).parents[1] / "condense"
+
+
+def test_a_write_that_fails_half_way_leaves_the_old_file_and_no_leftover(tmp_path):
+    path = tmp_path / "summary.json"
+    write_atomic(path, "old")
+
+    def half(f):
+        f.write(b"ne")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_atomic(path, half)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_checkpoints_are_swapped_in_whole(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": torch.tensor(1)}, path)
+    stale = path.with_name(".last.ckpt.tmp-99999")  # a writer killed mid-save
+    stale.write_bytes(b"half a checkpoint")
+    # A lambda cannot be pickled: the save fails half-way through writing.
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        io.save_checkpoint({"step": torch.tensor(2), "bad": lambda: None}, path)
+    assert io.load_checkpoint(path)["step"] == 1  # the previous checkpoint, whole
+    io.save_checkpoint({"step": torch.tensor(3)}, path)
+    assert io.load_checkpoint(path)["step"] == 3
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # leftovers gone
+
+
+class Planted:
+    """Stands for a pickle that would run code when loaded."""
+
+
+def test_a_checkpoint_holding_objects_is_refused_not_run(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Planted()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        AtomicCheckpointIO().load_checkpoint(path, weights_only=False)  # asked, and refused
+
+
+def test_resume_ignores_a_leftover_of_a_killed_save(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / ".last.ckpt.tmp-12345").write_bytes(b"partial")
+    assert resolve_resume("auto", tmp_path) is None
+
+
+def test_every_pickle_load_in_the_package_is_weights_only():
+    """torch.load and from_pretrained of weights pass weights_only=True; nothing trusts
+    remote code."""
+    for source in PACKAGE.glob("*.py"):
+        tree = ast.parse(source.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            keywords = {k.arg: k.value for k in node.keywords}
+            assert "trust_remote_code" not in keywords, f"{source.name}:{node.lineno}"
+            if name == "load" and getattr(node.func.value, "id", "") == "torch":
+                only = keywords.get("weights_only")
+                assert isinstance(only, ast.Constant) and only.value is True, (
+                    f"{source.name}:{node.lineno}: torch.load without weights_only=True"
+                )
