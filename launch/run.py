@@ -74,11 +74,14 @@ def train_argv(
     resume: str,
     cluster: clusters.Cluster | None,
     overrides: list[str],
+    hub_repo: str | None = None,
 ) -> list[str]:
     """`condense train` arguments: the job, then what this entry decides, then the user's."""
     argv = ["--config", str(job_file), "--run_dir", str(checkpoint_dir), "--resume", resume]
     if cluster is not None:
         argv += cluster.train_overrides()
+    if hub_repo:  # training pushes its best artifact at the end (rank 0 only)
+        argv += ["--hub_repo", hub_repo]
     return argv + overrides
 
 
@@ -99,11 +102,11 @@ def main(argv: list[str]) -> None:
     checkpoint_dir = Path(args.checkpoint_dir or default_checkpoint_dir(args.job, SPEC))
     newest = newest_valid_checkpoint(checkpoint_dir / "checkpoints")
     resume = str(newest.path) if newest else "never"
-    cfg = parse_train(train_argv(job_path(args.job), checkpoint_dir, resume, cluster, overrides))
+    cfg = parse_train(
+        train_argv(job_path(args.job), checkpoint_dir, resume, cluster, overrides, args.hub_repo)
+    )
     _say(describe_start(cfg, checkpoint_dir, newest, cluster))
-    summary = _train(cfg)
-    if args.hub_repo and summary.get("artifact") and _is_global_zero():
-        _push(Path(summary["artifact"]), args.hub_repo)
+    _train(cfg)
 
 
 def describe_start(cfg, checkpoint_dir: Path, newest, cluster: clusters.Cluster | None) -> str:
@@ -126,27 +129,15 @@ def _train(cfg) -> dict:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from condense.preemption import SIGTERM_EXIT_CODE
+    from condense.push import PushError
     from condense.train import train
 
     try:
         return train(cfg)
     except SIGTERMException:
         raise SystemExit(SIGTERM_EXIT_CODE) from None
-
-
-def _is_global_zero() -> bool:
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
-
-
-def _push(artifact: Path, repo: str) -> None:
-    from condense.push import PushError, push_artifact
-
-    try:
-        _say(f"launch: pushed {artifact} to {push_artifact(artifact, repo)}")
-    except PushError as err:
-        raise SystemExit(f"launch: error: {err}; the artifact stays in {artifact}") from None
+    except PushError as err:  # trained and saved; only the upload failed
+        raise SystemExit(f"launch: error: {err}") from None
 
 
 def _say(line: str) -> None:

@@ -207,3 +207,14 @@ def test_supervisor_commits_on_each_checkpoint_and_passes_a_preemption_on(tmp_pa
     assert status == -signal.SIGTERM and time.monotonic() - started < 30
     assert len(commits) == 2  # once when last.ckpt appeared, once at the end
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_the_launch_entry_hands_run_dir_resume_and_hub_repo_to_training():
+    from condense.__main__ import job_path, parse_train
+    from launch.run import train_argv
+
+    argv = train_argv(
+        job_path("test"), Path("/ck/run"), "never", None, ["--max-steps", "5"], "me/c"
+    )
+    cfg = parse_train(argv)
+    assert (cfg.run_dir, cfg.resume, cfg.hub_repo, cfg.max_steps) == ("/ck/run", "never", "me/c", 5)
