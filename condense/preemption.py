@@ -5,8 +5,9 @@ forwards the signal to the DDP processes it started), the fit loop finishes the 
 progress, raises `SIGTERMException` (a `SystemExit`) and calls every callback's
 `on_exception`. `SaveOnSigterm` is that callback: it writes last.ckpt there, at a step
 boundary, so a restart resumes from the step the signal interrupted, not from the last
-validation. Lightning writes checkpoints atomically (a temporary file, then a rename), so
-a SIGKILL during the save leaves the previous last.ckpt whole.
+validation. Checkpoints are written beside themselves and renamed into place
+(condense/checkpoint_io.py), so a SIGKILL during the save leaves the previous last.ckpt
+whole.
 """
 
 from __future__ import annotations
