@@ -71,3 +71,20 @@ def test_the_function_body_trains_the_tiny_job_on_cpu(tmp_path, modal_app):
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["world_size"] == 1
     assert (folder / "artifact").is_dir()
+
+
+@pytest.mark.skipif(
+    not os.environ.get("CONDENSE_TRAIN_PYTHON"),
+    reason="needs CONDENSE_TRAIN_PYTHON, an interpreter with torch and condense",
+)
+def test_the_function_body_runs_the_test_job_on_cpu(tmp_path, modal_app):
+    # jobs/test.yaml itself (the embedded SmolLM2 pair, synthetic data), shortened.
+    folder = tmp_path / "run"
+    overrides = (
+        "--accelerator cpu --max-steps 2 --val-every-n-steps 2 --wandb off"
+        " --dataset.synthetic_passages 40 --dataset.val_size 8"
+    )
+    modal_app.train.local(job="test", overrides=overrides, checkpoint_dir=str(folder))
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["val_loss_best"] < summary["val_loss_initial"]
+    assert (folder / "artifact" / "condense_config.json").is_file()
