@@ -51,7 +51,14 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     SIGKILL then lost every step since the last *improvement*, and a finished run's
     last.ckpt was not its final state. Here it follows the best one's decision, so it
     holds the best score as of this validation too.
+
+    Files keep their names (no `last-v1.ckpt`): Lightning versions a name it finds on disk
+    but not in its own state, which is what a SIGTERM save before the first validation
+    leaves for the next process, and a resume by name would then read the stale file.
     """
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**{"enable_version_counter": False, **kwargs})
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         super().on_validation_end(trainer, module)

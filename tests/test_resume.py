@@ -3,6 +3,8 @@ run would have had."""
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import random
 import signal
@@ -21,6 +23,7 @@ from condense.checkpoint_io import AtomicCheckpointIO
 from condense.data import LengthGroupedBatchSampler, ResumableDataLoader
 from condense.preemption import SaveOnSigterm
 from tests.conftest import tiny_job
+from tests.test_launch import _launch, _wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,6 +178,10 @@ def test_killed_and_resumed_run_ends_with_the_same_weights_bit_for_bit(tiny_pair
     assert state["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
         {"epoch": 1, "batches_trained": n - 12}
     ]
+    # metrics.csv is written at every step: the killed process's rows are all there.
+    with (killed / "metrics.csv").open() as f:
+        logged = {int(row["step"]) for row in csv.DictReader(f) if row["train_loss"]}
+    assert set(range(n)) <= logged
     _finished(_train(job, killed, tmp_path / "resumed.log"), tmp_path / "resumed.log")
     _finished(straight_proc, tmp_path / "straight.log")
     took = time.monotonic() - started
@@ -186,3 +193,51 @@ def test_killed_and_resumed_run_ends_with_the_same_weights_bit_for_bit(tiny_pair
         k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])
     ]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]} ({took:.0f} s)"
+
+
+def _loadable(folder: Path) -> dict[str, int]:
+    """Global step of every checkpoint in `folder`; each must load (weights only)."""
+    return {p.name: _checkpoint(p)["global_step"] for p in sorted(folder.glob("*.ckpt"))}
+
+
+def test_ten_kills_at_random_points_lose_nothing(tiny_pair, tmp_path):
+    # Few validations: with W&B on, each one also generates and logs a table, which costs
+    # far more than the tiny steps. A kill lands at most ~15 steps into training.
+    max_steps = 120
+    job = tiny_job(*tiny_pair, tmp_path / "job.yaml", max_steps=max_steps, val_every_n_steps=20,
+                   wandb="offline")  # fmt: skip
+    run = tmp_path / "run"
+    checkpoints = run / "checkpoints"
+    rng = random.Random(6)
+    kinds, reached = [], 0
+    for i in range(10):
+        log = tmp_path / f"run{i}.log"
+        proc = _launch(job, run, log)
+        how = rng.choice([signal.SIGTERM, signal.SIGKILL])
+        if rng.random() < 0.2:  # while it starts: loading, the first validation
+            time.sleep(rng.uniform(0, 4))
+        else:  # once it trains
+            _wait_for(lambda log=log: "Epoch" in log.read_text(), proc, log)
+            time.sleep(rng.uniform(0, 0.5))
+        assert proc.poll() is None, f"kill {i} came too late: the job had finished"
+        proc.send_signal(how)
+        status = proc.wait(timeout=120)
+        kinds.append(how.name)
+        assert status in ((143, -signal.SIGTERM) if how == signal.SIGTERM else (-signal.SIGKILL,))
+        steps = _loadable(checkpoints) if checkpoints.is_dir() else {}
+        if status == 143 and "Epoch" in log.read_text():  # stopped by Lightning while training
+            assert f"SIGTERM: saved step {steps['last.ckpt']}" in log.read_text()
+        assert set(steps) <= {"best.ckpt", "last.ckpt"}  # no last-v1.ckpt beside them
+        assert steps.get("last.ckpt", 0) >= reached  # never goes back
+        reached = steps.get("last.ckpt", 0)
+
+    log = tmp_path / "final.log"
+    assert _launch(job, run, log).wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert 0 < reached < max_steps and {"SIGTERM", "SIGKILL"} <= set(kinds)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == max_steps
+    assert _loadable(checkpoints)["last.ckpt"] == max_steps
+    # One W&B run: every process that got as far as W&B logged under the same id.
+    run_id = (run / "wandb_run_id").read_text()
+    assert summary["wandb_run_id"] == run_id
+    assert {r.name.rsplit("-", 1)[1] for r in (run / "wandb").glob("offline-run-*")} == {run_id}
