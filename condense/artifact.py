@@ -51,6 +51,7 @@ def save_artifact(condenser: Condenser, out: Path, extra: dict[str, Any] | None 
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         condenser.encoder.save_pretrained(tmp)
@@ -223,6 +224,17 @@ def _local_folder(path_or_id: str) -> Path:
         raise ArtifactError(
             f"{path_or_id}: not a local folder, and not loadable from the Hub ({type(err).__name__})"
         ) from err
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Delete the temporary folders of earlier writers of `out` that were killed before
+    they could (`.NAME-*` being written, `.NAME.old-PID` being swapped out): each is a
+    whole artifact's size, and no reader looks at them. Only one process writes an
+    artifact folder at a time (global rank 0), so none of them is in use."""
+    for stale in out.parent.glob(f".{out.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in out.parent.glob(f".{out.name}.old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _swap_in(tmp: Path, out: Path) -> None:

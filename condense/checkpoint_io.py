@@ -1,4 +1,5 @@
-"""How Lightning checkpoints are written and read: atomically, and without running code.
+"""How Lightning checkpoints are written and read: atomically, without running code, and
+last.ckpt at every validation.
 
 Lightning's own writer goes through an fsspec transaction whose temporary file lies in
 the system temp folder; renaming it onto a run dir on another filesystem (a mounted
@@ -11,8 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from condense.files import replace_atomic
 
@@ -38,3 +41,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         # A checkpoint holds tensors and plain values only; anything else is refused, not run.
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, with last.ckpt written at every validation.
+
+    Lightning 2.6 writes last.ckpt only when the same validation wrote a top-k checkpoint,
+    so after a validation that did not improve, last.ckpt stayed at an older step: a
+    SIGKILL then lost every step since the last *improvement*, and a finished run's
+    last.ckpt was not its final state. Here it follows the best one's decision, so it
+    holds the best score as of this validation too.
+
+    Files keep their names (no `last-v1.ckpt`): Lightning versions a name it finds on disk
+    but not in its own state, which is what a SIGTERM save before the first validation
+    leaves for the next process, and a resume by name would then read the stale file.
+    """
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**{"enable_version_counter": False, **kwargs})
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, module)
+        # Skipped when the step was just saved: last.ckpt is then written already.
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

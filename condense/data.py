@@ -177,9 +177,12 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
+        self.start = 0  # the batch (this rank's count) the next pass begins at
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Order the batches for `epoch`; the next pass begins at its batch `start` (this
+        rank's count), to continue an epoch that a restart cut short."""
+        self.epoch, self.start = epoch, start
 
     def __iter__(self) -> Iterator[list[int]]:
         order = list(range(len(self.lengths)))
@@ -192,7 +195,9 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             batches += self._chunk(window)
         rng.shuffle(batches)
         shared = len(self) * self.num_replicas
-        yield from batches[self.rank : shared : self.num_replicas]
+        # Skipped as lists of indices: no sample of a skipped batch is read or collated.
+        first = self.rank + self.start * self.num_replicas
+        yield from batches[first : shared : self.num_replicas]
 
     def _chunk(self, order: list[int]) -> list[list[int]]:
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
@@ -200,6 +205,50 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         """Batches this rank gets per epoch."""
         return math.ceil(len(self.lengths) / self.batch_size) // self.num_replicas
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a `LengthGroupedBatchSampler` that keeps its own place in the
+    sequence of epochs and puts it in Lightning's checkpoints, so a resumed run trains on
+    exactly the batches an uninterrupted one would have: none twice, none skipped.
+
+    Lightning's fit loop saves `state_dict()` of every train loader that has one (in the
+    checkpoint's `loops.fit_loop.state_dict.combined_loader`) and calls `load_state_dict`
+    on resume before it asks for a batch. The place is (epoch, batches handed out): it
+    counts what this loader handed to training, not what its sampler yielded (worker
+    processes take batches of indices ahead of use; Lightning fetches none ahead of a
+    loader with a length). A pass that begins after a finished epoch begins the next one,
+    so Lightning's epoch counter plays no part: resumed right at an epoch's end, Lightning
+    runs one empty epoch and counts it, and a sampler set from that count would skip an
+    epoch's worth of samples. All ranks are at the same place; it is saved as a count
+    over all of them, so a resume with another number of processes starts right after
+    what they had trained together (to within a batch per process).
+    """
+
+    def __init__(self, dataset, batch_sampler: LengthGroupedBatchSampler, **kwargs):
+        super().__init__(dataset, batch_sampler=batch_sampler, **kwargs)
+        self.epoch, self.handed_out = batch_sampler.epoch, batch_sampler.start
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        # A generator: the place is read at the first batch asked for, after Lightning has
+        # restored it, not when Lightning makes the iterator.
+        sampler = self.batch_sampler
+        if self.handed_out >= len(sampler):
+            self.epoch, self.handed_out = self.epoch + 1, 0
+        sampler.set_epoch(self.epoch, self.handed_out)
+        for batch in super().__iter__():
+            self.handed_out += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """The epoch and how many of its batches all ranks together have trained on."""
+        replicas = self.batch_sampler.num_replicas
+        return {"epoch": self.epoch, "batches_trained": self.handed_out * replicas}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a `state_dict()`: the next batch is the first one not trained."""
+        replicas = self.batch_sampler.num_replicas
+        self.epoch, self.handed_out = state["epoch"], state["batches_trained"] // replicas
 
 
 class CondenseDataModule(L.LightningDataModule):
@@ -238,15 +287,15 @@ class CondenseDataModule(L.LightningDataModule):
             for part in (self.train_samples, self.val_samples)
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set)
+    def train_dataloader(self) -> ResumableDataLoader:
+        return self._loader(self.train_set, ResumableDataLoader)
 
     def val_dataloader(self) -> DataLoader:
-        # Batched like training, but no one calls set_epoch on it: every validation sees the
-        # same batches, and a `val_batches` limit takes a fair sample, not the shortest.
-        return self._loader(self.val_set)
+        # Batched like training, but always as epoch 0: every validation sees the same
+        # batches, and a `val_batches` limit takes a fair sample, not the shortest.
+        return self._loader(self.val_set, DataLoader)
 
-    def _loader(self, dataset: list[Tokenized]) -> DataLoader:
+    def _loader(self, dataset: list[Tokenized], kind: type[DataLoader]) -> DataLoader:
         # The sampler shards batches across DDP ranks itself; the Trainer is told not to
         # put a DistributedSampler in its place (use_distributed_sampler=False).
         trainer = self.trainer
@@ -259,10 +308,14 @@ class CondenseDataModule(L.LightningDataModule):
                 f"--data {self.source}: {len(dataset)} samples make fewer batches of"
                 f" {self.cfg.batch_size} than there are processes ({replicas})"
             )
-        return DataLoader(
+        return kind(
             dataset,
             batch_sampler=sampler,
             collate_fn=Collator(self.encoder_tok.pad_token_id, self.decoder_tok.pad_token_id),
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
+            # Its own generator: making an iterator draws a worker seed, which would
+            # otherwise move the global RNG that training (dropout) draws from, and a
+            # resumed run makes its iterators at other points than an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.seed),
         )

@@ -61,7 +61,10 @@ def make_loggers(setting: str, project: str, name: str, run_dir: Path) -> list[L
     continues the same W&B run; `keep_run_id` writes it. Nothing is written here: with
     several processes, only global rank 0 writes.
     """
-    loggers: list[Logger] = [ResumableCSVLogger(run_dir, name="", version="")]
+    # Written out at every logged step, not every 100: a SIGKILL would lose the rows since
+    # the last write, and an append costs nothing beside a training step.
+    csv_logger = ResumableCSVLogger(run_dir, name="", version="", flush_logs_every_n_steps=1)
+    loggers: list[Logger] = [csv_logger]
     mode = wandb_mode(setting)
     if mode is None:
         return loggers

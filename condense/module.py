@@ -76,13 +76,6 @@ class CondenseModule(L.LightningModule):
                 f" (optim.max_bad_steps={self.optim.max_bad_steps})"
             )
 
-    def on_train_epoch_start(self) -> None:
-        # Lightning calls set_epoch only on a DataLoader's sampler, not on a custom batch
-        # sampler, so a new epoch would replay the same batch order without this.
-        batch_sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
-        if hasattr(batch_sampler, "set_epoch"):
-            batch_sampler.set_epoch(self.current_epoch)
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Lightning validates at its interval, not at max_steps; asking it to stop on the
         # last step makes it validate (and checkpoint) there too, so the final weights

@@ -18,7 +18,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from condense.artifact import save_artifact
 from condense.callbacks import LogGenerations
-from condense.checkpoint_io import AtomicCheckpointIO
+from condense.checkpoint_io import AtomicCheckpointIO, BestAndLastCheckpoint
 from condense.config import ConfigError, TrainConfig
 from condense.data import CondenseDataModule
 from condense.files import write_atomic
@@ -27,6 +27,7 @@ from condense.model import Condenser
 from condense.module import CondenseModule, NonFiniteLossError
 from condense.preemption import SaveOnSigterm
 from condense.push import PushError, push_artifact
+from condense.rng import ResumeRandomState
 from condense.weights import load_causal_lm, load_tokenizer, max_positions
 
 RUN_DIR_ENV = "CONDENSE_RUN_DIR"
@@ -55,7 +56,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if resume_from is not None:
         module.check_checkpoint(resume_from)
     loggers = make_loggers(cfg.wandb, cfg.wandb_project, cfg.name, run_dir)
-    checkpoints = ModelCheckpoint(
+    checkpoints = BestAndLastCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
         monitor="val_loss",
@@ -151,6 +152,7 @@ def make_trainer(
             checkpoints,
             ExportBest(run_dir / "artifact", cfg),
             SaveOnSigterm(run_dir / "checkpoints" / "last.ckpt"),
+            ResumeRandomState(),
             *(extra_callbacks or []),
             TQDMProgressBar(refresh_rate=1),
         ],

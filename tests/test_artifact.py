@@ -79,6 +79,17 @@ def test_a_failed_write_leaves_the_previous_artifact_intact(tiny_pair, tmp_path,
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_the_next_write_removes_what_killed_writers_left(tiny_pair, tmp_path):
+    condenser = _trained_condenser(tiny_pair)
+    # A writer killed mid-export, and one killed between moving the old folder aside and
+    # deleting it: each left a folder as large as an artifact.
+    for leftover in (".artifact-k3j2_x", ".artifact.old-4242"):
+        (tmp_path / leftover).mkdir()
+        (tmp_path / leftover / "adapter_model.safetensors").write_bytes(b"x" * 1000)
+    condenser.save_pretrained(str(tmp_path / "artifact"))
+    assert [p.name for p in tmp_path.iterdir()] == ["artifact"]
+
+
 def test_an_incomplete_folder_is_refused_in_one_line(tmp_path):
     (tmp_path / "condense_config.json").write_text(json.dumps({"format_version": 1}))
     with pytest.raises(ArtifactError, match="not a condense artifact") as err:

@@ -1,0 +1,243 @@
+"""Resume: a stopped run continues with the batches, weights and randomness an uninterrupted
+run would have had."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from condense.checkpoint_io import AtomicCheckpointIO
+from condense.data import LengthGroupedBatchSampler, ResumableDataLoader
+from condense.preemption import SaveOnSigterm
+from tests.conftest import tiny_job
+from tests.test_launch import _launch, _wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BATCHES_PER_EPOCH = 5
+MAX_STEPS = 3 * BATCHES_PER_EPOCH + 2  # into a fourth epoch
+
+
+class Recorder(L.LightningModule):
+    """A one-weight model that records which samples each step trained on."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seen: list[list[int]] = []
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        self.seen.append(batch.tolist())
+        return (self.weight * batch.float().mean() - 1).pow(2)
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.log("val_loss", self.weight.sum().detach() + 1.0)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _loader(num_replicas: int = 1, rank: int = 0) -> ResumableDataLoader:
+    lengths = [random.Random(i).randint(1, 50) for i in range(4 * BATCHES_PER_EPOCH)]
+    sampler = LengthGroupedBatchSampler(lengths, 4, seed=3, window=2)
+    return ResumableDataLoader(list(range(len(lengths))), sampler)
+
+
+class StopAt(Callback):
+    """Stops the run after `step` optimizer steps by SIGTERM (which SaveOnSigterm answers
+    with last.ckpt), or as a SIGKILL does one step after the checkpoint of the validation
+    at `step` (an exception that saves nothing)."""
+
+    def __init__(self, step: int, how: str):
+        self.step, self.how = step, how
+
+    def on_train_batch_end(self, trainer, *_):
+        if trainer.global_step == self.step and self.how == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler sets its flag
+        if trainer.global_step == self.step + 1 and self.how == "sigkill":
+            raise KeyboardInterrupt  # one step past the checkpoint; nothing more is saved
+
+
+def _fit(tmp: Path, callbacks: list[Callback], val_every: int, ckpt_path=None) -> Recorder:
+    module = Recorder()
+    trainer = L.Trainer(
+        max_steps=MAX_STEPS,
+        val_check_interval=val_every,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        plugins=[AtomicCheckpointIO()],
+        callbacks=[
+            ModelCheckpoint(dirpath=tmp, save_last=True, monitor="val_loss", save_top_k=1),
+            SaveOnSigterm(tmp / "last.ckpt"),
+            *callbacks,
+        ],
+        default_root_dir=tmp,
+    )
+    try:
+        trainer.fit(module, _loader(), _loader(), ckpt_path=ckpt_path, weights_only=True)
+    except (SystemExit, KeyboardInterrupt):
+        pass
+    return module
+
+
+# Mid-epoch, the last batch of an epoch, the first of the next, and deep into the run.
+@pytest.mark.parametrize("step", [2, BATCHES_PER_EPOCH, BATCHES_PER_EPOCH + 1, 13])
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_a_resumed_run_trains_on_the_batches_an_uninterrupted_one_would(tmp_path, step, how):
+    straight = _fit(tmp_path / "straight", [], val_every=step).seen
+    assert len(straight) == MAX_STEPS
+    assert straight[:BATCHES_PER_EPOCH] != straight[BATCHES_PER_EPOCH : 2 * BATCHES_PER_EPOCH]
+
+    folder = tmp_path / how
+    stopped = _fit(folder, [StopAt(step, how)], val_every=step).seen
+    assert len(stopped) == step + (how == "sigkill")  # the killed step ran, unsaved
+    resumed = _fit(folder, [], val_every=step, ckpt_path=folder / "last.ckpt").seen
+    assert stopped[:step] + resumed == straight
+
+
+def test_position_is_kept_across_a_change_in_the_number_of_processes():
+    lengths = [random.Random(i).randint(1, 50) for i in range(32)]  # 8 batches of 4
+
+    def loader(replicas: int, rank: int) -> ResumableDataLoader:
+        sampler = LengthGroupedBatchSampler(lengths, 4, seed=3, num_replicas=replicas, rank=rank)
+        return ResumableDataLoader(list(range(32)), sampler)
+
+    whole_epoch = [b.tolist() for b in loader(1, 0)]
+    alone = loader(1, 0)
+    it = iter(alone)
+    trained = [next(it).tolist() for _ in range(4)]
+    assert trained == whole_epoch[:4]
+    assert alone.state_dict() == {"epoch": 0, "batches_trained": 4}
+    # Resumed on two processes: between them, exactly the four batches not trained yet.
+    rest = []
+    for rank in (0, 1):
+        resumed = loader(2, rank)
+        resumed.load_state_dict(alone.state_dict())
+        rest += [b.tolist() for b in resumed]
+    assert sorted(rest) == sorted(whole_epoch[4:])
+
+
+def _train(job: Path, run_dir: Path, log: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", WANDB_MODE="offline")
+    env.pop("WANDB_SERVICE", None)  # see tests/test_launch.py::_launch
+    command = ["condense", "train", "--config", str(job), "--run-dir", str(run_dir)]
+    return subprocess.Popen(
+        [sys.executable, "-m", *command], cwd=ROOT, env=env, stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def _finished(proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    assert proc.wait(timeout=timeout) == 0, log.read_text()[-3000:]
+
+
+def _checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights_bit_for_bit(tiny_pair, tmp_path):
+    # 48 training samples in batches of 4: 12 batches an epoch. The kill comes after the
+    # checkpoint of step 18, half-way through the second epoch; the resumed half crosses
+    # into the third. LoRA dropout is on, so the random state has to resume too.
+    n = 18
+    job = tiny_job(*tiny_pair, tmp_path / "job.yaml", max_steps=2 * n, val_every_n_steps=n)
+    spec = yaml.safe_load(job.read_text())
+    spec["model"]["lora_dropout"] = 0.1
+    job.write_text(yaml.safe_dump(spec))
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    last = killed / "checkpoints" / "last.ckpt"
+
+    started = time.monotonic()
+    straight_proc = _train(job, straight, tmp_path / "straight.log")
+    proc = _train(job, killed, tmp_path / "killed.log")
+    while not last.is_file():
+        assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait(timeout=60)
+    state = _checkpoint(last)
+    assert state["global_step"] == n
+    assert state["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"epoch": 1, "batches_trained": n - 12}
+    ]
+    # metrics.csv is written at every step: the killed process's rows are all there.
+    with (killed / "metrics.csv").open() as f:
+        logged = {int(row["step"]) for row in csv.DictReader(f) if row["train_loss"]}
+    assert set(range(n)) <= logged
+    _finished(_train(job, killed, tmp_path / "resumed.log"), tmp_path / "resumed.log")
+    _finished(straight_proc, tmp_path / "straight.log")
+    took = time.monotonic() - started
+
+    a, b = (_checkpoint(run / "checkpoints" / "last.ckpt") for run in (straight, killed))
+    assert a["global_step"] == b["global_step"] == 2 * n
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    different = [
+        k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])
+    ]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]} ({took:.0f} s)"
+
+
+def _loadable(folder: Path) -> dict[str, int]:
+    """Global step of every checkpoint in `folder`; each must load (weights only)."""
+    return {p.name: _checkpoint(p)["global_step"] for p in sorted(folder.glob("*.ckpt"))}
+
+
+def test_ten_kills_at_random_points_lose_nothing(tiny_pair, tmp_path):
+    # Few validations: with W&B on, each one also generates and logs a table, which costs
+    # far more than the tiny steps. A kill lands at most ~15 steps into training.
+    max_steps = 120
+    job = tiny_job(*tiny_pair, tmp_path / "job.yaml", max_steps=max_steps, val_every_n_steps=20,
+                   wandb="offline")  # fmt: skip
+    run = tmp_path / "run"
+    checkpoints = run / "checkpoints"
+    rng = random.Random(6)
+    kinds, reached = [], 0
+    for i in range(10):
+        log = tmp_path / f"run{i}.log"
+        proc = _launch(job, run, log)
+        how = rng.choice([signal.SIGTERM, signal.SIGKILL])
+        if rng.random() < 0.2:  # while it starts: loading, the first validation
+            time.sleep(rng.uniform(0, 4))
+        else:  # once it trains
+            _wait_for(lambda log=log: "Epoch" in log.read_text(), proc, log)
+            time.sleep(rng.uniform(0, 0.5))
+        assert proc.poll() is None, f"kill {i} came too late: the job had finished"
+        proc.send_signal(how)
+        status = proc.wait(timeout=120)
+        kinds.append(how.name)
+        assert status in ((143, -signal.SIGTERM) if how == signal.SIGTERM else (-signal.SIGKILL,))
+        steps = _loadable(checkpoints) if checkpoints.is_dir() else {}
+        if status == 143 and "Epoch" in log.read_text():  # stopped by Lightning while training
+            assert f"SIGTERM: saved step {steps['last.ckpt']}" in log.read_text()
+        assert set(steps) <= {"best.ckpt", "last.ckpt"}  # no last-v1.ckpt beside them
+        assert steps.get("last.ckpt", 0) >= reached  # never goes back
+        reached = steps.get("last.ckpt", 0)
+
+    log = tmp_path / "final.log"
+    assert _launch(job, run, log).wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert 0 < reached < max_steps and {"SIGTERM", "SIGKILL"} <= set(kinds)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == max_steps
+    assert _loadable(checkpoints)["last.ckpt"] == max_steps
+    # One W&B run: every process that got as far as W&B logged under the same id.
+    run_id = (run / "wandb_run_id").read_text()
+    assert summary["wandb_run_id"] == run_id
+    assert {r.name.rsplit("-", 1)[1] for r in (run / "wandb").glob("offline-run-*")} == {run_id}
