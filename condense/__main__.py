@@ -6,6 +6,8 @@
     condense generate --artifact runs/X/artifact --context-file doc.txt --prompt "Who?"
     condense push runs/X/artifact --repo me/my-condenser
     condense import old-run/ --out my-artifact   # a checkpoint of the original trainer
+    condense bench --config jobs/bench.yaml --mode static --out bench.json
+    condense plan --config jobs/default.yaml --gpu H100 --price 2.5
 
 Every field of the config is a flag; nested ones read `--model.lora_r 64`. Flags accept
 dashes or underscores (`--max-steps` is `--max_steps`). A mistake in the arguments, the job
@@ -19,7 +21,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from condense.cli_errors import check_groups, parse
 from condense.config import ConfigError, TrainConfig
@@ -68,16 +70,51 @@ def train_parser() -> ArgumentParser:
 
 def parse_train(argv: list[str]) -> TrainConfig:
     """A TrainConfig from `condense train` arguments; ConfigError (one line) if they are wrong."""
+    return parse_job(train_parser(), argv)[0]
+
+
+def parse_job(parser: ArgumentParser, argv: list[str]) -> tuple[TrainConfig, Namespace]:
+    """A TrainConfig from the arguments of a command that takes a job (train, bench, plan),
+    and the parsed namespace for the command's own flags."""
     argv = normalize_flags(argv)
     if "--test" in argv:
         # The job file goes first, so flags given on the line override it wherever they stand.
         argv = ["--config", str(job_path("test"))] + argv
-    parser = train_parser()
     parsed = parse(parser, argv)
     check_groups(parsed, ["model", "dataset", "optim"])
     # The config's own checks (__post_init__) run here, the nested groups' first.
     parsed = parser.instantiate(parsed)
-    return TrainConfig(**{f.name: getattr(parsed, f.name) for f in fields(TrainConfig)})
+    return TrainConfig(**{f.name: getattr(parsed, f.name) for f in fields(TrainConfig)}), parsed
+
+
+def job_parser(prog: str, description: str) -> ArgumentParser:
+    """A parser that takes a job like `condense train` (every option of it), for `prog`."""
+    parser = train_parser()
+    parser.prog, parser.description = prog, description
+    return parser
+
+
+def bench_parser() -> ArgumentParser:
+    parser = job_parser(
+        "condense bench",
+        "Time training steps of a job on this machine: step time, tokens/s, padding, peak"
+        " memory, FLOP/s and MFU against a bf16 matmul peak measured in the same run. Takes"
+        " every option of `condense train`.",
+    )
+    parser.add_argument("--steps", type=int, default=10, help="Timed steps (after warm-up).")
+    parser.add_argument("--warmup", type=int, default=2, help="Untimed steps first.")
+    parser.add_argument(
+        "--mode",
+        choices=["dynamic", "static"],
+        default="dynamic",
+        help="dynamic: the fast path alone. static: the same samples also the original's way"
+        " (padded to max_tokens, full logits), in the same process, and the speed-up.",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for the steps (default: torch's)."
+    )
+    parser.add_argument("--out", default=None, help="Write the results as JSON here.")
+    return parser
 
 
 def normalize_flags(argv: list[str]) -> list[str]:
@@ -202,6 +239,62 @@ def run_push(argv: list[str]) -> None:
     )
 
 
+def plan_parser() -> ArgumentParser:
+    parser = job_parser(
+        "condense plan",
+        "Parameters, memory per GPU, largest batch, FLOPs, step time and cost of a job on"
+        " 1, 8 and 16 GPUs, from the models' configs alone (no weights are downloaded).",
+    )
+    parser.add_argument(
+        "--gpu", default="H100", help="H100, H100-PCIE, H200, A100-80GB, A100, L40S, A10G."
+    )
+    parser.add_argument("--price", type=float, default=None, help="USD per GPU-hour, for the cost.")
+    parser.add_argument("--mfu", type=float, default=0.4, help="Assumed model FLOPs utilization.")
+    parser.add_argument(
+        "--context-tokens",
+        "--context_tokens",
+        dest="context_tokens",
+        type=int,
+        default=None,
+        help="Context tokens per sample (default: dataset.max_tokens).",
+    )
+    parser.add_argument(
+        "--target-tokens",
+        "--target_tokens",
+        dest="target_tokens",
+        type=int,
+        default=256,
+        help="Prompt + completion tokens per sample.",
+    )
+    parser.add_argument("--out", default=None, help="Write the plan as JSON here.")
+    return parser
+
+
+def run_plan(argv: list[str]) -> None:
+    cfg, args = parse_job(plan_parser(), argv)
+    from condense.plan import describe, plan, write
+
+    result = plan(cfg, args.gpu, args.price, args.mfu, args.context_tokens, args.target_tokens)
+    if args.out:
+        write(result, Path(args.out))
+    print(describe(result))
+
+
+def run_bench(argv: list[str]) -> None:
+    cfg, args = parse_job(bench_parser(), argv)
+    if args.steps < 1 or args.warmup < 0:
+        raise ConfigError(
+            f"--steps must be 1 or more and --warmup 0 or more, got {args.steps}, {args.warmup}"
+        )
+    from condense.bench import describe, run_bench, write
+
+    result = run_bench(cfg, args.steps, args.warmup, args.mode, args.threads)
+    result["command"] = " ".join(["condense bench", *argv])
+    if args.out:
+        write(result, Path(args.out))
+    print(describe(result))
+
+
 def run_generate(argv: list[str]) -> None:
     args = parse(generate_parser(), argv)
     from condense.generate import generate
@@ -220,6 +313,8 @@ commands:
   generate   answer a prompt from a condensed context (condense generate --help)
   push       upload an artifact to the Hugging Face Hub (condense push --help)
   import     turn an original-trainer checkpoint into an artifact (condense import --help)
+  bench      time training steps of a job on this machine (condense bench --help)
+  plan       memory, time and cost of a job on GPUs, from configs alone (condense plan --help)
 """
 
 
@@ -236,6 +331,8 @@ def main(argv: list[str] | None = None) -> None:
         "generate": lambda: run_generate(rest),
         "push": lambda: run_push(rest),
         "import": lambda: run_import(rest),
+        "bench": lambda: run_bench(rest),
+        "plan": lambda: run_plan(rest),
     }
     if command not in commands:
         raise SystemExit(f"condense: error: unknown command {command!r}\n{USAGE}")

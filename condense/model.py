@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
+from peft.helpers import disable_input_dtype_casting
 from torch import nn
 
 from condense.config import ModelConfig
@@ -102,9 +103,17 @@ class Condenser(nn.Module):
         embeds = embeds.index_put((rows, slots), tokens)
         positions = torch.arange(length + n, device=embeds.device)
         mask = (positions[None] < (lengths + n)[:, None]).long()  # (B, L+N)
-        out = self.encoder_body(
-            inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True, use_cache=False
-        )
+        # Under autocast, peft would cast each LoRA input to the fp32 of the LoRA weights,
+        # and autocast back to bf16: two copies per adapter, each kept for backward, where
+        # the bf16 input itself gives the same numbers. Without autocast nothing is cast.
+        casting = not torch.is_autocast_enabled(embeds.device.type)
+        with disable_input_dtype_casting(self.encoder, active=not casting):
+            out = self.encoder_body(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                output_hidden_states=True,
+                use_cache=False,
+            )
         hidden = torch.cat(out.hidden_states[-self.n_last :], dim=-1)  # (B, L+N, k*He)
         hidden = hidden[rows, slots]  # (B, N, k*He)
         return self.projection(self.norm(hidden))  # (B, N, Hd)

@@ -169,3 +169,33 @@ def synthetic_samples(num_passages: int, seed: int = 0) -> list[Sample]:
             ),
         ]
     return samples
+
+
+def long_synthetic_samples(num_contexts: int, seed: int = 0, most: int = 6) -> list[Sample]:
+    """`num_contexts` contexts of 1 to `most` passages (~80-110 tokens each, so ~100-512
+    tokens in all, cut to max_tokens), three samples each with short targets (~20-130 prompt+completion
+    tokens): a question on one passage, one passage repeated, the passage after a prefix.
+
+    Shaped like the original trainer's data (long contexts, short targets), which the
+    benchmark job (jobs/bench.yaml) needs; the short-context set above is for learning fast.
+    """
+    rng = random.Random(f"condense-synthetic-long-{seed}")
+    samples: list[Sample] = []
+    for index in range(num_contexts):
+        passages = [make_passage(rng) for _ in range(rng.randint(1, most))]
+        texts = [" ".join(f.sentence for f in p) for p in passages]
+        which = rng.randrange(len(passages))
+        asked = rng.choice(passages[which])
+        group = f"synthetic-long-{seed}-{index}"
+        context = " ".join(texts)
+        ask = f"Answer from passage {which + 1} of the text above, in a few words. "
+        repeat = f"Repeat passage {which + 1} of the text above word for word.\n"
+        samples += [
+            Sample(context, ask + asked.question + "\n", asked.answer, QUESTION_ANSWERING, group),
+            Sample(context, repeat, texts[which], RECONSTRUCTION, group),
+        ]
+        if len(texts) > 1:
+            cut = rng.randint(1, len(texts) - 1)
+            prefix = " ".join(texts[:cut])
+            samples.append(Sample(prefix, CONTINUATION_PROMPT, texts[cut], CONTINUATION, group))
+    return samples

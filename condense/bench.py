@@ -1,0 +1,379 @@
+"""`condense bench`: how fast a job trains on this machine, and how well it uses it.
+
+Builds the job's real model and data (condense.train.build), takes the first batches the
+training sampler yields, and times real optimizer steps (the condenser's loss under the
+job's precision, backward, gradient clipping, AdamW) after a warm-up. `static` mode runs the
+same samples the original trainer's way, in the same process: both sides padded to
+max_tokens and full-vocabulary logits at every position.
+
+MFU is model FLOPs (condense.flops, counted from the real tokens' shapes) per second over
+the peak FLOP/s of a bf16 matmul of the model's own shapes, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from condense import flops
+from condense.config import TrainConfig
+from condense.data import Collator, LengthGroupedBatchSampler, Tokenized, length_keys
+from condense.model import IGNORE_INDEX, Condenser
+
+MODES = ("dynamic", "static")
+Batch = dict[str, torch.Tensor]
+
+
+def run_bench(
+    cfg: TrainConfig, steps: int, warmup: int, mode: str, threads: int | None = None
+) -> dict[str, Any]:
+    """Bench `cfg`: the dynamic (fast) path, and with mode "static" the original's way too.
+    `threads` sets torch's CPU threads for the steps (default: torch's choice)."""
+    from condense.train import build, check_devices, resolve_precision
+
+    check_devices(cfg.accelerator)
+    all_threads = torch.get_num_threads()
+    start_rss = _current_rss()  # before the weights: the interpreter, torch, transformers
+    precision = resolve_precision(cfg.precision, cfg.accelerator)
+    torch.manual_seed(cfg.seed)
+    module, datamodule = build(cfg, precision)
+    device = _device(cfg.accelerator)
+    built_rss = _current_rss()
+    condenser = module.condenser.to(device).train()
+    if precision.startswith("bf16-true"):
+        condenser.to(torch.bfloat16)
+    samples = datamodule.train_set
+    # The training sampler's first batches of the first epoch: what a run starts with.
+    epoch = list(LengthGroupedBatchSampler(length_keys(samples), cfg.dataset.batch_size, cfg.seed))
+    rows = epoch[: warmup + steps]
+    pads = datamodule.encoder_tok.pad_token_id, datamodule.decoder_tok.pad_token_id
+    shapes = _matmul_shapes(condenser, cfg, rows, samples)
+    # The hardware's peak is the best any thread count gets: on a shared machine one thread
+    # can beat all of them, and MFU must not gain from running on fewer cores.
+    counts = sorted({1, all_threads, threads or all_threads})
+    peaks = {n: measure_peak(shapes, device, threads=n) for n in counts}
+    torch.set_num_threads(threads or all_threads)
+    result: dict[str, Any] = {
+        "job": cfg.name,
+        "precision": precision,
+        "device": _device_name(device),
+        "threads": threads or all_threads,
+        "rss_before_build_bytes": start_rss,
+        # What the process holds beside the model's state: RSS after building less the
+        # parameters' bytes (the interpreter, libraries, tokenizers, the data).
+        "rss_runtime_bytes": built_rss
+        - sum(p.numel() * p.element_size() for p in condenser.parameters()),
+        "batch_size": cfg.dataset.batch_size,
+        "steps": steps,
+        "warmup": warmup,
+        "padding_fraction_epoch": padding_fraction(epoch, samples, cfg.model.num_condense_tokens),
+    }
+    for name in MODES[: 2 if mode == "static" else 1]:
+        width = None if name == "dynamic" else cfg.dataset.max_tokens
+        batches = [_collate([samples[i] for i in r], pads, width, device) for r in rows]
+        optimizer = module.configure_optimizers()["optimizer"]
+        loss_fn = condenser if name == "dynamic" else static_loss(condenser)
+        timed = time_steps(
+            condenser, batches, optimizer, loss_fn, precision, cfg.optim.grad_clip, warmup
+        )
+        result[name] = timed | count(condenser, batches[warmup:], name == "static")
+    for n in counts:  # again after the steps: the other side of any change in load
+        peaks[n] = max(peaks[n], measure_peak(shapes, device, threads=n))
+    torch.set_num_threads(all_threads)
+    peak = max(peaks.values())
+    result["peak_flops_bf16_matmul"] = peak
+    result["peak_flops_by_threads"] = peaks
+    result["peak_shapes"] = [list(s) for s in shapes]
+    for name in MODES:
+        if name in result:
+            _rates(result[name], peak)
+    if "static" in result:
+        result["speedup_target_tokens_per_s"] = (
+            result["dynamic"]["target_tokens_per_s"] / result["static"]["target_tokens_per_s"]
+        )
+    return result
+
+
+def time_steps(
+    condenser: Condenser,
+    batches: list[Batch],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]],
+    precision: str,
+    grad_clip: float,
+    warmup: int,
+) -> dict[str, Any]:
+    """Seconds per step of each batch after the first `warmup`, and the peak memory."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    device = params[0].device
+    autocast = _autocast(precision, device)
+    times, losses = [], []
+    for index, batch in enumerate(batches):
+        if index == warmup:
+            _reset_peak_memory(device)
+        _sync(device)
+        start = time.perf_counter()
+        with autocast():
+            loss, _ = loss_fn(batch)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+            losses.append(float(loss.detach()))
+    return {
+        "step_s_median": statistics.median(times),
+        "step_s": [round(t, 4) for t in times],
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "peak_memory_bytes": _peak_memory(device),
+        "peak_memory_kind": "allocated" if device.type == "cuda" else "rss",
+    }
+
+
+def static_loss(condenser: Condenser) -> Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]:
+    """The original trainer's loss: the decoder's own forward, full-vocabulary logits at
+    every position, cross-entropy where there is a label."""
+
+    def loss(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        condensed = condenser.encode(batch["context_ids"], batch["context_mask"])  # (B, N, Hd)
+        decoder = condenser.decoder
+        tokens = decoder.get_input_embeddings()(batch["input_ids"])  # (B, T, Hd)
+        embeds = torch.cat([condensed.to(tokens.dtype), tokens], 1)  # (B, N+T, Hd)
+        text_mask = batch["attention_mask"]
+        n = condensed.shape[1]
+        mask = torch.cat([text_mask.new_ones(len(text_mask), n), text_mask], 1)
+        logits = decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+        labels = batch["labels"]
+        targets = torch.cat([labels.new_full((len(labels), n), IGNORE_INDEX), labels], 1)
+        value = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets[:, 1:].flatten())
+        return value, (targets != IGNORE_INDEX).sum()
+
+    return loss
+
+
+def count(condenser: Condenser, batches: list[Batch], full_logits: bool) -> dict[str, Any]:
+    """Tokens and FLOPs of the timed batches: model FLOPs on the real tokens (and the logits
+    that carry a label), and the FLOPs of the padded shapes the hardware actually ran."""
+    n = condenser.num_condense_tokens
+    enc, dec = flops.dims(condenser.encoder), flops.dims(condenser.decoder)
+    lora, head = flops.lora_weights(condenser.encoder), condenser.projection.weight.numel()
+    model = computed = 0
+    largest = [0, 0, 0, 0]
+    real = padded = targets = data_tokens = 0
+    for batch in batches:
+        rows = len(batch["context_ids"])
+        contexts = batch["context_mask"].sum(1).tolist()
+        texts = batch["attention_mask"].sum(1).tolist()
+        labelled = int((batch["labels"] != IGNORE_INDEX).sum())
+        width_e, width_d = batch["context_ids"].shape[1] + n, batch["input_ids"].shape[1] + n
+        enc_real, dec_real = [c + n for c in contexts], [t + n for t in texts]
+        model += flops.step_flops(enc, dec, lora, head, enc_real, dec_real, rows * n, labelled)[
+            "total"
+        ]
+        logits = rows * (width_d - 1) if full_logits else labelled
+        computed += flops.step_flops(
+            enc, dec, lora, head, [width_e] * rows, [width_d] * rows, rows * n, logits
+        )["total"]
+        shape = [rows, batch["context_ids"].shape[1], batch["input_ids"].shape[1], labelled]
+        largest = max(largest, shape, key=lambda s: s[0] * (s[1] + s[2]))
+        real += sum(enc_real) + sum(dec_real)
+        padded += rows * (width_e + width_d)
+        targets += labelled
+        data_tokens += sum(contexts) + sum(texts)
+    steps = len(batches)
+    return {
+        "target_tokens_per_step": targets / steps,
+        "tokens_per_step": data_tokens / steps,
+        "padding_fraction": 1 - real / padded,
+        "model_flops_per_step": model / steps,
+        "computed_flops_per_step": computed / steps,
+        # rows, context width, prompt+completion width, labelled: where memory peaks
+        "largest_batch_shape": largest,
+    }
+
+
+def padding_fraction(rows: list[list[int]], samples: list[Tokenized], n: int) -> float:
+    """Share of the positions both models compute that are padding, over these batches
+    (the N condense slots count as real on both sides)."""
+    real = padded = 0
+    for r in rows:
+        contexts = [len(samples[i].context_ids) + n for i in r]
+        texts = [len(samples[i].input_ids) + n for i in r]
+        real += sum(contexts) + sum(texts)
+        padded += len(r) * (max(contexts) + max(texts))
+    return 1 - real / padded
+
+
+def _rates(entry: dict[str, Any], peak: float) -> None:
+    """Per-second rates over the timed steps: totals over total time, so that a batch's
+    tokens and its time are counted together (the median step is reported beside)."""
+    step = statistics.fmean(entry["step_s"])
+    entry["step_s_mean"] = step
+    entry["target_tokens_per_s"] = entry["target_tokens_per_step"] / step
+    entry["tokens_per_s"] = entry["tokens_per_step"] / step
+    entry["model_flops_per_s"] = entry["model_flops_per_step"] / step
+    entry["mfu"] = entry["model_flops_per_s"] / peak
+    entry["computed_flops_per_s"] = entry["computed_flops_per_step"] / step
+    entry["hardware_utilization"] = entry["computed_flops_per_s"] / peak
+
+
+def measure_peak(
+    shapes: list[tuple[int, int, int]], device: torch.device, seconds=0.5, threads=None
+) -> float:
+    """Best FLOP/s of bf16 matmuls (m, k) x (k, n) of the given shapes on `device`, with
+    `threads` CPU threads (default: as set)."""
+    if threads:
+        torch.set_num_threads(threads)
+    best = 0.0
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+        b = torch.randn(k, n, device=device, dtype=torch.bfloat16)
+        a @ b  # warm-up: the kernel choice, the first touch of the memory
+        runs, start = 0, time.perf_counter()
+        _sync(device)
+        while time.perf_counter() - start < seconds:
+            a @ b
+            runs += 1
+        _sync(device)
+        best = max(best, 2 * m * k * n * runs / (time.perf_counter() - start))
+    return best
+
+
+def _matmul_shapes(
+    condenser: Condenser, cfg: TrainConfig, rows: list[list[int]], samples: list[Tokenized]
+) -> list[tuple[int, int, int]]:
+    """The model's own big matmuls at a typical batch: the encoder's MLP up and down
+    projections over its tokens, and the LM head over the labelled positions."""
+    config = condenser.encoder.config
+    n = cfg.model.num_condense_tokens
+    tokens = statistics.median(sum(len(samples[i].context_ids) + n for i in r) for r in rows)
+    labelled = statistics.median(
+        sum(sum(x != IGNORE_INDEX for x in samples[i].labels) for i in r) for r in rows
+    )
+    hidden, inner = config.hidden_size, config.intermediate_size
+    vocab = condenser.decoder.config.vocab_size
+    dec_hidden = condenser.decoder.config.hidden_size
+    return [
+        (int(tokens), hidden, inner),
+        (int(tokens), inner, hidden),
+        (int(labelled), dec_hidden, vocab),
+    ]
+
+
+def _collate(
+    items: list[Tokenized], pads: tuple[int, int], width: int | None, device: torch.device
+) -> Batch:
+    """A batch padded to its longest sample, or to `width` on both sides (static)."""
+    batch = Collator(*pads)(items)
+    if width is not None:
+        fills = {"context_ids": pads[0], "input_ids": pads[1], "labels": IGNORE_INDEX}
+        batch = {
+            key: F.pad(value, (0, width - value.shape[1]), value=fills.get(key, 0))
+            for key, value in batch.items()
+        }
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def _device(accelerator: str) -> torch.device:
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def _autocast(
+    precision: str, device: torch.device
+) -> Callable[[], contextlib.AbstractContextManager]:
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: CUDA's counter, or Linux's high-water mark of the RSS (VmHWM),
+    which writing 5 to /proc/self/clear_refs resets."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    if peak := _proc_status("VmHWM:"):
+        return peak
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _current_rss() -> int:
+    """The resident set size now (Linux), 0 where /proc does not say."""
+    return _proc_status("VmRSS:")
+
+
+def _proc_status(key: str) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def write(result: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+
+
+def describe(result: dict[str, Any]) -> str:
+    """A table for a person: one line per mode, then the speed-up."""
+    lines = [
+        (
+            f"condense bench: {result['job']}, {result['precision']}, batch {result['batch_size']},"
+            f" {result['steps']} steps after {result['warmup']} warm-up, {result['device']}"
+        ),
+        (
+            f"  bf16 matmul peak (same run): {result['peak_flops_bf16_matmul'] / 1e12:.2f} TFLOP/s;"
+            f" padding over the first epoch: {result['padding_fraction_epoch']:.3f}"
+        ),
+        "  mode     step s  target tok/s  tok/s   padding  TFLOP/s  MFU    peak memory",
+    ]
+    for name in MODES:
+        if name in result:
+            r = result[name]
+            lines.append(
+                f"  {name:<8} {r['step_s_median']:6.2f}  {r['target_tokens_per_s']:12.1f}"
+                f"  {r['tokens_per_s']:6.0f}  {r['padding_fraction']:7.3f}"
+                f"  {r['model_flops_per_s'] / 1e12:7.3f}  {r['mfu']:.3f}"
+                f"  {r['peak_memory_bytes'] / 2**30:.2f} GiB ({r['peak_memory_kind']})"
+            )
+    if "speedup_target_tokens_per_s" in result:
+        lines.append(f"  speed-up (target tok/s): {result['speedup_target_tokens_per_s']:.2f}x")
+    return "\n".join(lines)

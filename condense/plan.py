@@ -1,0 +1,292 @@
+"""`condense plan`: what a job needs on GPUs, from the models' configs alone.
+
+The condenser is built on the meta device (shapes, no weights, no download), so parameter
+counts are exact. Memory and time are estimates whose assumptions are named in the output:
+
+- weights: frozen weights in bf16 (2 bytes), trainable ones fp32 (4 bytes); gradients of the
+  trainable ones fp32 (4), AdamW's two moments fp32 (8);
+- activations: what autograd keeps per token of each transformer block under bf16 autocast
+  (see `block_activation_bytes`), plus the logits at labelled positions; with gradient
+  checkpointing, each block's input plus one block's activations being recomputed;
+- time: model FLOPs (condense.flops) at a stated MFU of the GPU's dense bf16 peak; data
+  parallel over GPUs, each with the job's batch (the all-reduce is not counted).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from condense import flops
+from condense.config import ConfigError, TrainConfig
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """A GPU model: memory and dense bf16 tensor peak (the vendor's figure, no sparsity)."""
+
+    memory_gib: float
+    peak_tflops: float
+
+
+GPUS = {
+    "H100": Gpu(80, 989),  # SXM
+    "H100-PCIE": Gpu(80, 756),
+    "H200": Gpu(141, 989),
+    "A100-80GB": Gpu(80, 312),
+    "A100": Gpu(40, 312),
+    "L40S": Gpu(48, 362),
+    "A10G": Gpu(24, 70),
+}
+GPU_COUNTS = (1, 8, 16)
+USABLE = 0.9  # of a GPU's memory: the CUDA context, the allocator's fragmentation
+BF16, FP32 = 2, 4
+
+
+def meta_causal_lm(name: str) -> nn.Module:
+    """A causal LM of `name`'s architecture with no weights: the shipped config
+    (condense/model_configs) where there is one, else the model's own config.json."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from condense.weights import ModelNotFoundError, _loadable, meta_model
+
+    try:
+        return meta_model(name)
+    except ModelNotFoundError:
+        config = AutoConfig.from_pretrained(_loadable(name))
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+
+
+def meta_condenser(cfg: TrainConfig):
+    """The job's condenser on the meta device: exact shapes, no memory."""
+    from condense.model import Condenser
+
+    encoder, decoder = meta_causal_lm(cfg.model.encoder), meta_causal_lm(cfg.model.decoder)
+    with torch.device("meta"):
+        return Condenser(encoder, decoder, cfg.model)
+
+
+def block_activation_bytes(config, lora_r: int = 0, adapters: int = 0, seq: int = 0) -> int:
+    """Bytes autograd keeps per token of one Llama-style block under bf16 autocast, as
+    counted with torch.autograd.graph.saved_tensors_hooks on transformers 5 with SDPA.
+
+    Two RMSNorms each keep their fp32 input (4H); SDPA keeps q, k, v (k and v repeated to
+    every head) and its output; the gated MLP keeps gate, up and silu(gate); the padding
+    mask is (S, S) per row. Frozen projections keep nothing of their input, but a LoRA
+    adapter keeps it (the two norms' outputs, the attention output, the MLP product) and
+    its rank-r middle. `seq` is the padded sequence length (0: no mask).
+    """
+    hidden = config.hidden_size
+    heads = config.num_attention_heads
+    width = heads * (getattr(config, "head_dim", None) or hidden // heads)
+    inner = getattr(config, "intermediate_size", None) or 4 * hidden
+    kept = 2 * FP32 * hidden + 4 * BF16 * width + 3 * BF16 * inner + BF16 * seq
+    if adapters:
+        kept += BF16 * (2 * hidden + width + inner) + BF16 * lora_r * adapters
+    return kept
+
+
+def memory(
+    condenser, batch: int, context: int, text: int, labelled: int, checkpointing: bool
+) -> dict[str, int]:
+    """Bytes per GPU (or CPU process) for one training step, by part.
+
+    Args:
+        condenser: The job's condenser (meta device is enough).
+        batch: Rows per step.
+        context: Context tokens per row (padded width).
+        text: Prompt + completion tokens per row (padded width).
+        labelled: Labelled positions in the whole batch (the logits computed).
+        checkpointing: Gradient checkpointing on both models.
+    """
+    n = condenser.num_condense_tokens
+    params = list(condenser.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    frozen = sum(p.numel() for p in params if not p.requires_grad)
+    lora_r = condenser.cfg.lora_r
+    adapters = _adapters_per_block(condenser.encoder)
+    enc, dec = condenser.encoder.config, condenser.decoder.config
+    enc_tokens, dec_tokens = batch * (context + n), batch * (text + n)
+    masked = batch > 1  # a batch of one has no padding, so no mask
+    enc_block = block_activation_bytes(enc, lora_r, adapters, masked * (context + n))
+    dec_block = block_activation_bytes(dec, seq=masked * (text + n))
+    layers_e, layers_d = len(flops.blocks(condenser.encoder)), len(flops.blocks(condenser.decoder))
+    if checkpointing:  # each block's input kept, one block's activations alive at a time
+        blocks = BF16 * (
+            enc.hidden_size * layers_e * enc_tokens + dec.hidden_size * layers_d * dec_tokens
+        )
+        blocks += max(enc_block * enc_tokens, dec_block * dec_tokens)
+    else:
+        blocks = enc_block * layers_e * enc_tokens + dec_block * layers_d * dec_tokens
+    # The logits: bf16 from the head, their fp32 copy, log-softmax kept, its fp32 gradient.
+    logits = (BF16 + 3 * FP32) * labelled * dec.vocab_size
+    # The condensed slots: the gathered hidden states, LayerNorm and projection (fp32).
+    k = condenser.n_last
+    head = FP32 * batch * n * (3 * k * enc.hidden_size + dec.hidden_size)
+    # Autocast keeps a bf16 copy of every fp32 trainable weight it casts.
+    weights = BF16 * frozen + (FP32 + BF16) * trainable
+    parts = {
+        "weights": weights,
+        "grads": FP32 * trainable,
+        "optimizer": 2 * FP32 * trainable,
+        "activations": blocks + logits + head,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def _adapters_per_block(model: nn.Module) -> int:
+    block = flops.blocks(model)[0]
+    return sum(1 for name, _ in block.named_modules() if name.endswith("lora_A"))
+
+
+def largest_batch(
+    condenser, context: int, text: int, labelled_per_row: int, budget: int, ckpt: bool
+) -> int:
+    """The most rows per step that fit in `budget` bytes (0 if not even one)."""
+    fixed = memory(condenser, 0, context, text, 0, ckpt)
+    one = memory(condenser, 1, context, text, labelled_per_row, ckpt)
+    per_row = one["total"] - fixed["total"]
+    if ckpt:  # the one-block term grows with the batch like the rest
+        per_row = max(per_row, 1)
+    return max(0, int((budget - fixed["total"]) // per_row))
+
+
+def plan(
+    cfg: TrainConfig,
+    gpu: str = "H100",
+    price: float | None = None,
+    mfu: float = 0.4,
+    context: int | None = None,
+    target: int = 256,
+) -> dict[str, Any]:
+    """The plan for `cfg` on `gpu`: parameters, memory, largest batch, FLOPs, step time and
+    cost for 1, 8 and 16 GPUs. `context` is context tokens per sample (default: max_tokens),
+    `target` prompt+completion tokens, of which the completion (labelled) is 3/4."""
+    name = gpu.upper()
+    if name not in GPUS:
+        raise ConfigError(f"--gpu {gpu!r}: not one of {', '.join(GPUS)}")
+    if not 0 < mfu <= 1:
+        raise ConfigError(f"--mfu must be in (0, 1], got {mfu}")
+    spec = GPUS[name]
+    condenser = meta_condenser(cfg)
+    context = context or cfg.dataset.max_tokens
+    batch, n = cfg.dataset.batch_size, cfg.model.num_condense_tokens
+    labelled = max(1, target * 3 // 4)
+    budget = int(spec.memory_gib * 2**30 * USABLE)
+    per_sample = _flops_per_sample(condenser, context, target, labelled)
+    step_s = batch * per_sample / (spec.peak_tflops * 1e12 * mfu)
+    tokens = batch * (context + target)  # per GPU per step
+    result: dict[str, Any] = {
+        "job": cfg.name,
+        "encoder": cfg.model.encoder,
+        "decoder": cfg.model.decoder,
+        "gpu": name,
+        "gpu_memory_gib": spec.memory_gib,
+        "gpu_peak_bf16_tflops": spec.peak_tflops,
+        "assumptions": {
+            "mfu": mfu,
+            "context_tokens_per_sample": context,
+            "target_tokens_per_sample": target,
+            "labelled_tokens_per_sample": labelled,
+            "condense_tokens": n,
+            "batch_per_gpu": batch,
+            "usable_memory_fraction": USABLE,
+            "precision": "bf16 frozen weights and compute, fp32 trainable weights and AdamW",
+            "price_usd_per_gpu_hour": price,
+        },
+        "parameters": sum(p.numel() for p in condenser.parameters()),
+        "trainable_parameters": sum(p.numel() for p in condenser.parameters() if p.requires_grad),
+        "flops_per_token": per_sample / (context + target),
+        "flops_per_sample": per_sample,
+    }
+    for ckpt in (False, True):
+        key = "checkpointing" if ckpt else "no_checkpointing"
+        result[f"memory_{key}"] = memory(condenser, batch, context, target, batch * labelled, ckpt)
+        result[f"largest_batch_{key}"] = largest_batch(
+            condenser, context, target, labelled, budget, ckpt
+        )
+    result["gpus"] = []
+    for count in GPU_COUNTS:
+        per_million = 1e6 / (count * tokens / step_s)  # seconds per million tokens
+        result["gpus"].append(
+            {
+                "gpus": count,
+                "step_s": step_s,
+                "tokens_per_s": count * tokens / step_s,
+                "gpu_hours_per_million_tokens": count * per_million / 3600,
+                "usd_per_million_tokens": None
+                if price is None
+                else count * per_million / 3600 * price,
+            }
+        )
+    return result
+
+
+def _flops_per_sample(condenser, context: int, target: int, labelled: int) -> int:
+    n = condenser.num_condense_tokens
+    return flops.step_flops(
+        flops.dims(condenser.encoder),
+        flops.dims(condenser.decoder),
+        flops.lora_weights(condenser.encoder),
+        condenser.projection.weight.numel(),
+        [context + n],
+        [target + n],
+        n,
+        labelled,
+    )["total"]
+
+
+def write(result: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+
+
+def describe(r: dict[str, Any]) -> str:
+    """The plan as a table."""
+    a = r["assumptions"]
+    gib = 2**30
+    lines = [
+        (
+            f"condense plan: {r['job']} ({r['encoder']} -> {r['decoder']}) on {r['gpu']}"
+            f" ({r['gpu_memory_gib']:.0f} GB, {r['gpu_peak_bf16_tflops']:.0f} TFLOP/s dense bf16)"
+        ),
+        (
+            f"  assumptions: MFU {a['mfu']}, {a['context_tokens_per_sample']} context +"
+            f" {a['target_tokens_per_sample']} prompt+completion tokens per sample"
+            f" ({a['labelled_tokens_per_sample']} labelled), N={a['condense_tokens']},"
+            f" batch {a['batch_per_gpu']} per GPU, {a['precision']}"
+        ),
+        (
+            f"  parameters: {r['parameters'] / 1e9:.3f}B, trainable {r['trainable_parameters'] / 1e6:.1f}M;"
+            f" {r['flops_per_token'] / 1e9:.1f} GFLOP per token (forward + backward)"
+        ),
+        "  memory per GPU (GiB)   weights  grads  AdamW  activations  total  largest batch",
+    ]
+    for key, label in (
+        ("no_checkpointing", "no checkpointing"),
+        ("checkpointing", "checkpointing"),
+    ):
+        m = r[f"memory_{key}"]
+        lines.append(
+            f"  {label:<22} {m['weights'] / gib:7.1f}  {m['grads'] / gib:5.2f}  {m['optimizer'] / gib:5.2f}"
+            f"  {m['activations'] / gib:11.1f}  {m['total'] / gib:5.1f}  {r[f'largest_batch_{key}']:13d}"
+        )
+    lines.append("  GPUs  step s  tokens/s  GPU-h per M tokens  USD per M tokens")
+    for g in r["gpus"]:
+        usd = (
+            "n/a (--price)"
+            if g["usd_per_million_tokens"] is None
+            else f"{g['usd_per_million_tokens']:.2f}"
+        )
+        lines.append(
+            f"  {g['gpus']:4d}  {g['step_s']:6.2f}  {g['tokens_per_s']:8.0f}"
+            f"  {g['gpu_hours_per_million_tokens']:18.3f}  {usd:>16}"
+        )
+    return "\n".join(lines)

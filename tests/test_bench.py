@@ -1,0 +1,124 @@
+"""`condense bench` and `condense plan` on the tiny pair and the shipped configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import tiny_job
+
+from condense.__main__ import job_path, main, parse_train
+
+
+def test_bench_times_both_modes_on_the_same_samples(tiny_pair, tmp_path, capsys):
+    job = tiny_job(*tiny_pair, tmp_path / "job.yaml", precision="bf16-mixed")
+    out = tmp_path / "bench.json"
+    main(
+        [
+            "bench",
+            "--config",
+            str(job),
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--mode",
+            "static",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    result = json.loads(out.read_text())
+    dynamic, static = result["dynamic"], result["static"]
+    assert dynamic["target_tokens_per_step"] == static["target_tokens_per_step"]  # same samples
+    assert dynamic["model_flops_per_step"] == static["model_flops_per_step"]
+    # Static pads both sides to max_tokens and computes logits everywhere.
+    assert static["padding_fraction"] > dynamic["padding_fraction"] >= 0
+    assert static["computed_flops_per_step"] > dynamic["computed_flops_per_step"]
+    assert result["peak_flops_bf16_matmul"] > 0 and 0 < dynamic["mfu"]
+    assert result["speedup_target_tokens_per_s"] > 0
+    assert "speed-up" in capsys.readouterr().out
+
+
+def test_flops_count_matches_torchs_counter(tiny_pair, tmp_path):
+    """The shape count against torch's FlopCounterMode on one forward+backward, matmuls only:
+    the counter does not see the CPU flash-attention kernels, so attention is left out."""
+    from dataclasses import replace
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from condense import flops
+    from condense.model import Condenser
+    from condense.train import build
+
+    cfg = parse_train(["--config", str(tiny_job(*tiny_pair, tmp_path / "job.yaml"))])
+    module, data = build(cfg, "32-true")
+    condenser: Condenser = module.condenser.train()
+    items = data.train_set[:2]
+    from condense.data import Collator
+
+    batch = Collator(data.encoder_tok.pad_token_id, data.decoder_tok.pad_token_id)(items)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss, _ = condenser(batch)
+        loss.backward()
+    counted = counter.get_total_flops()
+    n = condenser.num_condense_tokens
+    rows, width_e = batch["context_ids"].shape
+    width_d = batch["input_ids"].shape[1]
+    labelled = int((batch["labels"] != -100).sum())
+    parts = flops.step_flops(
+        replace(flops.dims(condenser.encoder), attention_width=0),
+        replace(flops.dims(condenser.decoder), attention_width=0),
+        flops.lora_weights(condenser.encoder),
+        condenser.projection.weight.numel(),
+        [width_e + n] * rows,
+        [width_d + n] * rows,
+        rows * n,
+        labelled,
+    )
+    assert parts["total"] == pytest.approx(counted, rel=0.02)
+
+
+def test_plan_of_the_default_job_on_h100(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    main(
+        [
+            "plan",
+            "--config",
+            str(job_path("default")),
+            "--gpu",
+            "H100",
+            "--price",
+            "2.5",
+            "--out",
+            str(out),
+        ]
+    )
+    plan = json.loads(out.read_text())
+    assert 8.4e9 < plan["parameters"] < 8.7e9 and 100e6 < plan["trainable_parameters"] < 120e6
+    no_ckpt, ckpt = plan["memory_no_checkpointing"], plan["memory_checkpointing"]
+    assert ckpt["activations"] < no_ckpt["activations"]
+    assert plan["largest_batch_checkpointing"] > plan["largest_batch_no_checkpointing"] >= 1
+    assert [g["gpus"] for g in plan["gpus"]] == [1, 8, 16]
+    assert plan["gpus"][2]["tokens_per_s"] == pytest.approx(16 * plan["gpus"][0]["tokens_per_s"])
+    assert "USD per M tokens" in capsys.readouterr().out
+
+
+def test_plan_refuses_an_unknown_gpu(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "--config", str(job_path("default")), "--gpu", "B300X"])
+    assert exit_.value.code == 2
+    assert "not one of" in capsys.readouterr().err
+
+
+def test_long_synthetic_samples_are_shaped_like_the_originals():
+    from condense.synthetic import long_synthetic_samples
+
+    samples = long_synthetic_samples(30, seed=1)
+    assert {s.task for s in samples} == {"reconstruction", "question_answering", "continuation"}
+    words = [len(s.context.split()) for s in samples]
+    assert min(words) > 40 and max(words) > 250  # ~1 to 6 passages of ~60-90 words
+    assert max(len((s.prompt + s.completion).split()) for s in samples) < 120
