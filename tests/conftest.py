@@ -142,6 +142,21 @@ def tiny_job(encoder: str, decoder: str, path: Path, **overrides) -> Path:
     return path
 
 
+def job_under_test(kind: str, tiny_pair, folder: Path, max_steps: int, val_every: int, **extra):
+    """(job, overrides) for the tests that run whole processes: "tiny" is a job over the tiny
+    pair (seconds), "test" is jobs/test.yaml itself (the embedded SmolLM2 pair and synthetic
+    data), cut to a few steps and a small data set so that it takes a minute or two."""
+    if kind == "tiny":
+        job = tiny_job(*tiny_pair, folder / "job.yaml", max_steps=max_steps,
+                       val_every_n_steps=val_every, **extra)  # fmt: skip
+        return job, []
+    overrides = ["--max-steps", str(max_steps), "--val-every-n-steps", str(val_every),
+                 "--dataset.synthetic_passages", "40", "--dataset.val_size", "8"]  # fmt: skip
+    for key, value in extra.items():
+        overrides += [f"--{key}", str(value)]
+    return Path(__file__).resolve().parents[1] / "jobs" / "test.yaml", overrides
+
+
 if __name__ == "__main__":
     # `python tests/conftest.py FOLDER`: the tiny pair and FOLDER/job.yaml over it, for the
     # tests that run in an environment without torch (tests/cloud) and train through one

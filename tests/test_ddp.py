@@ -8,18 +8,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from tests.conftest import tiny_job
+from tests.conftest import job_under_test
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_processes_train_on_disjoint_batches_and_agree_on_the_weights(tiny_pair, tmp_path):
-    job = tiny_job(*tiny_pair, tmp_path / "job.yaml", max_steps=4, val_every_n_steps=2)
+@pytest.mark.parametrize("kind", ["tiny", "test"])
+def test_two_processes_train_on_disjoint_batches_and_agree_on_the_weights(
+    kind, tiny_pair, tmp_path
+):
+    steps = 4 if kind == "tiny" else 2
+    job, extra = job_under_test(kind, tiny_pair, tmp_path, steps, 2, wandb="off")
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "tests.ddp_probe", str(tmp_path), "--config", str(job),
-               "--run-dir", str(run_dir), "--devices", "2", "--accelerator", "cpu"]  # fmt: skip
+               "--run-dir", str(run_dir), "--devices", "2", "--accelerator", "cpu",
+               *extra]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("WANDB_SERVICE", None)  # see tests/test_launch.py::_launch
     done = subprocess.run(
@@ -31,12 +37,12 @@ def test_two_processes_train_on_disjoint_batches_and_agree_on_the_weights(tiny_p
     first, second = ranks[0]["weights"], ranks[1]["weights"]
     assert set(first) == set(second)
     assert all(torch.equal(first[k], second[k]) for k in first)  # DDP kept them in step
-    # Each rank trained on its own share: 4 steps of 4 samples each, no sample in both.
+    # Each rank trained on its own share: a batch of 4 per step, no sample in both.
     samples = [{str([t for t in row if t]) for row in r["samples"]} for r in ranks]
-    assert len(ranks[0]["samples"]) == len(ranks[1]["samples"]) == 16
+    assert len(ranks[0]["samples"]) == len(ranks[1]["samples"]) == 4 * steps
     assert not samples[0] & samples[1]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["steps"] == 4
+    assert summary["world_size"] == 2 and summary["steps"] == steps
     # The weights trained are the ones checkpointed: rank 0 alone wrote the files.
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert all(torch.equal(saved[f"condenser.{k}"], first[k]) for k in first)

@@ -17,7 +17,7 @@ from launch.checkpoints import newest_valid_checkpoint
 from launch.cluster import Cluster, detect, modal_cluster_env
 from launch.run import node_environment
 from launch.spec import LaunchSpec
-from tests.conftest import tiny_job
+from tests.conftest import job_under_test
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,13 +106,14 @@ def test_launch_imports_without_torch():
     assert "H100" in out.stdout
 
 
-def _launch(job: Path, checkpoint_dir: Path, log: Path) -> subprocess.Popen:
+def _launch(job: Path, checkpoint_dir: Path, log: Path, overrides=()) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline")
     # An in-process W&B run of an earlier test leaves its service's address here; a child
     # would join that service, which still holds the run id of a child killed before.
     env.pop("WANDB_SERVICE", None)
+    command = [sys.executable, "-m", "launch", "run", str(job), "--checkpoint-dir"]
     return subprocess.Popen(
-        [sys.executable, "-m", "launch", "run", str(job), "--checkpoint-dir", str(checkpoint_dir)],
+        [*command, str(checkpoint_dir), *overrides],
         cwd=ROOT,
         env=env,
         stdout=log.open("w"),
@@ -135,27 +136,27 @@ def _step(path: Path) -> int:
     return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
 
 
-def test_launch_resumes_after_sigterm_and_sigkill(tiny_pair, tmp_path):
-    max_steps = 60
-    job = tiny_job(*tiny_pair, tmp_path / "job.yaml", max_steps=max_steps, val_every_n_steps=5,
-                   wandb="offline")  # fmt: skip
+@pytest.mark.parametrize("kind", ["tiny", "test"])
+def test_launch_resumes_after_sigterm_and_sigkill(kind, tiny_pair, tmp_path):
+    max_steps, val_every = (60, 5) if kind == "tiny" else (12, 4)
+    job, extra = job_under_test(kind, tiny_pair, tmp_path, max_steps, val_every, wandb="offline")
     ckpts = tmp_path / "ckpt"
     last = ckpts / "checkpoints" / "last.ckpt"
 
     # 1. SIGTERM once training is under way: a checkpoint of the step it stopped at.
     log1 = tmp_path / "run1.log"
-    proc = _launch(job, ckpts, log1)
+    proc = _launch(job, ckpts, log1, extra)
     _wait_for(last.is_file, proc, log1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 143, log1.read_text()[-3000:]
     stopped_at = _step(last)
-    assert 5 <= stopped_at < max_steps
+    assert val_every <= stopped_at < max_steps
     assert f"SIGTERM: saved step {stopped_at}" in log1.read_text()
 
     # 2. Restarted, it continues from that step; SIGKILL after its next checkpoint.
     log2 = tmp_path / "run2.log"
     saved = last.stat().st_mtime_ns
-    proc = _launch(job, ckpts, log2)
+    proc = _launch(job, ckpts, log2, extra)
     _wait_for(lambda: last.stat().st_mtime_ns != saved, proc, log2)
     proc.kill()
     proc.wait(timeout=60)
@@ -165,7 +166,7 @@ def test_launch_resumes_after_sigterm_and_sigkill(tiny_pair, tmp_path):
 
     # 3. Restarted again, it resumes from the last checkpoint and finishes.
     log3 = tmp_path / "run3.log"
-    proc = _launch(job, ckpts, log3)
+    proc = _launch(job, ckpts, log3, extra)
     assert proc.wait(timeout=300) == 0, log3.read_text()[-3000:]
     assert f"resuming from {last} (global step {killed_after})" in log3.read_text()
     summary = json.loads((ckpts / "summary.json").read_text())

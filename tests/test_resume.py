@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from condense.checkpoint_io import AtomicCheckpointIO
 from condense.data import LengthGroupedBatchSampler, ResumableDataLoader
 from condense.preemption import SaveOnSigterm
-from tests.conftest import tiny_job
+from tests.conftest import job_under_test, tiny_job
 from tests.test_launch import _launch, _wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,29 +195,37 @@ def test_killed_and_resumed_run_ends_with_the_same_weights_bit_for_bit(tiny_pair
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]} ({took:.0f} s)"
 
 
+def _training(log: Path) -> bool:
+    """Whether the progress bar shows training: "Epoch 0: ..." on a fresh start, and
+    "Training: ..." when resumed mid-epoch (the resumed loader's length is not known)."""
+    text = log.read_text()
+    return "Epoch " in text or "Training: " in text
+
+
 def _loadable(folder: Path) -> dict[str, int]:
     """Global step of every checkpoint in `folder`; each must load (weights only)."""
     return {p.name: _checkpoint(p)["global_step"] for p in sorted(folder.glob("*.ckpt"))}
 
 
-def test_ten_kills_at_random_points_lose_nothing(tiny_pair, tmp_path):
+@pytest.mark.parametrize("kind", ["tiny", "test"])
+def test_ten_kills_at_random_points_lose_nothing(kind, tiny_pair, tmp_path):
     # Few validations: with W&B on, each one also generates and logs a table, which costs
-    # far more than the tiny steps. A kill lands at most ~15 steps into training.
-    max_steps = 120
-    job = tiny_job(*tiny_pair, tmp_path / "job.yaml", max_steps=max_steps, val_every_n_steps=20,
-                   wandb="offline")  # fmt: skip
+    # far more than the tiny steps. A kill lands at most ~15 tiny steps into training, or
+    # within the first step or two of the test job's.
+    max_steps, val_every = (120, 20) if kind == "tiny" else (24, 4)
+    job, extra = job_under_test(kind, tiny_pair, tmp_path, max_steps, val_every, wandb="offline")
     run = tmp_path / "run"
     checkpoints = run / "checkpoints"
     rng = random.Random(6)
     kinds, reached = [], 0
     for i in range(10):
         log = tmp_path / f"run{i}.log"
-        proc = _launch(job, run, log)
+        proc = _launch(job, run, log, extra)
         how = rng.choice([signal.SIGTERM, signal.SIGKILL])
         if rng.random() < 0.2:  # while it starts: loading, the first validation
             time.sleep(rng.uniform(0, 4))
         else:  # once it trains
-            _wait_for(lambda log=log: "Epoch" in log.read_text(), proc, log)
+            _wait_for(lambda log=log: _training(log), proc, log)
             time.sleep(rng.uniform(0, 0.5))
         assert proc.poll() is None, f"kill {i} came too late: the job had finished"
         proc.send_signal(how)
@@ -225,14 +233,14 @@ def test_ten_kills_at_random_points_lose_nothing(tiny_pair, tmp_path):
         kinds.append(how.name)
         assert status in ((143, -signal.SIGTERM) if how == signal.SIGTERM else (-signal.SIGKILL,))
         steps = _loadable(checkpoints) if checkpoints.is_dir() else {}
-        if status == 143 and "Epoch" in log.read_text():  # stopped by Lightning while training
+        if status == 143 and _training(log):  # stopped by Lightning while training
             assert f"SIGTERM: saved step {steps['last.ckpt']}" in log.read_text()
         assert set(steps) <= {"best.ckpt", "last.ckpt"}  # no last-v1.ckpt beside them
         assert steps.get("last.ckpt", 0) >= reached  # never goes back
         reached = steps.get("last.ckpt", 0)
 
     log = tmp_path / "final.log"
-    assert _launch(job, run, log).wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert _launch(job, run, log, extra).wait(timeout=300) == 0, log.read_text()[-3000:]
     assert 0 < reached < max_steps and {"SIGTERM", "SIGKILL"} <= set(kinds)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == max_steps
