@@ -195,6 +195,7 @@ def eval_parser() -> ArgumentParser:
 def import_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="condense import",
+        exit_on_error=False,
         description="Turn a checkpoint folder of the original trainer (checkpoints/modules.pt"
         " and a peft adapter) into a condense artifact. The pickle is read with"
         " weights_only=True: a file carrying code is refused, not run.",
@@ -209,11 +210,11 @@ def import_parser() -> ArgumentParser:
         default=None,
         help="Decoder id (default: the original's mistralai/Mistral-7B-Instruct-v0.2).",
     )
-    return parser
+    return add_debug(parser)
 
 
 def run_import(argv: list[str]) -> None:
-    args = import_parser().parse_args(argv)
+    args = parse(import_parser(), argv)
     from condense.artifact import ORIGINAL_DECODER, import_original
 
     out = import_original(

@@ -187,8 +187,6 @@ class ExportBest(Callback):
             or not trainer.is_global_zero
         ):
             return
-        # Lightning runs checkpoint callbacks last, so this is the best score *before* this
-        # validation: none yet means this one is the first, and so the best.
         best, current = (
             trainer.checkpoint_callback.best_model_score,
             trainer.callback_metrics.get("val_loss"),

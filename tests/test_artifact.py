@@ -168,3 +168,12 @@ def test_an_original_checkpoint_is_read_without_unpickling_code(tiny_pair, tmp_p
             tmp_path / "original", tmp_path / "artifact", encoder=tiny_pair[0], decoder=tiny_pair[1]
         )
     assert not (tmp_path / "artifact").exists()
+
+
+def test_import_without_its_required_flag_is_one_line(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["import", "some-folder"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "condense: error: the following arguments are required: out"
+    ]
