@@ -4,7 +4,7 @@ Builds the job's real model and data (condense.train.build), takes the first bat
 training sampler yields, and times real optimizer steps (the condenser's loss under the
 job's precision, backward, gradient clipping, AdamW) after a warm-up. `static` mode runs the
 same samples the original trainer's way, in the same process: both sides padded to
-max_tokens and full-vocabulary logits at every position.
+max_tokens, full-vocabulary logits at every position, and eager blocks (no torch.compile).
 
 MFU is model FLOPs (condense.flops, counted from the real tokens' shapes) per second over
 the peak FLOP/s of a bf16 matmul of the model's own shapes, measured in the same run.
@@ -27,6 +27,7 @@ from condense import flops
 from condense.config import TrainConfig
 from condense.data import Collator, LengthGroupedBatchSampler, Tokenized, length_keys
 from condense.model import IGNORE_INDEX, Condenser
+from condense.plan import memory
 
 MODES = ("dynamic", "static")
 Batch = dict[str, torch.Tensor]
@@ -81,10 +82,21 @@ def run_bench(
         batches = [_collate([samples[i] for i in r], pads, width, device) for r in rows]
         optimizer = module.configure_optimizers()["optimizer"]
         loss_fn = condenser if name == "dynamic" else static_loss(condenser)
-        timed = time_steps(
-            condenser, batches, optimizer, loss_fn, precision, cfg.optim.grad_clip, warmup
-        )
+        # The original ran eager: a job's compiled blocks are part of the fast path only.
+        stance = "default" if name == "dynamic" else "force_eager"
+        with torch.compiler.set_stance(stance):
+            timed = time_steps(
+                condenser, batches, optimizer, loss_fn, precision, cfg.optim.grad_clip, warmup
+            )
         result[name] = timed | count(condenser, batches[warmup:], name == "static")
+    # What `condense plan` predicts for the largest timed batch, beside what was measured.
+    # On CPU the peak is the process's RSS, so the runtime measured at build is added.
+    checkpointing = getattr(condenser.decoder, "is_activation_checkpointing", False)
+    result["plan_memory"] = memory(
+        condenser, *result["dynamic"]["largest_batch_shape"], checkpointing=checkpointing
+    )
+    runtime = result["rss_runtime_bytes"] if device.type == "cpu" else 0
+    result["plan_peak_memory_bytes"] = runtime + result["plan_memory"]["total"]
     for n in counts:  # again after the steps: the other side of any change in load
         peaks[n] = max(peaks[n], measure_peak(shapes, device, threads=n))
     torch.set_num_threads(all_threads)
@@ -374,6 +386,12 @@ def describe(result: dict[str, Any]) -> str:
                 f"  {r['model_flops_per_s'] / 1e12:7.3f}  {r['mfu']:.3f}"
                 f"  {r['peak_memory_bytes'] / 2**30:.2f} GiB ({r['peak_memory_kind']})"
             )
+    measured = result["dynamic"]["peak_memory_bytes"]
+    lines.append(
+        f"  condense plan's memory for the largest batch: {result['plan_peak_memory_bytes'] / 2**30:.2f}"
+        f" GiB (measured {measured / 2**30:.2f}; plan / measured"
+        f" {result['plan_peak_memory_bytes'] / measured:.2f})"
+    )
     if "speedup_target_tokens_per_s" in result:
         lines.append(f"  speed-up (target tok/s): {result['speedup_target_tokens_per_s']:.2f}x")
     return "\n".join(lines)

@@ -119,11 +119,31 @@ class CondenseModule(L.LightningModule):
             for name in groups
             if groups[name]
         ]
-        optimizer = torch.optim.AdamW(params, weight_decay=self.optim.weight_decay, foreach=True)
+        # Fused: one kernel per step for all parameters; on the bench job's CPU step it
+        # took 6% off the step time against foreach. Not under fp16's GradScaler, where a
+        # fused optimizer unscales inside its step, after clipping has already run.
+        scaled = self._trainer is not None and self._trainer.precision.startswith("16")
+        kind = {"foreach": True} if scaled else {"fused": True}
+        optimizer = torch.optim.AdamW(params, weight_decay=self.optim.weight_decay, **kind)
         schedule = get_cosine_schedule_with_warmup(
             optimizer, self.optim.warmup_steps, self.max_steps
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip the global gradient norm to `optim.grad_clip`.
+
+        Lightning's AMP plugin refuses to clip for any fused optimizer, though only fp16's
+        GradScaler makes that wrong, and fp16 gets a foreach optimizer here; under bf16 and
+        fp32 nothing is scaled, so the gradients are clipped directly."""
+        if gradient_clip_val:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {f"condenser.{k}" for k in self.condenser.trainable_state_dict()}

@@ -72,21 +72,21 @@ def meta_condenser(cfg: TrainConfig):
         return Condenser(encoder, decoder, cfg.model)
 
 
-def block_activation_bytes(config, lora_r: int = 0, adapters: int = 0, seq: int = 0) -> int:
+def block_activation_bytes(config, lora_r: int = 0, adapters: int = 0) -> int:
     """Bytes autograd keeps per token of one Llama-style block under bf16 autocast, as
     counted with torch.autograd.graph.saved_tensors_hooks on transformers 5 with SDPA.
 
     Two RMSNorms each keep their fp32 input (4H); SDPA keeps q, k, v (k and v repeated to
-    every head) and its output; the gated MLP keeps gate, up and silu(gate); the padding
-    mask is (S, S) per row. Frozen projections keep nothing of their input, but a LoRA
-    adapter keeps it (the two norms' outputs, the attention output, the MLP product) and
-    its rank-r middle. `seq` is the padded sequence length (0: no mask).
+    every head) and its output; the gated MLP keeps gate, up and silu(gate); batches are
+    right-padded, so no padding mask is kept. Frozen projections keep nothing of their
+    input, but a LoRA adapter keeps it (the two norms' outputs, the attention output, the
+    MLP product) and its rank-r middle.
     """
     hidden = config.hidden_size
     heads = config.num_attention_heads
     width = heads * (getattr(config, "head_dim", None) or hidden // heads)
     inner = getattr(config, "intermediate_size", None) or 4 * hidden
-    kept = 2 * FP32 * hidden + 4 * BF16 * width + 3 * BF16 * inner + BF16 * seq
+    kept = 2 * FP32 * hidden + 4 * BF16 * width + 3 * BF16 * inner
     if adapters:
         kept += BF16 * (2 * hidden + width + inner) + BF16 * lora_r * adapters
     return kept
@@ -113,9 +113,8 @@ def memory(
     adapters = _adapters_per_block(condenser.encoder)
     enc, dec = condenser.encoder.config, condenser.decoder.config
     enc_tokens, dec_tokens = batch * (context + n), batch * (text + n)
-    masked = batch > 1  # a batch of one has no padding, so no mask
-    enc_block = block_activation_bytes(enc, lora_r, adapters, masked * (context + n))
-    dec_block = block_activation_bytes(dec, seq=masked * (text + n))
+    enc_block = block_activation_bytes(enc, lora_r, adapters)
+    dec_block = block_activation_bytes(dec)
     layers_e, layers_d = len(flops.blocks(condenser.encoder)), len(flops.blocks(condenser.decoder))
     if checkpointing:  # each block's input kept, one block's activations alive at a time
         blocks = BF16 * (

@@ -221,6 +221,8 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
     condenser.max_context_tokens = cfg.dataset.max_tokens
     if _use_checkpointing(cfg):
         condenser.enable_gradient_checkpointing()
+    if cfg.model.compile:
+        condenser.compile_blocks()
     return CondenseModule(condenser, cfg.optim, cfg.max_steps), datamodule
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from conftest import tiny_job
@@ -80,6 +83,31 @@ def test_flops_count_matches_torchs_counter(tiny_pair, tmp_path):
         labelled,
     )
     assert parts["total"] == pytest.approx(counted, rel=0.02)
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        ["--config", str(job_path("test"))],  # N=32, LoRA r=16, short contexts
+        ["--config", str(job_path("bench")), "--model.compile", "false"],  # N=128, r=128, 512
+    ],
+    ids=["test-job", "bench-job"],
+)
+def test_plans_memory_is_within_a_quarter_of_the_measured_peak(job, tmp_path):
+    """`condense plan`'s memory for the largest batch bench timed, plus the runtime bench
+    measured before the weights, against the peak RSS of real steps of the embedded
+    SmolLM2 pair. The plan counts live tensors of eager autograd, so the steps run eager,
+    and glibc is told to hand freed blocks back (a fixed mmap threshold), so that RSS is
+    live memory and not what malloc keeps for reuse: the CPU's counterpart of CUDA's
+    allocated (not reserved) peak, which bench reports on a GPU."""
+    out = tmp_path / "bench.json"
+    env = os.environ | {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "condense", "bench", *job, "--steps", "1", "--warmup", "1"]
+    subprocess.run([*command, "--threads", "1", "--out", str(out)], env=env, check=True)
+    result = json.loads(out.read_text())
+    measured = result["dynamic"]["peak_memory_bytes"]
+    assert result["plan_memory"]["activations"] > 0.3 * result["plan_memory"]["total"]
+    assert 0.75 <= result["plan_peak_memory_bytes"] / measured <= 1.25
 
 
 def test_plan_of_the_default_job_on_h100(tmp_path, capsys):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from condense.config import DatasetConfig, ModelConfig
+from condense.config import ConfigError, DatasetConfig, ModelConfig
 from condense.data import Collator, tokenize
 from condense.model import IGNORE_INDEX, Condenser
 from condense.synthetic import synthetic_samples
@@ -130,6 +131,34 @@ def test_projection_maps_concatenated_layers_to_decoder_size(tiny_pair):
     batch = _batch(enc_tok, dec_tok, synthetic_samples(1, seed=9)[:2])
     assert condenser.projection.in_features == 2 * 32
     assert condenser.encode(batch["context_ids"], batch["context_mask"]).shape == (2, 4, 48)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_condensed_are_the_last_k_hidden_states_at_the_slots(tiny_pair, k):
+    # The reference: transformers' own hidden_states[-k:] under an explicit padding mask.
+    condenser, enc_tok, dec_tok = _build(tiny_pair, n_last_hidden_states=k)
+    condenser.eval()
+    batch = _batch(enc_tok, dec_tok, synthetic_samples(2, seed=4)[1:4])
+    ids, mask = batch["context_ids"], batch["context_mask"]
+    n, lengths = condenser.num_condense_tokens, mask.sum(1)
+    embeds = condenser.encoder.get_input_embeddings()(ids)
+    embeds = torch.cat([embeds, embeds.new_zeros(len(ids), n, embeds.shape[-1])], 1)
+    rows = torch.arange(len(ids))[:, None]
+    slots = lengths[:, None] + torch.arange(n)
+    embeds[rows, slots] = condenser.condense_tokens
+    full_mask = (torch.arange(ids.shape[1] + n)[None] < (lengths + n)[:, None]).long()
+    with torch.no_grad():
+        states = condenser.encoder_body(
+            inputs_embeds=embeds, attention_mask=full_mask, output_hidden_states=True
+        ).hidden_states
+        expected = condenser.projection(condenser.norm(torch.cat(states[-k:], -1)[rows, slots]))
+        got = condenser.encode(ids, mask)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_more_hidden_states_than_encoder_layers_is_refused(tiny_pair):
+    with pytest.raises(ConfigError, match="n_last_hidden_states=3, but the encoder has only 2"):
+        _build(tiny_pair, n_last_hidden_states=3)
 
 
 def test_only_condenser_parts_are_trainable(tiny_pair):

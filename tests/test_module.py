@@ -117,3 +117,25 @@ def test_k_nan_steps_in_a_row_stop_the_run_keeping_the_last_good_checkpoint(
     trainable = {k.removeprefix("condenser."): v for k, v in saved["state_dict"].items()}
     assert same(trainable, {k: v for k, v in states[2].items() if not k.startswith("exp_avg")})
     assert not (Path(cfg.run_dir) / "summary.json").exists()  # the run did not finish
+
+
+def test_gradients_reach_the_fused_optimizer_clipped_under_bf16(tiny_pair, tmp_path, monkeypatch):
+    norms = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        norms.append(float(torch.nn.utils.get_total_norm([g for g in grads if g is not None])))
+
+    configure = CondenseModule.configure_optimizers
+
+    def recording(self):
+        config = configure(self)
+        assert config["optimizer"].defaults["fused"]
+        config["optimizer"].register_step_pre_hook(record)
+        return config
+
+    monkeypatch.setattr(CondenseModule, "configure_optimizers", recording)
+    cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=3, precision="bf16-mixed")
+    cfg.optim.grad_clip = 1e-3  # far below the tiny pair's gradient norms
+    train(cfg)
+    assert len(norms) == 3 and max(norms) == pytest.approx(1e-3, rel=0.01)
