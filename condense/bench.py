@@ -291,8 +291,10 @@ def _collate(
     batch = Collator(*pads)(items)
     if width is not None:
         fills = {"context_ids": pads[0], "input_ids": pads[1], "labels": IGNORE_INDEX}
-        batch = {
+        batch = {  # token rows (B, T) are padded; per-sample values (B,) are not
             key: F.pad(value, (0, width - value.shape[1]), value=fills.get(key, 0))
+            if value.dim() == 2
+            else value
             for key, value in batch.items()
         }
     return {key: value.to(device) for key, value in batch.items()}

@@ -3,6 +3,7 @@ batches, and the LightningDataModule that owns the splits and loaders."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from condense.samples import (
     DataError,
     DataReport,
     Sample,
+    passage_key,
     read_file,
     read_hub,
     split_train_val,
@@ -78,6 +80,7 @@ class Tokenized:
     context_ids: list[int]
     input_ids: list[int]
     labels: list[int]
+    group: int = 0  # samples of one passage share it: see passage_id
 
     def __len__(self) -> int:
         return len(self.context_ids) + len(self.input_ids)
@@ -100,16 +103,24 @@ def tokenize(
     report = report if report is not None else DataReport()
     report.contexts_cut_to_max_tokens += _count_truncated(contexts, cfg.max_tokens)
     out = []
-    for ctx, prompt, completion in zip(
-        contexts["input_ids"], prompts["input_ids"], completions["input_ids"]
+    for sample, ctx, prompt, completion in zip(
+        samples, contexts["input_ids"], prompts["input_ids"], completions["input_ids"]
     ):
         whole = len(prompt) + len(completion) + len(eos)
         prompt = prompt[: cfg.max_tokens - 1]
         completion = (completion + eos)[: cfg.max_tokens - len(prompt)]
         report.targets_cut_to_max_tokens += len(prompt) + len(completion) < whole
         prompt_labels = prompt if cfg.train_on_prompt else [IGNORE_INDEX] * len(prompt)
-        out.append(Tokenized(ctx, prompt + completion, prompt_labels + completion))
+        out.append(
+            Tokenized(ctx, prompt + completion, prompt_labels + completion, passage_id(sample))
+        )
     return out
+
+
+def passage_id(sample: Sample) -> int:
+    """`passage_key` as an integer for the batch tensors, the same in every process: a
+    60-bit prefix of its SHA-1, not Python's salted hash."""
+    return int(hashlib.sha1(passage_key(sample).encode("utf-8")).hexdigest()[:15], 16)
 
 
 class Collator:
@@ -129,6 +140,7 @@ class Collator:
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
+            "group": torch.tensor([t.group for t in items], dtype=torch.long),
         }
 
 

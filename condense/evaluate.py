@@ -2,7 +2,7 @@
 
 For each sample the decoder is scored under four conditions:
     none       the prompt alone (the floor)
-    wrong      another sample's condensed context (is the information specific?)
+    wrong      another passage's condensed context (is the information specific?)
     condensed  its own condensed context
     full       its context as text, in the decoder's own tokenizer (the ceiling)
 and gap closed = (none - condensed) / (none - full) on loss.
@@ -25,7 +25,7 @@ from condense.config import DatasetConfig
 from condense.data import load_samples, tokenize
 from condense.generate import generate
 from condense.model import Condenser
-from condense.samples import Sample, split_train_val
+from condense.samples import Sample, passage_key, split_train_val
 from condense.synthetic import QUESTION_ANSWERING, RECONSTRUCTION
 
 CONDITIONS = ("none", "wrong", "condensed", "full")
@@ -45,8 +45,8 @@ def eval_samples(config: dict[str, Any], data: str | None, limit: int | None) ->
 
 
 def wrong_partners(samples: list[Sample]) -> list[int]:
-    """For each sample, the next one (cyclically) from another context group."""
-    keys = [s.group or s.context for s in samples]
+    """For each sample, the next one (cyclically) from another passage (`passage_key`)."""
+    keys = [passage_key(s) for s in samples]
     partners = []
     for i, key in enumerate(keys):
         j = next(

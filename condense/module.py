@@ -89,9 +89,9 @@ class CondenseModule(L.LightningModule):
         loss, targets = self.condenser.decoder_loss(condensed, *text, batch["labels"])
         # Weighted by target tokens, so val_loss is the mean over tokens, not over batches.
         self.log("val_loss", loss, prog_bar=True, batch_size=int(targets), sync_dist=True)
-        # The same targets behind another sample's condensed context: a val_loss that falls
+        # The same targets behind another passage's condensed context: a val_loss that falls
         # while val_loss_wrong falls with it has learned the task's format, not its content.
-        partner, has_partner = other_context(batch["context_ids"], batch["context_mask"])
+        partner, has_partner = other_context(batch["group"])
         if has_partner.any():
             labels = batch["labels"].masked_fill(~has_partner[:, None], IGNORE_INDEX)
             wrong, counted = self.condenser.decoder_loss(condensed[partner], *text, labels)
@@ -185,21 +185,20 @@ class CondenseModule(L.LightningModule):
         self.check_checkpoint_keys(set(checkpoint.get("state_dict", {})))
 
 
-def other_context(
-    context_ids: torch.Tensor, context_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each row, the next row (cyclically) whose context differs, and whether one exists.
+def other_context(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row, the next row (cyclically) from another passage, and whether one exists.
 
-    Samples cut from one passage share a context, and length-grouped batches put them side by
-    side, so plain "the next row" would often be the right context, not a wrong one.
+    `groups` (B,) is the batch's passage ids (data.passage_id). Samples cut from one
+    passage sit side by side in length-grouped batches, and a different context is not
+    enough: a continuation's context is a prefix of the passage that its reconstruction and
+    question read whole, so "another context" from the same passage would hand the
+    continuation its own target.
     """
-    batch = context_ids.shape[0]
-    rows = torch.arange(batch, device=context_ids.device)
+    batch = groups.shape[0]
+    rows = torch.arange(batch, device=groups.device)
     if batch < 2:
         return rows, torch.zeros_like(rows, dtype=torch.bool)
-    ids = context_ids.masked_fill(context_mask == 0, -1)
-    same = (ids[:, None] == ids[None]).all(-1)  # (B, B)
     others = (rows[:, None] + rows[None, 1:]) % batch  # (B, B-1): the other rows, in order
-    differs = ~same.gather(1, others)
+    differs = groups[others] != groups[:, None]
     partner = others.gather(1, differs.float().argmax(1, keepdim=True))[:, 0]
     return partner, differs.any(1)

@@ -201,18 +201,23 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def passage_key(sample: Sample) -> str:
+    """What ties the samples of one passage together: their `group` (the synthetic set puts
+    a passage's full text and its prefix in one), else their exact context."""
+    return sample.group or hashlib.sha1(sample.context.encode("utf-8")).hexdigest()
+
+
 def split_train_val(
     samples: list[Sample], val_size: int, seed: int
 ) -> tuple[list[Sample], list[Sample]]:
     """Split so that no context is in both halves.
 
-    Samples are grouped by their `group` (the synthetic set puts a passage's full text
-    and its prefix in one) or else by their exact context. Whole groups go to validation,
+    Samples are grouped by `passage_key`. Whole groups go to validation,
     in a seeded random order, until it holds at least `val_size` samples.
     """
     groups: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
-        groups[s.group or hashlib.sha1(s.context.encode("utf-8")).hexdigest()].append(s)
+        groups[passage_key(s)].append(s)
     keys = sorted(groups)
     random.Random(seed).shuffle(keys)
     train, val = [], []

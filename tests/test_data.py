@@ -18,6 +18,7 @@ from condense.data import (
 )
 from condense.model import IGNORE_INDEX
 from condense.samples import DataError, DataReport, Sample, split_train_val
+from condense.synthetic import CONTINUATION, synthetic_samples
 from condense.weights import load_tokenizer
 
 ORIGINAL_ROWS = [
@@ -263,3 +264,15 @@ def test_too_few_samples_for_a_split_is_a_clear_error(tiny_pair):
     )
     with pytest.raises(DataError, match="val_size=100"):
         dm.setup()
+
+
+def test_a_continuation_and_its_own_passage_share_a_passage_id_in_the_batch(tiny_pair):
+    samples = synthetic_samples(2)
+    enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
+    batch = Collator(0, 0)(tokenize(samples, enc_tok, dec_tok, DatasetConfig(max_tokens=96)))
+    continuation = next(i for i, s in enumerate(samples) if s.task == CONTINUATION)
+    # Its context is a prefix of the passage: another context, but the same passage.
+    assert samples[continuation].context != samples[0].context
+    groups = batch["group"].tolist()
+    assert groups[:3] == [groups[0]] * 3 and groups[3:] == [groups[3]] * 3
+    assert groups[0] != groups[3]
