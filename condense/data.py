@@ -80,7 +80,7 @@ class Tokenized:
     context_ids: list[int]
     input_ids: list[int]
     labels: list[int]
-    group: int = 0  # samples of one passage share it: see passage_id
+    group: int  # passage_id: the samples of one passage share it
 
     def __len__(self) -> int:
         return len(self.context_ids) + len(self.input_ids)
@@ -121,6 +121,25 @@ def passage_id(sample: Sample) -> int:
     """`passage_key` as an integer for the batch tensors, the same in every process: a
     60-bit prefix of its SHA-1, not Python's salted hash."""
     return int(hashlib.sha1(passage_key(sample).encode("utf-8")).hexdigest()[:15], 16)
+
+
+def other_context(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row, the next row (cyclically) from another passage, and whether one exists.
+
+    `groups` (B,) is the batch's passage ids (passage_id). Samples cut from one
+    passage sit side by side in length-grouped batches, and a different context is not
+    enough: a continuation's context is a prefix of the passage that its reconstruction and
+    question read whole, so "another context" from the same passage would hand the
+    continuation its own target.
+    """
+    batch = groups.shape[0]
+    rows = torch.arange(batch, device=groups.device)
+    if batch < 2:
+        return rows, torch.zeros_like(rows, dtype=torch.bool)
+    others = (rows[:, None] + rows[None, 1:]) % batch  # (B, B-1): the other rows, in order
+    differs = groups[others] != groups[:, None]
+    partner = others.gather(1, differs.float().argmax(1, keepdim=True))[:, 0]
+    return partner, differs.any(1)
 
 
 class Collator:

@@ -22,10 +22,10 @@ from torchmetrics.functional.text.rouge import rouge_score
 from tqdm import tqdm
 
 from condense.config import DatasetConfig
-from condense.data import load_samples, tokenize
+from condense.data import load_samples, other_context, passage_id, tokenize
 from condense.generate import generate
 from condense.model import Condenser
-from condense.samples import Sample, passage_key, split_train_val
+from condense.samples import Sample, split_train_val
 from condense.synthetic import QUESTION_ANSWERING, RECONSTRUCTION
 
 CONDITIONS = ("none", "wrong", "condensed", "full")
@@ -45,15 +45,10 @@ def eval_samples(config: dict[str, Any], data: str | None, limit: int | None) ->
 
 
 def wrong_partners(samples: list[Sample]) -> list[int]:
-    """For each sample, the next one (cyclically) from another passage (`passage_key`)."""
-    keys = [passage_key(s) for s in samples]
-    partners = []
-    for i, key in enumerate(keys):
-        j = next(
-            (k % len(keys) for k in range(i + 1, i + len(keys)) if keys[k % len(keys)] != key), i
-        )
-        partners.append(j)
-    return partners
+    """For each sample, the next one (cyclically) from another passage, as validation picks
+    them (data.other_context); the sample itself when every sample is of one passage."""
+    partner, found = other_context(torch.tensor([passage_id(s) for s in samples]))
+    return torch.where(found, partner, torch.arange(len(samples))).tolist()
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from condense.config import OptimConfig
+from condense.data import other_context
 from condense.model import IGNORE_INDEX, Condenser
 
 
@@ -183,22 +184,3 @@ class CondenseModule(L.LightningModule):
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointMismatchError(f"{path}: not a readable checkpoint ({reason})") from None
         self.check_checkpoint_keys(set(checkpoint.get("state_dict", {})))
-
-
-def other_context(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each row, the next row (cyclically) from another passage, and whether one exists.
-
-    `groups` (B,) is the batch's passage ids (data.passage_id). Samples cut from one
-    passage sit side by side in length-grouped batches, and a different context is not
-    enough: a continuation's context is a prefix of the passage that its reconstruction and
-    question read whole, so "another context" from the same passage would hand the
-    continuation its own target.
-    """
-    batch = groups.shape[0]
-    rows = torch.arange(batch, device=groups.device)
-    if batch < 2:
-        return rows, torch.zeros_like(rows, dtype=torch.bool)
-    others = (rows[:, None] + rows[None, 1:]) % batch  # (B, B-1): the other rows, in order
-    differs = groups[others] != groups[:, None]
-    partner = others.gather(1, differs.float().argmax(1, keepdim=True))[:, 0]
-    return partner, differs.any(1)

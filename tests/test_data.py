@@ -7,6 +7,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from condense.config import DatasetConfig
 from condense.data import (
@@ -14,6 +15,7 @@ from condense.data import (
     CondenseDataModule,
     LengthGroupedBatchSampler,
     load_samples,
+    other_context,
     tokenize,
 )
 from condense.model import IGNORE_INDEX
@@ -276,3 +278,15 @@ def test_a_continuation_and_its_own_passage_share_a_passage_id_in_the_batch(tiny
     groups = batch["group"].tolist()
     assert groups[:3] == [groups[0]] * 3 and groups[3:] == [groups[3]] * 3
     assert groups[0] != groups[3]
+
+
+def test_wrong_context_partner_always_comes_from_another_passage():
+    # Rows 0, 1 and 3 were cut from one passage (say its question and its continuation,
+    # whose context is a prefix of the other's): none may stand in for another.
+    partner, found = other_context(torch.tensor([7, 7, 9, 7]))
+    assert partner.tolist() == [2, 2, 3, 2] and found.all()
+
+
+def test_a_batch_of_one_or_of_one_passage_has_no_wrong_partner():
+    assert not other_context(torch.tensor([7]))[1].any()
+    assert not other_context(torch.tensor([7, 7, 7]))[1].any()

@@ -13,21 +13,9 @@ import yaml
 
 from condense.__main__ import main
 from condense.model import Condenser
-from condense.module import CondenseModule, other_context
+from condense.module import CondenseModule
 from condense.train import train
 from tests.conftest import tiny_config
-
-
-def test_wrong_context_partner_always_comes_from_another_passage():
-    # Rows 0, 1 and 3 were cut from one passage (say its question and its continuation,
-    # whose context is a prefix of the other's): none may stand in for another.
-    partner, found = other_context(torch.tensor([7, 7, 9, 7]))
-    assert partner.tolist() == [2, 2, 3, 2] and found.all()
-
-
-def test_a_batch_of_one_or_of_one_passage_has_no_wrong_partner():
-    assert not other_context(torch.tensor([7]))[1].any()
-    assert not other_context(torch.tensor([7, 7, 7]))[1].any()
 
 
 def test_validation_logs_the_wrong_context_loss(tiny_pair, tmp_path):
