@@ -5,7 +5,9 @@ For each sample the decoder is scored under four conditions:
     wrong      another passage's condensed context (is the information specific?)
     condensed  its own condensed context
     full       its context as text, in the decoder's own tokenizer (the ceiling)
-and gap closed = (none - condensed) / (none - full) on loss.
+and gap closed = (none - condensed) / (none - full) on loss. The condensed context's
+margin over none and over wrong comes with its standard error across samples, so that a
+margin smaller than the evaluation set can resolve reads as such.
 """
 
 from __future__ import annotations
@@ -77,9 +79,8 @@ def evaluate(condenser: Condenser, samples: list[Sample], max_tokens: int) -> di
         "condensed": condensed,
         "full": [embed(torch.tensor(ids)) for ids in context_ids],
     }
-    sums: dict = defaultdict(
-        lambda: defaultdict(lambda: [0.0, 0, 0])
-    )  # task -> cond -> [nll, right, n]
+    # task -> condition -> per-sample [nll sum, correct tokens, tokens]
+    per_sample: dict = defaultdict(lambda: defaultdict(list))
     for i, item in enumerate(tqdm(items, desc="condense eval: scoring", unit="sample")):
         ids = torch.tensor([item.input_ids])
         labels = torch.tensor([item.labels])
@@ -87,23 +88,57 @@ def evaluate(condenser: Condenser, samples: list[Sample], max_tokens: int) -> di
             logits, targets = condenser.decoder_logits(
                 prefixes[cond][i][None], ids, torch.ones_like(ids), labels
             )
-            acc = sums[samples[i].task][cond]
-            acc[0] += F.cross_entropy(logits, targets, reduction="sum").item()
-            acc[1] += (logits.argmax(-1) == targets).sum().item()
-            acc[2] += len(targets)
-    report = {task: _task_scores(by_cond) for task, by_cond in sums.items()}
+            per_sample[samples[i].task][cond].append(
+                (
+                    F.cross_entropy(logits, targets, reduction="sum").item(),
+                    (logits.argmax(-1) == targets).sum().item(),
+                    len(targets),
+                )
+            )
+    report = {task: _task_scores(by_cond) for task, by_cond in per_sample.items()}
     examples = _generated_scores(condenser, samples, prefixes, report)
     return {"samples": len(samples), "by_task": report, "examples": examples}
 
 
-def _task_scores(by_cond: dict) -> dict[str, Any]:
-    loss = {c: by_cond[c][0] / by_cond[c][2] for c in CONDITIONS}
+def _task_scores(by_cond: dict[str, list[tuple[float, int, int]]]) -> dict[str, Any]:
+    """Per-token loss and accuracy per condition, gap closed, and the condensed context's
+    loss margin over none and wrong, from per-sample (nll sum, correct, tokens)."""
+    nll = {c: [row[0] for row in by_cond[c]] for c in CONDITIONS}
+    tokens = [row[2] for row in by_cond["condensed"]]
+    loss = {c: sum(nll[c]) / sum(tokens) for c in CONDITIONS}
     span = loss["none"] - loss["full"]
+    margin = {}
+    for other in ("none", "wrong"):
+        value, stderr = paired_margin(nll[other], nll["condensed"], tokens)
+        margin[other] = {"loss": value, "stderr": stderr}
     return {
         "loss": loss,
         "gap_closed": (loss["none"] - loss["condensed"]) / span if span else None,
-        "token_accuracy": {c: by_cond[c][1] / by_cond[c][2] for c in CONDITIONS},
+        "condensed_margin": margin,
+        "token_accuracy": {c: sum(r[1] for r in by_cond[c]) / sum(tokens) for c in CONDITIONS},
     }
+
+
+def paired_margin(
+    nll_a: list[float], nll_b: list[float], tokens: list[int]
+) -> tuple[float, float | None]:
+    """Per-token loss of condition a minus that of b, both scored on the same samples
+    (nll sums and token counts per sample), and its standard error across samples.
+
+    The margin is a ratio of sums, sum(a_i - b_i) / sum(n_i), so its error is the
+    ratio estimator's: the spread of the per-sample residuals (a_i - b_i) - margin * n_i.
+    None with fewer than two samples. Written here because no library at hand gives the
+    error of a ratio of sums; it is the textbook linearisation (delta method).
+    """
+    diffs = torch.tensor(nll_a, dtype=torch.float64) - torch.tensor(nll_b, dtype=torch.float64)
+    counts = torch.tensor(tokens, dtype=torch.float64)
+    margin = (diffs.sum() / counts.sum()).item()
+    m = len(tokens)
+    if m < 2:
+        return margin, None
+    residuals = diffs - margin * counts
+    stderr = (residuals.pow(2).sum() * m / (m - 1)).sqrt() / counts.sum()
+    return margin, stderr.item()
 
 
 def _generated_scores(condenser, samples, prefixes, report) -> list[dict[str, str]]:
@@ -163,22 +198,30 @@ def rouge_l(predictions: list[str], references: list[str]) -> float:
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    """One row per task and metric, one column per condition, and gap closed."""
+    """One row per task and metric, one column per condition, gap closed, and on loss
+    rows the condensed context's margin over the wrong one, +- its standard error."""
     lines = [
-        "| task | metric | none | wrong | condensed | full | gap closed |",
-        "|---|---|---|---|---|---|---|",
+        "| task | metric | none | wrong | condensed | full | gap closed | wrong - condensed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for task, scores in sorted(results["by_task"].items()):
         for metric in ("loss", "token_accuracy", "exact_match", "rougeL"):
             if metric in scores:
                 row = " | ".join(f"{scores[metric][c]:.3f}" for c in CONDITIONS)
-                gap = (
-                    f"{scores['gap_closed']:.2f}"
-                    if metric == "loss" and scores["gap_closed"] is not None
-                    else ""
-                )
-                lines.append(f"| {task} | {metric} | {row} | {gap} |")
+                gap = margin = ""
+                if metric == "loss":
+                    gap = f"{scores['gap_closed']:.2f}" if scores["gap_closed"] is not None else ""
+                    margin = _margin_text(scores.get("condensed_margin", {}).get("wrong"))
+                lines.append(f"| {task} | {metric} | {row} | {gap} | {margin} |")
     return "\n".join(lines)
+
+
+def _margin_text(margin: dict[str, Any] | None) -> str:
+    if not margin:
+        return ""
+    if margin["stderr"] is None:
+        return f"{margin['loss']:+.3f}"
+    return f"{margin['loss']:+.3f} +- {margin['stderr']:.3f}"
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from condense.config import ModelConfig
-from condense.evaluate import _task_scores, exact_match, markdown_table, rouge_l, wrong_partners
+from condense.evaluate import (
+    _task_scores,
+    exact_match,
+    markdown_table,
+    paired_margin,
+    rouge_l,
+    wrong_partners,
+)
 from condense.model import Condenser
 from condense.samples import Sample
 from condense.weights import load_causal_lm
@@ -34,17 +41,35 @@ def test_rouge_l_is_the_longest_common_subsequence_f_measure():
 
 
 def test_gap_closed_is_the_share_of_the_floor_to_ceiling_distance():
-    # nll sums / token counts: none 4.0, wrong 3.5, condensed 3.0, full 2.0 nats per token.
+    # Two samples of 4 and 6 tokens, (nll sum, correct, tokens) each: none 4.0, wrong 3.5,
+    # condensed 3.0, full 2.0 nats per token over the 10 tokens.
     by_cond = {
-        "none": [40.0, 1, 10],
-        "wrong": [35.0, 2, 10],
-        "condensed": [30.0, 5, 10],
-        "full": [20.0, 9, 10],
+        "none": [(16.0, 0, 4), (24.0, 1, 6)],
+        "wrong": [(14.0, 1, 4), (21.0, 1, 6)],
+        "condensed": [(12.0, 2, 4), (18.0, 3, 6)],
+        "full": [(8.0, 4, 4), (12.0, 5, 6)],
     }
     scores = _task_scores(by_cond)
     assert scores["loss"] == {"none": 4.0, "wrong": 3.5, "condensed": 3.0, "full": 2.0}
     assert scores["gap_closed"] == pytest.approx(0.5)
     assert scores["token_accuracy"]["full"] == pytest.approx(0.9)
+    # Every sample is 0.5 nats per token better than wrong: a margin with no spread.
+    assert scores["condensed_margin"]["wrong"] == {"loss": pytest.approx(0.5), "stderr": 0.0}
+
+
+def test_paired_margin_and_its_standard_error_on_a_hand_worked_case():
+    # Differences 2 and 3 nats over 4 and 2 tokens: margin 5/6. Residuals 2 - 4 * 5/6 and
+    # 3 - 2 * 5/6 are -4/3 and +4/3; error sqrt(2 * 32/9) / 6 = 4/9.
+    margin, stderr = paired_margin([12.0, 9.0], [10.0, 6.0], [4, 2])
+    assert margin == pytest.approx(5 / 6)
+    assert stderr == pytest.approx(4 / 9)
+    # Condition b worse than a: the margin is negative, the error the same.
+    assert paired_margin([10.0, 6.0], [12.0, 9.0], [4, 2]) == (
+        pytest.approx(-5 / 6),
+        pytest.approx(4 / 9),
+    )
+    # One sample has no spread to measure.
+    assert paired_margin([3.0], [1.0], [2]) == (1.0, None)
 
 
 def test_wrong_context_always_comes_from_another_group():
@@ -63,12 +88,13 @@ def test_markdown_table_has_a_row_per_task_and_metric():
             "qa": {
                 "loss": dict.fromkeys(("none", "wrong", "condensed", "full"), 1.0),
                 "gap_closed": None,
+                "condensed_margin": {"wrong": {"loss": -0.0251, "stderr": 0.0304}},
                 "token_accuracy": dict.fromkeys(("none", "wrong", "condensed", "full"), 0.5),
             }
         }
     }
     table = markdown_table(results)
-    assert "| qa | loss | 1.000 | 1.000 | 1.000 | 1.000 |  |" in table
+    assert "| qa | loss | 1.000 | 1.000 | 1.000 | 1.000 |  | -0.025 +- 0.030 |" in table
     assert "| qa | token_accuracy |" in table
 
 
