@@ -185,7 +185,8 @@ def eval_parser() -> ArgumentParser:
     parser.add_argument(
         "--data",
         default=None,
-        help="Samples to score (same sources as training); default: the artifact's validation split.",
+        help="Samples to score (same sources as training; synthetic ones are fresh passages,"
+        " not those it trained on); default: the artifact's validation split.",
     )
     parser.add_argument("--limit", type=int, default=None, help="Score only the first N samples.")
     parser.add_argument("--out", required=True, help="JSON results; a PNG plot goes beside it.")

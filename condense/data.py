@@ -32,6 +32,11 @@ SYNTHETIC = "synthetic"
 SYNTHETIC_LONG = "synthetic-long"
 
 
+def is_synthetic(source: str) -> bool:
+    """Whether `source` names one of the embedded synthetic data sets."""
+    return source in (SYNTHETIC, SYNTHETIC_LONG)
+
+
 def load_samples(
     source: str, cfg: DatasetConfig, seed: int, report: DataReport | None = None
 ) -> list[Sample]:

@@ -24,7 +24,7 @@ from torchmetrics.functional.text.rouge import rouge_score
 from tqdm import tqdm
 
 from condense.config import DatasetConfig
-from condense.data import load_samples, other_context, passage_id, tokenize
+from condense.data import is_synthetic, load_samples, other_context, passage_id, tokenize
 from condense.generate import generate
 from condense.model import Condenser
 from condense.samples import Sample, split_train_val
@@ -35,15 +35,35 @@ CONDITIONS = ("none", "wrong", "condensed", "full")
 
 def eval_samples(config: dict[str, Any], data: str | None, limit: int | None) -> list[Sample]:
     """`data`'s samples, or by default the validation split the artifact was trained
-    against (rebuilt from the data source, seed and sizes its config records)."""
+    against (rebuilt from the data source, seed and sizes its config records).
+
+    A synthetic `data` source gives passages the artifact never saw: those of the seed
+    after its training seed. With the same seed, "synthetic" would open with the very
+    passages it was trained on, and a large `--limit` would score memory, not condensing.
+    """
     cut = DatasetConfig(max_characters=config.get("max_characters", 10000))
+    seed = config.get("seed", 0)
     if data is None:
         cut.synthetic_passages = config.get("synthetic_passages", cut.synthetic_passages)
-        samples = load_samples(config.get("train_data", "synthetic"), cut, config.get("seed", 0))
-        samples = split_train_val(samples, config.get("val_size", 100), config.get("seed", 0))[1]
+        samples = load_samples(config.get("train_data", "synthetic"), cut, seed)
+        samples = split_train_val(samples, config.get("val_size", 100), seed)[1]
     else:
-        samples = load_samples(data, cut, config.get("seed", 0))
+        samples = load_samples(data, cut, fresh_seed(seed) if is_synthetic(data) else seed)
     return samples[:limit] if limit else samples
+
+
+def fresh_seed(training_seed: int) -> int:
+    """The seed of synthetic evaluation passages for a condenser trained on `training_seed`."""
+    return training_seed + 1
+
+
+def data_description(config: dict[str, Any], data: str | None) -> str:
+    """What `eval_samples` scored, in words, for the results and the model card."""
+    if data is None:
+        return f"{config.get('train_data')} (validation split)"
+    if is_synthetic(data):
+        return f"{data} (fresh passages, seed {fresh_seed(config.get('seed', 0))})"
+    return data
 
 
 def wrong_partners(samples: list[Sample]) -> list[int]:
@@ -259,7 +279,7 @@ def run_eval(
     samples = eval_samples(config, data, limit)
     results = {
         "artifact": artifact,
-        "data": data or f"{config.get('train_data')} (validation split)",
+        "data": data_description(config, data),
     }
     results |= evaluate(condenser, samples, config.get("max_tokens") or 4096)
     write_atomic(out, json.dumps(results, indent=2))

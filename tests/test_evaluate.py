@@ -9,9 +9,11 @@ import sys
 import pytest
 import torch
 
-from condense.config import ModelConfig
+from condense.config import DatasetConfig, ModelConfig
+from condense.data import load_samples
 from condense.evaluate import (
     _task_scores,
+    eval_samples,
     exact_match,
     markdown_table,
     paired_margin,
@@ -80,6 +82,17 @@ def test_wrong_context_always_comes_from_another_group():
     ]
     partners = wrong_partners(samples)
     assert all(samples[j].group != samples[i].group for i, j in enumerate(partners))
+
+
+@pytest.mark.parametrize("source", ["synthetic", "synthetic-long"])
+def test_synthetic_eval_data_is_passages_the_condenser_never_saw(source):
+    config = {"seed": 3, "train_data": source, "synthetic_passages": 40, "val_size": 12}
+    # Every passage a run of seed 3 could have trained on, at the largest default size.
+    seen = {s.context for s in load_samples(source, DatasetConfig(), seed=3)}
+    fresh = eval_samples(config, source, limit=90)
+    assert len(fresh) == 90 and not {s.context for s in fresh} & seen
+    # The default is still the run's own validation split, passages it was checked on.
+    assert {s.context for s in eval_samples(config, None, limit=None)} <= seen
 
 
 def test_markdown_table_has_a_row_per_task_and_metric():
