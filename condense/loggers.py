@@ -7,6 +7,7 @@ no WANDB_MODE it raises; so the mode is decided here, up front, with a quick pro
 from __future__ import annotations
 
 import csv
+import io
 import os
 import uuid
 from pathlib import Path
@@ -52,6 +53,28 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def drop_rows_from(metrics: Path, step: int) -> None:
+    """Remove the rows of `metrics` (a metrics.csv) logged at `step` or later.
+
+    A run killed after its last checkpoint logged steps that the resumed run trains and
+    logs again; without this, metrics.csv would hold those steps twice. A checkpoint of
+    step S was saved after S steps, whose rows (and that validation's) are logged at
+    steps below S.
+    """
+    if not metrics.is_file():
+        return
+    with metrics.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or "step" not in rows[0]:
+        return
+    column = rows[0].index("step")
+    kept = [rows[0]] + [row for row in rows[1:] if int(float(row[column])) < step]
+    if len(kept) < len(rows):
+        out = io.StringIO()
+        csv.writer(out).writerows(kept)  # \r\n, as Lightning writes it
+        write_atomic(metrics, out.getvalue())
 
 
 def make_loggers(setting: str, project: str, name: str, run_dir: Path) -> list[Logger]:

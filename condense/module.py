@@ -172,10 +172,10 @@ class CondenseModule(L.LightningModule):
                 " was it trained with other model or LoRA settings?"
             )
 
-    def check_checkpoint(self, path: str) -> None:
+    def check_checkpoint(self, path: str) -> int:
         """Check a checkpoint to resume from before anything is written: readable, tensors
         and plain values only, and this model's trainable tensors. Memory-mapped, so the
-        tensors themselves are not read."""
+        tensors themselves are not read. Returns the training step it was saved at."""
         if not zipfile.is_zipfile(path):  # what torch.save writes
             raise CheckpointMismatchError(f"{path}: not a readable checkpoint (not a torch file)")
         try:
@@ -184,3 +184,4 @@ class CondenseModule(L.LightningModule):
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointMismatchError(f"{path}: not a readable checkpoint ({reason})") from None
         self.check_checkpoint_keys(set(checkpoint.get("state_dict", {})))
+        return int(checkpoint.get("global_step", 0))

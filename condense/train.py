@@ -22,7 +22,13 @@ from condense.checkpoint_io import AtomicCheckpointIO, BestAndLastCheckpoint
 from condense.config import ConfigError, TrainConfig
 from condense.data import CondenseDataModule
 from condense.files import write_atomic
-from condense.loggers import finish_wandb, keep_run_id, make_loggers, wandb_run_id
+from condense.loggers import (
+    drop_rows_from,
+    finish_wandb,
+    keep_run_id,
+    make_loggers,
+    wandb_run_id,
+)
 from condense.model import Condenser
 from condense.module import CondenseModule, NonFiniteLossError
 from condense.preemption import SaveOnSigterm
@@ -53,8 +59,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise ConfigError(f"run_dir {str(run_dir)!r} is a file, not a folder")
     resume_from = resolve_resume(cfg.resume, run_dir)
     module, datamodule = build(cfg, precision)
-    if resume_from is not None:
-        module.check_checkpoint(resume_from)
+    resumed_step = module.check_checkpoint(resume_from) if resume_from is not None else 0
     loggers = make_loggers(cfg.wandb, cfg.wandb_project, cfg.name, run_dir)
     checkpoints = BestAndLastCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -69,6 +74,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     trainer = make_trainer(cfg, precision, run_dir, loggers, checkpoints, watch)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_from is not None:
+            drop_rows_from(run_dir / "metrics.csv", resumed_step)
         write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         keep_run_id(loggers, run_dir)
         for logger in loggers:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from condense.loggers import ResumableCSVLogger, wandb_mode
+from condense.loggers import ResumableCSVLogger, drop_rows_from, wandb_mode
 
 
 def test_wandb_with_a_key_but_no_server_goes_offline_fast(monkeypatch):
@@ -33,3 +33,21 @@ def test_csv_log_appends_after_a_restart(tmp_path):
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert rows[0] == "step,train_loss,val_loss"
     assert len(rows) == 4 and rows[-1].startswith("1,0.5")
+
+
+def test_a_resume_drops_the_rows_its_checkpoint_did_not_see(tmp_path):
+    # Killed after logging steps 0-4; the checkpoint was of step 3 (3 steps done, then
+    # validation logged at step 2). Steps 3 and 4 will be trained and logged again.
+    log = ResumableCSVLogger(tmp_path, name="", version="")
+    for step in range(5):
+        log.log_metrics({"train_loss": 5.0 - step}, step=step)
+        if step == 2:
+            log.log_metrics({"val_loss": 9.0}, step=step)
+    log.save()
+    drop_rows_from(tmp_path / "metrics.csv", 3)
+    resumed = ResumableCSVLogger(tmp_path, name="", version="")
+    resumed.log_metrics({"train_loss": 1.5}, step=3)
+    resumed.save()
+    text = (tmp_path / "metrics.csv").read_text()
+    steps = [int(line.split(",")[0]) for line in text.splitlines()[1:]]
+    assert steps == [0, 1, 2, 2, 3] and "9.0" in text and "2.0" not in text

@@ -193,6 +193,13 @@ def test_killed_and_resumed_run_ends_with_the_same_weights_bit_for_bit(tiny_pair
         k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])
     ]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]} ({took:.0f} s)"
+    # The steps the killed process logged after its checkpoint are logged once, not twice.
+    assert _logged_train_steps(killed) == _logged_train_steps(straight)
+
+
+def _logged_train_steps(run: Path) -> list[int]:
+    with (run / "metrics.csv").open() as f:
+        return [int(row["step"]) for row in csv.DictReader(f) if row["train_loss"]]
 
 
 def _training(log: Path) -> bool:
