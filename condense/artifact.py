@@ -104,7 +104,7 @@ def load_condenser(path_or_id: str, dtype: torch.dtype = torch.float32) -> Conde
     tokenizers attached (`condenser.condense(texts)` works), in eval mode."""
     from condense.weights import load_causal_lm, load_tokenizer
 
-    folder = _local_folder(path_or_id)
+    folder = local_folder(path_or_id)
     config = read_config(folder)
     lora = config["lora"]
     cfg = ModelConfig(
@@ -213,7 +213,8 @@ def add_evaluation(folder: Path, table: str, command: str) -> None:
     )
 
 
-def _local_folder(path_or_id: str) -> Path:
+def local_folder(path_or_id: str) -> Path:
+    """The artifact folder itself, or the Hub repo's files downloaded (or already cached)."""
     if Path(path_or_id).is_dir():
         return Path(path_or_id)
     from huggingface_hub import snapshot_download

@@ -271,11 +271,14 @@ def run_eval(
 ) -> dict[str, Any]:
     """Load an artifact, evaluate it, write JSON and a PNG beside it, print the table, and
     put the table into a local artifact's model card (`command` is quoted there)."""
-    from condense.artifact import add_evaluation, read_config
+    from condense.artifact import add_evaluation, local_folder, read_config
     from condense.files import write_atomic
 
-    condenser = Condenser.from_pretrained(artifact)
-    config = read_config(Path(artifact)) if Path(artifact).is_dir() else {}
+    # A Hub artifact's config comes from its download: without it, the validation split
+    # and the fresh seed would be rebuilt from defaults, not from the run's settings.
+    folder = local_folder(artifact)
+    condenser = Condenser.from_pretrained(str(folder))
+    config = read_config(folder)
     samples = eval_samples(config, data, limit)
     results = {
         "artifact": artifact,

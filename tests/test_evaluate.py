@@ -156,3 +156,25 @@ def test_eval_command_writes_json_png_and_a_table(tiny_pair, tmp_path):
     card = (tmp_path / "art" / "README.md").read_text()
     assert card.count("## Evaluation") == 1 and "| question_answering | loss |" in card
     assert f"condense eval --artifact {tmp_path / 'art'}" in card
+
+
+def test_eval_of_a_hub_artifact_uses_the_config_it_downloads(tiny_pair, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from condense.evaluate import run_eval
+
+    cfg = ModelConfig(
+        encoder=tiny_pair[0], decoder=tiny_pair[1], num_condense_tokens=4, lora_r=4, lora_alpha=8
+    )
+    condenser = Condenser(load_causal_lm(tiny_pair[0]), load_causal_lm(tiny_pair[1]), cfg)
+    snapshot = tmp_path / "hub-cache" / "snapshot"
+    condenser.save_pretrained(
+        str(snapshot), max_tokens=64, train_data="synthetic", seed=0, val_size=6,
+        synthetic_passages=10,
+    )  # fmt: skip
+    card = (snapshot / "README.md").read_text()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **_: str(snapshot))
+    results = run_eval("me/condenser", None, None, tmp_path / "eval.json")
+    # The run's own validation split (6 samples), not one rebuilt from default sizes.
+    assert results["data"] == "synthetic (validation split)" and results["samples"] == 6
+    assert (snapshot / "README.md").read_text() == card  # a downloaded card is left alone
