@@ -48,13 +48,15 @@ def eval_samples(config: dict[str, Any], data: str | None, limit: int | None) ->
         samples = load_samples(config.get("train_data", "synthetic"), cut, seed)
         samples = split_train_val(samples, config.get("val_size", 100), seed)[1]
     else:
-        samples = load_samples(data, cut, fresh_seed(seed) if is_synthetic(data) else seed)
+        samples = load_samples(data, cut, _data_seed(config, data))
     return samples[:limit] if limit else samples
 
 
-def fresh_seed(training_seed: int) -> int:
-    """The seed of synthetic evaluation passages for a condenser trained on `training_seed`."""
-    return training_seed + 1
+def _data_seed(config: dict[str, Any], data: str) -> int:
+    """The seed `eval_samples` loads `data` with: for synthetic data, the one after the
+    artifact's training seed."""
+    seed = config.get("seed", 0)
+    return seed + 1 if is_synthetic(data) else seed
 
 
 def data_description(config: dict[str, Any], data: str | None) -> str:
@@ -62,7 +64,7 @@ def data_description(config: dict[str, Any], data: str | None) -> str:
     if data is None:
         return f"{config.get('train_data')} (validation split)"
     if is_synthetic(data):
-        return f"{data} (fresh passages, seed {fresh_seed(config.get('seed', 0))})"
+        return f"{data} (fresh passages, seed {_data_seed(config, data)})"
     return data
 
 
