@@ -179,7 +179,8 @@ class TrainConfig:
         run_dir: Where checkpoints, logs and summary.json go; default runs/<name>-<time>.
         name: Job name, used in the default run_dir and as the W&B run name.
         resume: "auto" resumes from run_dir/checkpoints/last.ckpt when it exists, "never"
-            starts fresh, anything else is a checkpoint path to resume from.
+            starts fresh, anything else is a checkpoint path to resume from. A fresh start
+            in a run_dir holding an earlier run moves that run's files to earlier-<time>/.
         precision: Lightning precision; "auto" is bf16-mixed where the hardware has bf16
             (frozen weights are then stored in bf16) and 32-true elsewhere.
         accelerator: Lightning accelerator: auto, cpu, gpu.

@@ -48,10 +48,10 @@ def load_samples(
     """
     report = report if report is not None else DataReport()
     skip = cfg.skip_bad_rows
-    if source == SYNTHETIC:
-        samples = synthetic_samples(cfg.synthetic_passages, seed)
-    elif source == SYNTHETIC_LONG:
-        samples = long_synthetic_samples(cfg.synthetic_passages, seed)
+    if source in (SYNTHETIC, SYNTHETIC_LONG):
+        make = synthetic_samples if source == SYNTHETIC else long_synthetic_samples
+        samples = make(cfg.synthetic_passages, seed)
+        report.rows_read += len(samples)  # each made sample stands for a row of a file
     elif Path(source).is_dir():
         # A dataset folder in the Hub's layout, read the same way.
         samples = read_hub(source, skip_bad=skip, report=report)

@@ -77,12 +77,14 @@ def drop_rows_from(metrics: Path, step: int) -> None:
         write_atomic(metrics, out.getvalue())
 
 
-def make_loggers(setting: str, project: str, name: str, run_dir: Path) -> list[Logger]:
+def make_loggers(
+    setting: str, project: str, name: str, run_dir: Path, fresh: bool = False
+) -> list[Logger]:
     """A CSV logger writing run_dir/metrics.csv, plus W&B unless it is off.
 
-    The W&B run id is read from run_dir when a run left one there, so a resumed run
-    continues the same W&B run; `keep_run_id` writes it. Nothing is written here: with
-    several processes, only global rank 0 writes.
+    A resumed run (`fresh` false) reads the W&B run id from run_dir when a run left one
+    there, so it continues the same W&B run; a fresh one gets a new id. `keep_run_id`
+    writes it. Nothing is written here: with several processes, only global rank 0 writes.
     """
     # Written out at every logged step, not every 100: a SIGKILL would lose the rows since
     # the last write, and an append costs nothing beside a training step.
@@ -95,7 +97,8 @@ def make_loggers(setting: str, project: str, name: str, run_dir: Path) -> list[L
     from lightning.pytorch.loggers import WandbLogger
 
     id_file = run_dir / RUN_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
+    resumable = not fresh and id_file.is_file()
+    run_id = id_file.read_text().strip() if resumable else uuid.uuid4().hex[:8]
     loggers.append(
         WandbLogger(
             project=project,

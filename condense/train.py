@@ -6,7 +6,6 @@ import json
 import os
 import time
 import warnings
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +33,13 @@ from condense.module import CondenseModule, NonFiniteLossError
 from condense.preemption import SaveOnSigterm
 from condense.push import PushError, push_artifact
 from condense.rng import ResumeRandomState
+from condense.run_dir import (
+    RUN_DIR_ENV,
+    resolve_resume,
+    resolve_run_dir,
+    set_aside_earlier_run,
+)
 from condense.weights import load_causal_lm, load_tokenizer, max_positions
-
-RUN_DIR_ENV = "CONDENSE_RUN_DIR"
 
 # The frozen decoder is in eval mode on purpose (no dropout); Lightning warns about it.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
@@ -60,7 +63,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     resume_from = resolve_resume(cfg.resume, run_dir)
     module, datamodule = build(cfg, precision)
     resumed_step = module.check_checkpoint(resume_from) if resume_from is not None else 0
-    loggers = make_loggers(cfg.wandb, cfg.wandb_project, cfg.name, run_dir)
+    fresh = resume_from is None
+    loggers = make_loggers(cfg.wandb, cfg.wandb_project, cfg.name, run_dir, fresh)
     checkpoints = BestAndLastCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
@@ -74,13 +78,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     trainer = make_trainer(cfg, precision, run_dir, loggers, checkpoints, watch)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if resume_from is not None:
+        if fresh:
+            aside = set_aside_earlier_run(run_dir)
+            if aside is not None:
+                print(f"condense: {run_dir} held an earlier run; its files are now in {aside}")
+        else:
             drop_rows_from(run_dir / "metrics.csv", resumed_step)
         write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         keep_run_id(loggers, run_dir)
         for logger in loggers:
             logger.log_hyperparams(cfg.to_dict())
-    if resume_from is None:
+    if fresh:
         module.val_loss_initial = trainer.validate(module, datamodule, verbose=False)[0]["val_loss"]
     try:
         trainer.fit(module, datamodule, ckpt_path=resume_from, weights_only=True)
@@ -255,34 +263,6 @@ def check_positions(cfg: TrainConfig) -> None:
                 f"dataset.max_tokens + model.num_condense_tokens = {need} positions, more than"
                 f" the {role} {name!r} has ({limit})"
             )
-
-
-def resolve_run_dir(cfg: TrainConfig) -> Path:
-    """`cfg.run_dir`, or a new runs/<name>-<time> folder, chosen once per run.
-
-    The choice is kept in $CONDENSE_RUN_DIR, which the processes that Lightning starts for
-    DDP inherit, so that all of them use the folder the first one chose. Processes started
-    together by another launcher (torchrun) need an explicit `run_dir`.
-    """
-    if cfg.run_dir:
-        return Path(cfg.run_dir)
-    chosen = os.environ.get(RUN_DIR_ENV) or str(
-        Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    )
-    os.environ[RUN_DIR_ENV] = chosen
-    return Path(chosen)
-
-
-def resolve_resume(resume: str, run_dir: Path) -> str | None:
-    """Checkpoint to resume from: "never" -> None, "auto" -> last.ckpt if present, else a path."""
-    if resume == "never":
-        return None
-    if resume == "auto":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
-    if not Path(resume).is_file():
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
-    return resume
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

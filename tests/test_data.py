@@ -135,6 +135,14 @@ def test_skip_bad_rows_counts_and_names_them(tmp_path):
     ]
 
 
+@pytest.mark.parametrize("source", ["synthetic", "synthetic-long"])
+def test_synthetic_data_reports_the_samples_it_made_as_rows_read(source):
+    report = DataReport()
+    samples = load_samples(source, DatasetConfig(synthetic_passages=7), 0, report)
+    assert report.rows_read == len(samples) > 0
+    assert report.rows_skipped == 0
+
+
 def test_skipping_every_row_leaves_nothing_to_train_on(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"context": 1}\n[]\n')

@@ -11,7 +11,6 @@ import torch
 
 from condense.checkpoint_io import AtomicCheckpointIO
 from condense.files import replace_atomic, write_atomic
-from condense.train import resolve_resume
 
 PACKAGE = Path(__file__).parents[1] / "condense"
 
@@ -54,12 +53,6 @@ def test_a_checkpoint_holding_objects_is_refused_not_run(tmp_path):
     torch.save({"state_dict": {}, "payload": Planted()}, path)
     with pytest.raises(pickle.UnpicklingError):
         AtomicCheckpointIO().load_checkpoint(path, weights_only=False)  # asked, and refused
-
-
-def test_resume_ignores_a_leftover_of_a_killed_save(tmp_path):
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / ".last.ckpt.tmp-12345").write_bytes(b"partial")
-    assert resolve_resume("auto", tmp_path) is None
 
 
 def test_every_pickle_load_in_the_package_is_weights_only():

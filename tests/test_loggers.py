@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import time
 
-from condense.loggers import ResumableCSVLogger, drop_rows_from, wandb_mode
+from condense.loggers import (
+    ResumableCSVLogger,
+    drop_rows_from,
+    make_loggers,
+    wandb_mode,
+    wandb_run_id,
+)
 
 
 def test_wandb_with_a_key_but_no_server_goes_offline_fast(monkeypatch):
@@ -51,3 +57,11 @@ def test_a_resume_drops_the_rows_its_checkpoint_did_not_see(tmp_path):
     text = (tmp_path / "metrics.csv").read_text()
     steps = [int(line.split(",")[0]) for line in text.splitlines()[1:]]
     assert steps == [0, 1, 2, 2, 3] and "9.0" in text and "2.0" not in text
+
+
+def test_a_resumed_run_continues_its_wandb_run_and_a_fresh_one_does_not(tmp_path):
+    (tmp_path / "wandb_run_id").write_text("abcd1234")
+    resumed = make_loggers("offline", "condense", "tiny", tmp_path, fresh=False)
+    fresh = make_loggers("offline", "condense", "tiny", tmp_path, fresh=True)
+    assert wandb_run_id(resumed) == "abcd1234"
+    assert wandb_run_id(fresh) not in (None, "abcd1234")

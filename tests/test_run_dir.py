@@ -1,0 +1,56 @@
+"""The run folder: what a run resumes from, and that a fresh run in a used folder neither
+mixes with the earlier run nor loses it."""
+
+from __future__ import annotations
+
+import csv
+
+from condense.run_dir import resolve_resume, set_aside_earlier_run
+from condense.train import train
+from tests.conftest import tiny_config
+
+
+def test_resume_ignores_a_leftover_of_a_killed_save(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / ".last.ckpt.tmp-12345").write_bytes(b"partial")
+    assert resolve_resume("auto", tmp_path) is None
+
+
+def test_an_empty_or_unused_folder_has_nothing_to_set_aside(tmp_path):
+    assert set_aside_earlier_run(tmp_path / "missing") is None
+    (tmp_path / "notes.txt").write_text("mine")
+    assert set_aside_earlier_run(tmp_path) is None
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_set_aside_moves_a_runs_files_whole_and_nothing_else(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    (tmp_path / "metrics.csv").write_text("step,train_loss\n0,1.0\n")
+    (tmp_path / "wandb_run_id").write_text("abcd1234")
+    (tmp_path / "notes.txt").write_text("mine")
+    aside = set_aside_earlier_run(tmp_path)
+    assert aside.parent == tmp_path and aside.name.startswith("earlier-")
+    assert (aside / "checkpoints" / "last.ckpt").read_bytes() == b"weights"
+    assert (aside / "metrics.csv").read_text() == "step,train_loss\n0,1.0\n"
+    assert (aside / "wandb_run_id").read_text() == "abcd1234"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [aside.name, "notes.txt"]
+    assert set_aside_earlier_run(tmp_path) is None  # the earlier-* folder is not a run
+
+
+def _steps(metrics):
+    with metrics.open(newline="") as f:
+        return [int(row["step"]) for row in csv.DictReader(f) if row["train_loss"]]
+
+
+def test_a_fresh_run_in_a_used_folder_keeps_the_earlier_run_apart(tiny_pair, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(*tiny_pair, run, max_steps=4))
+    train(tiny_config(*tiny_pair, run, max_steps=2, resume="never", seed=1))
+    (earlier,) = run.glob("earlier-*")
+    assert _steps(earlier / "metrics.csv") == [0, 1, 2, 3]
+    assert _steps(run / "metrics.csv") == [0, 1]  # the new run's own rows only
+    assert "seed: 0" in (earlier / "config.yaml").read_text()
+    assert "seed: 1" in (run / "config.yaml").read_text()
+    assert (earlier / "checkpoints" / "last.ckpt").is_file()
+    assert (earlier / "artifact").is_dir()
