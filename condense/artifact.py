@@ -151,7 +151,12 @@ def read_config(folder: Path) -> dict[str, Any]:
     """The artifact's condense_config.json, checked for completeness and format version."""
     missing = sorted(f for f in ARTIFACT_FILES - {"README.md"} if not (folder / f).is_file())
     if missing:
-        raise ArtifactError(f"{folder}: not a condense artifact (missing {', '.join(missing)})")
+        # A run's folder holds its artifact in artifact/: the likeliest slip, so named.
+        inner = folder / "artifact"
+        hint = f"; did you mean {inner}?" if (inner / CONFIG_FILE).is_file() else ""
+        raise ArtifactError(
+            f"{folder}: not a condense artifact (missing {', '.join(missing)}){hint}"
+        )
     config = json.loads((folder / CONFIG_FILE).read_text())
     if config.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(

@@ -97,6 +97,13 @@ def test_an_incomplete_folder_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_a_run_folder_given_for_its_artifact_is_pointed_to_the_artifact(tiny_pair, tmp_path):
+    _trained_condenser(tiny_pair).save_pretrained(str(tmp_path / "artifact"))
+    with pytest.raises(ArtifactError, match="did you mean .*artifact\\?"):
+        Condenser.from_pretrained(str(tmp_path))
+    Condenser.from_pretrained(str(tmp_path / "artifact"))  # where it points does load
+
+
 def _original_checkpoint(tiny_pair, folder):
     """What the original trainer saved: a peft adapter, and checkpoints/modules.pt."""
     torch.manual_seed(1)
