@@ -11,8 +11,8 @@ from condense.config import TrainConfig
 
 RUN_DIR_ENV = "CONDENSE_RUN_DIR"
 
-# What a run writes into its folder, besides W&B's own wandb/ (one folder per W&B run id,
-# so runs never share it).
+# What a run writes into its folder. W&B's offline wandb/ is left where it is: every start
+# logs into a subfolder of its own there.
 RUN_FILES = (
     "checkpoints",
     "artifact",
@@ -57,12 +57,13 @@ def set_aside_earlier_run(run_dir: Path) -> Path | None:
     return that folder (None when there were none).
 
     Called when a run starts fresh in a folder that already holds a run (`--resume never`,
-    or a run that was stopped before its first checkpoint): left in place, its metrics.csv
+    a run that was stopped before its first checkpoint, or one resumed from a checkpoint
+    outside this folder: see `continues_run`): left in place, its metrics.csv
     rows would sit before the new run's, its W&B run id would be continued by a run that
     starts again at step 0, and until the new run's first checkpoint, `--resume auto` would
     pick up the earlier run's last.ckpt. Moved, nothing is mixed and nothing is lost.
     """
-    found = [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
+    found = [run_dir / name for name in RUN_FILES if _holds_something(run_dir / name)]
     if not found:
         return None
     stamp = f"earlier-{datetime.now():%Y%m%d-%H%M%S}"
@@ -71,17 +72,32 @@ def set_aside_earlier_run(run_dir: Path) -> Path | None:
         aside, count = run_dir / f"{stamp}-{count}", count + 1
     aside.mkdir()
     for path in found:
-        _move(path, aside / path.name)
+        # checkpoints/ is emptied, not removed: the launchers watch it for new checkpoints.
+        _move(path, aside / path.name, keep_folder=path.name == "checkpoints")
     return aside
 
 
-def _move(source: Path, target: Path) -> None:
+def continues_run(resume_from: str | None, run_dir: Path) -> bool:
+    """Whether a run resuming from `resume_from` continues the files in `run_dir` (its
+    metrics.csv, W&B run and checkpoints): only when it resumes run_dir's own checkpoint.
+    From any other checkpoint, the training state carries on but the files start afresh."""
+    if resume_from is None:
+        return False
+    return Path(resume_from).resolve().parent == (run_dir / "checkpoints").resolve()
+
+
+def _holds_something(path: Path) -> bool:
+    return path.is_file() or (path.is_dir() and any(path.iterdir()))
+
+
+def _move(source: Path, target: Path, keep_folder: bool = False) -> None:
     # File by file: a bucket mounted as a file system (SkyPilot's MOUNT_CACHED, say) renames
     # files, but may refuse to rename a whole folder.
     if source.is_dir():
         target.mkdir()
         for child in source.iterdir():
             _move(child, target / child.name)
-        source.rmdir()
+        if not keep_folder:
+            source.rmdir()
     else:
         os.replace(source, target)

@@ -35,6 +35,7 @@ from condense.push import PushError, push_artifact
 from condense.rng import ResumeRandomState
 from condense.run_dir import (
     RUN_DIR_ENV,
+    continues_run,
     resolve_resume,
     resolve_run_dir,
     set_aside_earlier_run,
@@ -63,8 +64,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     resume_from = resolve_resume(cfg.resume, run_dir)
     module, datamodule = build(cfg, precision)
     resumed_step = module.check_checkpoint(resume_from) if resume_from is not None else 0
-    fresh = resume_from is None
-    loggers = make_loggers(cfg.wandb, cfg.wandb_project, cfg.name, run_dir, fresh)
+    continues = continues_run(resume_from, run_dir)
+    loggers = make_loggers(cfg.wandb, cfg.wandb_project, cfg.name, run_dir, not continues)
     checkpoints = BestAndLastCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
@@ -78,17 +79,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     trainer = make_trainer(cfg, precision, run_dir, loggers, checkpoints, watch)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if fresh:
+        if continues:
+            drop_rows_from(run_dir / "metrics.csv", resumed_step)
+        else:
             aside = set_aside_earlier_run(run_dir)
             if aside is not None:
                 print(f"condense: {run_dir} held an earlier run; its files are now in {aside}")
-        else:
-            drop_rows_from(run_dir / "metrics.csv", resumed_step)
         write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         keep_run_id(loggers, run_dir)
         for logger in loggers:
             logger.log_hyperparams(cfg.to_dict())
-    if fresh:
+    if resume_from is None:
         module.val_loss_initial = trainer.validate(module, datamodule, verbose=False)[0]["val_loss"]
     try:
         trainer.fit(module, datamodule, ckpt_path=resume_from, weights_only=True)

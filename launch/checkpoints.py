@@ -32,7 +32,16 @@ def read_checkpoint(path: Path) -> Checkpoint | None:
 def newest_valid_checkpoint(folder: Path) -> Checkpoint | None:
     """The loadable *.ckpt in `folder` with the highest global step (the most recently
     written one among equals), or None when there is none."""
-    files = sorted(Path(folder).glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    files = sorted(Path(folder).glob("*.ckpt"), key=_written_at, reverse=True)
     valid = [c for c in map(read_checkpoint, files) if c is not None]
     # max() keeps the first of equals: the most recently written.
     return max(valid, key=lambda c: c.global_step, default=None)
+
+
+def _written_at(path: Path) -> float:
+    # A file moved or replaced between listing and looking (a fresh start setting an
+    # earlier run aside, a save renaming into place) sorts last, and then fails to load.
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 
-from condense.run_dir import resolve_resume, set_aside_earlier_run
+from condense.run_dir import continues_run, resolve_resume, set_aside_earlier_run
 from condense.train import train
 from tests.conftest import tiny_config
 
@@ -32,9 +32,10 @@ def test_set_aside_moves_a_runs_files_whole_and_nothing_else(tmp_path):
     aside = set_aside_earlier_run(tmp_path)
     assert aside.parent == tmp_path and aside.name.startswith("earlier-")
     assert (aside / "checkpoints" / "last.ckpt").read_bytes() == b"weights"
+    assert not any((tmp_path / "checkpoints").iterdir())  # emptied, kept: launchers watch it
     assert (aside / "metrics.csv").read_text() == "step,train_loss\n0,1.0\n"
     assert (aside / "wandb_run_id").read_text() == "abcd1234"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [aside.name, "notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", aside.name, "notes.txt"]
     assert set_aside_earlier_run(tmp_path) is None  # the earlier-* folder is not a run
 
 
@@ -43,10 +44,21 @@ def _steps(metrics):
         return [int(row["step"]) for row in csv.DictReader(f) if row["train_loss"]]
 
 
+def test_only_a_run_dirs_own_checkpoint_continues_its_files(tmp_path):
+    own = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert continues_run(str(own), tmp_path / "run")
+    assert not continues_run(
+        str(tmp_path / "other" / "checkpoints" / "last.ckpt"), tmp_path / "run"
+    )
+    assert not continues_run(None, tmp_path / "run")
+
+
 def test_a_fresh_run_in_a_used_folder_keeps_the_earlier_run_apart(tiny_pair, tmp_path):
     run = tmp_path / "run"
-    train(tiny_config(*tiny_pair, run, max_steps=4))
-    train(tiny_config(*tiny_pair, run, max_steps=2, resume="never", seed=1))
+    first = train(tiny_config(*tiny_pair, run, max_steps=4, wandb="offline"))
+    second = train(
+        tiny_config(*tiny_pair, run, max_steps=2, resume="never", seed=1, wandb="offline")
+    )
     (earlier,) = run.glob("earlier-*")
     assert _steps(earlier / "metrics.csv") == [0, 1, 2, 3]
     assert _steps(run / "metrics.csv") == [0, 1]  # the new run's own rows only
@@ -54,3 +66,12 @@ def test_a_fresh_run_in_a_used_folder_keeps_the_earlier_run_apart(tiny_pair, tmp
     assert "seed: 1" in (run / "config.yaml").read_text()
     assert (earlier / "checkpoints" / "last.ckpt").is_file()
     assert (earlier / "artifact").is_dir()
+    assert (earlier / "wandb_run_id").read_text() == first["wandb_run_id"]
+    assert (run / "wandb_run_id").read_text() == second["wandb_run_id"] != first["wandb_run_id"]
+
+    # Resuming the earlier run's checkpoint here carries its training on, in files of its own.
+    resumed = str(earlier / "checkpoints" / "last.ckpt")
+    third = train(tiny_config(*tiny_pair, run, max_steps=6, resume=resumed, wandb="offline"))
+    assert third["steps"] == 6 and len(list(run.glob("earlier-*"))) == 2
+    assert _steps(run / "metrics.csv") == [4, 5]
+    assert third["wandb_run_id"] not in (first["wandb_run_id"], second["wandb_run_id"])
