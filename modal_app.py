@@ -37,6 +37,15 @@ checkpoints = modal.Volume.from_name(SPEC.checkpoint_store, create_if_missing=Tr
 secrets = modal.Secret.from_dict({name: os.environ.get(name) for name in SPEC.secrets})
 
 
+def _clustered(function):
+    """Several nodes (SPEC.nodes > 1): one container per node, scheduled together, with RDMA
+    between them. Modal gives each container a whole host, so `gpus_per_node` must be
+    all of a host's GPUs (8 on H100 and A100 hosts)."""
+    if SPEC.nodes == 1:
+        return function
+    return modal.clustered(size=SPEC.nodes, rdma=True)(function)
+
+
 @app.function(
     gpu=SPEC.modal_gpus(),
     volumes={SPEC.hub_cache: hub_cache, SPEC.checkpoint_root: checkpoints},
@@ -44,6 +53,7 @@ secrets = modal.Secret.from_dict({name: os.environ.get(name) for name in SPEC.se
     timeout=SPEC.timeout_s,
     retries=modal.Retries(max_retries=SPEC.retries, initial_delay=10.0, backoff_coefficient=2.0),
 )
+@_clustered
 def train(
     job: str = SPEC.job,
     overrides: str = "",
@@ -61,19 +71,35 @@ def train(
         hub_repo: OWNER/NAME: push the final artifact there (needs HF_TOKEN).
         checkpoint_dir: Put the run somewhere else than on the checkpoint volume.
     """
-    from launch.cluster import gpu_count, modal_cluster_env
     from launch.supervise import launch_command, supervise
 
     folder = Path(checkpoint_dir or Path(SPEC.checkpoint_root) / (run_name or Path(job).stem))
     command = launch_command(job, folder, shlex.split(overrides), hub_repo)
-    # One container: Lightning starts one DDP process per GPU in it.
-    env = modal_cluster_env(0, ["127.0.0.1"], gpu_count())
+    env, rank = node_env(SPEC.nodes)
     status = supervise(command, folder, on_checkpoint=_commit(checkpoints), env=env)
-    _commit(hub_cache)()
+    if rank == 0:  # every node downloaded the same weights; one commit keeps them
+        _commit(hub_cache)()
     if status != 0:
         # Modal's retries start it again, and the new attempt resumes from the volume.
         raise RuntimeError(f"training exited with status {status}; checkpoints in {folder}")
     return {"checkpoint_dir": str(folder), "artifact": str(folder / "artifact")}
+
+
+def node_env(nodes: int) -> tuple[dict[str, str], int]:
+    """The CONDENSE_NODE_* variables `python -m launch run` reads, and this container's rank.
+
+    On one node the rendezvous is local. In a cluster every container runs this body with
+    the same arguments, and Modal says its rank and the containers' addresses (IPv4: a bare
+    IPv6 address as MASTER_ADDR trips code that appends ":port"). Lightning then starts one
+    DDP process per GPU in each container.
+    """
+    from launch.cluster import gpu_count, modal_cluster_env
+
+    if nodes == 1:
+        return modal_cluster_env(0, ["127.0.0.1"], gpu_count()), 0
+    cluster = modal.Cluster.from_context()
+    rank = cluster.container_rank()
+    return modal_cluster_env(rank, cluster.container_ips(family="ipv4"), gpu_count()), rank
 
 
 def _commit(volume: modal.Volume):

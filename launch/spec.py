@@ -16,7 +16,9 @@ class LaunchSpec:
     Args:
         gpus: GPU types in order of preference; the launchers fall back along the list.
         gpus_per_node: GPUs on each machine (Lightning DDP runs one process per GPU).
-        nodes: Machines (DDP across them; SkyPilot's `--num-nodes` overrides it).
+        nodes: Machines (DDP across them; SkyPilot's `--num-nodes` overrides it). On
+            Modal, a cluster of this many containers, each a whole host: give it all
+            of a host's GPUs in `gpus_per_node` (8 on H100 and A100 hosts).
         disk_gb: Local disk per machine (SkyPilot).
         job: The job (jobs/NAME.yaml) run when none is named.
         wandb_project: W&B project the launchers pass on.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from launch.cluster import detect
 from launch.spec import SPEC
 
 modal = pytest.importorskip("modal", reason="Modal lives in the cloud environment (.venv-cloud)")
@@ -50,6 +51,44 @@ def test_gpus_volumes_secrets_timeout_and_retries_are_the_specs(modal_app):
     }
     assert info.secrets == [f"Secret.from_dict([{', '.join(SPEC.secrets)}])"]
     assert (info.timeout, info.max_retries) == (SPEC.timeout_s, SPEC.retries)
+
+
+def test_one_node_is_a_plain_function_and_its_rendezvous_is_local(modal_app):
+    assert SPEC.nodes == 1 and modal_app.train.info().cluster_info is None
+    env, rank = modal_app.node_env(1)
+    assert rank == 0 and env["CONDENSE_NODE_RANK"] == "0"
+    assert env["CONDENSE_NODE_IPS"] == "127.0.0.1"
+
+
+def test_several_nodes_make_a_clustered_function_with_rdma(tmp_path):
+    code = (
+        "import dataclasses, launch.spec as spec\n"
+        "spec.SPEC = dataclasses.replace(spec.SPEC, nodes=2, gpus_per_node=8)\n"
+        "import modal_app; info = modal_app.train.info()\n"
+        "print(info.cluster_info.size, info.cluster_info.rdma, info.gpus[0])"
+    )
+    env = dict(os.environ, HOME=str(tmp_path), PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["2", "True", f"('{SPEC.gpus[0]}',", "8)"]
+
+
+def test_a_cluster_node_points_lightning_at_the_first_container(modal_app, monkeypatch):
+    class Cluster:  # what modal.Cluster.from_context() gives inside a cluster's container
+        def container_rank(self):
+            return 1
+
+        def container_ips(self, family="ipv6"):
+            assert family == "ipv4"
+            return ["10.0.0.5", "10.0.0.6"]
+
+    monkeypatch.setattr(modal.Cluster, "from_context", staticmethod(Cluster))
+    env, rank = modal_app.node_env(2)
+    assert rank == 1
+    cluster = detect(env)  # what `python -m launch run` reads on that node
+    assert (cluster.node_rank, cluster.num_nodes) == (1, 2)
+    assert cluster.lightning_env(SPEC.master_port)["MASTER_ADDR"] == "10.0.0.5"
 
 
 @pytest.mark.skipif(
