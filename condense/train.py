@@ -77,6 +77,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     )
     watch = [LogGenerations(datamodule.val_samples)]
     trainer = make_trainer(cfg, precision, run_dir, loggers, checkpoints, watch)
+    if continues and resumed_step >= cfg.max_steps and (run_dir / "summary.json").is_file():
+        return _rerun_of_finished(cfg, run_dir, resumed_step, trainer.is_global_zero)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         if continues:
@@ -122,6 +124,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     }
     if not trainer.is_global_zero:
         return summary
+    return _publish(summary, cfg, run_dir)
+
+
+def _publish(summary: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
+    """Push the artifact when the job names a Hub repo, write summary.json, say where
+    things are. A failed push is raised after the summary is written: the run and its
+    artifact are kept, the push is not."""
     push_error = None
     if cfg.hub_repo and summary["artifact"]:
         try:
@@ -132,9 +141,27 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             push_error = err
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     print(describe(summary))
-    if push_error:  # after the summary: the run and its artifact are kept, the push is not
+    if push_error:
         raise push_error
     return summary
+
+
+def _rerun_of_finished(
+    cfg: TrainConfig, run_dir: Path, step: int, is_global_zero: bool
+) -> dict[str, Any]:
+    """The same command again after the run finished (by hand, or a launcher started again):
+    nothing to train, so the summary its training wrote stands, not one of a run of no steps.
+    A push the job asks for is tried again: the likeliest reason to re-run is one that failed."""
+    if not cfg.run_dir:
+        os.environ.pop(RUN_DIR_ENV, None)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if not is_global_zero:
+        return summary
+    print(
+        f"condense: {run_dir} has already trained {step} of max_steps {cfg.max_steps};"
+        " nothing to train (raise --max-steps to go on)"
+    )
+    return _publish(summary, cfg, run_dir)
 
 
 def make_trainer(

@@ -152,3 +152,11 @@ def test_a_failed_push_after_training_keeps_the_run_and_says_so(tiny_pair, tmp_p
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["pushed_to"] is None
     assert Condenser.from_pretrained(summary["artifact"]).num_condense_tokens > 0
+
+    # With the token fixed, the same command pushes the finished run without training it.
+    import condense.train
+
+    monkeypatch.setattr(condense.train, "push_artifact", lambda folder, repo, public: "hub/x")
+    again = train(cfg)
+    assert again["pushed_to"] == "hub/x" and again["steps"] == 2
+    assert again["wall_s"] == summary["wall_s"]  # the training run's summary, now pushed

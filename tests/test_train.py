@@ -143,6 +143,19 @@ def test_resume_from_last_continues_the_global_step(tiny_pair, tmp_path, monkeyp
     assert len(train_rows) == 6
 
 
+def test_the_same_command_after_the_run_finished_keeps_its_summary(tiny_pair, tmp_path, capsys):
+    cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=2)
+    first = train(cfg)
+    written = (tmp_path / "run" / "summary.json").read_text()
+    again = train(cfg)  # resume auto: last.ckpt is at step 2 of 2
+    assert again == first  # not the summary of a run of no steps (no final loss, 0 s)
+    assert (tmp_path / "run" / "summary.json").read_text() == written
+    assert "already trained 2 of max_steps 2" in capsys.readouterr().out
+    assert not list((tmp_path / "run").glob("earlier-*"))
+    more = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=3))
+    assert more["steps"] == 3  # a higher max_steps goes on from the checkpoint
+
+
 def test_wandb_offline_records_a_run_id(tiny_pair, tmp_path):
     summary = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=1, wandb="offline"))
     assert summary["wandb_run_id"]
