@@ -98,8 +98,10 @@ def node_env(nodes: int) -> tuple[dict[str, str], int]:
     if nodes == 1:
         return modal_cluster_env(0, ["127.0.0.1"], gpu_count()), 0
     cluster = modal.Cluster.from_context()
-    rank = cluster.container_rank()
-    return modal_cluster_env(rank, cluster.container_ips(family="ipv4"), gpu_count()), rank
+    rank, ips = cluster.container_rank(), cluster.container_ips(family="ipv4")
+    if len(ips) != nodes:  # else rank 0 would train alone and the others fail to join
+        raise RuntimeError(f"Modal gave {len(ips)} container addresses for a cluster of {nodes}")
+    return modal_cluster_env(rank, ips, gpu_count()), rank
 
 
 def _commit(volume: modal.Volume):

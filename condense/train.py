@@ -77,8 +77,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     )
     watch = [LogGenerations(datamodule.val_samples)]
     trainer = make_trainer(cfg, precision, run_dir, loggers, checkpoints, watch)
-    if continues and resumed_step >= cfg.max_steps and (run_dir / "summary.json").is_file():
-        return _rerun_of_finished(cfg, run_dir, resumed_step, trainer.is_global_zero)
+    finished = _finished_summary(run_dir, resumed_step) if continues else None
+    if finished is not None and resumed_step >= cfg.max_steps:
+        return _rerun_of_finished(finished, cfg, run_dir, trainer.is_global_zero)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         if continues:
@@ -146,21 +147,35 @@ def _publish(summary: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> dict[s
     return summary
 
 
+def _finished_summary(run_dir: Path, step: int) -> dict[str, Any] | None:
+    """run_dir's summary.json when it is that of the run's training up to `step` (the step
+    of the checkpoint being resumed), else None: none was written (stopped at its last
+    step), or it is of an earlier, shorter stretch of the run."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("steps") == step else None
+
+
 def _rerun_of_finished(
-    cfg: TrainConfig, run_dir: Path, step: int, is_global_zero: bool
+    summary: dict[str, Any], cfg: TrainConfig, run_dir: Path, is_global_zero: bool
 ) -> dict[str, Any]:
     """The same command again after the run finished (by hand, or a launcher started again):
     nothing to train, so the summary its training wrote stands, not one of a run of no steps.
-    A push the job asks for is tried again: the likeliest reason to re-run is one that failed."""
+    A push the job asks for and that has not succeeded is tried again: the likeliest reason
+    to re-run is one that failed."""
     if not cfg.run_dir:
         os.environ.pop(RUN_DIR_ENV, None)
-    summary = json.loads((run_dir / "summary.json").read_text())
     if not is_global_zero:
         return summary
     print(
-        f"condense: {run_dir} has already trained {step} of max_steps {cfg.max_steps};"
-        " nothing to train (raise --max-steps to go on)"
+        f"condense: {run_dir} has already trained {summary['steps']} of max_steps"
+        f" {cfg.max_steps}; nothing to train (raise --max-steps to go on)"
     )
+    if summary.get("pushed_to") and cfg.hub_repo and summary["pushed_to"].endswith("/" + cfg.hub_repo):
+        print(describe(summary))
+        return summary
     return _publish(summary, cfg, run_dir)
 
 

@@ -156,7 +156,15 @@ def test_a_failed_push_after_training_keeps_the_run_and_says_so(tiny_pair, tmp_p
     # With the token fixed, the same command pushes the finished run without training it.
     import condense.train
 
-    monkeypatch.setattr(condense.train, "push_artifact", lambda folder, repo, public: "hub/x")
+    monkeypatch.setattr(
+        condense.train, "push_artifact", lambda folder, repo, public: "hub/me/condenser"
+    )
     again = train(cfg)
-    assert again["pushed_to"] == "hub/x" and again["steps"] == 2
+    assert again["pushed_to"] == "hub/me/condenser" and again["steps"] == 2
     assert again["wall_s"] == summary["wall_s"]  # the training run's summary, now pushed
+
+    def no_second_push(folder, repo, public):
+        raise AssertionError("pushed again")
+
+    monkeypatch.setattr(condense.train, "push_artifact", no_second_push)
+    assert train(cfg)["pushed_to"] == "hub/me/condenser"  # pushed once: the next re-run leaves it

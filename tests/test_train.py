@@ -154,6 +154,11 @@ def test_the_same_command_after_the_run_finished_keeps_its_summary(tiny_pair, tm
     assert not list((tmp_path / "run").glob("earlier-*"))
     more = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=3))
     assert more["steps"] == 3  # a higher max_steps goes on from the checkpoint
+    # A summary of another stretch than the checkpoint's (one of step 2 beside a step-3
+    # checkpoint: stopped before writing its own) is not passed off as the run's.
+    (tmp_path / "run" / "summary.json").write_text(written)
+    last = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=3))
+    assert last["steps"] == 3 and last != first
 
 
 def test_wandb_offline_records_a_run_id(tiny_pair, tmp_path):

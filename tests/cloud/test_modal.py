@@ -89,6 +89,8 @@ def test_a_cluster_node_points_lightning_at_the_first_container(modal_app, monke
     cluster = detect(env)  # what `python -m launch run` reads on that node
     assert (cluster.node_rank, cluster.num_nodes) == (1, 2)
     assert cluster.lightning_env(SPEC.master_port)["MASTER_ADDR"] == "10.0.0.5"
+    with pytest.raises(RuntimeError, match="2 container addresses for a cluster of 3"):
+        modal_app.node_env(3)
 
 
 @pytest.mark.skipif(
