@@ -10,6 +10,7 @@ from pathlib import Path
 from condense.config import TrainConfig
 
 RUN_DIR_ENV = "CONDENSE_RUN_DIR"
+MOVING = ".moving"  # in an earlier-* folder while a run's files are being moved into it
 
 # What a run writes into its folder. W&B's offline wandb/ is left where it is: every start
 # logs into a subfolder of its own there.
@@ -66,14 +67,23 @@ def set_aside_earlier_run(run_dir: Path) -> Path | None:
     found = [run_dir / name for name in RUN_FILES if _holds_something(run_dir / name)]
     if not found:
         return None
+    # A start killed mid-move left its folder marked: the rest of that run goes there too.
+    unfinished = sorted(run_dir.glob(f"earlier-*/{MOVING}"))
+    aside = unfinished[0].parent if unfinished else _new_aside_folder(run_dir)
+    (aside / MOVING).touch()
+    for path in found:
+        # checkpoints/ is emptied, not removed: the launchers watch it for new checkpoints.
+        _move(path, aside / path.name, keep_folder=path.name == "checkpoints")
+    (aside / MOVING).unlink()
+    return aside
+
+
+def _new_aside_folder(run_dir: Path) -> Path:
     stamp = f"earlier-{datetime.now():%Y%m%d-%H%M%S}"
     aside, count = run_dir / stamp, 1
     while aside.exists():  # two fresh starts within a second
         aside, count = run_dir / f"{stamp}-{count}", count + 1
     aside.mkdir()
-    for path in found:
-        # checkpoints/ is emptied, not removed: the launchers watch it for new checkpoints.
-        _move(path, aside / path.name, keep_folder=path.name == "checkpoints")
     return aside
 
 
@@ -94,7 +104,7 @@ def _move(source: Path, target: Path, keep_folder: bool = False) -> None:
     # File by file: a bucket mounted as a file system (SkyPilot's MOUNT_CACHED, say) renames
     # files, but may refuse to rename a whole folder.
     if source.is_dir():
-        target.mkdir()
+        target.mkdir(exist_ok=True)  # exists when a killed move is finished
         for child in source.iterdir():
             _move(child, target / child.name)
         if not keep_folder:

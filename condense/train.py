@@ -173,7 +173,8 @@ def _rerun_of_finished(
         f"condense: {run_dir} has already trained {summary['steps']} of max_steps"
         f" {cfg.max_steps}; nothing to train (raise --max-steps to go on)"
     )
-    if summary.get("pushed_to") and cfg.hub_repo and summary["pushed_to"].endswith("/" + cfg.hub_repo):
+    pushed = summary.get("pushed_to") or ""
+    if cfg.hub_repo and pushed.endswith("/" + cfg.hub_repo):
         print(describe(summary))
         return summary
     return _publish(summary, cfg, run_dir)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 
+import pytest
+
 from condense.run_dir import continues_run, resolve_resume, set_aside_earlier_run
 from condense.train import train
 from tests.conftest import tiny_config
@@ -42,6 +44,30 @@ def test_set_aside_moves_a_runs_files_whole_and_nothing_else(tmp_path):
 def _steps(metrics):
     with metrics.open(newline="") as f:
         return [int(row["step"]) for row in csv.DictReader(f) if row["train_loss"]]
+
+
+def test_a_move_cut_short_is_finished_into_the_same_folder(tmp_path, monkeypatch):
+    import condense.run_dir
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    (tmp_path / "metrics.csv").write_text("step\n0\n")
+    real_move, moved = condense.run_dir._move, []
+
+    def killed_after_one(source, target, keep_folder=False):
+        if moved:
+            raise KeyboardInterrupt  # the process stops here
+        moved.append(source.name)
+        real_move(source, target, keep_folder)
+
+    monkeypatch.setattr(condense.run_dir, "_move", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        set_aside_earlier_run(tmp_path)
+    monkeypatch.undo()
+    aside = set_aside_earlier_run(tmp_path)  # the next fresh start
+    assert [p.name for p in tmp_path.glob("earlier-*")] == [aside.name]
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoints", "metrics.csv"]
+    assert (aside / "checkpoints" / "last.ckpt").read_bytes() == b"weights"
 
 
 def test_only_a_run_dirs_own_checkpoint_continues_its_files(tmp_path):
