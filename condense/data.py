@@ -48,7 +48,7 @@ def load_samples(
     """
     report = report if report is not None else DataReport()
     skip = cfg.skip_bad_rows
-    if source in (SYNTHETIC, SYNTHETIC_LONG):
+    if is_synthetic(source):
         make = synthetic_samples if source == SYNTHETIC else long_synthetic_samples
         samples = make(cfg.synthetic_passages, seed)
         report.rows_read += len(samples)  # each made sample stands for a row of a file

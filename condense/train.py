@@ -129,11 +129,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _publish(summary: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
-    """Push the artifact when the job names a Hub repo, write summary.json, say where
-    things are. A failed push is raised after the summary is written: the run and its
-    artifact are kept, the push is not."""
+    """Push the artifact when the job names a Hub repo it is not yet pushed to, write
+    summary.json, say where things are. A failed push is raised after the summary is
+    written: the run and its artifact are kept, the push is not."""
     push_error = None
-    if cfg.hub_repo and summary["artifact"]:
+    pushed = summary.get("pushed_to") or ""
+    if cfg.hub_repo and summary["artifact"] and not pushed.endswith("/" + cfg.hub_repo):
         try:
             summary["pushed_to"] = push_artifact(
                 Path(summary["artifact"]), cfg.hub_repo, cfg.hub_public
@@ -173,10 +174,6 @@ def _rerun_of_finished(
         f"condense: {run_dir} has already trained {summary['steps']} of max_steps"
         f" {cfg.max_steps}; nothing to train (raise --max-steps to go on)"
     )
-    pushed = summary.get("pushed_to") or ""
-    if cfg.hub_repo and pushed.endswith("/" + cfg.hub_repo):
-        print(describe(summary))
-        return summary
     return _publish(summary, cfg, run_dir)
 
 
