@@ -1,8 +1,10 @@
-"""Modal app: train a condenser on an H100 (else an A100-80GB), resuming after preemption.
+"""Modal app: train a condenser on an H100 (else an A100-80GB), resuming after preemption,
+and score it there.
 
     modal run modal_app.py::train --job default
     modal run --detach modal_app.py::train --job default --overrides "--max-steps 5000"
     modal run modal_app.py::train --job test --run-name test-2 --hub-repo me/my-condenser
+    modal run modal_app.py::evaluate --run-name default --options "--data synthetic --limit 240"
 
 HF_TOKEN and WANDB_API_KEY are taken from the shell that runs `modal run`, each only when
 it is set there. GPUs, volumes, secrets, timeout and retries come from launch/spec.py;
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 from pathlib import Path
 
 import modal
@@ -83,6 +86,41 @@ def train(
         # Modal's retries start it again, and the new attempt resumes from the volume.
         raise RuntimeError(f"training exited with status {status}; checkpoints in {folder}")
     return {"checkpoint_dir": str(folder), "artifact": str(folder / "artifact")}
+
+
+@app.function(
+    gpu=SPEC.modal_gpus(count=1),
+    volumes={SPEC.hub_cache: hub_cache, SPEC.checkpoint_root: checkpoints},
+    secrets=[secrets],
+    timeout=SPEC.timeout_s,
+)
+def evaluate(run_name: str = SPEC.job, options: str = "", checkpoint_dir: str = "") -> dict:
+    """Score a run's artifact on one GPU (`condense eval`); the results go beside it in
+    the run's folder, as eval.json and eval.png, and come back as a dict.
+
+    Args:
+        run_name: The run whose artifact to score, as `train` named it (default: the job's).
+        options: More `condense eval` flags in one string, e.g. "--data synthetic --limit 240".
+        checkpoint_dir: The run's folder, if it is not on the checkpoint volume.
+    """
+    import json
+    import subprocess
+
+    from launch.run import node_environment
+    from launch.supervise import TRAIN_PYTHON_ENV
+
+    folder = Path(checkpoint_dir or Path(SPEC.checkpoint_root) / run_name)
+    out = folder / "eval.json"
+    python = os.environ.get(TRAIN_PYTHON_ENV) or sys.executable
+    command = [python, "-m", "condense", "eval", "--artifact", str(folder / "artifact")]
+    command += ["--out", str(out), *shlex.split(options)]
+    env = {**os.environ, **node_environment(dict(os.environ), SPEC)}
+    status = subprocess.run(command, env=env, check=False).returncode
+    _commit(hub_cache)()
+    if status != 0:  # condense eval has said why, in one line
+        raise RuntimeError(f"condense eval exited with status {status}")
+    _commit(checkpoints)()
+    return json.loads(out.read_text())
 
 
 def node_env(nodes: int) -> tuple[dict[str, str], int]:

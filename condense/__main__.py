@@ -144,6 +144,22 @@ def push_parser() -> ArgumentParser:
     return add_debug(parser)
 
 
+def add_inference(parser: ArgumentParser) -> ArgumentParser:
+    """The --device and --precision flags of the commands that run a trained condenser."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda or cuda:N (default auto: the GPU if torch sees one, else the CPU).",
+    )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "32", "bf16-mixed", "16-mixed"],
+        help="auto: bf16-mixed on a GPU (16-mixed where it has no bf16), 32 on the CPU.",
+    )
+    return parser
+
+
 def generate_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="condense generate",
@@ -169,7 +185,7 @@ def generate_parser() -> ArgumentParser:
         default=128,
         help="Most tokens to generate.",
     )
-    return add_debug(parser)
+    return add_debug(add_inference(parser))
 
 
 def eval_parser() -> ArgumentParser:
@@ -190,7 +206,15 @@ def eval_parser() -> ArgumentParser:
     )
     parser.add_argument("--limit", type=int, default=None, help="Score only the first N samples.")
     parser.add_argument("--out", required=True, help="JSON results; a PNG plot goes beside it.")
-    return add_debug(parser)
+    parser.add_argument(
+        "--batch-size",
+        "--batch_size",
+        dest="batch_size",
+        type=int,
+        default=8,
+        help="Samples scored and generated at once.",
+    )
+    return add_debug(add_inference(parser))
 
 
 def import_parser() -> ArgumentParser:
@@ -229,7 +253,16 @@ def run_eval(argv: list[str]) -> None:
     from condense.evaluate import run_eval as evaluate
 
     command = " ".join(["condense eval", *argv])
-    evaluate(args.artifact, args.data, args.limit, Path(args.out), command)
+    evaluate(
+        args.artifact,
+        args.data,
+        args.limit,
+        Path(args.out),
+        command,
+        args.device,
+        args.precision,
+        args.batch_size,
+    )
 
 
 def run_push(argv: list[str]) -> None:
@@ -299,11 +332,14 @@ def run_bench(argv: list[str]) -> None:
 
 def run_generate(argv: list[str]) -> None:
     args = parse(generate_parser(), argv)
+    from condense.device import inference_device, inference_precision, weights_dtype
     from condense.generate import generate
     from condense.model import Condenser
 
     context = Path(args.context_file).read_text(encoding="utf-8")
-    condenser = Condenser.from_pretrained(args.artifact)
+    device = inference_device(args.device)
+    precision = inference_precision(args.precision, device)
+    condenser = Condenser.from_pretrained(args.artifact, weights_dtype(precision), device)
     print(generate(condenser, condenser.condense([context]), [args.prompt], args.max_new_tokens)[0])
 
 

@@ -99,9 +99,11 @@ def artifact_config(condenser: Condenser, extra: dict[str, Any]) -> dict[str, An
     }
 
 
-def load_condenser(path_or_id: str, dtype: torch.dtype = torch.float32) -> Condenser:
+def load_condenser(
+    path_or_id: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> Condenser:
     """A Condenser rebuilt from an artifact folder or a Hub repo holding one, with its
-    tokenizers attached (`condenser.condense(texts)` works), in eval mode."""
+    tokenizers attached (`condenser.condense(texts)` works), in eval mode, on `device`."""
     from condense.weights import load_causal_lm, load_tokenizer
 
     folder = local_folder(path_or_id)
@@ -127,7 +129,7 @@ def load_condenser(path_or_id: str, dtype: torch.dtype = torch.float32) -> Conde
     condenser.encoder_tokenizer = load_tokenizer(cfg.encoder)
     condenser.decoder_tokenizer = load_tokenizer(cfg.decoder)
     condenser.max_context_tokens = config.get("max_tokens")
-    return condenser.eval()
+    return condenser.to(device).eval()
 
 
 def load_trained_state(condenser: Condenser, adapter: dict, tensors: dict) -> None:

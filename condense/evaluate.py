@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,19 @@ from torchmetrics.functional.text import squad
 from torchmetrics.functional.text.rouge import rouge_score
 from tqdm import tqdm
 
-from condense.config import DatasetConfig
-from condense.data import is_synthetic, load_samples, other_context, passage_id, tokenize
+from condense.config import ConfigError, DatasetConfig
+from condense.data import (
+    Collator,
+    Tokenized,
+    is_synthetic,
+    load_samples,
+    other_context,
+    passage_id,
+    tokenize,
+)
+from condense.device import inference_device, inference_precision, weights_dtype
 from condense.generate import generate
-from condense.model import Condenser
+from condense.model import IGNORE_INDEX, Condenser
 from condense.samples import Sample, split_train_val
 from condense.synthetic import QUESTION_ANSWERING, RECONSTRUCTION
 
@@ -76,9 +86,19 @@ def wrong_partners(samples: list[Sample]) -> list[int]:
 
 
 @torch.no_grad()
-def evaluate(condenser: Condenser, samples: list[Sample], max_tokens: int) -> dict[str, Any]:
+def evaluate(
+    condenser: Condenser, samples: list[Sample], max_tokens: int, batch_size: int = 8
+) -> dict[str, Any]:
     """Loss, token accuracy, QA exact match and reconstruction ROUGE-L per task and
-    condition; see the module docstring for the conditions."""
+    condition; see the module docstring for the conditions. Runs where the condenser is,
+    `batch_size` samples at a time (a batch scores as its samples would one by one)."""
+    with condenser.autocast():
+        return _evaluate(condenser, samples, max_tokens, batch_size)
+
+
+def _evaluate(
+    condenser: Condenser, samples: list[Sample], max_tokens: int, batch_size: int
+) -> dict[str, Any]:
     enc_tok, dec_tok = condenser.encoder_tokenizer, condenser.decoder_tokenizer
     items = tokenize(samples, enc_tok, dec_tok, DatasetConfig(max_tokens=max_tokens))
     context_ids = dec_tok(
@@ -87,39 +107,97 @@ def evaluate(condenser: Condenser, samples: list[Sample], max_tokens: int) -> di
         truncation=True,
         max_length=max_tokens,
     )["input_ids"]
-    embed = condenser.decoder.get_input_embeddings()
-    condensed = [
-        condenser.encode(
-            torch.tensor([t.context_ids]), torch.ones(1, len(t.context_ids), dtype=torch.long)
-        )[0]
-        for t in items
-    ]
+    collate = Collator(enc_tok.pad_token_id or 0, dec_tok.pad_token_id or 0)
+    device = condenser.condense_tokens.device
+    condensed = _condense_all(condenser, items, collate, batch_size)
     partners = wrong_partners(samples)
+    # The full context is the decoder reading the context's tokens before the prompt, unlabelled.
+    full_items = [
+        replace(t, input_ids=ctx + t.input_ids, labels=[IGNORE_INDEX] * len(ctx) + t.labels)
+        for t, ctx in zip(items, context_ids)
+    ]
+    no_prefix = condensed.new_zeros(len(items), 0, condensed.shape[-1])
+    scored = {
+        "none": (items, no_prefix),
+        "wrong": (items, condensed[partners]),
+        "condensed": (items, condensed),
+        "full": (full_items, no_prefix),
+    }
+    per_sample = _score_all(condenser, samples, scored, collate, batch_size)
+    report = {task: _task_scores(by_cond) for task, by_cond in per_sample.items()}
+    embed = condenser.decoder.get_input_embeddings()
     prefixes = {
         "none": [c[:0] for c in condensed],
         "wrong": [condensed[j] for j in partners],
-        "condensed": condensed,
-        "full": [embed(torch.tensor(ids)) for ids in context_ids],
+        "condensed": list(condensed),
+        "full": [embed(torch.tensor(ids, device=device)) for ids in context_ids],
     }
-    # task -> condition -> per-sample [nll sum, correct tokens, tokens]
-    per_sample: dict = defaultdict(lambda: defaultdict(list))
-    for i, item in enumerate(tqdm(items, desc="condense eval: scoring", unit="sample")):
-        ids = torch.tensor([item.input_ids])
-        labels = torch.tensor([item.labels])
-        for cond in CONDITIONS:
-            logits, targets = condenser.decoder_logits(
-                prefixes[cond][i][None], ids, torch.ones_like(ids), labels
-            )
-            per_sample[samples[i].task][cond].append(
-                (
-                    F.cross_entropy(logits, targets, reduction="sum").item(),
-                    (logits.argmax(-1) == targets).sum().item(),
-                    len(targets),
-                )
-            )
-    report = {task: _task_scores(by_cond) for task, by_cond in per_sample.items()}
-    examples = _generated_scores(condenser, samples, prefixes, report)
+    examples = _generated_scores(condenser, samples, prefixes, report, batch_size)
     return {"samples": len(samples), "by_task": report, "examples": examples}
+
+
+def _condense_all(
+    condenser: Condenser, items: list[Tokenized], collate: Collator, batch_size: int
+) -> torch.Tensor:
+    """The condensed context (len(items), N, Hd) of every item, `batch_size` at a time."""
+    device = condenser.condense_tokens.device
+    condensed: list = [None] * len(items)
+    chunks = _by_length([len(t.context_ids) for t in items], batch_size)
+    for chunk in tqdm(chunks, desc="condense eval: condensing", unit="batch"):
+        batch = collate([items[i] for i in chunk])
+        out = condenser.encode(batch["context_ids"].to(device), batch["context_mask"].to(device))
+        for i, row in zip(chunk, out):
+            condensed[i] = row
+    return torch.stack(condensed)
+
+
+def _score_all(
+    condenser: Condenser,
+    samples: list[Sample],
+    scored: dict[str, tuple[list[Tokenized], torch.Tensor]],
+    collate: Collator,
+    batch_size: int,
+) -> dict[str, dict[str, list[tuple[float, int, int]]]]:
+    """task -> condition -> per-sample (nll sum, correct tokens, tokens), in sample order,
+    for conditions given as (rows, prefixes (len(rows), n, Hd))."""
+    device = condenser.condense_tokens.device
+    per_sample: dict = defaultdict(lambda: defaultdict(list))
+    progress = tqdm(total=len(samples) * len(scored), desc="condense eval: scoring", unit="sample")
+    for cond, (rows, prefixes) in scored.items():
+        scores: list = [None] * len(rows)
+        for chunk in _by_length([len(r.input_ids) for r in rows], batch_size):
+            batch = collate([rows[i] for i in chunk])
+            for i, score in zip(chunk, _score(condenser, prefixes[chunk], batch, device)):
+                scores[i] = score
+            progress.update(len(chunk))
+        for sample, score in zip(samples, scores):
+            per_sample[sample.task][cond].append(score)
+    progress.close()
+    return per_sample
+
+
+def _by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices in batches of `batch_size`, of similar lengths: less padding to compute."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _score(
+    condenser: Condenser, prefixes: torch.Tensor, batch: dict, device: torch.device
+) -> list[tuple[float, int, int]]:
+    """(nll sum, correct tokens, tokens) of each row of a collated batch, read after
+    `prefixes` (B, n, Hd). Rows are right-padded: the causal mask keeps each from its pads."""
+    labels = batch["labels"].to(device)
+    logits, targets = condenser.decoder_logits(
+        prefixes, batch["input_ids"].to(device), batch["attention_mask"].to(device), labels
+    )
+    # decoder_logits keeps, row by row, the positions that predict a label; with no prefix
+    # the first token has no position before it, so its label cannot be predicted.
+    predicted = labels if prefixes.shape[1] else labels[:, 1:]
+    counts = (predicted != IGNORE_INDEX).sum(1).tolist()
+    nll = F.cross_entropy(logits, targets, reduction="none").split(counts)
+    correct = (logits.argmax(-1) == targets).split(counts)
+    return [(n.sum().item(), c.sum().item(), k) for n, c, k in zip(nll, correct, counts)]
 
 
 def _task_scores(by_cond: dict[str, list[tuple[float, int, int]]]) -> dict[str, Any]:
@@ -163,7 +241,7 @@ def paired_margin(
     return margin, stderr.item()
 
 
-def _generated_scores(condenser, samples, prefixes, report) -> list[dict[str, str]]:
+def _generated_scores(condenser, samples, prefixes, report, batch_size) -> list[dict[str, str]]:
     """Greedy answers (QA exact match) and reconstructions (ROUGE-L), batched per condition."""
     examples = []
     for task, metric, budget in (
@@ -177,8 +255,8 @@ def _generated_scores(condenser, samples, prefixes, report) -> list[dict[str, st
         report[task][metric] = {}
         for cond in tqdm(CONDITIONS, desc=f"condense eval: generating {task}", unit="condition"):
             outputs = []
-            for start in range(0, len(index), 8):
-                chunk = index[start : start + 8]
+            for start in range(0, len(index), batch_size):
+                chunk = index[start : start + batch_size]
                 outputs += generate(
                     condenser,
                     [prefixes[cond][i] for i in chunk],
@@ -269,24 +347,40 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def run_eval(
-    artifact: str, data: str | None, limit: int | None, out: Path, command: str | None = None
+    artifact: str,
+    data: str | None,
+    limit: int | None,
+    out: Path,
+    command: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 8,
 ) -> dict[str, Any]:
     """Load an artifact, evaluate it, write JSON and a PNG beside it, print the table, and
-    put the table into a local artifact's model card (`command` is quoted there)."""
+    put the table into a local artifact's model card (`command` is quoted there).
+    `device` and `precision` as condense.device picks them ("auto": a GPU in bf16-mixed
+    where there is one, else the CPU in fp32)."""
     from condense.artifact import add_evaluation, local_folder, read_config
     from condense.files import write_atomic
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be 1 or more, got {batch_size}")
+    where = inference_device(device)
+    precision = inference_precision(precision, where)
 
     # A Hub artifact's config comes from its download: without it, the validation split
     # and the fresh seed would be rebuilt from defaults, not from the run's settings.
     folder = local_folder(artifact)
-    condenser = Condenser.from_pretrained(str(folder))
+    condenser = Condenser.from_pretrained(str(folder), weights_dtype(precision), where)
     config = read_config(folder)
     samples = eval_samples(config, data, limit)
     results = {
         "artifact": artifact,
         "data": data_description(config, data),
+        "device": str(where),
+        "precision": precision,
     }
-    results |= evaluate(condenser, samples, config.get("max_tokens") or 4096)
+    results |= evaluate(condenser, samples, config.get("max_tokens") or 4096, batch_size)
     write_atomic(out, json.dumps(results, indent=2))
     plot(results, out.with_suffix(".png"))
     table = markdown_table(results)

@@ -31,12 +31,13 @@ def generate(
     width = max(len(r) for r in rows)
     embeds = torch.stack([torch.cat([r.new_zeros(width - len(r), r.shape[-1]), r]) for r in rows])
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-    out = decoder.generate(
-        inputs_embeds=embeds,  # (B, width, Hd)
-        attention_mask=mask,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    with condenser.autocast():
+        out = decoder.generate(
+            inputs_embeds=embeds,  # (B, width, Hd)
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
     return [text.strip() for text in tokenizer.batch_decode(out, skip_special_tokens=True)]

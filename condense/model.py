@@ -8,7 +8,7 @@ He / Hd encoder / decoder hidden sizes, k = n_last_hidden_states.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -184,14 +184,30 @@ class Condenser(nn.Module):
             texts, padding=True, truncation=limit is not None, max_length=limit, return_tensors="pt"
         )
         device = self.condense_tokens.device
-        return self.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        with self.autocast():
+            return self.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+
+    def autocast(self) -> AbstractContextManager:
+        """Autocast to the frozen models' dtype where they are stored below fp32, as mixed
+        precision training ran them (the trained tensors stay fp32); nothing where they are
+        fp32 or an autocast is on already."""
+        weight = self.decoder.get_input_embeddings().weight
+        if weight.dtype == torch.float32 or torch.is_autocast_enabled(weight.device.type):
+            return nullcontext()
+        return torch.autocast(weight.device.type, dtype=weight.dtype)
 
     @classmethod
-    def from_pretrained(cls, path_or_hub_id: str, dtype: torch.dtype = torch.float32) -> Condenser:
-        """Load a condenser from an artifact folder or a Hub repo (see condense.artifact)."""
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> Condenser:
+        """Load a condenser from an artifact folder or a Hub repo (see condense.artifact),
+        its frozen models in `dtype` (trained tensors stay fp32), on `device`."""
         from condense.artifact import load_condenser
 
-        return load_condenser(path_or_hub_id, dtype)
+        return load_condenser(path_or_hub_id, dtype, device)
 
     def save_pretrained(self, folder: str, **extra) -> None:
         """Write the portable artifact: LoRA adapter, condenser tensors, config, model card."""

