@@ -100,8 +100,10 @@ def evaluate(run_name: str = SPEC.job, options: str = "", checkpoint_dir: str = 
 
     Args:
         run_name: The run whose artifact to score, as `train` named it (default: the job's).
-        options: More `condense eval` flags in one string, e.g. "--data synthetic --limit 240".
-        checkpoint_dir: The run's folder, if it is not on the checkpoint volume.
+        options: More `condense eval` flags in one string, e.g. "--data synthetic --limit 240"
+            (not --artifact or --out: the run's folder decides both).
+        checkpoint_dir: The run's folder, where it is not checkpoint_root/run_name; only
+            what is under checkpoint_root outlives the container.
     """
     import json
     import subprocess
@@ -109,11 +111,15 @@ def evaluate(run_name: str = SPEC.job, options: str = "", checkpoint_dir: str = 
     from launch.run import node_environment
     from launch.supervise import TRAIN_PYTHON_ENV
 
+    extra = shlex.split(options)
+    taken = [flag for flag in extra if flag.split("=")[0] in ("--artifact", "--out")]
+    if taken:  # the results are read back from eval.json beside the run's artifact
+        raise ValueError(f"options may not set {', '.join(taken)}: the run's folder decides it")
     folder = Path(checkpoint_dir or Path(SPEC.checkpoint_root) / run_name)
     out = folder / "eval.json"
     python = os.environ.get(TRAIN_PYTHON_ENV) or sys.executable
     command = [python, "-m", "condense", "eval", "--artifact", str(folder / "artifact")]
-    command += ["--out", str(out), *shlex.split(options)]
+    command += ["--out", str(out), *extra]
     env = {**os.environ, **node_environment(dict(os.environ), SPEC)}
     status = subprocess.run(command, env=env, check=False).returncode
     _commit(hub_cache)()

@@ -208,16 +208,16 @@ Not evaluated yet: `condense eval --artifact THIS_FOLDER --out eval.json` writes
 EVALUATION_HEADING = "## Evaluation"
 
 
-def add_evaluation(folder: Path, table: str, command: str) -> None:
-    """Put an evaluation table into the artifact's model card, replacing any earlier one."""
+def add_evaluation(folder: Path, table: str, command: str, setting: str = "") -> None:
+    """Put an evaluation table into the artifact's model card, replacing any earlier one;
+    `setting` (where and in what precision it ran) follows the command."""
     from condense.files import write_atomic
 
     card_path = Path(folder) / "README.md"
     card = card_path.read_text() if card_path.is_file() else ""
     head = card.split(EVALUATION_HEADING)[0].rstrip("\n")
-    write_atomic(
-        card_path, f"{head}\n\n{EVALUATION_HEADING}\n\nMeasured with `{command}`:\n\n{table}\n"
-    )
+    how = f"`{command}` ({setting})" if setting else f"`{command}`"
+    write_atomic(card_path, f"{head}\n\n{EVALUATION_HEADING}\n\nMeasured with {how}:\n\n{table}\n")
 
 
 def local_folder(path_or_id: str) -> Path:

@@ -92,6 +92,8 @@ def evaluate(
     """Loss, token accuracy, QA exact match and reconstruction ROUGE-L per task and
     condition; see the module docstring for the conditions. Runs where the condenser is,
     `batch_size` samples at a time (a batch scores as its samples would one by one)."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be 1 or more, got {batch_size}")
     with condenser.autocast():
         return _evaluate(condenser, samples, max_tokens, batch_size)
 
@@ -363,8 +365,6 @@ def run_eval(
     from condense.artifact import add_evaluation, local_folder, read_config
     from condense.files import write_atomic
 
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be 1 or more, got {batch_size}")
     where = inference_device(device)
     precision = inference_precision(precision, where)
 
@@ -386,5 +386,7 @@ def run_eval(
     table = markdown_table(results)
     print(table)
     if Path(artifact).is_dir():
-        add_evaluation(Path(artifact), table, command or "condense eval")
+        add_evaluation(
+            Path(artifact), table, command or "condense eval", f"{where}, precision {precision}"
+        )
     return results

@@ -100,6 +100,10 @@ class Condenser(nn.Module):
         positions 0..len+N-1 are contiguous whatever the padding, and the causal mask
         keeps every real position from seeing the padding that follows it.
         """
+        with self.autocast():
+            return self._encode(context_ids, context_mask)
+
+    def _encode(self, context_ids: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
         batch = context_ids.shape[0]
         n = self.num_condense_tokens
         lengths = context_mask.sum(1)  # (B,)
@@ -184,8 +188,7 @@ class Condenser(nn.Module):
             texts, padding=True, truncation=limit is not None, max_length=limit, return_tensors="pt"
         )
         device = self.condense_tokens.device
-        with self.autocast():
-            return self.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        return self.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
 
     def autocast(self) -> AbstractContextManager:
         """Autocast to the frozen models' dtype where they are stored below fp32, as mixed

@@ -52,6 +52,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     With several processes (DDP) every process calls this; only global rank 0 writes
     files. On SIGTERM it saves last.ckpt and raises Lightning's `SIGTERMException`.
     """
+    try:
+        return _train(cfg)
+    finally:
+        if not cfg.run_dir:
+            # The folder resolve_run_dir chose is this run's alone, however the run ended:
+            # a next train() in this process picks anew.
+            os.environ.pop(RUN_DIR_ENV, None)
+
+
+def _train(cfg: TrainConfig) -> dict[str, Any]:
     start = time.monotonic()
     L.seed_everything(cfg.seed, verbose=False)
     check_devices(cfg.accelerator)
@@ -101,8 +111,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise NonFiniteLossError(f"{err}; last good checkpoint: {kept}") from None
     finally:
         finish_wandb(loggers)
-        if not cfg.run_dir:  # chosen for this run only; a next train() in this process picks anew
-            os.environ.pop(RUN_DIR_ENV, None)
 
     summary = {
         "steps": trainer.global_step,
@@ -166,8 +174,6 @@ def _rerun_of_finished(
     nothing to train, so the summary its training wrote stands, not one of a run of no steps.
     A push the job asks for and that has not succeeded is tried again: the likeliest reason
     to re-run is one that failed."""
-    if not cfg.run_dir:
-        os.environ.pop(RUN_DIR_ENV, None)
     if not is_global_zero:
         return summary
     print(
@@ -312,7 +318,9 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     if precision != "auto":
         return precision
     if _on_gpu(accelerator):
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        # Emulated bf16 (V100, T4) is far slower than their fp16.
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return "bf16-mixed" if native else "16-mixed"
     return "bf16-mixed" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32-true"
 
 

@@ -158,6 +158,7 @@ def test_eval_command_writes_json_png_and_a_table(tiny_pair, tmp_path):
     card = (tmp_path / "art" / "README.md").read_text()
     assert card.count("## Evaluation") == 1 and "| question_answering | loss |" in card
     assert f"condense eval --artifact {tmp_path / 'art'}" in card
+    assert "` (cpu, precision 32):" in card
 
 
 def test_eval_of_a_hub_artifact_uses_the_config_it_downloads(tiny_pair, tmp_path, monkeypatch):

@@ -103,6 +103,8 @@ def test_loaded_in_bf16_it_condenses_and_generates_with_no_autocast_around(tiny_
     assert low.decoder.dtype == torch.bfloat16 and low.projection.weight.dtype == torch.float32
     context = [synthetic_samples(1, seed=33)[0].context]
     exact, mixed = condenser.condense(context), low.condense(context)
+    ids = torch.tensor([[1, 2, 3]])
+    assert low.encode(ids, torch.ones_like(ids)).shape == (1, 4, 48)  # the lower-level entry
     assert mixed.shape == exact.shape
     assert (mixed.float() - exact).abs().max() < 0.1 * exact.abs().max()
     assert len(generate(low, mixed, ["Who?\n"], max_new_tokens=4)) == 1

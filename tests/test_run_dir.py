@@ -4,10 +4,12 @@ mixes with the earlier run nor loses it."""
 from __future__ import annotations
 
 import csv
+import os
 
 import pytest
 
-from condense.run_dir import continues_run, resolve_resume, set_aside_earlier_run
+from condense.run_dir import RUN_DIR_ENV, continues_run, resolve_resume, set_aside_earlier_run
+from condense.samples import DataError
 from condense.train import train
 from tests.conftest import tiny_config
 
@@ -101,3 +103,13 @@ def test_a_fresh_run_in_a_used_folder_keeps_the_earlier_run_apart(tiny_pair, tmp
     assert third["steps"] == 6 and len(list(run.glob("earlier-*"))) == 2
     assert _steps(run / "metrics.csv") == [4, 5]
     assert third["wandb_run_id"] not in (first["wandb_run_id"], second["wandb_run_id"])
+
+
+def test_a_run_that_fails_leaves_no_folder_choice_behind(tiny_pair, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+    cfg = tiny_config(*tiny_pair, run_dir="", data=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(DataError, match="no such file"):
+        train(cfg)
+    # Else the next run started in this process would write into the failed run's folder.
+    assert RUN_DIR_ENV not in os.environ

@@ -158,3 +158,5 @@ def test_the_evaluation_body_scores_a_trained_run_beside_it(tmp_path, modal_app)
     assert (folder / "eval.png").is_file()
     with pytest.raises(RuntimeError, match="condense eval exited with status 2"):
         modal_app.evaluate.local(options="--limit x", checkpoint_dir=str(folder))
+    with pytest.raises(ValueError, match="may not set --out=x.json"):
+        modal_app.evaluate.local(options="--out=x.json", checkpoint_dir=str(folder))
