@@ -102,7 +102,10 @@ def _evaluate(
     condenser: Condenser, samples: list[Sample], max_tokens: int, batch_size: int
 ) -> dict[str, Any]:
     enc_tok, dec_tok = condenser.encoder_tokenizer, condenser.decoder_tokenizer
-    items = tokenize(samples, enc_tok, dec_tok, DatasetConfig(max_tokens=max_tokens))
+    items = [
+        _first_label_predictable(t)
+        for t in tokenize(samples, enc_tok, dec_tok, DatasetConfig(max_tokens=max_tokens))
+    ]
     context_ids = dec_tok(
         [s.context for s in samples],
         add_special_tokens=False,
@@ -136,6 +139,15 @@ def _evaluate(
     }
     examples = _generated_scores(condenser, samples, prefixes, report, batch_size)
     return {"samples": len(samples), "by_task": report, "examples": examples}
+
+
+def _first_label_predictable(item: Tokenized) -> Tokenized:
+    """`item` with its first label dropped where it is the first token (an empty prompt
+    and a decoder tokenizer that adds no BOS): read with no context, nothing comes before
+    it to predict it from, so every condition scores the same tokens without it."""
+    if item.labels and item.labels[0] != IGNORE_INDEX:
+        return replace(item, labels=[IGNORE_INDEX, *item.labels[1:]])
+    return item
 
 
 def _condense_all(

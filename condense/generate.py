@@ -26,7 +26,16 @@ def generate(
     device = embed.weight.device
     rows = []
     for prefix, prompt in zip(prefixes, prompts):
-        tokens = embed(torch.tensor(tokenizer(prompt)["input_ids"], device=device))  # (t, Hd)
+        ids = tokenizer(prompt)["input_ids"]
+        if not ids and not len(prefix):
+            # Nothing to read (no context, an empty prompt, no BOS added): start where
+            # generating from nothing starts, at the BOS (or EOS) token.
+            ids = [
+                tokenizer.bos_token_id
+                if tokenizer.bos_token_id is not None
+                else tokenizer.eos_token_id
+            ]
+        tokens = embed(torch.tensor(ids, dtype=torch.long, device=device))  # (t, Hd)
         rows.append(torch.cat([prefix.to(device, tokens.dtype), tokens]))  # (n + t, Hd)
     width = max(len(r) for r in rows)
     embeds = torch.stack([torch.cat([r.new_zeros(width - len(r), r.shape[-1]), r]) for r in rows])

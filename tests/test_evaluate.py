@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -238,3 +239,19 @@ def test_eval_in_bf16_mixed_records_it_and_stays_near_fp32(tiny_pair, tmp_path):
     for task, scores in fp32["by_task"].items():
         for cond, value in scores["loss"].items():
             assert bf16["by_task"][task]["loss"][cond] == pytest.approx(value, rel=0.05)
+
+
+def test_every_condition_scores_the_same_tokens_even_after_an_empty_prompt(tiny_pair, tmp_path):
+    condenser = _loaded(tiny_pair, tmp_path / "art")
+    tok = condenser.decoder_tokenizer
+    assert tok("")["input_ids"] == []  # no BOS: an empty prompt leaves the completion first
+    sample = replace(synthetic_samples(1, seed=7)[0], prompt="")
+    scores = evaluate(condenser, [sample], max_tokens=64)["by_task"][sample.task]
+    ids = tokenize([sample], condenser.encoder_tokenizer, tok, DatasetConfig(max_tokens=64))
+    ids = torch.tensor([ids[0].input_ids])
+    with torch.no_grad():
+        logits = condenser.decoder(input_ids=ids).logits[0, :-1]
+    # With no context nothing predicts the first token: it is left out of every condition,
+    # so the per-token loss of none is over the same tokens as that of condensed.
+    expected = torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item()
+    assert scores["loss"]["none"] == pytest.approx(expected, abs=1e-5)

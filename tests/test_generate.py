@@ -45,6 +45,9 @@ def test_no_context_generation_takes_an_empty_condensed_prefix(tiny_pair, tmp_pa
     condenser = _loaded(tiny_pair, tmp_path)
     empty = torch.zeros(2, 0, 48)
     assert len(generate(condenser, empty, ["a\n", "b c\n"], max_new_tokens=4)) == 2
+    # Nothing at all to read (an empty prompt, no BOS): it starts from the BOS/EOS token.
+    assert len(generate(condenser, empty, ["", "a\n"], max_new_tokens=4)) == 2
+    assert len(generate(condenser, empty[:1], [""], max_new_tokens=4)) == 1
 
 
 def test_generate_command_prints_a_completion(tiny_pair, tmp_path):
