@@ -149,13 +149,13 @@ def add_inference(parser: ArgumentParser) -> ArgumentParser:
     parser.add_argument(
         "--device",
         default="auto",
-        help="cpu, cuda or cuda:N (default auto: the GPU if torch sees one, else the CPU).",
+        help="cpu, cuda or cuda:N; auto: the GPU if torch sees one, else the CPU.",
     )
     parser.add_argument(
         "--precision",
         default="auto",
         choices=["auto", "32", "bf16-mixed", "16-mixed"],
-        help="auto: bf16-mixed on a GPU (16-mixed where it has no bf16), 32 on the CPU.",
+        help="auto: bf16-mixed on a GPU (16-mixed where it has no native bf16), 32 on the CPU.",
     )
     return parser
 
