@@ -332,14 +332,11 @@ def run_bench(argv: list[str]) -> None:
 
 def run_generate(argv: list[str]) -> None:
     args = parse(generate_parser(), argv)
-    from condense.device import inference_device, inference_precision, weights_dtype
+    from condense.device import load_for_inference
     from condense.generate import generate
-    from condense.model import Condenser
 
     context = Path(args.context_file).read_text(encoding="utf-8")
-    device = inference_device(args.device)
-    precision = inference_precision(args.precision, device)
-    condenser = Condenser.from_pretrained(args.artifact, weights_dtype(precision), device)
+    condenser = load_for_inference(args.artifact, args.device, args.precision)[0]
     print(generate(condenser, condenser.condense([context]), [args.prompt], args.max_new_tokens)[0])
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from condense.config import ConfigError
+from condense.model import Condenser
 
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 
@@ -41,8 +42,11 @@ def inference_precision(choice: str, device: torch.device) -> str:
         raise ConfigError(f"--precision {choice!r}: one of {', '.join(PRECISIONS)}")
     if choice != "auto":
         return choice
-    if device.type != "cuda":
-        return "32"
+    return gpu_mixed_precision(device) if device.type == "cuda" else "32"
+
+
+def gpu_mixed_precision(device: torch.device | None = None) -> str:
+    """bf16-mixed where the GPU has bf16 natively, else 16-mixed (training's choice too)."""
     # Emulated bf16 (V100, T4) is far slower than their fp16.
     with torch.cuda.device(device):
         native = torch.cuda.is_bf16_supported(including_emulation=False)
@@ -50,5 +54,16 @@ def inference_precision(choice: str, device: torch.device) -> str:
 
 
 def weights_dtype(precision: str) -> torch.dtype:
-    """The dtype the frozen models are stored in for `precision` (as in training)."""
-    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision, torch.float32)
+    """The dtype the frozen models are stored in under a Lightning `precision` string."""
+    kind = precision.split("-")[0]
+    return {"bf16": torch.bfloat16, "16": torch.float16}.get(kind, torch.float32)
+
+
+def load_for_inference(
+    artifact: str, device: str = "auto", precision: str = "auto"
+) -> tuple[Condenser, torch.device, str]:
+    """An artifact's condenser on the device and in the precision chosen as above, and
+    the device and precision it came to."""
+    where = inference_device(device)
+    precision = inference_precision(precision, where)
+    return Condenser.from_pretrained(artifact, weights_dtype(precision), where), where, precision

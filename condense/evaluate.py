@@ -34,7 +34,7 @@ from condense.data import (
     passage_id,
     tokenize,
 )
-from condense.device import inference_device, inference_precision, weights_dtype
+from condense.device import load_for_inference
 from condense.generate import generate
 from condense.model import IGNORE_INDEX, Condenser
 from condense.samples import Sample, split_train_val
@@ -115,7 +115,7 @@ def _evaluate(
     collate = Collator(enc_tok.pad_token_id or 0, dec_tok.pad_token_id or 0)
     device = condenser.condense_tokens.device
     condensed = _condense_all(condenser, items, collate, batch_size)
-    partners = wrong_partners(samples)
+    wrong = condensed[wrong_partners(samples)]
     # The full context is the decoder reading the context's tokens before the prompt, unlabelled.
     full_items = [
         replace(t, input_ids=ctx + t.input_ids, labels=[IGNORE_INDEX] * len(ctx) + t.labels)
@@ -124,7 +124,7 @@ def _evaluate(
     no_prefix = condensed.new_zeros(len(items), 0, condensed.shape[-1])
     scored = {
         "none": (items, no_prefix),
-        "wrong": (items, condensed[partners]),
+        "wrong": (items, wrong),
         "condensed": (items, condensed),
         "full": (full_items, no_prefix),
     }
@@ -133,7 +133,7 @@ def _evaluate(
     embed = condenser.decoder.get_input_embeddings()
     prefixes = {
         "none": [c[:0] for c in condensed],
-        "wrong": [condensed[j] for j in partners],
+        "wrong": list(wrong),
         "condensed": list(condensed),
         "full": [embed(torch.tensor(ids, device=device)) for ids in context_ids],
     }
@@ -174,14 +174,13 @@ def _score_all(
 ) -> dict[str, dict[str, list[tuple[float, int, int]]]]:
     """task -> condition -> per-sample (nll sum, correct tokens, tokens), in sample order,
     for conditions given as (rows, prefixes (len(rows), n, Hd))."""
-    device = condenser.condense_tokens.device
     per_sample: dict = defaultdict(lambda: defaultdict(list))
     progress = tqdm(total=len(samples) * len(scored), desc="condense eval: scoring", unit="sample")
     for cond, (rows, prefixes) in scored.items():
         scores: list = [None] * len(rows)
         for chunk in _by_length([len(r.input_ids) for r in rows], batch_size):
             batch = collate([rows[i] for i in chunk])
-            for i, score in zip(chunk, _score(condenser, prefixes[chunk], batch, device)):
+            for i, score in zip(chunk, _score(condenser, prefixes[chunk], batch)):
                 scores[i] = score
             progress.update(len(chunk))
         for sample, score in zip(samples, scores):
@@ -197,10 +196,11 @@ def _by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 def _score(
-    condenser: Condenser, prefixes: torch.Tensor, batch: dict, device: torch.device
+    condenser: Condenser, prefixes: torch.Tensor, batch: dict
 ) -> list[tuple[float, int, int]]:
     """(nll sum, correct tokens, tokens) of each row of a collated batch, read after
     `prefixes` (B, n, Hd). Rows are right-padded: the causal mask keeps each from its pads."""
+    device = condenser.condense_tokens.device
     labels = batch["labels"].to(device)
     logits, targets = condenser.decoder_logits(
         prefixes, batch["input_ids"].to(device), batch["attention_mask"].to(device), labels
@@ -377,13 +377,10 @@ def run_eval(
     from condense.artifact import add_evaluation, local_folder, read_config
     from condense.files import write_atomic
 
-    where = inference_device(device)
-    precision = inference_precision(precision, where)
-
     # A Hub artifact's config comes from its download: without it, the validation split
     # and the fresh seed would be rebuilt from defaults, not from the run's settings.
     folder = local_folder(artifact)
-    condenser = Condenser.from_pretrained(str(folder), weights_dtype(precision), where)
+    condenser, where, precision = load_for_inference(str(folder), device, precision)
     config = read_config(folder)
     samples = eval_samples(config, data, limit)
     results = {

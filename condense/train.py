@@ -20,6 +20,7 @@ from condense.callbacks import LogGenerations
 from condense.checkpoint_io import AtomicCheckpointIO, BestAndLastCheckpoint
 from condense.config import ConfigError, TrainConfig
 from condense.data import CondenseDataModule
+from condense.device import gpu_mixed_precision, weights_dtype
 from condense.files import write_atomic
 from condense.loggers import (
     drop_rows_from,
@@ -269,9 +270,7 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
     datamodule = CondenseDataModule(cfg.data, cfg.dataset, encoder_tok, decoder_tok, cfg.seed)
     datamodule.setup()
     # Frozen weights are stored in the compute dtype; only trainable ones stay fp32.
-    dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(
-        precision.split("-")[0], torch.float32
-    )
+    dtype = weights_dtype(precision)
     encoder = load_causal_lm(cfg.model.encoder, dtype)
     decoder = load_causal_lm(cfg.model.decoder, dtype)
     # Seeded here, not only at start: loading (a first-time GGUF conversion, say) may
@@ -318,9 +317,7 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     if precision != "auto":
         return precision
     if _on_gpu(accelerator):
-        # Emulated bf16 (V100, T4) is far slower than their fp16.
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-        return "bf16-mixed" if native else "16-mixed"
+        return gpu_mixed_precision()
     return "bf16-mixed" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32-true"
 
 
