@@ -108,6 +108,10 @@ class DatasetConfig:
             Off by default: the loss is on the completion only.
         synthetic_passages: Passages generated when `data` is "synthetic"; each passage
             yields a reconstruction, a question-answering and a continuation sample.
+        synthetic_facts: [lo, hi]: each synthetic passage states lo to hi of its person's
+            seven facts (1 <= lo <= hi <= 7). Null: five to seven, ~100 tokens. Fewer facts
+            make short passages whose content a small condenser learns in a few hundred
+            CPU steps (the test job); a one-fact passage has no continuation sample.
         tasks: Keep only these tasks (null keeps all).
         skip_bad_rows: Skip rows that cannot be used (a missing, null or non-text field, an
             empty context or completion, invalid unicode, a line that is not JSON) instead of
@@ -122,12 +126,17 @@ class DatasetConfig:
     val_size: int = 100
     train_on_prompt: bool = False
     synthetic_passages: int = 2000
+    synthetic_facts: list[int] | None = None
     tasks: list[str] | None = None
     skip_bad_rows: bool = False
 
     def __post_init__(self) -> None:
         _positive("dataset", self, "max_tokens", "max_characters", "batch_size", "val_size")
         _positive("dataset", self, "synthetic_passages")
+        facts = self.synthetic_facts
+        if facts is not None:
+            ok = len(facts) == 2 and 1 <= facts[0] <= facts[1] <= 7
+            _require(ok, "dataset.synthetic_facts", "must be [lo, hi] with 1 <= lo <= hi <= 7", facts)
         workers = self.num_workers
         _require(workers >= 0, "dataset.num_workers", "must be 0 or more", workers)
 

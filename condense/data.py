@@ -49,8 +49,11 @@ def load_samples(
     report = report if report is not None else DataReport()
     skip = cfg.skip_bad_rows
     if is_synthetic(source):
-        make = synthetic_samples if source == SYNTHETIC else long_synthetic_samples
-        samples = make(cfg.synthetic_passages, seed)
+        if source == SYNTHETIC:
+            facts = tuple(cfg.synthetic_facts) if cfg.synthetic_facts else None
+            samples = synthetic_samples(cfg.synthetic_passages, seed, facts)
+        else:
+            samples = long_synthetic_samples(cfg.synthetic_passages, seed)
         report.rows_read += len(samples)  # each made sample stands for a row of a file
     elif Path(source).is_dir():
         # A dataset folder in the Hub's layout, read the same way.

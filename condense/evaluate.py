@@ -51,7 +51,11 @@ def eval_samples(config: dict[str, Any], data: str | None, limit: int | None) ->
     after its training seed. With the same seed, "synthetic" would open with the very
     passages it was trained on, and a large `--limit` would score memory, not condensing.
     """
-    cut = DatasetConfig(max_characters=config.get("max_characters", 10000))
+    # Fresh synthetic passages are made the same shape as the trained ones.
+    cut = DatasetConfig(
+        max_characters=config.get("max_characters", 10000),
+        synthetic_facts=config.get("synthetic_facts"),
+    )
     seed = config.get("seed", 0)
     if data is None:
         cut.synthetic_passages = config.get("synthetic_passages", cut.synthetic_passages)

@@ -141,33 +141,44 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def make_passage(rng: random.Random) -> list[Fact]:
-    """Five to seven facts about one invented person: birth first, death last."""
-    facts = _facts(rng)
-    return [facts[0], *rng.sample(facts[1:-1], rng.randint(3, 5)), facts[-1]]
+def make_passage(rng: random.Random, facts: tuple[int, int] | None = None) -> list[Fact]:
+    """Facts about one invented person, in their order. By default five to seven, birth
+    first and death last; `facts=(lo, hi)` keeps lo to hi of the seven, chosen at random."""
+    every = _facts(rng)
+    if facts is None:
+        return [every[0], *rng.sample(every[1:-1], rng.randint(3, 5)), every[-1]]
+    keep = sorted(rng.sample(range(len(every)), rng.randint(*facts)))
+    return [every[i] for i in keep]
 
 
-def synthetic_samples(num_passages: int, seed: int = 0) -> list[Sample]:
-    """`num_passages` passages, three samples each, the same for the same seed."""
+def synthetic_samples(
+    num_passages: int, seed: int = 0, facts: tuple[int, int] | None = None
+) -> list[Sample]:
+    """`num_passages` passages (of `facts` facts, as in `make_passage`), three samples each
+    (two where a passage has one fact: nothing to continue), the same for the same seed."""
     rng = random.Random(f"condense-synthetic-{seed}")
     samples: list[Sample] = []
     for index in range(num_passages):
-        facts = make_passage(rng)
-        text = " ".join(f.sentence for f in facts)
-        asked = rng.choice(facts)
-        cut = rng.randint(2, len(facts) - 2)
+        passage = make_passage(rng, facts)
+        text = " ".join(f.sentence for f in passage)
+        asked = rng.choice(passage)
         group = f"synthetic-{seed}-{index}"
         samples += [
             Sample(text, RECONSTRUCTION_PROMPT, text, RECONSTRUCTION, group),
             Sample(text, f"{asked.question}\n", asked.answer, QUESTION_ANSWERING, group),
-            Sample(
-                " ".join(f.sentence for f in facts[:cut]),
-                CONTINUATION_PROMPT,
-                " ".join(f.sentence for f in facts[cut:]),
-                CONTINUATION,
-                group,
-            ),
         ]
+        if len(passage) > 1:
+            # Long passages keep two facts on each side of the cut.
+            cut = rng.randint(2, len(passage) - 2) if len(passage) > 3 else len(passage) // 2
+            samples.append(
+                Sample(
+                    " ".join(f.sentence for f in passage[:cut]),
+                    CONTINUATION_PROMPT,
+                    " ".join(f.sentence for f in passage[cut:]),
+                    CONTINUATION,
+                    group,
+                )
+            )
     return samples
 
 

@@ -239,6 +239,7 @@ class ExportBest(Callback):
             "seed": cfg.seed,
             "val_size": cfg.dataset.val_size,
             "synthetic_passages": cfg.dataset.synthetic_passages,
+            "synthetic_facts": cfg.dataset.synthetic_facts,
             "train_steps": 0,
             "training_config": cfg.to_dict(),
         }

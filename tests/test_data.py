@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from condense.config import DatasetConfig
+from condense.config import ConfigError, DatasetConfig
 from condense.data import (
     Collator,
     CondenseDataModule,
@@ -68,6 +68,28 @@ def test_synthetic_split_is_the_same_for_the_same_seed():
     first = split_train_val(load_samples("synthetic", cfg, 1), 12, 1)
     again = split_train_val(load_samples("synthetic", cfg, 1), 12, 1)
     assert first == again
+
+
+def test_synthetic_facts_sets_how_much_each_passage_states():
+    def facts_per_passage(facts):
+        cfg = DatasetConfig(synthetic_passages=60, synthetic_facts=facts)
+        kept = [s for s in load_samples("synthetic", cfg, 2) if s.task == "reconstruction"]
+        return {s.context.count(". ") + 1 for s in kept}  # every fact is one sentence
+
+    assert facts_per_passage(None) == {5, 6, 7}
+    assert facts_per_passage([1, 2]) == {1, 2}
+    one = load_samples("synthetic", DatasetConfig(synthetic_passages=4, synthetic_facts=[1, 1]), 0)
+    assert len(one) == 8 and CONTINUATION not in {s.task for s in one}  # nothing to continue
+    two = load_samples("synthetic", DatasetConfig(synthetic_passages=4, synthetic_facts=[2, 2]), 0)
+    for passage, continuation in zip(two[::3], two[2::3]):
+        assert continuation.task == CONTINUATION
+        assert f"{continuation.context} {continuation.completion}" == passage.context
+
+
+@pytest.mark.parametrize("facts", [[0, 2], [3, 2], [1, 8], [2]])
+def test_synthetic_facts_outside_one_to_seven_is_refused(facts):
+    with pytest.raises(ConfigError, match="dataset.synthetic_facts"):
+        DatasetConfig(synthetic_facts=facts)
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
