@@ -136,7 +136,9 @@ class DatasetConfig:
         facts = self.synthetic_facts
         if facts is not None:
             ok = len(facts) == 2 and 1 <= facts[0] <= facts[1] <= 7
-            _require(ok, "dataset.synthetic_facts", "must be [lo, hi] with 1 <= lo <= hi <= 7", facts)
+            _require(
+                ok, "dataset.synthetic_facts", "must be [lo, hi] with 1 <= lo <= hi <= 7", facts
+            )
         workers = self.num_workers
         _require(workers >= 0, "dataset.num_workers", "must be 0 or more", workers)
 

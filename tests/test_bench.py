@@ -90,8 +90,10 @@ def test_flops_count_matches_torchs_counter(tiny_pair, tmp_path):
     [
         # The test job on its ~100-token passages (its own are too short for activations to
         # be a fair share of memory): N=32, LoRA r=16.
-        ["--config", str(job_path("test")), "--dataset.synthetic_facts", "null",
-         "--model.num_condense_tokens", "32"],  # fmt: skip
+        [
+            *("--config", str(job_path("test"))),
+            *("--dataset.synthetic_facts", "null", "--model.num_condense_tokens", "32"),
+        ],
         ["--config", str(job_path("bench")), "--model.compile", "false"],  # N=128, r=128, 512
     ],
     ids=["test-job", "bench-job"],
