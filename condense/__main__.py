@@ -41,6 +41,12 @@ def job_path(name: str) -> Path:
     raise ConfigError(f"no job {name!r} (not a file, not in jobs/)")
 
 
+def add_flag(parser: ArgumentParser, name: str, **kwargs) -> None:
+    """`--name-with-dashes` and `--name_with_dashes`, one flag, as `condense train` takes both."""
+    dest = name.replace("-", "_")
+    parser.add_argument(f"--{name}", f"--{dest}", dest=dest, **kwargs)
+
+
 def add_debug(parser: ArgumentParser) -> ArgumentParser:
     """The `--debug` flag every command takes (main() acts on it)."""
     parser.add_argument(
@@ -169,22 +175,9 @@ def generate_parser() -> ArgumentParser:
     parser.add_argument(
         "--artifact", required=True, help="An artifact folder or a Hub repo holding one."
     )
-    parser.add_argument(
-        "--context-file",
-        "--context_file",
-        dest="context_file",
-        required=True,
-        help="A text file with the context.",
-    )
+    add_flag(parser, "context-file", required=True, help="A text file with the context.")
     parser.add_argument("--prompt", required=True, help="What to ask of the condensed context.")
-    parser.add_argument(
-        "--max-new-tokens",
-        "--max_new_tokens",
-        dest="max_new_tokens",
-        type=int,
-        default=128,
-        help="Most tokens to generate.",
-    )
+    add_flag(parser, "max-new-tokens", type=int, default=128, help="Most tokens to generate.")
     return add_debug(add_inference(parser))
 
 
@@ -206,13 +199,8 @@ def eval_parser() -> ArgumentParser:
     )
     parser.add_argument("--limit", type=int, default=None, help="Score only the first N samples.")
     parser.add_argument("--out", required=True, help="JSON results; a PNG plot goes beside it.")
-    parser.add_argument(
-        "--batch-size",
-        "--batch_size",
-        dest="batch_size",
-        type=int,
-        default=8,
-        help="Samples scored and generated at once.",
+    add_flag(
+        parser, "batch-size", type=int, default=8, help="Samples scored and generated at once."
     )
     return add_debug(add_inference(parser))
 
@@ -285,18 +273,16 @@ def plan_parser() -> ArgumentParser:
     )
     parser.add_argument("--price", type=float, default=None, help="USD per GPU-hour, for the cost.")
     parser.add_argument("--mfu", type=float, default=0.4, help="Assumed model FLOPs utilization.")
-    parser.add_argument(
-        "--context-tokens",
-        "--context_tokens",
-        dest="context_tokens",
+    add_flag(
+        parser,
+        "context-tokens",
         type=int,
         default=None,
         help="Context tokens per sample (default: dataset.max_tokens).",
     )
-    parser.add_argument(
-        "--target-tokens",
-        "--target_tokens",
-        dest="target_tokens",
+    add_flag(
+        parser,
+        "target-tokens",
         type=int,
         default=256,
         help="Prompt + completion tokens per sample.",

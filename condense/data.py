@@ -50,8 +50,7 @@ def load_samples(
     skip = cfg.skip_bad_rows
     if is_synthetic(source):
         if source == SYNTHETIC:
-            facts = tuple(cfg.synthetic_facts) if cfg.synthetic_facts else None
-            samples = synthetic_samples(cfg.synthetic_passages, seed, facts)
+            samples = synthetic_samples(cfg.synthetic_passages, seed, cfg.synthetic_facts)
         else:
             samples = long_synthetic_samples(cfg.synthetic_passages, seed)
         report.rows_read += len(samples)  # each made sample stands for a row of a file

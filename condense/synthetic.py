@@ -8,6 +8,7 @@ One passage gives three samples: reconstruction, question answering, continuatio
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from condense.samples import Sample
@@ -141,7 +142,7 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def make_passage(rng: random.Random, facts: tuple[int, int] | None = None) -> list[Fact]:
+def make_passage(rng: random.Random, facts: Sequence[int] | None = None) -> list[Fact]:
     """Facts about one invented person, in their order. By default five to seven, birth
     first and death last; `facts=(lo, hi)` keeps lo to hi of the seven, chosen at random."""
     every = _facts(rng)
@@ -152,7 +153,7 @@ def make_passage(rng: random.Random, facts: tuple[int, int] | None = None) -> li
 
 
 def synthetic_samples(
-    num_passages: int, seed: int = 0, facts: tuple[int, int] | None = None
+    num_passages: int, seed: int = 0, facts: Sequence[int] | None = None
 ) -> list[Sample]:
     """`num_passages` passages (of `facts` facts, as in `make_passage`), three samples each
     (two where a passage has one fact: nothing to continue), the same for the same seed."""
