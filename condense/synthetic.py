@@ -155,8 +155,8 @@ def make_passage(rng: random.Random, facts: Sequence[int] | None = None) -> list
 def synthetic_samples(
     num_passages: int, seed: int = 0, facts: Sequence[int] | None = None
 ) -> list[Sample]:
-    """`num_passages` passages (of `facts` facts, as in `make_passage`), three samples each
-    (two where a passage has one fact: nothing to continue), the same for the same seed."""
+    """`num_passages` passages (of `facts` facts, as in `make_passage`), three samples each,
+    the same for the same seed."""
     rng = random.Random(f"condense-synthetic-{seed}")
     samples: list[Sample] = []
     for index in range(num_passages):
@@ -168,19 +168,22 @@ def synthetic_samples(
             Sample(text, RECONSTRUCTION_PROMPT, text, RECONSTRUCTION, group),
             Sample(text, f"{asked.question}\n", asked.answer, QUESTION_ANSWERING, group),
         ]
-        if len(passage) > 1:
-            # Long passages keep two facts on each side of the cut.
-            cut = rng.randint(2, len(passage) - 2) if len(passage) > 3 else len(passage) // 2
-            samples.append(
-                Sample(
-                    " ".join(f.sentence for f in passage[:cut]),
-                    CONTINUATION_PROMPT,
-                    " ".join(f.sentence for f in passage[cut:]),
-                    CONTINUATION,
-                    group,
-                )
-            )
+        start, rest = _continuation(rng, passage)
+        samples.append(Sample(start, CONTINUATION_PROMPT, rest, CONTINUATION, group))
     return samples
+
+
+def _continuation(rng: random.Random, passage: list[Fact]) -> tuple[str, str]:
+    """A passage cut in two: (the first part, the rest). Long passages keep two facts on
+    each side of the cut; a one-fact passage is cut in the middle of its sentence."""
+    if len(passage) == 1:
+        words = passage[0].sentence.split()
+        return " ".join(words[: len(words) // 2]), " ".join(words[len(words) // 2 :])
+    cut = rng.randint(2, len(passage) - 2) if len(passage) > 3 else len(passage) // 2
+    return (
+        " ".join(f.sentence for f in passage[:cut]),
+        " ".join(f.sentence for f in passage[cut:]),
+    )
 
 
 def long_synthetic_samples(num_contexts: int, seed: int = 0, most: int = 6) -> list[Sample]:

@@ -78,12 +78,14 @@ def test_synthetic_facts_sets_how_much_each_passage_states():
 
     assert facts_per_passage(None) == {5, 6, 7}
     assert facts_per_passage([1, 2]) == {1, 2}
-    one = load_samples("synthetic", DatasetConfig(synthetic_passages=4, synthetic_facts=[1, 1]), 0)
-    assert len(one) == 8 and CONTINUATION not in {s.task for s in one}  # nothing to continue
-    two = load_samples("synthetic", DatasetConfig(synthetic_passages=4, synthetic_facts=[2, 2]), 0)
-    for passage, continuation in zip(two[::3], two[2::3]):
-        assert continuation.task == CONTINUATION
-        assert f"{continuation.context} {continuation.completion}" == passage.context
+    for facts in ([1, 1], [2, 2]):
+        cfg = DatasetConfig(synthetic_passages=4, synthetic_facts=facts)
+        samples = load_samples("synthetic", cfg, 0)
+        for passage, continuation in zip(samples[::3], samples[2::3]):
+            assert continuation.task == CONTINUATION
+            assert f"{continuation.context} {continuation.completion}" == passage.context
+            # One fact is cut inside its sentence, two between them.
+            assert continuation.context.endswith(".") == (facts == [2, 2])
 
 
 @pytest.mark.parametrize("facts", [[0, 2], [3, 2], [1, 8], [2]])
