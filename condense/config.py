@@ -111,7 +111,8 @@ class DatasetConfig:
         synthetic_facts: [lo, hi]: each synthetic passage states lo to hi of its person's
             seven facts (1 <= lo <= hi <= 7). Null: five to seven, ~100 tokens. Fewer facts
             make short passages whose content a small condenser learns in a few hundred
-            CPU steps (the test job); a one-fact passage has no continuation sample.
+            CPU steps (the test job); a one-fact passage is continued from the middle of
+            its sentence.
         tasks: Keep only these tasks (null keeps all).
         skip_bad_rows: Skip rows that cannot be used (a missing, null or non-text field, an
             empty context or completion, invalid unicode, a line that is not JSON) instead of
