@@ -259,17 +259,22 @@ def paired_margin(
     return margin, stderr.item()
 
 
+def generation_budget(tokenizer, reference: str) -> int:
+    """New tokens a greedy answer or reconstruction may take: twice its reference's length
+    in the decoder's tokens, plus 16. Long enough that a right output is never cut (a
+    4000-token reconstruction gets its 4000), short enough that a run-on one stops soon."""
+    return 2 * len(tokenizer(reference, add_special_tokens=False)["input_ids"]) + 16
+
+
 def _generated_scores(condenser, samples, prefixes, report, batch_size) -> list[dict[str, str]]:
     """Greedy answers (QA exact match) and reconstructions (ROUGE-L), batched per condition."""
     examples = []
-    for task, metric, budget in (
-        (QUESTION_ANSWERING, "exact_match", 24),
-        (RECONSTRUCTION, "rougeL", 256),
-    ):
+    for task, metric in ((QUESTION_ANSWERING, "exact_match"), (RECONSTRUCTION, "rougeL")):
         index = [i for i, s in enumerate(samples) if s.task == task]
         if not index:
             continue
         references = [samples[i].completion for i in index]
+        budgets = [generation_budget(condenser.decoder_tokenizer, r) for r in references]
         report[task][metric] = {}
         for cond in tqdm(CONDITIONS, desc=f"condense eval: generating {task}", unit="condition"):
             outputs = []
@@ -279,7 +284,7 @@ def _generated_scores(condenser, samples, prefixes, report, batch_size) -> list[
                     condenser,
                     [prefixes[cond][i] for i in chunk],
                     [samples[i].prompt for i in chunk],
-                    budget,
+                    budgets[start : start + batch_size],
                 )
             report[task][metric][cond] = (
                 exact_match(outputs, references)

@@ -17,6 +17,7 @@ from condense.evaluate import (
     eval_samples,
     evaluate,
     exact_match,
+    generation_budget,
     markdown_table,
     paired_margin,
     rouge_l,
@@ -43,6 +44,17 @@ def test_rouge_l_is_the_longest_common_subsequence_f_measure():
     assert rouge_l(["a b c d"], ["a c d e"]) == pytest.approx(0.75)
     assert rouge_l(["x y"], ["x y"]) == pytest.approx(1.0)
     assert rouge_l(["x y"], ["z w"]) == pytest.approx(0.0)
+
+
+def test_generation_budget_is_twice_the_reference_plus_sixteen_however_long():
+    def words(text, add_special_tokens):  # one token per word
+        assert not add_special_tokens
+        return {"input_ids": text.split()}
+
+    assert generation_budget(words, "red") == 18
+    assert generation_budget(words, "12 March 1887") == 22
+    # A long reconstruction is never cut short of its reference (a fixed cap would).
+    assert generation_budget(words, "w " * 3000) == 6016
 
 
 def test_gap_closed_is_the_share_of_the_floor_to_ceiling_distance():

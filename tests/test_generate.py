@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from condense.config import ModelConfig
+from condense.config import ConfigError, ModelConfig
 from condense.generate import generate
 from condense.model import Condenser
 from condense.synthetic import synthetic_samples
@@ -39,6 +39,34 @@ def test_a_batch_generates_what_each_row_generates_alone(tiny_pair, tmp_path):
     ]
     assert both == alone
     assert all(isinstance(t, str) for t in both)
+
+
+def test_each_row_stops_at_its_own_budget_as_it_would_alone(tiny_pair, tmp_path):
+    condenser = _loaded(tiny_pair, tmp_path)
+    samples = synthetic_samples(2, seed=31)
+    condensed = condenser.condense([samples[0].context, samples[5].context])
+    prompts = ["Repeat the passage above word for word.\n", "Who?\n"]
+    both = generate(condenser, condensed, prompts, max_new_tokens=[2, 8])
+    alone = [
+        generate(condenser, condensed[i : i + 1], prompts[i : i + 1], max_new_tokens=n)[0]
+        for i, n in ((0, 2), (1, 8))
+    ]
+    assert both == alone
+    uncut = generate(condenser, condensed[:1], prompts[:1], max_new_tokens=8)[0]
+    assert uncut.startswith(both[0]) and len(uncut) > len(both[0])
+
+
+def test_no_row_runs_past_the_decoders_positions(tiny_pair, tmp_path):
+    condenser = _loaded(tiny_pair, tmp_path)  # the tiny decoder reads 512 positions
+    condensed = condenser.condense(["A short context."])
+    prompt = "word " * 240
+    width = 4 + len(condenser.decoder_tokenizer(prompt)["input_ids"])
+    assert width < 512
+    # Asked for 200 new tokens, it takes the room there is, instead of failing on position 512.
+    asked = generate(condenser, condensed, [prompt], max_new_tokens=200)
+    assert asked == generate(condenser, condensed, [prompt], max_new_tokens=512 - width)
+    with pytest.raises(ConfigError, match="no room to generate"):
+        generate(condenser, condensed, ["word " * 300], max_new_tokens=8)
 
 
 def test_no_context_generation_takes_an_empty_condensed_prefix(tiny_pair, tmp_path):
