@@ -260,10 +260,12 @@ def paired_margin(
 
 
 def generation_budget(tokenizer, reference: str) -> int:
-    """New tokens a greedy answer or reconstruction may take: twice its reference's length
-    in the decoder's tokens, plus 16. Long enough that a right output is never cut (a
-    4000-token reconstruction gets its 4000), short enough that a run-on one stops soon."""
-    return 2 * len(tokenizer(reference, add_special_tokens=False)["input_ids"]) + 16
+    """New tokens a greedy answer or reconstruction may take: its reference's length in
+    the decoder's tokens, plus as many again and 16 more, but at most 256 more. A right
+    output is never cut by it (a 4000-token reconstruction gets 4256); a run-on one stops
+    soon after the reference would have."""
+    n = len(tokenizer(reference, add_special_tokens=False)["input_ids"])
+    return n + min(n + 16, 256)
 
 
 def _generated_scores(condenser, samples, prefixes, report, batch_size) -> list[dict[str, str]]:

@@ -19,46 +19,62 @@ def generate(
 ) -> list[str]:
     """Greedy completions of `prompts`, each after its prefix of decoder input embeddings:
     condensed (B, N, Hd), or a list of (n_i, Hd) of any lengths (n_i = 0: no context).
-    `max_new_tokens` is one budget for every row or one per row.
+    `max_new_tokens` is one budget for every row or one per row; no row runs past the
+    decoder's positions (its config's max_position_embeddings).
 
     Rows are left-padded to one width and masked, and each is cut to its own budget, so a
-    batch gives what each row would give alone. No row runs past the decoder's positions
-    (its config's max_position_embeddings).
+    batch gives what each row would give alone.
     """
-    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else max_new_tokens
+    if isinstance(max_new_tokens, Sequence):
+        budgets = list(max_new_tokens)
+        if len(budgets) != len(prompts):
+            raise ValueError(f"{len(budgets)} budgets for {len(prompts)} prompts")
+    else:
+        budgets = [max_new_tokens] * len(prompts)
+    if any(budget < 1 for budget in budgets):
+        raise ConfigError(f"max_new_tokens must be 1 or more, got {min(budgets)}")
+    rows = [_input_row(condenser, prefix, prompt) for prefix, prompt in zip(prefixes, prompts)]
+    limit = getattr(condenser.decoder.config, "max_position_embeddings", None)
+    if limit is not None:
+        budgets = [min(budget, limit - len(row)) for budget, row in zip(budgets, rows)]
+        if min(budgets) < 1:
+            raise ConfigError(
+                f"the context and prompt fill {max(len(r) for r in rows)} of the decoder's "
+                f"{limit} positions: no room to generate"
+            )
+        if max(len(r) for r in rows) + max(budgets) > limit:
+            # Batched, every row would run to the longest budget and the widest row past
+            # the last position; near the limit, each row goes alone.
+            return [_greedy(condenser, [row], [budget])[0] for row, budget in zip(rows, budgets)]
+    return _greedy(condenser, rows, budgets)
+
+
+def _input_row(condenser: Condenser, prefix: torch.Tensor, prompt: str) -> torch.Tensor:
+    """The decoder input embeddings of one row: its prefix, then its prompt's tokens."""
     tokenizer = condenser.decoder_tokenizer
-    decoder = condenser.decoder
-    embed = decoder.get_input_embeddings()
-    device = embed.weight.device
-    rows = []
-    for prefix, prompt in zip(prefixes, prompts):
-        ids = tokenizer(prompt)["input_ids"]
-        if not ids and not len(prefix):
-            # Nothing to read (no context, an empty prompt, no BOS added): start where
-            # generating from nothing starts, at the BOS (or EOS) token.
-            ids = [
-                tokenizer.bos_token_id
-                if tokenizer.bos_token_id is not None
-                else tokenizer.eos_token_id
-            ]
-        tokens = embed(torch.tensor(ids, dtype=torch.long, device=device))  # (t, Hd)
-        rows.append(torch.cat([prefix.to(device, tokens.dtype), tokens]))  # (n + t, Hd)
+    embed = condenser.decoder.get_input_embeddings()
+    ids = tokenizer(prompt)["input_ids"]
+    if not ids and not len(prefix):
+        # Nothing to read (no context, an empty prompt, no BOS added): start where
+        # generating from nothing starts, at the BOS (or EOS) token.
+        ids = [
+            tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        ]
+    tokens = embed(torch.tensor(ids, dtype=torch.long, device=embed.weight.device))  # (t, Hd)
+    return torch.cat([prefix.to(tokens.device, tokens.dtype), tokens])  # (n + t, Hd)
+
+
+def _greedy(condenser: Condenser, rows: list[torch.Tensor], budgets: list[int]) -> list[str]:
+    """Greedy decoding of left-padded, masked rows, each cut to its own budget."""
+    tokenizer = condenser.decoder_tokenizer
     width = max(len(r) for r in rows)
-    limit = getattr(decoder.config, "max_position_embeddings", None)
-    room = max(budgets) if limit is None else min(max(budgets), limit - width)
-    if room < 1:
-        raise ConfigError(
-            f"the context and prompt fill {width} of the decoder's {limit} positions: "
-            "no room to generate"
-        )
-    budgets = [min(budget, room) for budget in budgets]
     embeds = torch.stack([torch.cat([r.new_zeros(width - len(r), r.shape[-1]), r]) for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=embeds.device)
     with condenser.autocast():
-        out = decoder.generate(
-            inputs_embeds=embeds,  # (B, width, Hd)
+        out = condenser.decoder.generate(
+            inputs_embeds=embeds,  # (B, width, Hd); the output holds only the new tokens
             attention_mask=mask,
-            max_new_tokens=room,
+            max_new_tokens=max(budgets),
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,

@@ -46,15 +46,17 @@ def test_rouge_l_is_the_longest_common_subsequence_f_measure():
     assert rouge_l(["x y"], ["z w"]) == pytest.approx(0.0)
 
 
-def test_generation_budget_is_twice_the_reference_plus_sixteen_however_long():
+def test_generation_budget_doubles_a_short_reference_and_adds_at_most_256():
     def words(text, add_special_tokens):  # one token per word
         assert not add_special_tokens
         return {"input_ids": text.split()}
 
     assert generation_budget(words, "red") == 18
     assert generation_budget(words, "12 March 1887") == 22
-    # A long reconstruction is never cut short of its reference (a fixed cap would).
-    assert generation_budget(words, "w " * 3000) == 6016
+    assert generation_budget(words, "w " * 240) == 496
+    # A long reconstruction keeps room for all of itself (a fixed cap of 256 would cut
+    # it), and a run-on output of one costs at most 256 tokens more.
+    assert generation_budget(words, "w " * 3000) == 3256
 
 
 def test_gap_closed_is_the_share_of_the_floor_to_ceiling_distance():

@@ -65,8 +65,27 @@ def test_no_row_runs_past_the_decoders_positions(tiny_pair, tmp_path):
     # Asked for 200 new tokens, it takes the room there is, instead of failing on position 512.
     asked = generate(condenser, condensed, [prompt], max_new_tokens=200)
     assert asked == generate(condenser, condensed, [prompt], max_new_tokens=512 - width)
+    # Batched with a short row that has room for more: each still gives what it gives alone.
+    short = "Who?\n"
+    two = generate(
+        condenser, condensed.expand(2, -1, -1), [short, prompt], max_new_tokens=[60, 200]
+    )
+    assert two == [
+        generate(condenser, condensed, [short], max_new_tokens=60)[0],
+        asked[0],
+    ]
+    assert two[0]
     with pytest.raises(ConfigError, match="no room to generate"):
         generate(condenser, condensed, ["word " * 300], max_new_tokens=8)
+
+
+def test_budgets_must_be_one_per_prompt_and_positive(tiny_pair, tmp_path):
+    condenser = _loaded(tiny_pair, tmp_path)
+    condensed = condenser.condense(["One.", "Two."])
+    with pytest.raises(ValueError, match="1 budgets for 2 prompts"):
+        generate(condenser, condensed, ["a\n", "b\n"], max_new_tokens=[3])
+    with pytest.raises(ConfigError, match="max_new_tokens must be 1 or more, got 0"):
+        generate(condenser, condensed, ["a\n", "b\n"], max_new_tokens=0)
 
 
 def test_no_context_generation_takes_an_empty_condensed_prefix(tiny_pair, tmp_path):
