@@ -34,15 +34,16 @@ def generate(
     if any(budget < 1 for budget in budgets):
         raise ConfigError(f"max_new_tokens must be 1 or more, got {min(budgets)}")
     rows = [_input_row(condenser, prefix, prompt) for prefix, prompt in zip(prefixes, prompts)]
+    width = max(len(r) for r in rows)
     limit = getattr(condenser.decoder.config, "max_position_embeddings", None)
     if limit is not None:
         budgets = [min(budget, limit - len(row)) for budget, row in zip(budgets, rows)]
         if min(budgets) < 1:
             raise ConfigError(
-                f"the context and prompt fill {max(len(r) for r in rows)} of the decoder's "
-                f"{limit} positions: no room to generate"
+                f"the context and prompt fill {width} of the decoder's {limit} positions: "
+                "no room to generate"
             )
-        if max(len(r) for r in rows) + max(budgets) > limit:
+        if width + max(budgets) > limit:
             # Batched, every row would run to the longest budget and the widest row past
             # the last position; near the limit, each row goes alone.
             return [_greedy(condenser, [row], [budget])[0] for row, budget in zip(rows, budgets)]

@@ -174,8 +174,9 @@ def synthetic_samples(
 
 
 def _continuation(rng: random.Random, passage: list[Fact]) -> tuple[str, str]:
-    """A passage cut in two: (the first part, the rest). Long passages keep two facts on
-    each side of the cut; a one-fact passage is cut in the middle of its sentence."""
+    """A passage cut in two: (the first part, the rest). Four facts or more keep two on
+    each side of the cut, two or three are cut after the first half of them, and one is
+    cut in the middle of its sentence."""
     if len(passage) == 1:
         words = passage[0].sentence.split()
         return " ".join(words[: len(words) // 2]), " ".join(words[len(words) // 2 :])
