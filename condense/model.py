@@ -18,6 +18,7 @@ from torch import nn
 
 from condense.config import ConfigError, ModelConfig
 from condense.flops import blocks
+from condense.loss import labelled_cross_entropy
 
 IGNORE_INDEX = -100
 
@@ -146,6 +147,33 @@ class Condenser(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder's logits (M, V) at the M positions that predict a label, and those
         labels (M,). It reads [condensed (N) ; prompt+completion (T)]; N may be 0."""
+        hidden, targets = self._labelled_hidden(condensed, input_ids, attention_mask, labels)
+        return self._logits(hidden), targets
+
+    def decoder_loss(
+        self,
+        condensed: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy of the decoder on labelled tokens, and how many there were.
+        Logits are computed only where there is a label, not over every position, and a
+        chunk of rows at a time (condense.loss)."""
+        hidden, targets = self._labelled_hidden(condensed, input_ids, attention_mask, labels)
+        vocab = self.decoder.get_output_embeddings().out_features
+        loss = labelled_cross_entropy(hidden, targets, self._logits, vocab)
+        return loss, targets.new_tensor(len(targets))
+
+    def _labelled_hidden(
+        self,
+        condensed: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's last hidden states (M, Hd) at the positions that predict a label,
+        and those labels (M,)."""
         n = condensed.shape[1]
         token_embeds = self.decoder.get_input_embeddings()(input_ids)  # (B, T, Hd)
         embeds = torch.cat([condensed.to(token_embeds.dtype), token_embeds], 1)  # (B, N+T, Hd)
@@ -156,20 +184,16 @@ class Condenser(nn.Module):
         # Position p predicts the token at p+1.
         targets = torch.cat([labels.new_full((len(labels), n), IGNORE_INDEX), labels], 1)[:, 1:]
         targeted = targets != IGNORE_INDEX  # (B, N+T-1)
-        logits = self.decoder.get_output_embeddings()(hidden[:, :-1][targeted])  # (M, V)
-        return _as_model_logits(logits.float(), self.decoder.config), targets[targeted]
+        return hidden[:, :-1][targeted], targets[targeted]
 
-    def decoder_loss(
-        self,
-        condensed: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        labels: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean cross-entropy of the decoder on labelled tokens, and how many there were.
-        Logits are computed only where there is a label, not over every position."""
-        logits, targets = self.decoder_logits(condensed, input_ids, attention_mask, labels)
-        return F.cross_entropy(logits, targets), targets.new_tensor(len(targets))
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The decoder's fp32 logits at these last hidden states, as its own forward gives.
+        The head's weights are applied directly, not through its module: the chunked loss
+        takes gradients inside forward, where module backward hooks (FlopCounterMode's,
+        a profiler's) must not fire."""
+        head = self.decoder.get_output_embeddings()
+        logits = F.linear(hidden, head.weight, head.bias)
+        return _as_model_logits(logits.float(), self.decoder.config)
 
     @torch.no_grad()
     def condense(self, texts: list[str]) -> torch.Tensor:

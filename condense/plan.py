@@ -24,6 +24,7 @@ from torch import nn
 
 from condense import flops
 from condense.config import ConfigError, TrainConfig
+from condense.loss import CHUNK_LOGITS
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,10 @@ def memory(
         blocks += max(enc_block * enc_tokens, dec_block * dec_tokens)
     else:
         blocks = enc_block * layers_e * enc_tokens + dec_block * layers_d * dec_tokens
-    # The logits: bf16 from the head, their fp32 copy, log-softmax kept, its fp32 gradient.
-    logits = (BF16 + 3 * FP32) * labelled * dec.vocab_size
+    # The logits live one chunk of rows at a time (condense.loss): bf16 from the head,
+    # their fp32 copy, log-softmax, its fp32 gradient; the hidden states' gradient is kept.
+    rows = min(labelled, max(1, CHUNK_LOGITS // dec.vocab_size))
+    logits = (BF16 + 3 * FP32) * rows * dec.vocab_size + BF16 * labelled * dec.hidden_size
     # The condensed slots: the gathered hidden states, LayerNorm and projection (fp32).
     k = condenser.n_last
     head = FP32 * batch * n * (3 * k * enc.hidden_size + dec.hidden_size)

@@ -1,0 +1,48 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from condense.loss import labelled_cross_entropy
+
+
+def _head(vocab: int = 11, hidden: int = 6) -> torch.nn.Linear:
+    torch.manual_seed(0)
+    return torch.nn.Linear(hidden, vocab, bias=False).requires_grad_(False)
+
+
+@pytest.mark.parametrize("chunk_logits", [1, 11, 30, 10_000])
+def test_chunks_give_the_loss_and_gradient_of_full_logits(chunk_logits):
+    """Whatever the chunk size (one row, several, all), value and gradient are the
+    textbook cross-entropy's, and a scaled loss scales the gradient."""
+    head = _head()
+    hidden = torch.randn(7, 6, requires_grad=True)
+    targets = torch.randint(0, 11, (7,))
+    expected = F.cross_entropy(head(hidden) * 0.5, targets)
+    (3 * expected).backward()
+    want = hidden.grad.clone()
+    hidden.grad = None
+
+    loss = labelled_cross_entropy(hidden, targets, lambda h: head(h) * 0.5, 11, chunk_logits)
+    (3 * loss).backward()
+
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(hidden.grad, want)
+
+
+def test_no_gradient_is_taken_where_none_is_wanted():
+    head = _head()
+    hidden, targets = torch.randn(5, 6), torch.randint(0, 11, (5,))
+    with torch.no_grad():
+        loss = labelled_cross_entropy(hidden, targets, head, 11, 22)
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, F.cross_entropy(head(hidden), targets))
+
+
+def test_no_labels_give_nan_like_cross_entropy_and_still_backpropagate():
+    hidden = torch.randn(0, 6, requires_grad=True)
+    loss = labelled_cross_entropy(hidden, torch.zeros(0, dtype=torch.long), _head(), 11)
+    assert math.isnan(loss.item())
+    loss.backward()  # the training step's non-finite check comes after backward
+    assert hidden.grad.shape == (0, 6)
