@@ -82,6 +82,8 @@ def block_activation_bytes(config, lora_r: int = 0, adapters: int = 0) -> int:
     right-padded, so no padding mask is kept. Frozen projections keep nothing of their
     input, but a LoRA adapter keeps it (the two norms' outputs, the attention output, the
     MLP product) and its rank-r middle.
+    On CPU inside torch.compile, condense.attention's blocks also keep their bf16
+    probabilities (10/16 of heads x length^2 per row and layer), which is not counted.
     """
     hidden = config.hidden_size
     heads = config.num_attention_heads

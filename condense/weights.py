@@ -144,15 +144,18 @@ def load_tokenizer(name: str):
 
 
 def load_causal_lm(name: str, dtype: torch.dtype = torch.float32):
-    """A causal LM with SDPA attention, its weights in `dtype`.
+    """A causal LM with condense.attention (SDPA, but blocks that torch.compile fuses for
+    causal attention inside compiled code on CPU), its weights in `dtype`.
 
     safetensors where the model has them; a model that only has pickled weights
     (pytorch_model.bin) is read with weights_only=True, which refuses code.
     """
     from transformers import AutoModelForCausalLM
 
+    from condense import attention
+
     return AutoModelForCausalLM.from_pretrained(
-        _loadable(name), dtype=dtype, attn_implementation="sdpa", weights_only=True
+        _loadable(name), dtype=dtype, attn_implementation=attention.NAME, weights_only=True
     )
 
 
