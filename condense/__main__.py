@@ -22,6 +22,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse.typing import PositiveInt
 
 from condense.cli_errors import check_groups, parse
 from condense.config import ConfigError, TrainConfig
@@ -117,7 +118,10 @@ def bench_parser() -> ArgumentParser:
         " (padded to max_tokens, full logits), in the same process, and the speed-up.",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for the steps (default: torch's)."
+        "--threads",
+        type=PositiveInt | None,
+        default=None,
+        help="CPU threads for the steps (default: torch's).",
     )
     parser.add_argument("--out", default=None, help="Write the results as JSON here.")
     return parser
@@ -177,7 +181,9 @@ def generate_parser() -> ArgumentParser:
     )
     add_flag(parser, "context-file", required=True, help="A text file with the context.")
     parser.add_argument("--prompt", required=True, help="What to ask of the condensed context.")
-    add_flag(parser, "max-new-tokens", type=int, default=128, help="Most tokens to generate.")
+    add_flag(
+        parser, "max-new-tokens", type=PositiveInt, default=128, help="Most tokens to generate."
+    )
     return add_debug(add_inference(parser))
 
 
@@ -197,10 +203,16 @@ def eval_parser() -> ArgumentParser:
         help="Samples to score (same sources as training; synthetic ones are fresh passages,"
         " not those it trained on); default: the artifact's validation split.",
     )
-    parser.add_argument("--limit", type=int, default=None, help="Score only the first N samples.")
+    parser.add_argument(
+        "--limit", type=PositiveInt | None, default=None, help="Score only the first N samples."
+    )
     parser.add_argument("--out", required=True, help="JSON results; a PNG plot goes beside it.")
     add_flag(
-        parser, "batch-size", type=int, default=8, help="Samples scored and generated at once."
+        parser,
+        "batch-size",
+        type=PositiveInt,
+        default=8,
+        help="Samples scored and generated at once.",
     )
     return add_debug(add_inference(parser))
 

@@ -26,6 +26,8 @@ TYPE_WORDS = {
     "dict": "a mapping",
     "NoneType": "null",
 }
+# How jsonargparse spells a restricted type's bound ("restriction v>0").
+BOUND_WORDS = {">": "more than", ">=": "at least", "<": "less than", "<=": "at most"}
 
 
 def parse(parser: ArgumentParser, argv: list[str]) -> Namespace:
@@ -77,6 +79,17 @@ def _unknown(key: str, names: list[str], kind: str, prefix: str) -> str:
 
 def _bad_value(key: str, detail: str) -> str:
     given = re.search(r"(?:Got|Given) value: (.*)", detail)
+    # PositiveInt and kin: "Not of type PositiveInt: 0 does not conform to restriction v>0",
+    # the value left out when the type is inside a union (`PositiveInt | None`).
+    bound = re.search(
+        r"Not of type \w+: (.*?)\s*does not conform to restriction v([<>]=?)(-?\d+)", detail
+    )
+    if bound:
+        value = bound.group(1) or (given.group(1).strip() if given else "?")
+        return f"--{key}: expected {BOUND_WORDS[bound.group(2)]} {bound.group(3)}, got {value}"
+    if re.search(r"Not of type \w+: invalid literal for int\(\)", detail):
+        value = given.group(1).strip() if given else detail.rpartition(": ")[2].strip()
+        return f"--{key}: expected an integer, got {value.strip(chr(39))!r}"
     if given is None:
         return f"--{key}: {' '.join(detail.split())}"
     expected_part = detail.split("Given value type")[0]  # not the type of what was given

@@ -149,3 +149,29 @@ def test_condense_train_test_runs_on_the_embedded_model(tmp_path):
     summary = yaml.safe_load((run_dir / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["val_loss_initial"] > 0
     assert "val loss: initial" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "command,argv,message",
+    [
+        ("generate", ["--max-new-tokens", "0"], "--max_new_tokens: expected more than 0, got 0"),
+        ("generate", ["--max_new_tokens", "x"], "--max_new_tokens: expected an integer, got 'x'"),
+        ("eval", ["--limit", "0"], "--limit: expected more than 0, got 0"),
+        ("eval", ["--limit", "x"], "--limit: expected an integer, got 'x'"),
+        ("eval", ["--batch-size", "-1"], "--batch_size: expected more than 0, got -1"),
+    ],
+)
+def test_counts_below_one_are_refused_before_anything_loads(command, argv, message):
+    """`--limit 0` used to score every sample and `--max-new-tokens 0` failed only after
+    the model loaded: the parser now refuses them, with no artifact even read."""
+    from condense.__main__ import eval_parser, generate_parser
+    from condense.cli_errors import parse
+
+    required = {
+        "generate": (generate_parser, ["--context-file", "c.txt", "--prompt", "p"]),
+        "eval": (eval_parser, ["--out", "e.json"]),
+    }
+    parser, rest = required[command]
+    with pytest.raises(ConfigError) as err:
+        parse(parser(), ["--artifact", "no/such/artifact", *rest, *argv])
+    assert str(err.value) == message
