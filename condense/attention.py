@@ -47,16 +47,17 @@ def causal_attention(
     """transformers' attention interface: query (B, H, S, D), key and value (B, KV, S, D);
     returns the output as (B, S, H, D)."""
     batch, heads, length, dim = query.shape
-    extras = any(kwargs.get(k) is not None for k in ("softcap", "s_aux", "position_bias"))
+    extras = ("softcap", "s_aux", "position_bias", "cache")  # SDPA handles (or refuses) these
     blocked = (
         torch.compiler.is_compiling()
         and query.device.type == "cpu"
         and attention_mask is None
         and not dropout
-        and not extras
+        and all(kwargs.get(k) is None for k in extras)
         and is_causal is not False
         and getattr(module, "is_causal", True)
         and key.shape[2] == length
+        and key.shape[3] == value.shape[3] == dim  # values as wide as queries (not DeepSeek-V3)
         and length >= QUERY_BLOCKS
         and batch * heads * length * length <= MAX_SCORES
     )

@@ -38,19 +38,21 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, targets, logits_of, rows):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grads = []
-        for h, t in zip(hidden.split(rows), targets.split(rows)):
-            if not ctx.needs_input_grad[0]:
+        wanted = ctx.needs_input_grad[0]
+        # One buffer the chunks write into: no second copy from concatenating them.
+        grad = torch.zeros_like(hidden) if wanted else None
+        for start in range(0, len(targets), rows):
+            h, t = hidden[start : start + rows], targets[start : start + rows]
+            if not wanted:
                 total += _summed(logits_of, h, t)
                 continue
             with torch.enable_grad():
                 h = h.detach().requires_grad_()
                 loss = _summed(logits_of, h, t)
-                (grad,) = torch.autograd.grad(loss, h)
+                grad[start : start + rows] = torch.autograd.grad(loss, h)[0]
             total += loss.detach()
-            grads.append(grad)
-        if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(torch.cat(grads) if grads else torch.zeros_like(hidden))
+        if wanted:
+            ctx.save_for_backward(grad)
         ctx.count = len(targets)
         # An empty batch of labels gives NaN, as F.cross_entropy's mean does.
         return total / len(targets) if len(targets) else total / 0
@@ -58,6 +60,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
+        # The factor is rounded to the gradient's dtype: one scalar for the whole gradient,
+        # which AdamW's update does not see.
         return grad * (grad_output / ctx.count).to(grad.dtype), None, None, None
 
 
