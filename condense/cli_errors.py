@@ -88,8 +88,9 @@ def _bad_value(key: str, detail: str) -> str:
         value = bound.group(1) or (given.group(1).strip() if given else "?")
         return f"--{key}: expected {BOUND_WORDS[bound.group(2)]} {bound.group(3)}, got {value}"
     if re.search(r"Not of type \w+: invalid literal for int\(\)", detail):
-        value = given.group(1).strip() if given else detail.rpartition(": ")[2].strip()
-        return f"--{key}: expected an integer, got {value.strip(chr(39))!r}"
+        # Quoted or not, depending on whether the type sits in a union.
+        value = (given.group(1) if given else detail.rpartition(": ")[2]).strip().strip("'")
+        return f"--{key}: expected an integer, got {value!r}"
     if given is None:
         return f"--{key}: {' '.join(detail.split())}"
     expected_part = detail.split("Given value type")[0]  # not the type of what was given

@@ -54,8 +54,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         if wanted:
             ctx.save_for_backward(grad)
         ctx.count = len(targets)
-        # An empty batch of labels gives NaN, as F.cross_entropy's mean does.
-        return total / len(targets) if len(targets) else total / 0
+        # An empty batch of labels gives 0 / 0 = NaN, as F.cross_entropy's mean does.
+        return total / len(targets)
 
     @staticmethod
     def backward(ctx, grad_output):
