@@ -68,8 +68,8 @@ class ModelConfig:
             only costs time.
         compile: torch.compile each transformer block of both models (one graph for all
             blocks, dynamic shapes): fuses the small element-wise ops around the matmuls.
-            The first step pays the compilation (the bench job on a 2-core CPU: 110 s,
-            45 s with torch's compile cache warm).
+            The first validation and training batches pay the compilation (the bench
+            job's first step on a 2-core CPU: 110 s, 45 s with torch's compile cache warm).
     """
 
     encoder: str = EMBEDDED_MODEL

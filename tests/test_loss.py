@@ -52,7 +52,8 @@ def test_fp16_gradients_keep_the_small_probabilities():
     """Under 16-mixed (V100, T4) each chunk's gradient is taken in forward, before
     GradScaler's factor reaches it: over a 49k vocabulary most probabilities are below
     fp16's smallest normal number (6e-5), and what they add up to must still arrive.
-    (Taken 2^12 times smaller, the gradient comes out ~100% wrong; as is, 4e-4.)"""
+    As is, the gradient is 4.0e-4 off; taken in forward from the mean over 256 labels (a
+    batch of a few samples) and scaled back in backward, it would be 2.1e-3 off."""
     torch.manual_seed(0)
     vocab, hidden_size, rows = 49152, 64, 32
     weight = torch.randn(vocab, hidden_size) * 0.4
@@ -68,4 +69,4 @@ def test_fp16_gradients_keep_the_small_probabilities():
 
     got = half.grad.double() / 2.0**16
     assert torch.isfinite(got).all()
-    assert (got - exact.grad).norm() / exact.grad.norm() < 3e-3
+    assert (got - exact.grad).norm() / exact.grad.norm() < 1e-3
