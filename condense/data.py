@@ -204,9 +204,12 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     training, tight enough that padding stays small. `set_epoch` gives a new order.
 
     With several processes (DDP), every rank builds the same epoch from the same seed and
-    keeps every `num_replicas`-th batch from its `rank` on: the ranks' shares are disjoint
-    and equally long (the last `len % num_replicas` batches of an epoch are left out, so
-    no rank waits on another in the gradient all-reduce).
+    keeps every `num_replicas`-th batch from its `rank` on, so the ranks' shares are
+    disjoint. With `even` (training) they are also equally long: the last
+    `len % num_replicas` batches of an epoch are left out, so no rank waits on another in
+    the gradient all-reduce. Without it (validation, where nothing is all-reduced per
+    batch) every batch is kept and the first ranks get one more, so a validation loss is
+    over the same samples whatever the number of processes.
     """
 
     def __init__(
@@ -217,6 +220,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         window: int = 50,
         num_replicas: int = 1,
         rank: int = 0,
+        even: bool = True,
     ):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
@@ -226,6 +230,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.window = window
         self.num_replicas = num_replicas
         self.rank = rank
+        self.even = even
         self.epoch = 0
         self.start = 0  # the batch (this rank's count) the next pass begins at
 
@@ -244,17 +249,22 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             window = sorted(order[start : start + span], key=self.lengths.__getitem__)
             batches += self._chunk(window)
         rng.shuffle(batches)
-        shared = len(self) * self.num_replicas
+        end = self._batches() // self.num_replicas * self.num_replicas if self.even else None
         # Skipped as lists of indices: no sample of a skipped batch is read or collated.
         first = self.rank + self.start * self.num_replicas
-        yield from batches[first : shared : self.num_replicas]
+        yield from batches[first : end : self.num_replicas]
 
     def _chunk(self, order: list[int]) -> list[list[int]]:
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def __len__(self) -> int:
         """Batches this rank gets per epoch."""
-        return math.ceil(len(self.lengths) / self.batch_size) // self.num_replicas
+        if self.even:
+            return self._batches() // self.num_replicas
+        return len(range(self.rank, self._batches(), self.num_replicas))
+
+    def _batches(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
 
 
 class ResumableDataLoader(DataLoader):
@@ -338,20 +348,21 @@ class CondenseDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> ResumableDataLoader:
-        return self._loader(self.train_set, ResumableDataLoader)
+        return self._loader(self.train_set, ResumableDataLoader, even=True)
 
     def val_dataloader(self) -> DataLoader:
         # Batched like training, but always as epoch 0: every validation sees the same
-        # batches, and a `val_batches` limit takes a fair sample, not the shortest.
-        return self._loader(self.val_set, DataLoader)
+        # batches, and a `val_batches` limit takes a fair sample, not the shortest. All of
+        # them under DDP too: val_loss is synced as a sum over target tokens at the end.
+        return self._loader(self.val_set, DataLoader, even=False)
 
-    def _loader(self, dataset: list[Tokenized], kind: type[DataLoader]) -> DataLoader:
+    def _loader(self, dataset: list[Tokenized], kind: type[DataLoader], even: bool) -> DataLoader:
         # The sampler shards batches across DDP ranks itself; the Trainer is told not to
         # put a DistributedSampler in its place (use_distributed_sampler=False).
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         sampler = LengthGroupedBatchSampler(
-            length_keys(dataset), self.cfg.batch_size, self.seed, 50, replicas, rank
+            length_keys(dataset), self.cfg.batch_size, self.seed, 50, replicas, rank, even
         )
         if len(sampler) == 0:
             raise DataError(

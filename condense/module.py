@@ -88,8 +88,8 @@ class CondenseModule(L.LightningModule):
         condensed = self.condenser.encode(batch["context_ids"], batch["context_mask"])
         text = batch["input_ids"], batch["attention_mask"]
         loss, targets = self.condenser.decoder_loss(condensed, *text, batch["labels"])
-        # Weighted by target tokens, so val_loss is the mean over tokens, not over batches.
-        self.log("val_loss", loss, prog_bar=True, batch_size=int(targets), sync_dist=True)
+        # Summed by target tokens, so val_loss is the mean over tokens, not over batches.
+        self._val_totals += torch.stack([loss.detach().float() * targets, targets])
         # The same targets behind another passage's condensed context: a val_loss that falls
         # while val_loss_wrong falls with it has learned the task's format, not its content.
         partner, has_partner = other_context(batch["group"])
@@ -99,11 +99,19 @@ class CondenseModule(L.LightningModule):
             self._wrong_totals += torch.stack([wrong.detach().float() * counted, counted])
 
     def on_validation_epoch_start(self) -> None:
-        self._wrong_totals = torch.zeros(2, device=self.device)  # summed loss, target tokens
+        # Each: summed loss, target tokens.
+        self._val_totals = torch.zeros(2, device=self.device)
+        self._wrong_totals = torch.zeros(2, device=self.device)
 
     def on_validation_epoch_end(self) -> None:
-        # Summed here rather than logged per batch: a batch of one has no wrong partner, and
-        # under DDP a metric that some ranks log and others do not would hang the reduction.
+        # Summed here rather than logged per batch. Lightning syncs a logged mean as the
+        # ranks' averages of its sum and of its count, the count as an integer, which
+        # truncates when the ranks' token counts add up to an odd number: the tiny job's
+        # val_loss on two processes came out 0.25% high. And a batch of one has no wrong
+        # partner: under DDP a metric that some ranks log and others do not would hang
+        # the reduction.
+        loss_sum, count = self.trainer.strategy.reduce(self._val_totals, reduce_op="sum")
+        self.log("val_loss", loss_sum / count, prog_bar=True)  # the same on every rank
         loss_sum, count = self.trainer.strategy.reduce(self._wrong_totals, reduce_op="sum")
         if count > 0:
             self.log("val_loss_wrong", loss_sum / count, rank_zero_only=True)

@@ -274,6 +274,23 @@ def test_ranks_get_disjoint_equal_shares_of_every_epoch():
         assert sorted(together) == sorted(map(tuple, list(alone)[:24]))
 
 
+def test_uneven_ranks_share_every_batch_of_the_single_process_epoch():
+    # Validation: 26 batches of 4 over 3 ranks are 9, 9 and 8, and together all 26, so a
+    # validation loss covers the same samples whatever the number of processes.
+    lengths = [(i * 37) % 101 for i in range(103)]
+    shares = []
+    for rank in range(3):
+        sampler = LengthGroupedBatchSampler(
+            lengths, 4, seed=2, num_replicas=3, rank=rank, even=False
+        )
+        shares.append(list(sampler))
+        assert len(shares[-1]) == len(sampler)
+    assert [len(share) for share in shares] == [9, 9, 8]
+    together = sorted(tuple(batch) for share in shares for batch in share)
+    alone = LengthGroupedBatchSampler(lengths, 4, seed=2)
+    assert together == sorted(map(tuple, alone))
+
+
 def test_a_rank_outside_the_replicas_is_refused():
     with pytest.raises(ValueError, match="rank 2"):
         LengthGroupedBatchSampler([1, 2, 3], 1, num_replicas=2, rank=2)

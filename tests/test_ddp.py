@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from condense.__main__ import main
 from tests.conftest import job_under_test
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,3 +47,10 @@ def test_two_processes_train_on_disjoint_batches_and_agree_on_the_weights(
     # The weights trained are the ones checkpointed: rank 0 alone wrote the files.
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert all(torch.equal(saved[f"condenser.{k}"], first[k]) for k in first)
+    if kind == "tiny":
+        # Its 3 validation batches go 2 and 1 to the ranks, none left out: the initial
+        # validation loss is the one a single process computes over all of them.
+        alone = tmp_path / "alone"
+        main(["train", "--config", str(job), "--run-dir", str(alone), "--accelerator", "cpu"])
+        single = json.loads((alone / "summary.json").read_text())["val_loss_initial"]
+        assert summary["val_loss_initial"] == pytest.approx(single, rel=1e-5)
