@@ -105,7 +105,8 @@ def bench_parser() -> ArgumentParser:
     parser = job_parser(
         "condense bench",
         "Time training steps of a job on this machine: step time, tokens/s, padding, peak"
-        " memory, FLOP/s and MFU against a bf16 matmul peak measured in the same run. Takes"
+        " memory, FLOP/s and MFU against a matmul peak measured in the same run (bf16; fp16"
+        " under 16-mixed). Takes"
         " every option of `condense train`.",
     )
     parser.add_argument("--steps", type=int, default=10, help="Timed steps (after warm-up).")

@@ -60,7 +60,10 @@ def run_bench(
     # The hardware's peak is the best any thread count gets: on a shared machine one thread
     # can beat all of them, and MFU must not gain from running on fewer cores.
     counts = sorted({1, all_threads, threads or all_threads})
-    peaks = {n: measure_peak(shapes, device, threads=n) for n in counts}
+    # The peak of the dtype the steps compute in: fp16 where the job runs 16-mixed (a V100
+    # or T4 has no fast bf16, and MFU against its emulated bf16 would flatter), else bf16.
+    dtype = torch.float16 if precision.startswith("16") else torch.bfloat16
+    peaks = {n: measure_peak(shapes, device, threads=n, dtype=dtype) for n in counts}
     torch.set_num_threads(threads or all_threads)
     result: dict[str, Any] = {
         "job": cfg.name,
@@ -98,10 +101,11 @@ def run_bench(
     runtime = result["rss_runtime_bytes"] if device.type == "cpu" else 0
     result["plan_peak_memory_bytes"] = runtime + result["plan_memory"]["total"]
     for n in counts:  # again after the steps: the other side of any change in load
-        peaks[n] = max(peaks[n], measure_peak(shapes, device, threads=n))
+        peaks[n] = max(peaks[n], measure_peak(shapes, device, threads=n, dtype=dtype))
     torch.set_num_threads(all_threads)
     peak = max(peaks.values())
-    result["peak_flops_bf16_matmul"] = peak
+    result["peak_flops_matmul"] = peak
+    result["peak_dtype"] = "fp16" if dtype == torch.float16 else "bf16"
     result["peak_flops_by_threads"] = peaks
     result["peak_shapes"] = [list(s) for s in shapes]
     for name in MODES:
@@ -123,10 +127,13 @@ def time_steps(
     grad_clip: float,
     warmup: int,
 ) -> dict[str, Any]:
-    """Seconds per step of each batch after the first `warmup`, and the peak memory."""
+    """Seconds per step of each batch after the first `warmup`, and the peak memory.
+    Under 16-mixed the loss is scaled as Lightning's AMP does: gradients unscaled before
+    clipping, the step skipped where they overflow."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     device = params[0].device
     autocast = _autocast(precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
     times, losses = [], []
     for index, batch in enumerate(batches):
         if index == warmup:
@@ -135,10 +142,12 @@ def time_steps(
         start = time.perf_counter()
         with autocast():
             loss, _ = loss_fn(batch)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         _sync(device)
         if index >= warmup:
@@ -242,16 +251,20 @@ def _rates(entry: dict[str, Any], peak: float) -> None:
 
 
 def measure_peak(
-    shapes: list[tuple[int, int, int]], device: torch.device, seconds=0.5, threads=None
+    shapes: list[tuple[int, int, int]],
+    device: torch.device,
+    seconds: float = 0.5,
+    threads: int | None = None,
+    dtype: torch.dtype = torch.bfloat16,
 ) -> float:
-    """Best FLOP/s of bf16 matmuls (m, k) x (k, n) of the given shapes on `device`, with
-    `threads` CPU threads (default: as set)."""
+    """Best FLOP/s of `dtype` matmuls (m, k) x (k, n) of the given shapes on `device`,
+    with `threads` CPU threads (default: as set)."""
     if threads:
         torch.set_num_threads(threads)
     best = 0.0
     for m, k, n in shapes:
-        a = torch.randn(m, k, device=device, dtype=torch.bfloat16)
-        b = torch.randn(k, n, device=device, dtype=torch.bfloat16)
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        b = torch.randn(k, n, device=device, dtype=dtype)
         a @ b  # warm-up: the kernel choice, the first touch of the memory
         runs, start = 0, time.perf_counter()
         _sync(device)
@@ -374,7 +387,8 @@ def describe(result: dict[str, Any]) -> str:
             f" {result['steps']} steps after {result['warmup']} warm-up, {result['device']}"
         ),
         (
-            f"  bf16 matmul peak (same run): {result['peak_flops_bf16_matmul'] / 1e12:.2f} TFLOP/s;"
+            f"  {result['peak_dtype']} matmul peak (same run):"
+            f" {result['peak_flops_matmul'] / 1e12:.2f} TFLOP/s;"
             f" padding over the first epoch: {result['padding_fraction_epoch']:.3f}"
         ),
         "  mode     step s  target tok/s  tok/s   padding  TFLOP/s  MFU    peak memory",

@@ -27,7 +27,10 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # This process's own GPU only: a DDP rank draws from no other, and restoring every
+        # visible GPU's state would fail where a resume sees fewer GPUs, and give other
+        # ranks the never-drawn state of GPUs that rank 0 did not use.
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -38,7 +41,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: every GPU's, rank 0's first
+            cuda = cuda[0]
+        torch.cuda.set_rng_state(cuda)
 
 
 class ResumeRandomState(Callback):

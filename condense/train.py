@@ -292,7 +292,8 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
             " the transformer blocks (the bench job's first step: 110 s on a 2-core CPU,"
             " 45 s with torch's compile cache warm)"
         )
-    return CondenseModule(condenser, cfg.optim, cfg.max_steps), datamodule
+    scaled = precision.startswith("16")
+    return CondenseModule(condenser, cfg.optim, cfg.max_steps, scaled), datamodule
 
 
 def check_devices(accelerator: str) -> None:

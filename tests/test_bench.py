@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -40,7 +41,7 @@ def test_bench_times_both_modes_on_the_same_samples(tiny_pair, tmp_path, capsys)
     # Static pads both sides to max_tokens and computes logits everywhere.
     assert static["padding_fraction"] > dynamic["padding_fraction"] >= 0
     assert static["computed_flops_per_step"] > dynamic["computed_flops_per_step"]
-    assert result["peak_flops_bf16_matmul"] > 0 and 0 < dynamic["mfu"]
+    assert result["peak_flops_matmul"] > 0 and 0 < dynamic["mfu"]
     assert result["speedup_target_tokens_per_s"] > 0
     assert "speed-up" in capsys.readouterr().out
 
@@ -155,3 +156,21 @@ def test_long_synthetic_samples_are_shaped_like_the_originals():
     words = [len(s.context.split()) for s in samples]
     assert min(words) > 40 and max(words) > 250  # ~1 to 6 passages of ~60-90 words
     assert max(len((s.prompt + s.completion).split()) for s in samples) < 120
+
+
+def test_bench_under_16_mixed_scales_the_loss_and_takes_the_fp16_peak(tiny_pair, tmp_path):
+    # A V100 or T4 trains 16-mixed: foreach AdamW behind a GradScaler, as Lightning runs it,
+    # and MFU against fp16 matmuls, not the emulated bf16 those GPUs have.
+    from condense.train import build
+
+    job = tiny_job(*tiny_pair, tmp_path / "job.yaml", precision="16-mixed")
+    cfg = parse_train(["--config", str(job)])
+    module, _ = build(cfg, "16-mixed")
+    defaults = module.configure_optimizers()["optimizer"].defaults
+    assert defaults["foreach"] and not defaults["fused"]
+    out = tmp_path / "bench.json"
+    main(["bench", "--config", str(job), "--steps", "2", "--warmup", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["precision"] == "16-mixed" and result["peak_dtype"] == "fp16"
+    assert result["peak_flops_matmul"] > 0
+    assert all(math.isfinite(result["dynamic"][k]) for k in ("loss_first", "loss_last"))
