@@ -93,19 +93,18 @@ class CondenseModule(L.LightningModule):
         text = batch["input_ids"], batch["attention_mask"]
         loss, targets = self.condenser.decoder_loss(condensed, *text, batch["labels"])
         # Summed by target tokens, so val_loss is the mean over tokens, not over batches.
-        self._val_totals += torch.stack([loss.detach().float() * targets, targets])
+        self._totals[0] += torch.stack([loss.detach().float() * targets, targets])
         # The same targets behind another passage's condensed context: a val_loss that falls
         # while val_loss_wrong falls with it has learned the task's format, not its content.
         partner, has_partner = other_context(batch["group"])
         if has_partner.any():
             labels = batch["labels"].masked_fill(~has_partner[:, None], IGNORE_INDEX)
             wrong, counted = self.condenser.decoder_loss(condensed[partner], *text, labels)
-            self._wrong_totals += torch.stack([wrong.detach().float() * counted, counted])
+            self._totals[1] += torch.stack([wrong.detach().float() * counted, counted])
 
     def on_validation_epoch_start(self) -> None:
-        # Each: summed loss, target tokens.
-        self._val_totals = torch.zeros(2, device=self.device)
-        self._wrong_totals = torch.zeros(2, device=self.device)
+        # Rows: the right context, a wrong one; columns: summed loss, target tokens.
+        self._totals = torch.zeros(2, 2, device=self.device)
 
     def on_validation_epoch_end(self) -> None:
         # Summed here rather than logged per batch. Lightning syncs a logged mean as the
@@ -113,12 +112,13 @@ class CondenseModule(L.LightningModule):
         # truncates when the ranks' token counts add up to an odd number: the tiny job's
         # val_loss on two processes came out 0.25% high. And a batch of one has no wrong
         # partner: under DDP a metric that some ranks log and others do not would hang
-        # the reduction.
-        loss_sum, count = self.trainer.strategy.reduce(self._val_totals, reduce_op="sum")
+        # the reduction. One reduction for both.
+        (loss_sum, count), (wrong_sum, wrong_count) = self.trainer.strategy.reduce(
+            self._totals, reduce_op="sum"
+        )
         self.log("val_loss", loss_sum / count, prog_bar=True)  # the same on every rank
-        loss_sum, count = self.trainer.strategy.reduce(self._wrong_totals, reduce_op="sum")
-        if count > 0:
-            self.log("val_loss_wrong", loss_sum / count, rank_zero_only=True)
+        if wrong_count > 0:
+            self.log("val_loss_wrong", wrong_sum / wrong_count, rank_zero_only=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self.condenser.parameter_groups()
