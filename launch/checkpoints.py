@@ -1,10 +1,22 @@
-"""Which checkpoint a restarted job resumes from: the newest one that loads."""
+"""Which checkpoint a restarted job resumes from: the newest one that loads, and on several
+nodes the one the first node chose."""
 
 from __future__ import annotations
 
+import json
 import pickle
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+
+RESUME_KEY = "condense/resume"
+# The first node's store must outlive every other process's look at it: kept for the process.
+_served: list = []
+
+
+class CheckpointNotShared(RuntimeError):
+    """A node cannot read the checkpoint the first node resumes from."""
 
 
 @dataclass(frozen=True)
@@ -45,3 +57,50 @@ def _written_at(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
+
+
+def agree_with_first_node(
+    newest: Checkpoint | None,
+    *,
+    first: bool,
+    host: str,
+    port: int,
+    node_rank: int,
+    wait_s: float = 600.0,
+    poll_s: float = 5.0,
+    connect_timeout: timedelta = timedelta(minutes=30),
+) -> Checkpoint | None:
+    """The checkpoint every process of a multi-node job resumes from: the first process's
+    `newest`, handed to the others through a key-value store it serves at host:port.
+
+    Each node chooses on its own view of the checkpoint storage, and those views can differ
+    (a bucket mount that uploads in the background, a folder on each node's own disk). Had
+    each process kept its own choice, one starting fresh would run the initial validation
+    while the others trained, and their collectives would never match: the job hangs. A
+    process other than the first waits up to `wait_s` for the chosen file to reach it at
+    the chosen step (last.ckpt is rewritten under the same name), and raises
+    CheckpointNotShared when it does not.
+    """
+    from torch.distributed import TCPStore
+
+    if first:
+        store = TCPStore(host, port, is_master=True, timeout=connect_timeout)
+        _served.append(store)
+        chosen = {"path": str(newest.path), "global_step": newest.global_step} if newest else {}
+        store.set(RESUME_KEY, json.dumps(chosen))
+        return newest
+    store = TCPStore(host, port, is_master=False, timeout=connect_timeout)
+    chosen = json.loads(store.get(RESUME_KEY))
+    if not chosen:
+        return None
+    wanted = Checkpoint(Path(chosen["path"]), int(chosen["global_step"]))
+    deadline = time.monotonic() + wait_s
+    while read_checkpoint(wanted.path) != wanted:
+        if time.monotonic() > deadline:
+            raise CheckpointNotShared(
+                f"node {node_rank} cannot read {wanted.path} at global step"
+                f" {wanted.global_step}, the checkpoint the first node resumes from, after"
+                f" {wait_s:.0f} s: every node must mount the same --checkpoint-dir"
+            )
+        time.sleep(poll_s)
+    return wanted

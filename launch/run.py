@@ -6,7 +6,8 @@ It prepares the node, then calls the same training as `condense train`:
 - the cluster's variables become Lightning's (launch/cluster.py);
 - the checkpoint dir is the run dir: checkpoints, metrics.csv, the W&B run id and the
   artifact all live there, so a restarted job resumes from the newest checkpoint that
-  loads, continues the same W&B run, and leaves the artifact there at the end;
+  loads (on several nodes, the one the first node chose), continues the same W&B run, and
+  leaves the artifact there at the end;
 - W&B streams when WANDB_API_KEY is set and the server answers, and logs offline into the
   checkpoint dir otherwise (`wandb sync DIR/wandb/offline-run-*` uploads it later);
 - the artifact is pushed to the Hub when a repo is given (--hub-repo or $HUB_REPO).
@@ -90,8 +91,10 @@ def main(argv: list[str]) -> None:
     args, overrides = parse_args(argv)
     os.environ.update(node_environment(dict(os.environ), SPEC))
     cluster = clusters.detect(os.environ)
+    # A MASTER_PORT of the user's own wins (another job on the same nodes holds the default).
+    master_port = int(os.environ.get("MASTER_PORT") or SPEC.master_port)
     if cluster is not None:
-        os.environ.update(cluster.lightning_env(SPEC.master_port))
+        os.environ.update(cluster.lightning_env(master_port))
     # A preemption notice may come as SIGINT (Modal) or SIGTERM (clouds, SkyPilot): both
     # take Lightning's SIGTERM path, which stops between steps and saves a checkpoint.
     signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
@@ -101,12 +104,33 @@ def main(argv: list[str]) -> None:
 
     checkpoint_dir = Path(args.checkpoint_dir or default_checkpoint_dir(args.job, SPEC))
     newest = newest_valid_checkpoint(checkpoint_dir / "checkpoints")
+    if cluster is not None and cluster.num_nodes > 1:
+        newest = _agree_across_nodes(newest, cluster, master_port)
     resume = str(newest.path) if newest else "never"
     cfg = parse_train(
         train_argv(job_path(args.job), checkpoint_dir, resume, cluster, overrides, args.hub_repo)
     )
     _say(describe_start(cfg, checkpoint_dir, newest, cluster))
     _train(cfg)
+
+
+def _agree_across_nodes(newest, cluster: clusters.Cluster, master_port: int):
+    from torch.distributed import DistError
+
+    from launch.checkpoints import CheckpointNotShared, agree_with_first_node
+
+    host, port = cluster.node_ips[0], master_port + 1  # beside the DDP rendezvous
+    try:
+        return agree_with_first_node(
+            newest, first=_first_process(), host=host, port=port, node_rank=cluster.node_rank
+        )
+    except CheckpointNotShared as err:
+        raise SystemExit(f"launch: error: {err}") from None
+    except DistError as err:
+        raise SystemExit(
+            f"launch: error: node {cluster.node_rank} could not learn the first node's"
+            f" checkpoint at {host}:{port}: {str(err).splitlines()[0]}"
+        ) from None
 
 
 def describe_start(cfg, checkpoint_dir: Path, newest, cluster: clusters.Cluster | None) -> str:
@@ -141,13 +165,18 @@ def _train(cfg) -> dict:
 
 
 def _say(line: str) -> None:
-    if _rank_from_env() == 0:
+    # Once per node: the processes Lightning starts on a node carry LOCAL_RANK 1, 2, ...
+    if int(os.environ.get("LOCAL_RANK") or 0) == 0:
         print(line, flush=True)
 
 
-def _rank_from_env() -> int:
-    # Before Lightning has set ranks up, the processes it starts carry LOCAL_RANK.
-    return int(os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or 0)
+def _first_process() -> bool:
+    """Whether this is the job's global rank 0. Before Lightning has set ranks up, the
+    processes it starts carry LOCAL_RANK, and the node's rank is NODE_RANK (set in main)."""
+    if os.environ.get("RANK"):
+        return int(os.environ["RANK"]) == 0
+    node, local = os.environ.get("NODE_RANK") or 0, os.environ.get("LOCAL_RANK") or 0
+    return int(node) == 0 and int(local) == 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from launch.checkpoints import newest_valid_checkpoint
 from launch.cluster import Cluster, detect, modal_cluster_env
 from launch.run import node_environment
 from launch.spec import LaunchSpec
-from tests.conftest import job_under_test
+from tests.conftest import job_under_test, tiny_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -220,3 +220,92 @@ def test_the_launch_entry_hands_run_dir_resume_and_hub_repo_to_training():
     )
     cfg = parse_train(argv)
     assert (cfg.run_dir, cfg.resume, cfg.hub_repo, cfg.max_steps) == ("/ck/run", "never", "me/c", 5)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node(rank: int, job: Path, checkpoint_dir: Path, log: Path, port: int) -> subprocess.Popen:
+    """`python -m launch run` as node `rank` of a two-node SkyPilot cluster on this machine."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline", MASTER_PORT=str(port))
+    env |= {"SKYPILOT_NODE_RANK": str(rank), "SKYPILOT_NODE_IPS": "127.0.0.1\n127.0.0.1",
+            "SKYPILOT_NUM_GPUS_PER_NODE": "0"}  # fmt: skip
+    env.pop("WANDB_SERVICE", None)  # see _launch
+    command = [sys.executable, "-m", "launch", "run", str(job), "--checkpoint-dir"]
+    output = {"stdout": log.open("w"), "stderr": subprocess.STDOUT}
+    return subprocess.Popen([*command, str(checkpoint_dir)], cwd=ROOT, env=env, **output)
+
+
+def _both_finish(nodes: list[subprocess.Popen], logs: list[Path], timeout: float) -> None:
+    try:
+        codes = [node.wait(timeout=timeout) for node in nodes]
+    except subprocess.TimeoutExpired:
+        codes = None
+    for node in nodes:
+        node.kill()
+    assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
+
+
+def test_two_nodes_resume_from_the_checkpoint_the_first_node_sees(tiny_pair, tmp_path):
+    shared, unseen = tmp_path / "shared", tmp_path / "node1-empty"
+    job = tiny_job(*tiny_pair, tmp_path / "job.yaml", max_steps=4, val_every_n_steps=2)
+    logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
+    port = _free_port()
+    _both_finish([_node(r, job, shared, logs[r], port) for r in (0, 1)], logs, timeout=180)
+    last = shared / "checkpoints" / "last.ckpt"
+    assert _step(last) == 4
+
+    # The second node's storage lags (here: it sees an empty folder). Left to itself it
+    # would start fresh and validate while the first node trained: the job would hang.
+    job = tiny_job(*tiny_pair, tmp_path / "job.yaml", max_steps=8, val_every_n_steps=2)
+    logs = [tmp_path / "again0.log", tmp_path / "again1.log"]
+    dirs = [shared, unseen]
+    _both_finish([_node(r, job, dirs[r], logs[r], port) for r in (0, 1)], logs, timeout=180)
+    for log in logs:
+        assert f"resuming from {last} (global step 4)" in log.read_text()
+    summary = json.loads((shared / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["world_size"] == 2
+
+
+def test_a_node_waits_for_the_first_nodes_checkpoint_then_gives_up_in_one_line(tmp_path):
+    import threading
+
+    from launch.checkpoints import Checkpoint, CheckpointNotShared, agree_with_first_node
+
+    def save(step: int) -> None:  # renamed into place, as training writes it
+        torch.save({"global_step": step}, tmp_path / "next.ckpt")
+        (tmp_path / "next.ckpt").replace(tmp_path / "last.ckpt")
+
+    def other_node(port: int, wait_s: float) -> Checkpoint | None:
+        mine = Checkpoint(tmp_path / "mine.ckpt", 9)  # what this node would choose alone
+        return agree_with_first_node(
+            mine, first=False, host="127.0.0.1", port=port, node_rank=1, wait_s=wait_s, poll_s=0.05
+        )
+
+    # The first node starts fresh: so does every node, whatever it sees itself.
+    fresh = _free_port()
+    assert (
+        agree_with_first_node(None, first=True, host="127.0.0.1", port=fresh, node_rank=0) is None
+    )
+    assert other_node(fresh, wait_s=1) is None
+
+    # It resumes from step 5 of last.ckpt; this node still sees step 3 there, until the
+    # storage catches up.
+    save(3)
+    chosen, port = Checkpoint(tmp_path / "last.ckpt", 5), _free_port()
+    assert agree_with_first_node(chosen, first=True, host="127.0.0.1", port=port, node_rank=0)
+    threading.Timer(0.5, save, (5,)).start()
+    started = time.monotonic()
+    assert other_node(port, wait_s=30) == chosen
+    assert 0.4 < time.monotonic() - started < 10
+
+    save(3)  # storage that never shows it
+    with pytest.raises(
+        CheckpointNotShared, match="node 1 cannot read .*last.ckpt at global step 5"
+    ):
+        other_node(port, wait_s=0.3)
