@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from condense import flops
 from condense.config import TrainConfig
 from condense.data import Collator, LengthGroupedBatchSampler, Tokenized, length_keys
+from condense.device import weights_dtype
 from condense.model import IGNORE_INDEX, Condenser
 from condense.plan import memory
 
@@ -49,8 +50,8 @@ def run_bench(
     device = _device(cfg.accelerator)
     built_rss = _current_rss()
     condenser = module.condenser.to(device).train()
-    if precision.startswith("bf16-true"):
-        condenser.to(torch.bfloat16)
+    if precision in ("bf16-true", "16-true"):  # as Lightning does: every parameter too
+        condenser.to(weights_dtype(precision))
     samples = datamodule.train_set
     # The training sampler's first batches of the first epoch: what a run starts with.
     epoch = list(LengthGroupedBatchSampler(length_keys(samples), cfg.dataset.batch_size, cfg.seed))

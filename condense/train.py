@@ -292,7 +292,7 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
             " the transformer blocks (the bench job's first step: 110 s on a 2-core CPU,"
             " 45 s with torch's compile cache warm)"
         )
-    scaled = precision.startswith("16")
+    scaled = precision == "16-mixed"  # Lightning's GradScaler; 16-true runs without one
     return CondenseModule(condenser, cfg.optim, cfg.max_steps, scaled), datamodule
 
 
@@ -320,11 +320,17 @@ def check_positions(cfg: TrainConfig) -> None:
             )
 
 
+# Lightning's short precision names, spelled out as Lightning reads them: the weights'
+# dtype, autocast, loss scaling and bench's peak all go by the full name.
+PRECISION_ALIASES = {"64": "64-true", "32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
-    """ "auto" -> bf16-mixed where the hardware has bf16 (GPU or CPU), else 16-mixed on a
-    GPU without it, else 32-true."""
+    """The full Lightning name of `precision` ("bf16" -> bf16-mixed, "32" -> 32-true);
+    "auto" -> bf16-mixed where the hardware has bf16 (GPU or CPU), else 16-mixed on a GPU
+    without it, else 32-true."""
     if precision != "auto":
-        return precision
+        return PRECISION_ALIASES.get(precision, precision)
     if _on_gpu(accelerator):
         return gpu_mixed_precision()
     return "bf16-mixed" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32-true"

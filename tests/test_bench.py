@@ -174,3 +174,17 @@ def test_bench_under_16_mixed_scales_the_loss_and_takes_the_fp16_peak(tiny_pair,
     assert result["precision"] == "16-mixed" and result["peak_dtype"] == "fp16"
     assert result["peak_flops_matmul"] > 0
     assert all(math.isfinite(result["dynamic"][k]) for k in ("loss_first", "loss_last"))
+
+
+def test_a_short_precision_name_is_benched_as_training_runs_it(tiny_pair, tmp_path):
+    # Lightning trains `--precision bf16` as bf16-mixed: the bench runs and reports it so.
+    job = tiny_job(*tiny_pair, tmp_path / "job.yaml")
+    results = {}
+    for precision in ("bf16", "bf16-mixed"):
+        out = tmp_path / f"{precision}.json"
+        main(["bench", "--config", str(job), "--steps", "1", "--warmup", "1",
+              "--precision", precision, "--out", str(out)])  # fmt: skip
+        results[precision] = json.loads(out.read_text())
+    assert results["bf16"]["precision"] == "bf16-mixed"
+    losses = [results[p]["dynamic"]["loss_first"] for p in ("bf16", "bf16-mixed")]
+    assert losses[0] == losses[1]
