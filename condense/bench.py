@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from condense import flops
 from condense.config import TrainConfig
 from condense.data import Collator, LengthGroupedBatchSampler, Tokenized, length_keys
-from condense.device import weights_dtype
 from condense.model import IGNORE_INDEX, Condenser
 from condense.plan import memory
 
@@ -50,8 +49,8 @@ def run_bench(
     device = _device(cfg.accelerator)
     built_rss = _current_rss()
     condenser = module.condenser.to(device).train()
-    if precision in ("bf16-true", "16-true"):  # as Lightning does: every parameter too
-        condenser.to(weights_dtype(precision))
+    if precision in TRUE_DTYPES:  # as Lightning does: every parameter too
+        condenser.to(TRUE_DTYPES[precision])
     samples = datamodule.train_set
     # The training sampler's first batches of the first epoch: what a run starts with.
     epoch = list(LengthGroupedBatchSampler(length_keys(samples), cfg.dataset.batch_size, cfg.seed))
@@ -326,6 +325,10 @@ def _device_name(device: torch.device) -> str:
     import platform
 
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+# The "-true" precisions: Lightning casts the whole model, trainable parameters too.
+TRUE_DTYPES = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}
 
 
 def _autocast(

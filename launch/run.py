@@ -127,9 +127,10 @@ def _agree_across_nodes(newest, cluster: clusters.Cluster, master_port: int):
     except CheckpointNotShared as err:
         raise SystemExit(f"launch: error: {err}") from None
     except DistError as err:
+        role = "serve" if _first_process() else "reach"
         raise SystemExit(
-            f"launch: error: node {cluster.node_rank} could not learn the first node's"
-            f" checkpoint at {host}:{port}: {str(err).splitlines()[0]}"
+            f"launch: error: node {cluster.node_rank} could not {role} the checkpoint choice"
+            f" on {host}:{port}: {str(err).splitlines()[0]}"
         ) from None
 
 

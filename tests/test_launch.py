@@ -223,11 +223,18 @@ def test_the_launch_entry_hands_run_dir_resume_and_hub_repo_to_training():
 
 
 def _free_port() -> int:
+    """A free port whose next one is free too (a two-node launch takes both)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s, socket.socket() as after:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            try:
+                after.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
 
 
 def _node(rank: int, job: Path, checkpoint_dir: Path, log: Path, port: int) -> subprocess.Popen:
