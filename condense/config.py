@@ -194,8 +194,9 @@ class TrainConfig:
         resume: "auto" resumes from run_dir/checkpoints/last.ckpt when it exists, "never"
             starts fresh, anything else is a checkpoint path to resume from. A fresh start
             in a run_dir holding an earlier run moves that run's files to earlier-<time>/.
-        precision: Lightning precision; "auto" is bf16-mixed where the hardware has bf16
-            (frozen weights are then stored in bf16) and 32-true elsewhere.
+        precision: Lightning precision (short names as Lightning reads them: bf16 is
+            bf16-mixed); "auto" is bf16-mixed where the hardware has bf16 (frozen weights
+            are then stored in bf16), 16-mixed on a GPU without it, 32-true elsewhere.
         accelerator: Lightning accelerator: auto, cpu, gpu.
         devices: Devices per node (a count, "auto" for all GPUs, or a list of indices).
             More than one trains with Lightning DDP: each process sees its own share of

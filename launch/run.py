@@ -120,14 +120,15 @@ def _agree_across_nodes(newest, cluster: clusters.Cluster, master_port: int):
     from launch.checkpoints import CheckpointNotShared, agree_with_first_node
 
     host, port = cluster.node_ips[0], master_port + 1  # beside the DDP rendezvous
+    first = _first_process()
     try:
         return agree_with_first_node(
-            newest, first=_first_process(), host=host, port=port, node_rank=cluster.node_rank
+            newest, first=first, host=host, port=port, node_rank=cluster.node_rank
         )
     except CheckpointNotShared as err:
         raise SystemExit(f"launch: error: {err}") from None
     except DistError as err:
-        role = "serve" if _first_process() else "reach"
+        role = "serve" if first else "reach"
         raise SystemExit(
             f"launch: error: node {cluster.node_rank} could not {role} the checkpoint choice"
             f" on {host}:{port}: {str(err).splitlines()[0]}"
