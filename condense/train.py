@@ -48,14 +48,17 @@ from condense.weights import load_causal_lm, load_tokenizer, max_positions
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, check_finished: bool = True) -> dict[str, Any]:
     """Train a condenser as `cfg` says; returns the summary also written to summary.json.
 
     With several processes (DDP) every process calls this; only global rank 0 writes
     files. On SIGTERM it saves last.ckpt and raises Lightning's `SIGTERMException`.
+    A resumed run whose summary.json says it has trained to max_steps trains nothing;
+    `check_finished=False` skips that look, for a caller that decided for every process
+    that the run is not finished (on several nodes each sees its own run dir).
     """
     try:
-        return _train(cfg)
+        return _train(cfg, check_finished)
     finally:
         if not cfg.run_dir:
             # The folder resolve_run_dir chose is this run's alone, however the run ended:
@@ -63,7 +66,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             os.environ.pop(RUN_DIR_ENV, None)
 
 
-def _train(cfg: TrainConfig) -> dict[str, Any]:
+def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     start = time.monotonic()
     L.seed_everything(cfg.seed, verbose=False)
     check_devices(cfg.accelerator)
@@ -89,7 +92,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     )
     watch = [LogGenerations(datamodule.val_samples)]
     trainer = make_trainer(cfg, precision, run_dir, loggers, checkpoints, watch)
-    finished = _finished_summary(run_dir, resumed_step) if continues else None
+    finished = _finished_summary(run_dir, resumed_step) if continues and check_finished else None
     if finished is not None and resumed_step >= cfg.max_steps:
         return _rerun_of_finished(finished, cfg, run_dir, trainer.is_global_zero)
     if trainer.is_global_zero:

@@ -1,5 +1,5 @@
-"""Which checkpoint a restarted job resumes from: the newest one that loads, and on several
-nodes the one the first node chose."""
+"""Where a restarted job stands: the newest checkpoint that loads, whether its training has
+already finished, and on several nodes what the first node saw."""
 
 from __future__ import annotations
 
@@ -41,6 +41,34 @@ def read_checkpoint(path: Path) -> Checkpoint | None:
         return None
 
 
+@dataclass(frozen=True)
+class RunState:
+    """What a restarted job finds in its run dir: the newest checkpoint that loads, and the
+    steps summary.json says training ran (written when a run ends; None without one)."""
+
+    checkpoint: Checkpoint | None
+    summary_steps: int | None = None
+
+    def finished(self, max_steps: int) -> bool:
+        """Whether the run has trained to max_steps and written its summary: nothing to
+        train. A run stopped at its last step without a summary is not finished."""
+        ckpt = self.checkpoint
+        return ckpt is not None and self.summary_steps == ckpt.global_step >= max_steps
+
+
+def read_run_state(run_dir: Path) -> RunState:
+    """The RunState of run_dir as this node sees it."""
+    return RunState(newest_valid_checkpoint(Path(run_dir) / "checkpoints"), summary_steps(run_dir))
+
+
+def summary_steps(run_dir: Path) -> int | None:
+    """The steps in run_dir's summary.json, or None when it has none that reads."""
+    try:
+        return int(json.loads((Path(run_dir) / "summary.json").read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def newest_valid_checkpoint(folder: Path) -> Checkpoint | None:
     """The loadable *.ckpt in `folder` with the highest global step (the most recently
     written one among equals), or None when there is none."""
@@ -60,7 +88,7 @@ def _written_at(path: Path) -> float:
 
 
 def agree_with_first_node(
-    newest: Checkpoint | None,
+    seen: RunState,
     *,
     first: bool,
     host: str,
@@ -69,33 +97,31 @@ def agree_with_first_node(
     wait_s: float = 600.0,
     poll_s: float = 5.0,
     connect_timeout: timedelta = timedelta(minutes=30),
-) -> Checkpoint | None:
-    """The checkpoint every process of a multi-node job resumes from: the first process's
-    `newest`, handed to the others through a key-value store it serves at host:port.
+) -> RunState:
+    """The state every process of a multi-node job acts on: what the first process `seen`,
+    handed to the others through a key-value store it serves at host:port.
 
-    Each node chooses on its own view of the checkpoint storage, and those views can differ
-    (a bucket mount that uploads in the background, a folder on each node's own disk). Had
-    each process kept its own choice, one starting fresh would run the initial validation
-    while the others trained, and their collectives would never match: the job hangs. A
-    process other than the first waits up to `wait_s` for the chosen file to reach it at
-    the chosen step (last.ckpt is rewritten under the same name), and raises
-    CheckpointNotShared when it does not.
+    Each node looks at its own view of the run dir, and those views can differ (a bucket
+    mount that uploads in the background, a folder on each node's own disk). Had each
+    process acted on its own view, one starting fresh would run the initial validation
+    while the others trained, or one seeing the finished run's summary would exit while the
+    others waited for it in training: either way the job hangs. A process other than the
+    first waits up to `wait_s` for the chosen checkpoint to reach it at the chosen step
+    (last.ckpt is rewritten under the same name), and raises CheckpointNotShared when it
+    does not.
     """
     from torch.distributed import TCPStore
 
     if first:
         store = TCPStore(host, port, is_master=True, timeout=connect_timeout)
         _served.append(store)
-        chosen = {"path": str(newest.path), "global_step": newest.global_step} if newest else {}
-        store.set(RESUME_KEY, json.dumps(chosen))
-        return newest
+        store.set(RESUME_KEY, json.dumps(_as_dict(seen)))
+        return seen
     store = TCPStore(host, port, is_master=False, timeout=connect_timeout)
-    chosen = json.loads(store.get(RESUME_KEY))
-    if not chosen:
-        return None
-    wanted = Checkpoint(Path(chosen["path"]), int(chosen["global_step"]))
+    chosen = _from_dict(json.loads(store.get(RESUME_KEY)))
+    wanted = chosen.checkpoint
     deadline = time.monotonic() + wait_s
-    while read_checkpoint(wanted.path) != wanted:
+    while wanted is not None and read_checkpoint(wanted.path) != wanted:
         if time.monotonic() > deadline:
             raise CheckpointNotShared(
                 f"node {node_rank} cannot read {wanted.path} at global step"
@@ -103,4 +129,20 @@ def agree_with_first_node(
                 f" {wait_s:.0f} s: every node must mount the same --checkpoint-dir"
             )
         time.sleep(poll_s)
-    return wanted
+    return chosen
+
+
+def _as_dict(state: RunState) -> dict:
+    ckpt = state.checkpoint
+    return {
+        "path": str(ckpt.path) if ckpt else None,
+        "global_step": ckpt.global_step if ckpt else None,
+        "summary_steps": state.summary_steps,
+    }
+
+
+def _from_dict(served: dict) -> RunState:
+    if served["path"] is None:
+        return RunState(None, served["summary_steps"])
+    ckpt = Checkpoint(Path(served["path"]), int(served["global_step"]))
+    return RunState(ckpt, served["summary_steps"])

@@ -7,7 +7,8 @@ It prepares the node, then calls the same training as `condense train`:
 - the checkpoint dir is the run dir: checkpoints, metrics.csv, the W&B run id and the
   artifact all live there, so a restarted job resumes from the newest checkpoint that
   loads (on several nodes, the one the first node chose), continues the same W&B run, and
-  leaves the artifact there at the end;
+  leaves the artifact there at the end; a restart of a finished run trains nothing (on
+  several nodes, as the first node sees it);
 - W&B streams when WANDB_API_KEY is set and the server answers, and logs offline into the
   checkpoint dir otherwise (`wandb sync DIR/wandb/offline-run-*` uploads it later);
 - the artifact is pushed to the Hub when a repo is given (--hub-repo or $HUB_REPO).
@@ -100,21 +101,28 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
 
     from condense.__main__ import job_path, parse_train
-    from launch.checkpoints import newest_valid_checkpoint
+    from launch.checkpoints import read_run_state
 
     checkpoint_dir = Path(args.checkpoint_dir or default_checkpoint_dir(args.job, SPEC))
-    newest = newest_valid_checkpoint(checkpoint_dir / "checkpoints")
+    state = read_run_state(checkpoint_dir)
     if cluster is not None and cluster.num_nodes > 1:
-        newest = _agree_across_nodes(newest, cluster, master_port)
+        state = _agree_across_nodes(state, cluster, master_port)
+    newest = state.checkpoint
     resume = str(newest.path) if newest else "never"
     cfg = parse_train(
         train_argv(job_path(args.job), checkpoint_dir, resume, cluster, overrides, args.hub_repo)
     )
+    finished = state.finished(cfg.max_steps)
+    if finished and not _first_process():
+        # The first process re-reads the summary and says so (and retries a failed push).
+        return _say(f"launch: job {cfg.name} has already trained {newest.global_step} steps")
     _say(describe_start(cfg, checkpoint_dir, newest, cluster))
-    _train(cfg)
+    # On several nodes the first node's view decides for all: training must not look again
+    # at this node's own view of summary.json.
+    _train(cfg, check_finished=finished)
 
 
-def _agree_across_nodes(newest, cluster: clusters.Cluster, master_port: int):
+def _agree_across_nodes(state, cluster: clusters.Cluster, master_port: int):
     from torch.distributed import DistError
 
     from launch.checkpoints import CheckpointNotShared, agree_with_first_node
@@ -123,7 +131,7 @@ def _agree_across_nodes(newest, cluster: clusters.Cluster, master_port: int):
     first = _first_process()
     try:
         return agree_with_first_node(
-            newest, first=first, host=host, port=port, node_rank=cluster.node_rank
+            state, first=first, host=host, port=port, node_rank=cluster.node_rank
         )
     except CheckpointNotShared as err:
         raise SystemExit(f"launch: error: {err}") from None
@@ -151,7 +159,7 @@ def describe_start(cfg, checkpoint_dir: Path, newest, cluster: clusters.Cluster 
     return f"launch: job {cfg.name}, {start}; checkpoints in {checkpoint_dir}; {where}"
 
 
-def _train(cfg) -> dict:
+def _train(cfg, check_finished: bool) -> dict:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from condense.preemption import SIGTERM_EXIT_CODE
@@ -159,7 +167,7 @@ def _train(cfg) -> dict:
     from condense.train import train
 
     try:
-        return train(cfg)
+        return train(cfg, check_finished=check_finished)
     except SIGTERMException:
         raise SystemExit(SIGTERM_EXIT_CODE) from None
     except PushError as err:  # trained and saved; only the upload failed

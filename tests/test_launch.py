@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,6 +93,19 @@ def test_newest_valid_checkpoint_skips_a_cut_short_file(tmp_path):
     (tmp_path / "last.ckpt").write_bytes(data[: len(data) // 2])  # a kill mid-upload
     assert newest_valid_checkpoint(tmp_path).path.name == "best.ckpt"
     assert newest_valid_checkpoint(tmp_path / "none") is None
+
+
+def test_a_run_is_finished_only_when_its_summary_is_of_the_last_checkpoint(tmp_path):
+    from launch.checkpoints import read_run_state
+
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"global_step": 8}, tmp_path / "checkpoints" / "last.ckpt")
+    assert not read_run_state(tmp_path).finished(max_steps=8)  # stopped at its last step
+    (tmp_path / "summary.json").write_text(json.dumps({"steps": 4}))  # an earlier stretch
+    assert not read_run_state(tmp_path).finished(max_steps=8)
+    (tmp_path / "summary.json").write_text(json.dumps({"steps": 8}))
+    state = read_run_state(tmp_path)
+    assert state.finished(max_steps=8) and not state.finished(max_steps=12)
 
 
 def test_launch_imports_without_torch():
@@ -278,37 +292,51 @@ def test_two_nodes_resume_from_the_checkpoint_the_first_node_sees(tiny_pair, tmp
     summary = json.loads((shared / "summary.json").read_text())
     assert summary["steps"] == 8 and summary["world_size"] == 2
 
+    # Started again when finished (a managed job retrying a failed push, say), with one
+    # node's view lagging behind summary.json: all nodes act on what the first node sees,
+    # so none waits in training for one that has left.
+    lagging = tmp_path / "node0-lagging"
+    shutil.copytree(shared / "checkpoints", lagging / "checkpoints")
+    for dirs, first_sees in ([shared, unseen], "finished"), ([lagging, shared], "unfinished"):
+        logs = [tmp_path / f"{first_sees}{r}.log" for r in (0, 1)]
+        _both_finish([_node(r, job, dirs[r], logs[r], port) for r in (0, 1)], logs, timeout=180)
+        said = [log.read_text() for log in logs]
+        assert ("has already trained 8 of max_steps 8" in said[0]) == (first_sees == "finished")
+        assert ("job tiny has already trained 8 steps" in said[1]) == (first_sees == "finished")
+
 
 def test_a_node_waits_for_the_first_nodes_checkpoint_then_gives_up_in_one_line(tmp_path):
     import threading
 
-    from launch.checkpoints import Checkpoint, CheckpointNotShared, agree_with_first_node
+    from launch.checkpoints import Checkpoint, CheckpointNotShared, RunState, agree_with_first_node
 
     def save(step: int) -> None:  # renamed into place, as training writes it
         torch.save({"global_step": step}, tmp_path / "next.ckpt")
         (tmp_path / "next.ckpt").replace(tmp_path / "last.ckpt")
 
-    def other_node(port: int, wait_s: float) -> Checkpoint | None:
-        mine = Checkpoint(tmp_path / "mine.ckpt", 9)  # what this node would choose alone
+    def first_node(seen: RunState) -> int:
+        port = _free_port()
+        assert agree_with_first_node(seen, first=True, host="127.0.0.1", port=port, node_rank=0)
+        return port
+
+    def other_node(port: int, wait_s: float) -> RunState:
+        # What this node would act on alone: a finished run at step 9.
+        mine = RunState(Checkpoint(tmp_path / "mine.ckpt", 9), summary_steps=9)
         return agree_with_first_node(
             mine, first=False, host="127.0.0.1", port=port, node_rank=1, wait_s=wait_s, poll_s=0.05
         )
 
     # The first node starts fresh: so does every node, whatever it sees itself.
-    fresh = _free_port()
-    assert (
-        agree_with_first_node(None, first=True, host="127.0.0.1", port=fresh, node_rank=0) is None
-    )
-    assert other_node(fresh, wait_s=1) is None
+    assert other_node(first_node(RunState(None)), wait_s=1) == RunState(None)
 
-    # It resumes from step 5 of last.ckpt; this node still sees step 3 there, until the
-    # storage catches up.
+    # It resumes from step 5 of last.ckpt, with no summary; this node still sees step 3
+    # there, until the storage catches up.
     save(3)
-    chosen, port = Checkpoint(tmp_path / "last.ckpt", 5), _free_port()
-    assert agree_with_first_node(chosen, first=True, host="127.0.0.1", port=port, node_rank=0)
+    chosen = RunState(Checkpoint(tmp_path / "last.ckpt", 5))
+    port = first_node(chosen)
     threading.Timer(0.5, save, (5,)).start()
     started = time.monotonic()
-    assert other_node(port, wait_s=30) == chosen
+    assert other_node(port, wait_s=30) == chosen and not chosen.finished(max_steps=5)
     assert 0.4 < time.monotonic() - started < 10
 
     save(3)  # storage that never shows it
