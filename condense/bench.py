@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from condense import flops
 from condense.config import TrainConfig
 from condense.data import Collator, LengthGroupedBatchSampler, Tokenized, length_keys
+from condense.device import precision_dtype
 from condense.model import IGNORE_INDEX, Condenser
 from condense.plan import memory
 
@@ -49,8 +50,8 @@ def run_bench(
     device = _device(cfg.accelerator)
     built_rss = _current_rss()
     condenser = module.condenser.to(device).train()
-    if precision in TRUE_DTYPES:  # as Lightning does: every parameter too
-        condenser.to(TRUE_DTYPES[precision])
+    if precision.endswith("-true"):  # as Lightning does: every parameter too
+        condenser.to(precision_dtype(precision))
     samples = datamodule.train_set
     # The training sampler's first batches of the first epoch: what a run starts with.
     epoch = list(LengthGroupedBatchSampler(length_keys(samples), cfg.dataset.batch_size, cfg.seed))
@@ -327,17 +328,12 @@ def _device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-# The "-true" precisions: Lightning casts the whole model, trainable parameters too.
-TRUE_DTYPES = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}
-
-
 def _autocast(
     precision: str, device: torch.device
 ) -> Callable[[], contextlib.AbstractContextManager]:
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    if dtype is None:
+    if not precision.endswith("-mixed"):
         return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=dtype)
+    return lambda: torch.autocast(device.type, dtype=precision_dtype(precision))
 
 
 def _sync(device: torch.device) -> None:

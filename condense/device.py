@@ -53,10 +53,13 @@ def gpu_mixed_precision(device: torch.device | None = None) -> str:
     return "bf16-mixed" if native else "16-mixed"
 
 
-def weights_dtype(precision: str) -> torch.dtype:
-    """The dtype the frozen models are stored in under a Lightning `precision` string."""
+def precision_dtype(precision: str) -> torch.dtype:
+    """The dtype a Lightning `precision` string computes in: the frozen models are stored
+    in it, autocast runs in it under "-mixed", and every parameter is cast to it under
+    "-true" (trainable parameters stay fp32 under "-mixed")."""
     kind = precision.split("-")[0]
-    return {"bf16": torch.bfloat16, "16": torch.float16}.get(kind, torch.float32)
+    dtypes = {"bf16": torch.bfloat16, "16": torch.float16, "64": torch.float64}
+    return dtypes.get(kind, torch.float32)
 
 
 def load_for_inference(
@@ -66,4 +69,4 @@ def load_for_inference(
     the device and precision it came to."""
     where = inference_device(device)
     precision = inference_precision(precision, where)
-    return Condenser.from_pretrained(artifact, weights_dtype(precision), where), where, precision
+    return Condenser.from_pretrained(artifact, precision_dtype(precision), where), where, precision

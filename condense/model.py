@@ -217,9 +217,9 @@ class Condenser(nn.Module):
     def autocast(self) -> AbstractContextManager:
         """Autocast to the frozen models' dtype where they are stored below fp32, as mixed
         precision training ran them (the trained tensors stay fp32); nothing where they are
-        fp32 or an autocast is on already."""
+        fp32 or wider (64-true) or an autocast is on already."""
         weight = self.decoder.get_input_embeddings().weight
-        if weight.dtype == torch.float32 or torch.is_autocast_enabled(weight.device.type):
+        if weight.dtype.itemsize >= 4 or torch.is_autocast_enabled(weight.device.type):
             return nullcontext()
         return torch.autocast(weight.device.type, dtype=weight.dtype)
 

@@ -21,7 +21,7 @@ from condense.callbacks import LogGenerations
 from condense.checkpoint_io import AtomicCheckpointIO, BestAndLastCheckpoint
 from condense.config import ConfigError, TrainConfig
 from condense.data import CondenseDataModule
-from condense.device import gpu_mixed_precision, weights_dtype
+from condense.device import gpu_mixed_precision, precision_dtype
 from condense.files import write_atomic
 from condense.loggers import (
     drop_rows_from,
@@ -275,7 +275,7 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
     datamodule = CondenseDataModule(cfg.data, cfg.dataset, encoder_tok, decoder_tok, cfg.seed)
     datamodule.setup()
     # Frozen weights are stored in the compute dtype; only trainable ones stay fp32.
-    dtype = weights_dtype(precision)
+    dtype = precision_dtype(precision)
     encoder = load_causal_lm(cfg.model.encoder, dtype)
     decoder = load_causal_lm(cfg.model.decoder, dtype)
     # Seeded here, not only at start: loading (a first-time GGUF conversion, say) may

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from condense.config import ConfigError
-from condense.device import inference_device, inference_precision, weights_dtype
+from condense.device import inference_device, inference_precision, precision_dtype
 
 
 def test_auto_is_the_gpu_when_torch_sees_one_else_the_cpu():
@@ -33,6 +33,8 @@ def test_auto_precision_is_fp32_on_cpu_and_mixed_on_a_gpu():
 
 
 def test_mixed_precision_stores_the_frozen_weights_low():
-    assert weights_dtype("32") == torch.float32
-    assert weights_dtype("bf16-mixed") == torch.bfloat16
-    assert weights_dtype("16-mixed") == torch.float16
+    assert precision_dtype("32") == torch.float32
+    assert precision_dtype("bf16-mixed") == torch.bfloat16
+    assert precision_dtype("16-mixed") == torch.float16
+    assert precision_dtype("32-true") == torch.float32
+    assert precision_dtype("64-true") == torch.float64
