@@ -50,6 +50,7 @@ def save_artifact(condenser: Condenser, out: Path, extra: dict[str, Any] | None 
     reader finds the previous artifact or the new one, never half of one.
     """
     out = Path(out)
+    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -67,6 +68,22 @@ def save_artifact(condenser: Condenser, out: Path, extra: dict[str, Any] | None 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def check_replaceable(out: Path) -> None:
+    """Raise ArtifactError unless `out` is free for an artifact: missing, an empty folder,
+    or an artifact already. Writing one replaces the whole folder, so a folder of anything
+    else (a checkpoint being imported, a user's documents) is kept."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ArtifactError(f"{out} is a file: an artifact is a folder")
+    if any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
+        raise ArtifactError(
+            f"{out} is a folder of other files, not an artifact: not replacing it;"
+            " choose another folder"
+        )
 
 
 def artifact_config(condenser: Condenser, extra: dict[str, Any]) -> dict[str, Any]:
@@ -271,6 +288,7 @@ def import_original(
     from condense.weights import load_causal_lm
 
     folder = Path(folder)
+    check_replaceable(out)  # before the models load: minutes lost otherwise
     tokens, linear, norm = _original_modules(folder / "checkpoints" / "modules.pt")
     adapter_dir = folder if (folder / "adapter_config.json").is_file() else folder / "checkpoints"
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())

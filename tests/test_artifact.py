@@ -162,6 +162,24 @@ def test_an_original_checkpoint_imports_and_condenses(tiny_pair, tmp_path, capsy
     assert condenser.condense(TEXTS).shape == (2, 6, 48)
 
 
+def test_import_refuses_to_replace_a_folder_that_is_not_an_artifact(tiny_pair, tmp_path, capsys):
+    _original_checkpoint(tiny_pair, tmp_path / "original")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "thesis.txt").write_text("years of work")
+    models = ["--encoder", tiny_pair[0], "--decoder", tiny_pair[1]]
+    for out in ("docs", "original"):  # someone's folder; the checkpoint being imported
+        with pytest.raises(SystemExit) as stop:
+            main(["import", str(tmp_path / "original"), "--out", str(tmp_path / out), *models])
+        assert stop.value.code != 0
+        assert "not replacing it" in capsys.readouterr().err
+    assert (tmp_path / "docs" / "thesis.txt").read_text() == "years of work"
+    assert (tmp_path / "original" / "checkpoints" / "modules.pt").is_file()
+    # An artifact is replaced: importing twice into one folder is allowed.
+    for _ in range(2):
+        main(["import", str(tmp_path / "original"), "--out", str(tmp_path / "artifact"), *models])
+    assert "imported" in capsys.readouterr().out
+
+
 def test_an_original_checkpoint_is_read_without_unpickling_code(tiny_pair, tmp_path):
     _original_checkpoint(tiny_pair, tmp_path / "original")
 
