@@ -168,19 +168,30 @@ class CondenseModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Loading is non-strict (the frozen weights are left out on purpose), so check here
         # that the checkpoint holds exactly this condenser's trainable state.
-        self.check_checkpoint_keys(set(checkpoint["state_dict"]))
+        self.check_checkpoint_state(checkpoint["state_dict"])
         self.val_loss_initial = checkpoint.get("val_loss_initial")
         self.skipped_steps = checkpoint.get("skipped_steps", 0)
 
-    def check_checkpoint_keys(self, found: set[str]) -> None:
-        """Refuse a checkpoint whose tensors are not exactly this condenser's trainable ones."""
-        expected = {f"condenser.{k}" for k in self.condenser.trainable_state_dict()}
-        if found != expected:
-            missing, extra = sorted(expected - found), sorted(found - expected)
+    def check_checkpoint_state(self, found: dict[str, torch.Tensor]) -> None:
+        """Refuse a checkpoint whose tensors are not exactly this condenser's trainable
+        ones, by name and shape (a changed lora_r or num_condense_tokens keeps the names)."""
+        expected = {f"condenser.{k}": v for k, v in self.condenser.trainable_state_dict().items()}
+        if found.keys() != expected.keys():
+            missing = sorted(expected.keys() - found.keys())
+            extra = sorted(found.keys() - expected.keys())
             raise CheckpointMismatchError(
                 f"checkpoint does not match this model: {len(missing)} trainable tensors missing"
                 f" (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]});"
                 " was it trained with other model or LoRA settings?"
+            )
+        resized = [k for k, v in expected.items() if tuple(found[k].shape) != tuple(v.shape)]
+        if resized:
+            name = resized[0]
+            raise CheckpointMismatchError(
+                f"checkpoint does not match this model: {len(resized)} trainable tensors of"
+                f" another shape (e.g. {name}: {tuple(found[name].shape)} in the checkpoint,"
+                f" {tuple(expected[name].shape)} here); was it trained with other"
+                " num_condense_tokens or LoRA settings?"
             )
 
     def check_checkpoint(self, path: str) -> int:
@@ -194,5 +205,5 @@ class CondenseModule(L.LightningModule):
         except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointMismatchError(f"{path}: not a readable checkpoint ({reason})") from None
-        self.check_checkpoint_keys(set(checkpoint.get("state_dict", {})))
+        self.check_checkpoint_state(checkpoint.get("state_dict", {}))
         return int(checkpoint.get("global_step", 0))

@@ -191,12 +191,19 @@ def test_a_checkpoint_of_another_shape_is_refused(tiny_pair, tmp_path):
 
     train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2))
     saved_config = (tmp_path / "run" / "config.yaml").read_text()
-    other = tiny_config(*tiny_pair, tmp_path / "run", max_steps=4)
-    other.model.lora_target_modules = ["q_proj", "v_proj"]
-    with pytest.raises(CheckpointMismatchError, match="missing|unexpected"):
-        train(other)
-    # Refused before anything was written: the run dir still describes the first run.
-    assert (tmp_path / "run" / "config.yaml").read_text() == saved_config
+    changes = {
+        "missing|unexpected": {"lora_target_modules": ["q_proj", "v_proj"]},
+        "another shape .*lora": {"lora_r": 8},  # the same tensor names, other sizes
+        "another shape .*condense_tokens": {"num_condense_tokens": 3},
+    }
+    for refusal, change in changes.items():
+        other = tiny_config(*tiny_pair, tmp_path / "run", max_steps=4)
+        for key, value in change.items():
+            setattr(other.model, key, value)
+        with pytest.raises(CheckpointMismatchError, match=refusal):
+            train(other)
+        # Refused before anything was written: the run dir still describes the first run.
+        assert (tmp_path / "run" / "config.yaml").read_text() == saved_config
 
 
 def test_each_epoch_has_a_new_batch_order(tiny_pair, tmp_path, monkeypatch):
