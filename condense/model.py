@@ -62,6 +62,7 @@ class Condenser(nn.Module):
                 f" {len(self.encoder_blocks)} layers"
             )
         self.decoder = decoder.requires_grad_(False).eval()
+        _zero_dropout(self.decoder)
         self.decoder_body = decoder.base_model
 
         # Start on the scale of real embeddings on both sides, so that step 0 already
@@ -331,6 +332,17 @@ def _embedding_scale(model: nn.Module) -> float:
     if weight.is_meta:  # shapes only (parameter counts, plans): the value is never used
         return 0.02
     return weight.float().std().item()
+
+
+def _zero_dropout(model: nn.Module) -> None:
+    """Set to 0 every dropout probability `model`'s modules keep as a plain float. Some
+    Hugging Face layers (OPT, XGLM, BioGPT, Falcon, DBRX) apply dropout by their own
+    `training` flag, which gradient checkpointing needs raised on the frozen decoder's
+    layers (Condenser.train): a frozen model must compute as in eval mode."""
+    for module in model.modules():
+        rates = [k for k, v in vars(module).items() if "dropout" in k and isinstance(v, float)]
+        for name in rates:
+            setattr(module, name, 0.0)
 
 
 def _checkpointed_layers(model: nn.Module) -> list[nn.Module]:

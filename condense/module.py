@@ -50,6 +50,12 @@ class CondenseModule(L.LightningModule):
         self.bad_in_a_row = 0
         self._loss_finite: torch.Tensor | None = None
 
+    def on_train_start(self) -> None:
+        # from_pretrained returns models in eval mode and Lightning keeps the modes it
+        # finds, so without this the encoder's own dropout ran only where gradient
+        # checkpointing happened to call train(): on GPU, not on CPU.
+        self.condenser.train()
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self.condenser(batch)
         self._loss_finite = torch.isfinite(loss.detach())

@@ -206,6 +206,32 @@ def test_gradient_checkpointing_keeps_gradients_and_dropout_off(tiny_pair):
     torch.testing.assert_close(condenser.condense_tokens.grad, plain, rtol=1e-4, atol=1e-6)
 
 
+def test_a_frozen_decoder_whose_layers_drop_out_themselves_stays_deterministic(tiny_pair, tmp_path):
+    # OPT's layers apply dropout by their own `training` flag, which checkpointing raises.
+    from transformers import OPTConfig, OPTForCausalLM
+
+    encoder, decoder_dir = tiny_pair
+    dec_tok = load_tokenizer(decoder_dir)
+    torch.manual_seed(0)
+    config = OPTConfig(
+        vocab_size=len(dec_tok), hidden_size=48, ffn_dim=96, num_hidden_layers=2,
+        num_attention_heads=4, word_embed_proj_dim=48, max_position_embeddings=512,
+        dropout=0.1, pad_token_id=dec_tok.pad_token_id, bos_token_id=dec_tok.bos_token_id,
+        eos_token_id=dec_tok.eos_token_id,
+    )  # fmt: skip
+    OPTForCausalLM(config).save_pretrained(tmp_path / "opt")
+    dec_tok.save_pretrained(tmp_path / "opt")
+    condenser, enc_tok, dec_tok = _build((encoder, str(tmp_path / "opt")))
+    batch = _batch(enc_tok, dec_tok, synthetic_samples(2, seed=10))
+    condenser.eval()
+    with torch.no_grad():
+        reference = condenser(batch)[0]
+        condenser.enable_gradient_checkpointing()
+        condenser.train()
+        for _ in range(3):
+            torch.testing.assert_close(condenser(batch)[0], reference)
+
+
 def test_loss_applies_the_decoders_own_logit_scaling(tiny_pair):
     """Cohere multiplies its logits by logit_scale; the loss must be the model's own."""
     from transformers import CohereConfig, CohereForCausalLM

@@ -120,3 +120,26 @@ def test_gradients_reach_the_fused_optimizer_clipped_under_bf16(tiny_pair, tmp_p
     cfg.optim.grad_clip = 1e-3  # far below the tiny pair's gradient norms
     train(cfg)
     assert len(norms) == 3 and max(norms) == pytest.approx(1e-3, rel=0.01)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_the_encoder_trains_in_train_mode_with_or_without_checkpointing(
+    tiny_pair, tmp_path, monkeypatch, checkpointing
+):
+    # The tiny GPT-2 has dropout: as the encoder, its dropout must run while it trains,
+    # whatever gradient checkpointing says (it used to run only with checkpointing on).
+    modes: list[bool] = []
+    step = CondenseModule.training_step
+
+    def record(self, batch, batch_idx):
+        dropouts = [m for m in self.condenser.encoder.modules() if isinstance(m, torch.nn.Dropout)]
+        assert dropouts
+        modes.append(all(m.training for m in dropouts))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(CondenseModule, "training_step", record)
+    gpt2, llama = tiny_pair[1], tiny_pair[0]
+    cfg = tiny_config(gpt2, llama, tmp_path / "run", max_steps=3, val_every_n_steps=2)
+    cfg.model.gradient_checkpointing = checkpointing
+    train(cfg)
+    assert modes == [True] * 3  # after a validation too
