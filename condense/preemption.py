@@ -36,14 +36,40 @@ class SaveOnSigterm(Callback):
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._cut_validation = False
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: Any) -> None:
         # Only SIGTERM, raised by Lightning between steps, leaves a state worth saving;
         # during the first validation there is nothing trained to save yet.
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
             return
+        self._cut_validation = trainer.validating
         trainer.save_checkpoint(self.path)  # all ranks call it; rank 0 writes
         rank_zero_info(
             f"condense: SIGTERM: saved step {trainer.global_step} to {self.path};"
             " run the same command again to resume"
         )
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self._cut_validation:
+            restart_validation(checkpoint)
+
+
+def restart_validation(checkpoint: dict[str, Any]) -> None:
+    """Make a checkpoint saved in the middle of a validation run that validation again,
+    from its first batch, when training resumes from it.
+
+    Lightning stops a validation on SIGTERM after a batch, with every counter of its
+    progress equal, which on resume reads as a validation that finished: it is skipped,
+    and with it the best checkpoint and artifact it could have made. Lightning reruns a
+    validation when the checkpoint shows one batch started but not processed, and starts
+    it where the counters of the current run say: here, at 0.
+    """
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    total, current = progress["total"], progress["current"]
+    done = total["completed"] - current["completed"]  # batches of earlier validations
+    total.update(ready=done + 1, started=done + 1, processed=done, completed=done)
+    current.update(ready=0, started=0, processed=0, completed=0)
+    progress["is_last_batch"] = False

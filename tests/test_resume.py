@@ -38,12 +38,14 @@ class Recorder(L.LightningModule):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.seen: list[list[int]] = []
+        self.validated: list[tuple[int, int]] = []  # (global step, batch index)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         self.seen.append(batch.tolist())
         return (self.weight * batch.float().mean() - 1).pow(2)
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.validated.append((self.global_step, batch_idx))
         self.log("val_loss", self.weight.sum().detach() + 1.0)
 
     def configure_optimizers(self):
@@ -71,13 +73,15 @@ class StopAt(Callback):
             raise KeyboardInterrupt  # one step past the checkpoint; nothing more is saved
 
 
-def _fit(tmp: Path, callbacks: list[Callback], val_every: int, ckpt_path=None) -> Recorder:
+def _fit(
+    tmp: Path, callbacks: list[Callback], val_every: int, ckpt_path=None, val_batches: int = 1
+) -> Recorder:
     module = Recorder()
     trainer = L.Trainer(
         max_steps=MAX_STEPS,
         val_check_interval=val_every,
         check_val_every_n_epoch=None,
-        limit_val_batches=1,
+        limit_val_batches=val_batches,
         num_sanity_val_steps=0,
         logger=False,
         enable_progress_bar=False,
@@ -92,7 +96,9 @@ def _fit(tmp: Path, callbacks: list[Callback], val_every: int, ckpt_path=None) -
         default_root_dir=tmp,
     )
     try:
-        trainer.fit(module, _loader(), _loader(), ckpt_path=ckpt_path, weights_only=True)
+        # Validation as in training: the same batches every time, in order.
+        val = torch.utils.data.DataLoader(list(range(4 * val_batches)), batch_size=4)
+        trainer.fit(module, _loader(), val, ckpt_path=ckpt_path, weights_only=True)
     except (SystemExit, KeyboardInterrupt):
         pass
     return module
@@ -111,6 +117,29 @@ def test_a_resumed_run_trains_on_the_batches_an_uninterrupted_one_would(tmp_path
     assert len(stopped) == step + (how == "sigkill")  # the killed step ran, unsaved
     resumed = _fit(folder, [], val_every=step, ckpt_path=folder / "last.ckpt").seen
     assert stopped[:step] + resumed == straight
+
+
+class StopInValidation(Callback):
+    """SIGTERM after the first batch of the validation at `step` (a preemption mid-way)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, *_):
+        if trainer.global_step == self.step and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_validation_cut_by_sigterm_runs_again_whole_on_resume(tmp_path):
+    straight = _fit(tmp_path / "straight", [], val_every=4, val_batches=3)
+    folder = tmp_path / "stopped"
+    stopped = _fit(folder, [StopInValidation(8)], val_every=4, val_batches=3)
+    assert stopped.validated[-1] == (8, 0)  # cut after its first batch
+    resumed = _fit(folder, [], val_every=4, ckpt_path=folder / "last.ckpt", val_batches=3)
+    # It used to go on training past step 8's validation, leaving it out for good (and
+    # with it the best checkpoint it might have made).
+    assert resumed.validated == [v for v in straight.validated if v[0] >= 8]
+    assert stopped.seen + resumed.seen == straight.seen
 
 
 def test_position_is_kept_across_a_change_in_the_number_of_processes():
