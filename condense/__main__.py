@@ -202,12 +202,15 @@ def eval_parser() -> ArgumentParser:
         "--data",
         default=None,
         help="Samples to score (same sources as training; synthetic ones are fresh passages,"
-        " not those it trained on); default: the artifact's validation split.",
+        " not those it trained on); default: the artifact's validation split (an imported"
+        " artifact has none: give --data).",
     )
     parser.add_argument(
         "--limit", type=PositiveInt | None, default=None, help="Score only the first N samples."
     )
-    parser.add_argument("--out", required=True, help="JSON results; a PNG plot goes beside it.")
+    parser.add_argument(
+        "--out", required=True, help="JSON results (not .png); a PNG plot goes beside it."
+    )
     add_flag(
         parser,
         "batch-size",

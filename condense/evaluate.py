@@ -34,7 +34,7 @@ from condense.data import (
     passage_id,
     tokenize,
 )
-from condense.device import load_for_inference
+from condense.device import inference_device, load_for_inference
 from condense.generate import generate
 from condense.model import IGNORE_INDEX, Condenser
 from condense.samples import Sample, split_train_val
@@ -45,7 +45,9 @@ CONDITIONS = ("none", "wrong", "condensed", "full")
 
 def eval_samples(config: dict[str, Any], data: str | None, limit: int | None) -> list[Sample]:
     """`data`'s samples, or by default the validation split the artifact was trained
-    against (rebuilt from the data source, seed and sizes its config records).
+    against (rebuilt from the data source, seed and sizes its config records); a
+    ConfigError for no `data` where the config records no training data (an imported
+    checkpoint of the original trainer).
 
     A synthetic `data` source gives passages the artifact never saw: those of the seed
     after its training seed. With the same seed, "synthetic" would open with the very
@@ -58,8 +60,16 @@ def eval_samples(config: dict[str, Any], data: str | None, limit: int | None) ->
     )
     seed = config.get("seed", 0)
     if data is None:
+        if config.get("train_data") is None:
+            # Default synthetic passages would be no validation split of anything it
+            # trained on, and its results would say they were.
+            raise ConfigError(
+                "this artifact records no training data to take a validation split from"
+                " (an imported checkpoint?): say what to score with --data (a file,"
+                " a dataset, or synthetic)"
+            )
         cut.synthetic_passages = config.get("synthetic_passages", cut.synthetic_passages)
-        samples = load_samples(config.get("train_data", "synthetic"), cut, seed)
+        samples = load_samples(config["train_data"], cut, seed)
         samples = split_train_val(samples, config.get("val_size", 100), seed)[1]
     else:
         samples = load_samples(data, cut, _data_seed(config, data))
@@ -82,11 +92,28 @@ def data_description(config: dict[str, Any], data: str | None) -> str:
     return data
 
 
-def wrong_partners(samples: list[Sample]) -> list[int]:
+def wrong_partners(samples: list[Sample]) -> list[int] | None:
     """For each sample, the next one (cyclically) from another passage, as validation picks
-    them (data.other_context); the sample itself when every sample is of one passage."""
+    them (data.other_context); None when every sample is of one passage, so that none has
+    another passage to read (a sample with none means all are of its passage)."""
     partner, found = other_context(torch.tensor([passage_id(s) for s in samples]))
-    return torch.where(found, partner, torch.arange(len(samples))).tolist()
+    return partner.tolist() if bool(found.all()) else None
+
+
+ONE_PASSAGE_NOTE = (
+    "wrong: n/a, every sample is of one passage, so none has another passage's context to"
+    " read; score samples of two passages or more (a larger --limit) to compare with it"
+)
+
+
+def bos_added(tokenizer) -> list[int]:
+    """[BOS] where the tokenizer opens every text with it (Llama, Mistral), else []."""
+    opening = tokenizer("")["input_ids"][:1]
+    return (
+        opening
+        if tokenizer.bos_token_id is not None and opening == [tokenizer.bos_token_id]
+        else []
+    )
 
 
 @torch.no_grad()
@@ -110,39 +137,54 @@ def _evaluate(
         _first_label_predictable(t)
         for t in tokenize(samples, enc_tok, dec_tok, DatasetConfig(max_tokens=max_tokens))
     ]
-    context_ids = dec_tok(
-        [s.context for s in samples],
-        add_special_tokens=False,
-        truncation=True,
-        max_length=max_tokens,
-    )["input_ids"]
+    # The full context is the decoder reading the context's tokens before the prompt,
+    # unlabelled. Where its tokenizer opens a text with BOS, the prompt's BOS moves in
+    # front of the context: one BOS, first, as the decoder reads any text.
+    bos = bos_added(dec_tok)
+    context_ids = [
+        bos + ids
+        for ids in dec_tok(
+            [s.context for s in samples],
+            add_special_tokens=False,
+            truncation=True,
+            max_length=max_tokens,
+        )["input_ids"]
+    ]
     collate = Collator(enc_tok.pad_token_id or 0, dec_tok.pad_token_id or 0)
     device = condenser.condense_tokens.device
     condensed = _condense_all(condenser, items, collate, batch_size)
-    wrong = condensed[wrong_partners(samples)]
-    # The full context is the decoder reading the context's tokens before the prompt, unlabelled.
     full_items = [
-        replace(t, input_ids=ctx + t.input_ids, labels=[IGNORE_INDEX] * len(ctx) + t.labels)
+        replace(
+            t,
+            input_ids=ctx + t.input_ids[len(bos) :],
+            labels=[IGNORE_INDEX] * len(ctx) + t.labels[len(bos) :],
+        )
         for t, ctx in zip(items, context_ids)
     ]
     no_prefix = condensed.new_zeros(len(items), 0, condensed.shape[-1])
+    # With no other passage to read, "wrong" is not scored at all (n/a): reading the
+    # sample's own context instead would score a margin of 0, as if nothing were learned.
+    partners = wrong_partners(samples)
+    wrong = condensed[partners] if partners is not None else None
     scored = {
         "none": (items, no_prefix),
         "wrong": (items, wrong),
         "condensed": (items, condensed),
         "full": (full_items, no_prefix),
     }
+    scored = {cond: rows for cond, rows in scored.items() if rows[1] is not None}
     per_sample = _score_all(condenser, samples, scored, collate, batch_size)
     report = {task: _task_scores(by_cond) for task, by_cond in per_sample.items()}
     embed = condenser.decoder.get_input_embeddings()
     prefixes = {
         "none": [c[:0] for c in condensed],
-        "wrong": list(wrong),
+        "wrong": list(wrong) if wrong is not None else None,
         "condensed": list(condensed),
         "full": [embed(torch.tensor(ids, device=device)) for ids in context_ids],
     }
     examples = _generated_scores(condenser, samples, prefixes, report, batch_size)
-    return {"samples": len(samples), "by_task": report, "examples": examples}
+    notes = [] if partners is not None else [ONE_PASSAGE_NOTE]
+    return {"samples": len(samples), "by_task": report, "examples": examples, "notes": notes}
 
 
 def _first_label_predictable(item: Tokenized) -> Tokenized:
@@ -220,20 +262,26 @@ def _score(
 
 def _task_scores(by_cond: dict[str, list[tuple[float, int, int]]]) -> dict[str, Any]:
     """Per-token loss and accuracy per condition, gap closed, and the condensed context's
-    loss margin over none and wrong, from per-sample (nll sum, correct, tokens)."""
-    nll = {c: [row[0] for row in by_cond[c]] for c in CONDITIONS}
+    loss margin over none and wrong, from per-sample (nll sum, correct, tokens). A
+    condition that was not scored (wrong, with no other passage) is None throughout."""
+    nll = {c: [row[0] for row in by_cond[c]] for c in CONDITIONS if c in by_cond}
     tokens = [row[2] for row in by_cond["condensed"]]
-    loss = {c: sum(nll[c]) / sum(tokens) for c in CONDITIONS}
+    loss = {c: sum(nll[c]) / sum(tokens) if c in nll else None for c in CONDITIONS}
     span = loss["none"] - loss["full"]
     margin = {}
     for other in ("none", "wrong"):
-        value, stderr = paired_margin(nll[other], nll["condensed"], tokens)
+        value, stderr = (
+            paired_margin(nll[other], nll["condensed"], tokens) if other in nll else (None, None)
+        )
         margin[other] = {"loss": value, "stderr": stderr}
+    accuracy = {
+        c: sum(r[1] for r in by_cond[c]) / sum(tokens) if c in nll else None for c in CONDITIONS
+    }
     return {
         "loss": loss,
         "gap_closed": (loss["none"] - loss["condensed"]) / span if span else None,
         "condensed_margin": margin,
-        "token_accuracy": {c: sum(r[1] for r in by_cond[c]) / sum(tokens) for c in CONDITIONS},
+        "token_accuracy": accuracy,
     }
 
 
@@ -269,7 +317,8 @@ def generation_budget(tokenizer, reference: str) -> int:
 
 
 def _generated_scores(condenser, samples, prefixes, report, batch_size) -> list[dict[str, str]]:
-    """Greedy answers (QA exact match) and reconstructions (ROUGE-L), batched per condition."""
+    """Greedy answers (QA exact match) and reconstructions (ROUGE-L), batched per condition;
+    None for a condition with no prefixes (wrong, with no other passage)."""
     examples = []
     for task, metric in ((QUESTION_ANSWERING, "exact_match"), (RECONSTRUCTION, "rougeL")):
         index = [i for i, s in enumerate(samples) if s.task == task]
@@ -279,6 +328,9 @@ def _generated_scores(condenser, samples, prefixes, report, batch_size) -> list[
         budgets = [generation_budget(condenser.decoder_tokenizer, r) for r in references]
         report[task][metric] = {}
         for cond in tqdm(CONDITIONS, desc=f"condense eval: generating {task}", unit="condition"):
+            if prefixes[cond] is None:
+                report[task][metric][cond] = None
+                continue
             outputs = []
             for start in range(0, len(index), batch_size):
                 chunk = index[start : start + batch_size]
@@ -287,6 +339,8 @@ def _generated_scores(condenser, samples, prefixes, report, batch_size) -> list[
                     [prefixes[cond][i] for i in chunk],
                     [samples[i].prompt for i in chunk],
                     budgets[start : start + batch_size],
+                    # The full context's tokens open with the BOS the prompt would add.
+                    add_special_tokens=cond != "full",
                 )
             report[task][metric][cond] = (
                 exact_match(outputs, references)
@@ -324,7 +378,8 @@ def rouge_l(predictions: list[str], references: list[str]) -> float:
 
 def markdown_table(results: dict[str, Any]) -> str:
     """One row per task and metric, one column per condition, gap closed, and on loss
-    rows the condensed context's margin over the wrong one, +- its standard error."""
+    rows the condensed context's margin over the wrong one, +- its standard error; n/a
+    where a condition was not scored, and the results' notes below the table."""
     lines = [
         "| task | metric | none | wrong | condensed | full | gap closed | wrong - condensed |",
         "|---|---|---|---|---|---|---|---|",
@@ -332,18 +387,24 @@ def markdown_table(results: dict[str, Any]) -> str:
     for task, scores in sorted(results["by_task"].items()):
         for metric in ("loss", "token_accuracy", "exact_match", "rougeL"):
             if metric in scores:
-                row = " | ".join(f"{scores[metric][c]:.3f}" for c in CONDITIONS)
+                row = " | ".join(_value_text(scores[metric][c]) for c in CONDITIONS)
                 gap = margin = ""
                 if metric == "loss":
                     gap = f"{scores['gap_closed']:.2f}" if scores["gap_closed"] is not None else ""
                     margin = _margin_text(scores.get("condensed_margin", {}).get("wrong"))
                 lines.append(f"| {task} | {metric} | {row} | {gap} | {margin} |")
-    return "\n".join(lines)
+    return "\n\n".join(["\n".join(lines), *results.get("notes", [])])
+
+
+def _value_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _margin_text(margin: dict[str, Any] | None) -> str:
     if not margin:
         return ""
+    if margin["loss"] is None:
+        return "n/a"
     if margin["stderr"] is None:
         return f"{margin['loss']:+.3f}"
     return f"{margin['loss']:+.3f} +- {margin['stderr']:.3f}"
@@ -360,7 +421,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(2.5 + 2 * len(tasks), 4))
     width = 0.2
     for k, cond in enumerate(CONDITIONS):
-        values = [results["by_task"][t]["loss"][cond] for t in tasks]
+        # A condition not scored (None) has no bar.
+        losses = [results["by_task"][t]["loss"][cond] for t in tasks]
+        values = [float("nan") if loss is None else loss for loss in losses]
         ax.bar([i + (k - 1.5) * width for i in range(len(tasks))], values, width, label=cond)
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylabel("decoder loss on the target (nats/token)")
@@ -369,6 +432,20 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_beside(out: Path) -> Path:
+    """Where the plot of JSON results written to `out` goes (NAME.png beside it), with
+    `out`'s folder made; a ConfigError for an `out` the results cannot go to, before an
+    evaluation that would end there: a folder, or a .png the plot would overwrite."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder: give the JSON file's path (eval.json)")
+    if out.suffix.lower() == ".png":
+        raise ConfigError(
+            f"--out {out}: give the JSON file's path (eval.json); the plot goes beside it"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.with_suffix(".png")
 
 
 def run_eval(
@@ -384,16 +461,19 @@ def run_eval(
     """Load an artifact, evaluate it, write JSON and a PNG beside it, print the table, and
     put the table into a local artifact's model card (`command` is quoted there).
     `device` and `precision` as condense.device picks them ("auto": a GPU in bf16-mixed
-    where there is one, else the CPU in fp32)."""
+    where there is one, else the CPU in fp32). A mistake in `out`, `device` or `data`
+    stops before the models load."""
     from condense.artifact import add_evaluation, local_folder, read_config
     from condense.files import write_atomic
 
+    plot_path = plot_beside(out)
+    inference_device(device)
     # A Hub artifact's config comes from its download: without it, the validation split
     # and the fresh seed would be rebuilt from defaults, not from the run's settings.
     folder = local_folder(artifact)
-    condenser, where, precision = load_for_inference(str(folder), device, precision)
     config = read_config(folder)
     samples = eval_samples(config, data, limit)
+    condenser, where, precision = load_for_inference(str(folder), device, precision)
     results = {
         "artifact": artifact,
         "data": data_description(config, data),
@@ -402,7 +482,7 @@ def run_eval(
     }
     results |= evaluate(condenser, samples, config.get("max_tokens") or 4096, batch_size)
     write_atomic(out, json.dumps(results, indent=2))
-    plot(results, out.with_suffix(".png"))
+    plot(results, plot_path)
     table = markdown_table(results)
     print(table)
     if Path(artifact).is_dir():

@@ -16,11 +16,15 @@ def generate(
     prefixes: torch.Tensor | list[torch.Tensor],
     prompts: list[str],
     max_new_tokens: int | Sequence[int] = 64,
+    add_special_tokens: bool = True,
 ) -> list[str]:
     """Greedy completions of `prompts`, each after its prefix of decoder input embeddings:
     condensed (B, N, Hd), or a list of (n_i, Hd) of any lengths (n_i = 0: no context).
     `max_new_tokens` is one budget for every row or one per row; no row runs past the
-    decoder's positions (its config's max_position_embeddings).
+    decoder's positions (its config's max_position_embeddings). `add_special_tokens=False`
+    reads the prompts without the BOS their tokenizer would open them with, for prefixes
+    that are a text's token embeddings already opening with it (the full context of
+    `condense eval`): one BOS per row, first.
 
     Rows are left-padded to one width and masked, and each is cut to its own budget, so a
     batch gives what each row would give alone.
@@ -33,7 +37,10 @@ def generate(
         budgets = [max_new_tokens] * len(prompts)
     if any(budget < 1 for budget in budgets):
         raise ConfigError(f"max_new_tokens must be 1 or more, got {min(budgets)}")
-    rows = [_input_row(condenser, prefix, prompt) for prefix, prompt in zip(prefixes, prompts)]
+    rows = [
+        _input_row(condenser, prefix, prompt, add_special_tokens)
+        for prefix, prompt in zip(prefixes, prompts)
+    ]
     width = max(len(r) for r in rows)
     limit = getattr(condenser.decoder.config, "max_position_embeddings", None)
     if limit is not None:
@@ -50,11 +57,13 @@ def generate(
     return _greedy(condenser, rows, budgets)
 
 
-def _input_row(condenser: Condenser, prefix: torch.Tensor, prompt: str) -> torch.Tensor:
+def _input_row(
+    condenser: Condenser, prefix: torch.Tensor, prompt: str, add_special_tokens: bool
+) -> torch.Tensor:
     """The decoder input embeddings of one row: its prefix, then its prompt's tokens."""
     tokenizer = condenser.decoder_tokenizer
     embed = condenser.decoder.get_input_embeddings()
-    ids = tokenizer(prompt)["input_ids"]
+    ids = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
     if not ids and not len(prefix):
         # Nothing to read (no context, an empty prompt, no BOS added): start where
         # generating from nothing starts, at the BOS (or EOS) token.

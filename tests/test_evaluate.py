@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -269,3 +270,147 @@ def test_every_condition_scores_the_same_tokens_even_after_an_empty_prompt(tiny_
     # so the per-token loss of none is over the same tokens as that of condensed.
     expected = torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item()
     assert scores["loss"]["none"] == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def bos_pair(tiny_pair, tmp_path_factory) -> tuple[str, str]:
+    """The tiny pair with a decoder whose tokenizer opens every text with BOS, as the
+    default job's Mistral and Llama do (the tiny GPT-2's adds nothing)."""
+    from tokenizers import Tokenizer, processors
+
+    decoder = tmp_path_factory.mktemp("bos") / "decoder"
+    shutil.copytree(tiny_pair[1], decoder)
+    tok = Tokenizer.from_file(str(decoder / "tokenizer.json"))
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)]),
+        ]
+    )
+    tok.save(str(decoder / "tokenizer.json"))
+    return tiny_pair[0], str(decoder)
+
+
+def test_full_context_opens_with_one_bos_where_the_decoder_adds_one(bos_pair, tmp_path):
+    condenser = _loaded(bos_pair, tmp_path / "art")
+    tok = condenser.decoder_tokenizer
+    bos = tok.bos_token_id
+    sample = synthetic_samples(1, seed=6)[1]  # question answering
+    item = tokenize([sample], condenser.encoder_tokenizer, tok, DatasetConfig(max_tokens=64))[0]
+    assert item.input_ids[0] == bos
+    read = []  # the rows the decoder scores with no prefix: none's, then full's
+    decoder_logits = condenser.decoder_logits
+
+    def spy(prefixes, input_ids, *args):
+        if prefixes.shape[1] == 0:
+            read.extend(input_ids.tolist())
+        return decoder_logits(prefixes, input_ids, *args)
+
+    condenser.decoder_logits = spy
+    results = evaluate(condenser, [sample], max_tokens=64)
+    full_row = max(read, key=len)
+    assert full_row[0] == bos and full_row.count(bos) == 1
+    # The ceiling is the decoder reading "<s> context prompt completion", as a text.
+    context = tok(sample.context, add_special_tokens=False)["input_ids"][:64]
+    text = [bos, *context, *tok(sample.prompt, add_special_tokens=False)["input_ids"]]
+    ids = torch.tensor([text + item.input_ids[len(text) - len(context) :]])
+    labels = [-100] * len(text) + item.labels[len(text) - len(context) :]
+    with torch.no_grad():
+        logits = condenser.decoder(input_ids=ids).logits[0, :-1]
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor(labels[1:])).item()
+    assert results["by_task"][sample.task]["loss"]["full"] == pytest.approx(expected, abs=1e-5)
+    # Its greedy answer is the one the decoder gives after that text's prompt part.
+    with torch.no_grad():
+        greedy = condenser.decoder.generate(
+            input_ids=torch.tensor([text]),
+            attention_mask=torch.ones(1, len(text), dtype=torch.long),
+            max_new_tokens=generation_budget(tok, sample.completion),
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    answer = tok.decode(greedy[0, len(text) :], skip_special_tokens=True).strip()
+    full = [e for e in results["examples"] if e["condition"] == "full"]
+    assert [e["output"] for e in full] == [answer]
+
+
+def test_wrong_context_is_n_a_when_every_sample_is_of_one_passage(tiny_pair, tmp_path):
+    condenser = _loaded(tiny_pair, tmp_path / "art")
+    samples = synthetic_samples(1, seed=8)[:3]  # what --limit 3 gives: one passage's samples
+    assert len({s.context for s in samples if s.task == "reconstruction"}) == 1
+    assert wrong_partners(samples) is None
+    results = evaluate(condenser, samples, max_tokens=64)
+    # Not the sample's own context scored as "wrong" (a margin of exactly 0): no score.
+    for scores in results["by_task"].values():
+        assert scores["loss"]["wrong"] is None and scores["token_accuracy"]["wrong"] is None
+        assert scores["condensed_margin"]["wrong"] == {"loss": None, "stderr": None}
+        assert scores["loss"]["condensed"] is not None
+    assert results["by_task"]["question_answering"]["exact_match"]["wrong"] is None
+    assert not [e for e in results["examples"] if e["condition"] == "wrong"]
+    table = markdown_table(results)
+    assert "| question_answering | loss | " in table and " | n/a | " in table
+    assert "every sample is of one passage" in table
+    assert results["notes"] and "one passage" in results["notes"][0]
+
+
+def _untrained_artifact(tiny_pair, folder, **config) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        encoder=tiny_pair[0], decoder=tiny_pair[1], num_condense_tokens=4, lora_r=4, lora_alpha=8
+    )
+    Condenser(load_causal_lm(tiny_pair[0]), load_causal_lm(tiny_pair[1]), cfg).save_pretrained(
+        str(folder), **config
+    )
+
+
+@pytest.mark.parametrize("out", ["eval.png", "existing-folder"])
+def test_an_out_the_results_cannot_go_to_is_one_line_before_anything_loads(
+    out, tiny_pair, tmp_path, capsys, monkeypatch
+):
+    import condense.evaluate
+    from condense.__main__ import main
+
+    _untrained_artifact(tiny_pair, tmp_path / "art")
+    (tmp_path / "existing-folder").mkdir()
+
+    def load(*_):
+        raise AssertionError("the models loaded")
+
+    monkeypatch.setattr(condense.evaluate, "load_for_inference", load)
+    capsys.readouterr()
+    argv = ["eval", "--artifact", str(tmp_path / "art"), "--data", "synthetic"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--out", str(tmp_path / out)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"condense: error: --out {tmp_path / out}")
+    assert not (tmp_path / "eval.png").exists()
+
+
+def test_eval_out_into_a_missing_folder_makes_it_and_keeps_json_and_png(tiny_pair, tmp_path):
+    from condense.__main__ import main
+
+    _untrained_artifact(tiny_pair, tmp_path / "art")
+    out = tmp_path / "new" / "deeper" / "eval.json"
+    main(["eval", "--artifact", str(tmp_path / "art"), "--data", "synthetic", "--limit", "3",
+          "--out", str(out)])  # fmt: skip
+    assert json.loads(out.read_text())["samples"] == 3
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_an_artifact_with_no_training_data_needs_data_to_score(tiny_pair, tmp_path, monkeypatch):
+    import condense.evaluate
+    from condense.config import ConfigError
+    from condense.evaluate import run_eval
+
+    # What `condense import` writes: no train_data, so no validation split to rebuild.
+    _untrained_artifact(tiny_pair, tmp_path / "art", imported_from="old-run")
+
+    def load(*_):
+        raise AssertionError("the models loaded")
+
+    monkeypatch.setattr(condense.evaluate, "load_for_inference", load)
+    with pytest.raises(ConfigError, match="records no training data.*--data"):
+        run_eval(str(tmp_path / "art"), None, 3, tmp_path / "eval.json")
+    assert not (tmp_path / "eval.json").exists()
