@@ -53,9 +53,11 @@ def run_bench(
     if precision.endswith("-true"):  # as Lightning does: every parameter too
         condenser.to(precision_dtype(precision))
     samples = datamodule.train_set
-    # The training sampler's first batches of the first epoch: what a run starts with.
-    epoch = list(LengthGroupedBatchSampler(length_keys(samples), cfg.dataset.batch_size, cfg.seed))
-    rows = epoch[: warmup + steps]
+    sampler = LengthGroupedBatchSampler(length_keys(samples), cfg.dataset.batch_size, cfg.seed)
+    epoch = list(sampler)
+    # The training sampler's first batches, into its later epochs where one is too short:
+    # what a run starts with, and every step that was asked for.
+    rows = first_batches(sampler, warmup + steps)
     pads = datamodule.encoder_tok.pad_token_id, datamodule.decoder_tok.pad_token_id
     shapes = _matmul_shapes(condenser, cfg, rows, samples)
     # The hardware's peak is the best any thread count gets: on a shared machine one thread
@@ -79,6 +81,7 @@ def run_bench(
         "batch_size": cfg.dataset.batch_size,
         "steps": steps,
         "warmup": warmup,
+        "batches_per_epoch": len(epoch),
         "padding_fraction_epoch": padding_fraction(epoch, samples, cfg.model.num_condense_tokens),
     }
     for name in MODES[: 2 if mode == "static" else 1]:
@@ -117,6 +120,19 @@ def run_bench(
             result["dynamic"]["target_tokens_per_s"] / result["static"]["target_tokens_per_s"]
         )
     return result
+
+
+def first_batches(sampler: LengthGroupedBatchSampler, count: int) -> list[list[int]]:
+    """The first `count` batches `sampler` yields over epochs 0, 1, 2, ... (as training
+    sees them), however few batches one epoch holds."""
+    rows: list[list[int]] = []
+    while len(rows) < count:
+        epoch = list(sampler)
+        if not epoch:  # the data module refuses such data first; cycling would never end
+            raise ValueError("the training data makes no batch")
+        rows += epoch[: count - len(rows)]
+        sampler.set_epoch(sampler.epoch + 1)
+    return rows
 
 
 def time_steps(
@@ -384,7 +400,8 @@ def describe(result: dict[str, Any]) -> str:
     lines = [
         (
             f"condense bench: {result['job']}, {result['precision']}, batch {result['batch_size']},"
-            f" {result['steps']} steps after {result['warmup']} warm-up, {result['device']}"
+            f" {result['steps']} steps after {result['warmup']} warm-up{_cycled(result)},"
+            f" {result['device']}"
         ),
         (
             f"  {result['peak_dtype']} matmul peak (same run):"
@@ -411,3 +428,11 @@ def describe(result: dict[str, Any]) -> str:
     if "speedup_target_tokens_per_s" in result:
         lines.append(f"  speed-up (target tok/s): {result['speedup_target_tokens_per_s']:.2f}x")
     return "\n".join(lines)
+
+
+def _cycled(result: dict[str, Any]) -> str:
+    """Where the steps ran past one epoch, say so: later epochs repeat the samples."""
+    per_epoch = result.get("batches_per_epoch")
+    if per_epoch is None or result["warmup"] + result["steps"] <= per_epoch:
+        return ""
+    return f" (over several epochs of {per_epoch} batches)"

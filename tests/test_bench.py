@@ -46,6 +46,18 @@ def test_bench_times_both_modes_on_the_same_samples(tiny_pair, tmp_path, capsys)
     assert "speed-up" in capsys.readouterr().out
 
 
+def test_bench_times_every_step_asked_for_past_one_epoch(tiny_pair, tmp_path, capsys):
+    """More steps than one epoch has batches: the steps run on into the sampler's next
+    epochs, as training does (they were cut to one epoch, or left none to time)."""
+    job = tiny_job(*tiny_pair, tmp_path / "job.yaml")
+    out = tmp_path / "bench.json"
+    main(["bench", "--config", str(job), "--steps", "9", "--warmup", "14", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["batches_per_epoch"] < 14  # the warm-up alone is past the first epoch
+    assert len(result["dynamic"]["step_s"]) == result["steps"] == 9
+    assert "9 steps after 14 warm-up (over several epochs of" in capsys.readouterr().out
+
+
 def test_flops_count_matches_torchs_counter(tiny_pair, tmp_path):
     """The shape count against torch's FlopCounterMode on one forward+backward, matmuls only:
     the counter does not see the CPU flash-attention kernels, so attention is left out."""
