@@ -22,7 +22,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
-from jsonargparse.typing import PositiveInt
+from jsonargparse.typing import PositiveFloat, PositiveInt
 
 from condense.cli_errors import check_groups, parse
 from condense.config import ConfigError, TrainConfig
@@ -287,19 +287,21 @@ def plan_parser() -> ArgumentParser:
     parser.add_argument(
         "--gpu", default="H100", help="H100, H100-PCIE, H200, A100-80GB, A100, L40S, A10G."
     )
-    parser.add_argument("--price", type=float, default=None, help="USD per GPU-hour, for the cost.")
+    parser.add_argument(
+        "--price", type=PositiveFloat | None, default=None, help="USD per GPU-hour, for the cost."
+    )
     parser.add_argument("--mfu", type=float, default=0.4, help="Assumed model FLOPs utilization.")
     add_flag(
         parser,
         "context-tokens",
-        type=int,
+        type=PositiveInt | None,
         default=None,
         help="Context tokens per sample (default: dataset.max_tokens).",
     )
     add_flag(
         parser,
         "target-tokens",
-        type=int,
+        type=PositiveInt,
         default=256,
         help="Prompt + completion tokens per sample.",
     )

@@ -15,6 +15,7 @@ counts are exact. Memory and time are estimates whose assumptions are named in t
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,7 @@ def plan(
         raise ConfigError(f"--mfu must be in (0, 1], got {mfu}")
     spec = GPUS[name]
     condenser = meta_condenser(cfg)
-    context = context or cfg.dataset.max_tokens
+    context = cfg.dataset.max_tokens if context is None else context
     batch, n = cfg.dataset.batch_size, cfg.model.num_condense_tokens
     labelled = max(1, target * 3 // 4)
     budget = int(spec.memory_gib * 2**30 * USABLE)
@@ -287,10 +288,19 @@ def describe(r: dict[str, Any]) -> str:
         usd = (
             "n/a (--price)"
             if g["usd_per_million_tokens"] is None
-            else f"{g['usd_per_million_tokens']:.2f}"
+            else _figures(g["usd_per_million_tokens"])
         )
         lines.append(
-            f"  {g['gpus']:4d}  {g['step_s']:6.2f}  {g['tokens_per_s']:8.0f}"
-            f"  {g['gpu_hours_per_million_tokens']:18.3f}  {usd:>16}"
+            f"  {g['gpus']:4d}  {_figures(g['step_s']):>6}  {g['tokens_per_s']:8.0f}"
+            f"  {_figures(g['gpu_hours_per_million_tokens']):>18}  {usd:>16}"
         )
     return "\n".join(lines)
+
+
+def _figures(value: float, digits: int = 3) -> str:
+    """`value` with at least `digits` significant digits and no exponent: a small job's
+    step of 0.0027 s must not print as 0.00."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"

@@ -160,6 +160,34 @@ def test_plan_refuses_an_unknown_gpu(capsys):
     assert "not one of" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--context-tokens", "0"), ("--target-tokens", "-5"), ("--price", "-1"), ("--price", "0")],
+)
+def test_plan_refuses_counts_and_prices_below_one(flag, value, capsys):
+    """`--context-tokens 0` became max_tokens, and a negative target or price made a plan."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "--test", flag, value])
+    assert exit_.value.code == 2
+    name = flag[2:].replace("-", "_")
+    assert capsys.readouterr().err.splitlines() == [
+        f"condense: error: --{name}: expected more than 0, got {value}"
+    ]
+
+
+def test_plan_of_a_small_job_shows_its_step_time_and_cost(tmp_path, capsys):
+    """The test job's step is milliseconds: the table printed 0.00 s and 0.000 GPU-hours."""
+    out = tmp_path / "plan.json"
+    main(["plan", "--test", "--price", "2.5", "--out", str(out)])
+    one_gpu = json.loads(out.read_text())["gpus"][0]
+    assert one_gpu["step_s"] < 0.01  # small enough that two decimals show nothing
+    row = capsys.readouterr().out.splitlines()[-3].split()
+    step, hours, usd = float(row[1]), float(row[3]), float(row[4])
+    assert step == pytest.approx(one_gpu["step_s"], rel=0.01)
+    assert hours == pytest.approx(one_gpu["gpu_hours_per_million_tokens"], rel=0.01)
+    assert usd == pytest.approx(one_gpu["usd_per_million_tokens"], rel=0.01)
+
+
 def test_long_synthetic_samples_are_shaped_like_the_originals():
     from condense.synthetic import long_synthetic_samples
 
