@@ -17,6 +17,7 @@ arguments and config, 1 for the rest); `--debug` shows the full traceback instea
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -31,15 +32,38 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def job_path(name: str) -> Path:
-    """A job file: a path as given, else jobs/NAME.yaml shipped with the package or beside it."""
+    """A job file: a path as given, else jobs/NAME.yaml shipped with the package or beside
+    it, for NAME, NAME.yaml or jobs/NAME.yaml (the README's spelling, from any folder)."""
     given = Path(name)
     if given.is_file():
         return given
-    for jobs in (PACKAGE_DIR / "jobs", PACKAGE_DIR.parent / "jobs"):
-        candidate = jobs / f"{name.removesuffix('.yaml')}.yaml"
-        if candidate.is_file():
-            return candidate
+    if given.parent in (Path("."), Path("jobs")):
+        for jobs in (PACKAGE_DIR / "jobs", PACKAGE_DIR.parent / "jobs"):
+            candidate = jobs / f"{given.name.removesuffix('.yaml')}.yaml"
+            if candidate.is_file():
+                return candidate
     raise ConfigError(f"no job {name!r} (not a file, not in jobs/)")
+
+
+def resolve_configs(argv: list[str]) -> list[str]:
+    """Each `--config NAME` as the job file job_path finds for it, so that `--config default`
+    or `--config jobs/test.yaml` works from any folder. A value it finds nothing for is
+    left to the parser, which says the file does not exist."""
+    out = []
+    for index, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag == "--config" and eq:
+            arg = f"--config={_job_or_given(value)}"
+        elif index and argv[index - 1] == "--config":
+            arg = _job_or_given(arg)
+        out.append(arg)
+    return out
+
+
+def _job_or_given(name: str) -> str:
+    with contextlib.suppress(ConfigError):
+        return str(job_path(name))
+    return name
 
 
 def add_flag(parser: ArgumentParser, name: str, **kwargs) -> None:
@@ -69,7 +93,9 @@ def train_parser() -> ArgumentParser:
         help="Use jobs/test.yaml: the embedded model and data, sized for a CPU.",
     )
     parser.add_argument(
-        "--config", action=ActionConfigFile, help="A job YAML (jobs/*.yaml or a path)."
+        "--config",
+        action=ActionConfigFile,
+        help="A job YAML: a path, or the name of one in jobs/ (default, bench, test).",
     )
     parser.add_class_arguments(TrainConfig)
     return add_debug(parser)
@@ -83,8 +109,11 @@ def parse_train(argv: list[str]) -> TrainConfig:
 def parse_job(parser: ArgumentParser, argv: list[str]) -> tuple[TrainConfig, Namespace]:
     """A TrainConfig from the arguments of a command that takes a job (train, bench, plan),
     and the parsed namespace for the command's own flags."""
-    argv = normalize_flags(argv)
+    argv = resolve_configs(normalize_flags(argv))
     if "--test" in argv:
+        if any(arg.partition("=")[0] == "--config" for arg in argv):
+            # Both name a job, and the later file would silently win over the test job.
+            raise ConfigError("--test and --config both name a job: give one of them")
         # The job file goes first, so flags given on the line override it wherever they stand.
         argv = ["--config", str(job_path("test"))] + argv
     parsed = parse(parser, argv)

@@ -32,6 +32,30 @@ def test_stable_flags_reach_the_config(tmp_path):
     assert cfg.run_dir == str(tmp_path) and cfg.data == "x.jsonl"
 
 
+@pytest.mark.parametrize("command", ["train", "bench", "plan"])
+@pytest.mark.parametrize("given", ["default", "jobs/default.yaml", "default.yaml"])
+def test_config_takes_a_job_name_from_any_folder(command, given, tmp_path, monkeypatch):
+    """`--config jobs/*.yaml or a path`, as the help says, from outside the repository too:
+    these were 'File does not exist'."""
+    from condense.__main__ import bench_parser, parse_job, plan_parser, train_parser
+
+    parser = {"train": train_parser, "bench": bench_parser, "plan": plan_parser}[command]
+    monkeypatch.chdir(tmp_path)
+    for argv in (["--config", given], [f"--config={given}"]):
+        cfg = parse_job(parser(), argv)[0]
+        assert cfg.name == "default" and cfg.model.num_condense_tokens == 512
+
+
+def test_test_and_config_together_are_refused(capsys):
+    """--test used to load jobs/test.yaml and then let --config's job silently win."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "--test", "--config", "default"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "condense: error: --test and --config both name a job: give one of them"
+    ]
+
+
 def test_flag_values_keep_their_dashes():
     assert normalize_flags(["--run-dir", "my-dir", "--data=a-b.jsonl"]) == [
         "--run_dir",
