@@ -17,7 +17,6 @@ arguments and config, 1 for the rest); `--debug` shows the full traceback instea
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from jsonargparse.typing import PositiveFloat, PositiveInt
 
-from condense.cli_errors import check_groups, parse
+from condense.cli_errors import check_groups, check_job_file, parse
 from condense.config import ConfigError, TrainConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -47,8 +46,9 @@ def job_path(name: str) -> Path:
 
 def resolve_configs(argv: list[str]) -> list[str]:
     """Each `--config NAME` as the job file job_path finds for it, so that `--config default`
-    or `--config jobs/test.yaml` works from any folder. A value it finds nothing for is
-    left to the parser, which says the file does not exist."""
+    or `--config jobs/test.yaml` works from any folder, and the file checked for YAML, not
+    empty, a mapping. A value it finds nothing for is left to the parser, which says the
+    file does not exist."""
     out = []
     for index, arg in enumerate(argv):
         flag, eq, value = arg.partition("=")
@@ -61,9 +61,12 @@ def resolve_configs(argv: list[str]) -> list[str]:
 
 
 def _job_or_given(name: str) -> str:
-    with contextlib.suppress(ConfigError):
-        return str(job_path(name))
-    return name
+    try:
+        found = job_path(name)
+    except ConfigError:
+        return name  # the parser says that the file does not exist
+    check_job_file(found)
+    return str(found)
 
 
 def add_flag(parser: ArgumentParser, name: str, **kwargs) -> None:

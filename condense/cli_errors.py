@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
@@ -38,7 +39,34 @@ def parse(parser: ArgumentParser, argv: list[str]) -> Namespace:
     try:
         return parser.parse_args(argv)
     except argparse.ArgumentError as err:
+        missing = re.match(r"the following arguments are required: (.*)", str(err))
+        if missing:  # argparse names an option by its dest: "required: repo"
+            flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+            named = [flags.get(d, d) for d in missing.group(1).split(", ")]
+            raise ConfigError(f"missing {', '.join(named)} (required)") from err
         raise ConfigError(one_line(str(err), option_names(parser))) from err
+
+
+def check_job_file(path: Path) -> None:
+    """A job file that jsonargparse would reject unhelpfully ("<unicode string>" for a YAML
+    error, "Unexpected config:" for an empty file), named with its problem."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"--config {path}: not UTF-8 text (byte {err.start})") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or err
+        raise ConfigError(f"--config {path}: not valid YAML{where}: {problem}") from err
+    if loaded is None:
+        raise ConfigError(f"--config {path}: the job file is empty")
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"--config {path}: expected a mapping of settings, got {type(loaded).__name__}"
+        )
 
 
 def option_names(parser: ArgumentParser) -> list[str]:

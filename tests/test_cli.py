@@ -56,6 +56,21 @@ def test_test_and_config_together_are_refused(capsys):
     ]
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["push", "runs/x/artifact"], "missing --repo (required)"),
+        (["generate", "--prompt", "Who?"], "missing --artifact, --context-file (required)"),
+    ],
+)
+def test_a_missing_required_option_is_named_as_its_flag(argv, message, capsys):
+    """argparse named it by its dest: 'the following arguments are required: repo'."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"condense: error: {message}"]
+
+
 def test_flag_values_keep_their_dashes():
     assert normalize_flags(["--run-dir", "my-dir", "--data=a-b.jsonl"]) == [
         "--run_dir",
