@@ -51,7 +51,12 @@ class Condenser(nn.Module):
             lora_dropout=cfg.lora_dropout,
             target_modules=cfg.lora_target_modules,
         )
-        self.encoder = get_peft_model(encoder, lora)
+        try:
+            self.encoder = get_peft_model(encoder, lora)
+        except ValueError as err:  # peft's NoMatchingPeftModuleError, among others
+            raise ConfigError(
+                f"model.lora_target_modules={cfg.lora_target_modules}: {str(err).splitlines()[0]}"
+            ) from None
         # The transformer bodies, without LM heads: the encoder's head is never needed,
         # and the decoder's head is applied only at labelled positions.
         self.encoder_body = encoder.base_model

@@ -14,6 +14,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from condense.artifact import save_artifact
@@ -71,6 +72,11 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     L.seed_everything(cfg.seed, verbose=False)
     check_devices(cfg.accelerator)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
+    if precision == "16-mixed" and not _on_gpu(cfg.accelerator):
+        raise ConfigError(
+            "precision 16-mixed runs on a GPU only: torch's CPU autocast to float16 fails in"
+            " the encoder; on a CPU use bf16-mixed or 32"
+        )
     # The run dir, the checkpoint to resume from, the data and the weights are all checked
     # before anything is written, so a bad input costs nothing but its error message.
     run_dir = resolve_run_dir(cfg)
@@ -197,7 +203,18 @@ def make_trainer(
     extra_callbacks: list[Callback] | None = None,
 ) -> L.Trainer:
     """The Lightning Trainer for a run: devices, nodes and strategy from the config (DDP when
-    there are several processes), validation and checkpoints every `val_every_n_steps`."""
+    there are several processes), validation and checkpoints every `val_every_n_steps`.
+    Devices or a strategy Lightning refuses are a ConfigError (one line)."""
+    try:
+        return _trainer(cfg, precision, run_dir, loggers, checkpoints, extra_callbacks)
+    except (ValueError, TypeError, MisconfigurationException) as err:
+        raise ConfigError(
+            f"devices={cfg.devices!r}, strategy={cfg.strategy!r}, num_nodes={cfg.num_nodes}:"
+            f" {str(err).strip().splitlines()[0]}"
+        ) from None
+
+
+def _trainer(cfg, precision, run_dir, loggers, checkpoints, extra_callbacks) -> L.Trainer:
     return L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,

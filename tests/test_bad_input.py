@@ -170,6 +170,11 @@ CASES = [
      r"optim.max_bad_steps must be positive"),
     ("unknown-precision", flags("--precision", "fp8"), CONFIG, r"precision must be one of"),
     ("zero-nodes", flags("--num-nodes", "0"), CONFIG, r"num_nodes must be positive"),
+    ("devices-not-a-count", flags("--devices", "foo"), CONFIG, r"devices='foo', strategy="),
+    ("devices-zero", flags("--devices", "0"), CONFIG, r"devices=0, strategy="),
+    ("unknown-strategy", flags("--strategy", "foo"), CONFIG, r"strategy='foo'.*invalid strategy"),
+    ("lora-targets-not-in-the-model", flags("--model.lora_target_modules", "[foo]"), CONFIG,
+     r"model.lora_target_modules=\['foo'\]: Target modules"),
     ("model-id-not-found-offline", flags("--model.encoder", "no-org/no-model"), DATA,
      r"model 'no-org/no-model' is not a local folder and is not in the Hub cache"),
     ("model-folder-missing", flags("--model.decoder", "/no/such/model"), DATA,
@@ -188,6 +193,14 @@ if not torch.cuda.is_available():
             flags("--accelerator", "gpu"),
             CONFIG,
             r"accelerator=gpu but torch sees no GPU",
+        )
+    )
+    CASES.append(
+        (
+            "float16-on-a-cpu",
+            flags("--precision", "16-mixed"),
+            CONFIG,
+            r"16-mixed runs on a GPU only",
         )
     )
 
