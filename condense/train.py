@@ -136,6 +136,7 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "precision": precision,
         "resumed_from": resume_from,
+        "resumed_at_step": resumed_step,  # wall_s is the time from there
         "world_size": trainer.world_size,
         "skipped_steps": module.skipped_steps,
         "data": datamodule.report.as_dict(),
@@ -375,9 +376,13 @@ def describe(summary: dict[str, Any]) -> str:
     change = ""
     if initial and best is not None:
         change = f" ({100 * (initial - best) / initial:.0f}% lower)"
+    steps, since = summary["steps"], summary.get("resumed_at_step") or 0
+    took = f"{steps} steps in {summary['wall_s']:.0f} s"
+    if since:  # this process ran only the steps after the checkpoint it resumed from
+        took = f"{steps} steps, the last {steps - since} in {summary['wall_s']:.0f} s (resumed at step {since})"
     return "\n".join(
         [
-            f"condense: {summary['steps']} steps in {summary['wall_s']:.0f} s ({summary['precision']})",
+            f"condense: {took} ({summary['precision']})",
             f"  val loss: initial {_fmt(initial)}, best {_fmt(best)}{change}, final {_fmt(summary['val_loss_final'])}",
             f"  best checkpoint: {summary['best_checkpoint']}",
             f"  last checkpoint: {summary['last_checkpoint']}",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from condense.module import CheckpointMismatchError, CondenseModule
-from condense.train import build, train
+from condense.train import build, describe, train
 from tests.conftest import tiny_config
 
 SUMMARY_KEYS = {
@@ -133,7 +133,8 @@ def test_resume_from_last_continues_the_global_step(tiny_pair, tmp_path, monkeyp
     assert all(torch.equal(seen_at_start[k], saved[k]) for k in saved)
     assert first["steps"] == 3
     assert second["resumed_from"].endswith("last.ckpt")
-    assert second["steps"] == 6
+    assert second["steps"] == 6 and second["resumed_at_step"] == 3
+    assert "6 steps, the last 3 in" in describe(second)  # the time is this run's alone
     # The initial validation loss is the first run's, carried in the checkpoint.
     assert second["val_loss_initial"] == first["val_loss_initial"]
     # metrics.csv keeps both runs' rows: 3 + 3 training steps, not 3 + 6 from a restart.
