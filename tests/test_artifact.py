@@ -200,5 +200,5 @@ def test_import_without_its_required_flag_is_one_line(capsys):
         main(["import", "some-folder"])
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "condense: error: the following arguments are required: out"
+        "condense: error: missing --out (required)"
     ]
