@@ -371,9 +371,37 @@ def run_generate(argv: list[str]) -> None:
     from condense.device import load_for_inference
     from condense.generate import generate
 
-    context = Path(args.context_file).read_text(encoding="utf-8")
+    context = read_context(Path(args.context_file))
     condenser = load_for_inference(args.artifact, args.device, args.precision)[0]
+    for note in context_notes(condenser, context):
+        print(f"condense: note: {note}", file=sys.stderr)
     print(generate(condenser, condenser.condense([context]), [args.prompt], args.max_new_tokens)[0])
+
+
+def read_context(path: Path) -> str:
+    """The text of a context file; a ConfigError (one line) for one that is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"--context-file {path}: not UTF-8 text (byte {err.start}: {err.reason})"
+        ) from None
+
+
+def context_notes(condenser, context: str) -> list[str]:
+    """What the condenser will not read of `context`, as training would not have."""
+    if not context.strip():
+        return ["the context file is empty: the decoder answers from no context"]
+    chars, tokens = condenser.max_context_characters, condenser.max_context_tokens
+    if chars is not None and len(context) > chars:
+        context = context[:chars]
+        cut = f"cut to its first {chars} characters (dataset.max_characters)"
+    else:
+        cut = None
+    length = len(condenser.encoder_tokenizer(context)["input_ids"])
+    if tokens is not None and length > tokens:
+        cut = f"{cut + ', then' if cut else 'cut'} to {tokens} of its {length} tokens (dataset.max_tokens)"
+    return [f"the context is {cut}, as in training"] if cut else []
 
 
 USAGE = """usage: condense COMMAND [options]

@@ -146,6 +146,7 @@ def load_condenser(
     condenser.encoder_tokenizer = load_tokenizer(cfg.encoder)
     condenser.decoder_tokenizer = load_tokenizer(cfg.decoder)
     condenser.max_context_tokens = config.get("max_tokens")
+    condenser.max_context_characters = config.get("max_characters")
     return condenser.to(device).eval()
 
 

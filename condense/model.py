@@ -37,6 +37,11 @@ class Condenser(nn.Module):
     >>> condensed = condenser.encode(context_ids, context_mask)  # the same, from token ids
     """
 
+    # How training cut its contexts, which condense(texts) cuts the same way; set by
+    # from_pretrained and by training (None: no cut).
+    max_context_characters: int | None = None
+    max_context_tokens: int | None = None
+
     def __init__(self, encoder: nn.Module, decoder: nn.Module, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -205,15 +210,16 @@ class Condenser(nn.Module):
     def condense(self, texts: list[str]) -> torch.Tensor:
         """Condensed embeddings (B, N, Hd) of raw texts, with the encoder's tokenizer.
 
-        Needs the tokenizers that `from_pretrained` attaches; contexts longer than the
-        training budget (`max_tokens`) are truncated to it.
+        Needs the tokenizers that `from_pretrained` attaches; contexts are cut as training
+        cut them: to its `max_characters`, then to its `max_tokens`.
         """
         tokenizer = getattr(self, "encoder_tokenizer", None)
         if tokenizer is None:
             raise RuntimeError(
                 "condense(texts) needs a tokenizer: load with Condenser.from_pretrained"
             )
-        limit = getattr(self, "max_context_tokens", None)
+        texts = [text[: self.max_context_characters] for text in texts]
+        limit = self.max_context_tokens
         batch = tokenizer(
             texts, padding=True, truncation=limit is not None, max_length=limit, return_tensors="pt"
         )

@@ -303,6 +303,7 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
     # As Condenser.from_pretrained attaches them: condense(texts) and generate() need them.
     condenser.encoder_tokenizer, condenser.decoder_tokenizer = encoder_tok, decoder_tok
     condenser.max_context_tokens = cfg.dataset.max_tokens
+    condenser.max_context_characters = cfg.dataset.max_characters
     if _use_checkpointing(cfg):
         condenser.enable_gradient_checkpointing()
     if cfg.model.compile:

@@ -158,3 +158,35 @@ def test_loaded_in_bf16_it_condenses_and_generates_with_no_autocast_around(tiny_
     assert mixed.shape == exact.shape
     assert (mixed.float() - exact).abs().max() < 0.1 * exact.abs().max()
     assert len(generate(low, mixed, ["Who?\n"], max_new_tokens=4)) == 1
+
+
+def test_generate_reads_the_context_as_training_cut_it_and_says_so(tiny_pair, tmp_path, capsys):
+    from condense.__main__ import main
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        encoder=tiny_pair[0], decoder=tiny_pair[1], num_condense_tokens=4, lora_r=4, lora_alpha=8
+    )
+    condenser = Condenser(load_causal_lm(tiny_pair[0]), load_causal_lm(tiny_pair[1]), cfg)
+    condenser.save_pretrained(str(tmp_path / "art"), max_tokens=8, max_characters=60)
+    loaded = Condenser.from_pretrained(str(tmp_path / "art"))
+    long = " ".join(s.context for s in synthetic_samples(4, seed=32))
+    assert len(long) > 60
+    assert torch.equal(loaded.condense([long]), loaded.condense([long[:60]]))
+
+    (tmp_path / "context.txt").write_text(long)
+    argv = ["generate", "--artifact", str(tmp_path / "art"), "--prompt", "Who?\n"]
+    main([*argv, "--context-file", str(tmp_path / "context.txt"), "--max-new-tokens", "2"])
+    err = capsys.readouterr().err
+    assert (
+        "the context is cut to its first 60 characters (dataset.max_characters), then to 8" in err
+    )
+
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9 au lait")
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--context-file", str(tmp_path / "latin1.txt")])
+    assert stop.value.code == 2
+    said = f"--context-file {tmp_path / 'latin1.txt'}: not UTF-8 text (byte 3: invalid"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"condense: error: {said} continuation byte)"
+    ]
