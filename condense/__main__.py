@@ -434,7 +434,8 @@ def main(argv: list[str] | None = None) -> None:
         "plan": lambda: run_plan(rest),
     }
     if command not in commands:
-        raise SystemExit(f"condense: error: unknown command {command!r}\n{USAGE}")
+        print(f"condense: error: unknown command {command!r}\n{USAGE}", end="", file=sys.stderr)
+        raise SystemExit(2)  # a bad argument, as argparse's own exit
     try:
         commands[command]()
     except Exception as err:

@@ -131,10 +131,12 @@ def test_help_lists_every_option(capsys):
         assert flag in text
 
 
-def test_unknown_command_exits_nonzero():
+def test_unknown_command_is_a_bad_argument(capsys):
     with pytest.raises(SystemExit) as err:
         main(["trian"])
-    assert "unknown command" in str(err.value.code)
+    assert err.value.code == 2  # as every other bad argument (README: Bad input)
+    said = capsys.readouterr().err
+    assert said.startswith("condense: error: unknown command 'trian'") and "commands:" in said
 
 
 def test_console_script_is_installed():
