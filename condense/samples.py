@@ -185,10 +185,12 @@ def read_hub(
     """Samples from a Hugging Face dataset (a Hub id or a local dataset folder) in the
     original's columns."""
     import datasets
+    from datasets.exceptions import DatasetGenerationError
 
     try:
         rows = datasets.load_dataset(dataset_id, split=split).to_list()
-    except (FileNotFoundError, ConnectionError, ValueError) as err:
+    # DatasetGenerationError: a folder of files the dataset builders cannot read.
+    except (FileNotFoundError, ConnectionError, ValueError, DatasetGenerationError) as err:
         raise DataError(
             f"--data {dataset_id}: cannot load it as a dataset ({first_line(err)})"
         ) from err

@@ -172,6 +172,9 @@ def _loadable(name: str) -> str:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     resolved = resolve_model(name)
+    if Path(resolved).is_dir() and not (Path(resolved) / "config.json").is_file():
+        # transformers would fail on the tokenizer with a paragraph that names neither.
+        raise ModelNotFoundError(f"model {resolved!r}: a folder without a model (no config.json)")
     if Path(resolved).exists():
         return resolved
     try:

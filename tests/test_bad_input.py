@@ -75,6 +75,17 @@ def job_file(text: str) -> Callable[[Path], list[str]]:
     return write
 
 
+def folder_of(name: str, flag: str) -> Callable[[Path], list[str]]:
+    """A folder holding one file that is not a model, given to `flag`."""
+
+    def write(folder: Path) -> list[str]:
+        (folder / "stuff").mkdir()
+        (folder / "stuff" / name).write_text("garbage {{{")
+        return [flag, str(folder / "stuff")]
+
+    return write
+
+
 def flags(*argv: str) -> Callable[[Path], list[str]]:
     return lambda folder: list(argv)
 
@@ -179,6 +190,8 @@ CASES = [
      r"model 'no-org/no-model' is not a local folder and is not in the Hub cache"),
     ("model-folder-missing", flags("--model.decoder", "/no/such/model"), DATA,
      r"model '/no/such/model': no such folder"),
+    ("model-folder-without-a-model", folder_of("notes.txt", "--model.encoder"), DATA,
+     r"model '.*': a folder without a model \(no config.json\)"),
     ("run-dir-is-a-file", run_dir_is_a_file, CONFIG, r"run_dir '.*taken' is a file"),
     ("resume-from-missing-checkpoint", flags("--resume", "/no/such.ckpt"), DATA,
      r"--resume /no/such.ckpt: no such checkpoint"),

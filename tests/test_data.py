@@ -122,6 +122,13 @@ def test_unknown_hub_dataset_offline_is_one_clear_line():
     assert "\n" not in str(err.value)
 
 
+def test_a_folder_of_files_datasets_cannot_read_is_a_data_error(tmp_path):
+    (tmp_path / "x.json").write_text("garbage {{{")
+    with pytest.raises(DataError, match="cannot load it as a dataset") as err:
+        load_samples(str(tmp_path), DatasetConfig(), seed=0)
+    assert "\n" not in str(err.value)
+
+
 def test_a_line_that_is_not_json_is_named(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text(json.dumps(ORIGINAL_ROWS[0]) + "\n{not json\n")
