@@ -55,6 +55,8 @@ class SaveOnSigterm(Callback):
     ) -> None:
         if self._cut_validation:
             restart_validation(checkpoint)
+        else:
+            settle_validation(checkpoint)
 
 
 def restart_validation(checkpoint: dict[str, Any]) -> None:
@@ -73,3 +75,17 @@ def restart_validation(checkpoint: dict[str, Any]) -> None:
     total.update(ready=done + 1, started=done + 1, processed=done, completed=done)
     current.update(ready=0, started=0, processed=0, completed=0)
     progress["is_last_batch"] = False
+
+
+def settle_validation(checkpoint: dict[str, Any]) -> None:
+    """Undo restart_validation's mark in a checkpoint saved after the rerun: Lightning
+    clears the validation loop's total counters only at a new epoch, so the started but
+    unprocessed batch would stay, and a resume from any later checkpoint of the epoch
+    would rerun a validation, for one batch. Every save outside a validation sees whole
+    batches only."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    if "epoch_loop.val_loop.batch_progress" not in loop:  # a weights-only save
+        return
+    total = loop["epoch_loop.val_loop.batch_progress"]["total"]
+    total.update(ready=total["completed"], started=total["completed"])
+    total.update(processed=total["completed"])

@@ -142,6 +142,23 @@ def test_a_validation_cut_by_sigterm_runs_again_whole_on_resume(tmp_path):
     assert stopped.seen + resumed.seen == straight.seen
 
 
+def test_after_a_rerun_validation_a_later_checkpoint_resumes_without_another(tmp_path):
+    straight = _fit(tmp_path / "straight", [], val_every=2, val_batches=3)
+    folder = tmp_path / "stopped"
+    _fit(folder, [StopInValidation(6)], val_every=2, val_batches=3)
+    # Resumed, it reruns step 6's validation and dies after step 8's, within the same
+    # epoch; resumed from the checkpoint of step 8's validation, it goes on training.
+    at_validation = ModelCheckpoint(
+        dirpath=tmp_path, filename="at-validation", save_on_train_epoch_end=False
+    )
+    again = [at_validation, StopAt(8, "sigkill")]
+    _fit(folder, again, val_every=2, ckpt_path=folder / "last.ckpt", val_batches=3)
+    saved = tmp_path / "at-validation.ckpt"
+    assert torch.load(saved, weights_only=False)["global_step"] == 8
+    resumed = _fit(folder, [], val_every=2, ckpt_path=saved, val_batches=3)
+    assert resumed.validated == [v for v in straight.validated if v[0] >= 10]
+
+
 def test_position_is_kept_across_a_change_in_the_number_of_processes():
     lengths = [random.Random(i).randint(1, 50) for i in range(32)]  # 8 batches of 4
 
