@@ -206,43 +206,42 @@ def make_trainer(
     """The Lightning Trainer for a run: devices, nodes and strategy from the config (DDP when
     there are several processes), validation and checkpoints every `val_every_n_steps`.
     Devices or a strategy Lightning refuses are a ConfigError (one line)."""
+    callbacks = [
+        checkpoints,
+        ExportBest(run_dir / "artifact", cfg),
+        SaveOnSigterm(run_dir / "checkpoints" / "last.ckpt"),
+        ResumeRandomState(),
+        *(extra_callbacks or []),
+        TQDMProgressBar(refresh_rate=1),
+    ]
     try:
-        return _trainer(cfg, precision, run_dir, loggers, checkpoints, extra_callbacks)
+        return L.Trainer(
+            accelerator=cfg.accelerator,
+            devices=cfg.devices,
+            num_nodes=cfg.num_nodes,
+            strategy=cfg.strategy,
+            # The length-grouped sampler shards batches across ranks itself.
+            use_distributed_sampler=False,
+            precision=precision,
+            max_steps=cfg.max_steps,
+            val_check_interval=cfg.val_every_n_steps,
+            check_val_every_n_epoch=None,
+            limit_val_batches=cfg.val_batches or 1.0,
+            num_sanity_val_steps=0,
+            gradient_clip_val=cfg.optim.grad_clip or None,
+            log_every_n_steps=cfg.log_every_n_steps,
+            logger=loggers,
+            plugins=[AtomicCheckpointIO()],
+            callbacks=callbacks,
+            default_root_dir=run_dir,
+        )
+    # What Lightning raises for devices or a strategy it cannot use (foo: TypeError and
+    # ValueError; 0: MisconfigurationException); the settings were checked, the rest is its.
     except (ValueError, TypeError, MisconfigurationException) as err:
         raise ConfigError(
             f"devices={cfg.devices!r}, strategy={cfg.strategy!r}, num_nodes={cfg.num_nodes}:"
             f" {str(err).strip().splitlines()[0]}"
-        ) from None
-
-
-def _trainer(cfg, precision, run_dir, loggers, checkpoints, extra_callbacks) -> L.Trainer:
-    return L.Trainer(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
-        # The length-grouped sampler shards batches across ranks itself.
-        use_distributed_sampler=False,
-        precision=precision,
-        max_steps=cfg.max_steps,
-        val_check_interval=cfg.val_every_n_steps,
-        check_val_every_n_epoch=None,
-        limit_val_batches=cfg.val_batches or 1.0,
-        num_sanity_val_steps=0,
-        gradient_clip_val=cfg.optim.grad_clip or None,
-        log_every_n_steps=cfg.log_every_n_steps,
-        logger=loggers,
-        plugins=[AtomicCheckpointIO()],
-        callbacks=[
-            checkpoints,
-            ExportBest(run_dir / "artifact", cfg),
-            SaveOnSigterm(run_dir / "checkpoints" / "last.ckpt"),
-            ResumeRandomState(),
-            *(extra_callbacks or []),
-            TQDMProgressBar(refresh_rate=1),
-        ],
-        default_root_dir=run_dir,
-    )
+        ) from err
 
 
 class ExportBest(Callback):
