@@ -346,14 +346,20 @@ def _embedding_scale(model: nn.Module) -> float:
 
 
 def _zero_dropout(model: nn.Module) -> None:
-    """Set to 0 every dropout probability `model`'s modules keep as a plain float. Some
-    Hugging Face layers (OPT, XGLM, BioGPT, Falcon, DBRX) apply dropout by their own
-    `training` flag, which gradient checkpointing needs raised on the frozen decoder's
-    layers (Condenser.train): a frozen model must compute as in eval mode."""
-    for module in model.modules():
-        rates = [k for k, v in vars(module).items() if "dropout" in k and isinstance(v, float)]
-        for name in rates:
-            setattr(module, name, 0.0)
+    """Set to 0 every dropout rate `model`'s modules and config keep as a plain float (named
+    *dropout* or *pdrop*). Some Hugging Face layers (OPT, XGLM, BioGPT, DBRX) apply dropout
+    by their own `training` flag, and some read the rate from the config at each call;
+    gradient checkpointing needs that flag raised on the frozen decoder's layers
+    (Condenser.train), and a frozen model must compute as in eval mode."""
+
+    def is_rate(name: str, value: object) -> bool:
+        return ("dropout" in name or "pdrop" in name) and isinstance(value, float)
+
+    for holder in (*model.modules(), getattr(model, "config", None)):
+        if holder is None:
+            continue
+        for name in [k for k, v in vars(holder).items() if is_rate(k, v)]:
+            setattr(holder, name, 0.0)
 
 
 def _checkpointed_layers(model: nn.Module) -> list[nn.Module]:

@@ -206,22 +206,34 @@ def test_gradient_checkpointing_keeps_gradients_and_dropout_off(tiny_pair):
     torch.testing.assert_close(condenser.condense_tokens.grad, plain, rtol=1e-4, atol=1e-6)
 
 
-def test_a_frozen_decoder_whose_layers_drop_out_themselves_stays_deterministic(tiny_pair, tmp_path):
-    # OPT's layers apply dropout by their own `training` flag, which checkpointing raises.
-    from transformers import OPTConfig, OPTForCausalLM
+def _dropping_decoder(kind: str, vocab: int, tok):
+    """A tiny decoder whose layers apply dropout by their own `training` flag."""
+    from transformers import DbrxConfig, DbrxForCausalLM, OPTConfig, OPTForCausalLM
 
+    ids = {"pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+           "eos_token_id": tok.eos_token_id}  # fmt: skip
+    if kind == "opt":  # layer-level `self.dropout`
+        return OPTForCausalLM(OPTConfig(
+            vocab_size=vocab, hidden_size=48, ffn_dim=96, num_hidden_layers=2,
+            num_attention_heads=4, word_embed_proj_dim=48, max_position_embeddings=512,
+            dropout=0.1, **ids))  # fmt: skip
+    return DbrxForCausalLM(DbrxConfig(  # `self.resid_pdrop`, not named *dropout*
+        vocab_size=vocab, d_model=48, n_layers=2, n_heads=4, max_seq_len=512, resid_pdrop=0.1,
+        attn_config={"kv_n_heads": 4, "rope_theta": 10000.0, "clip_qkv": 8.0},
+        ffn_config={"ffn_hidden_size": 96, "moe_num_experts": 2, "moe_top_k": 1}, **ids))  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["opt", "dbrx"])
+def test_a_frozen_decoder_whose_layers_drop_out_themselves_stays_deterministic(
+    tiny_pair, tmp_path, kind
+):
+    # Their layers apply dropout by their own `training` flag, which checkpointing raises.
     encoder, decoder_dir = tiny_pair
     dec_tok = load_tokenizer(decoder_dir)
     torch.manual_seed(0)
-    config = OPTConfig(
-        vocab_size=len(dec_tok), hidden_size=48, ffn_dim=96, num_hidden_layers=2,
-        num_attention_heads=4, word_embed_proj_dim=48, max_position_embeddings=512,
-        dropout=0.1, pad_token_id=dec_tok.pad_token_id, bos_token_id=dec_tok.bos_token_id,
-        eos_token_id=dec_tok.eos_token_id,
-    )  # fmt: skip
-    OPTForCausalLM(config).save_pretrained(tmp_path / "opt")
-    dec_tok.save_pretrained(tmp_path / "opt")
-    condenser, enc_tok, dec_tok = _build((encoder, str(tmp_path / "opt")))
+    _dropping_decoder(kind, len(dec_tok), dec_tok).save_pretrained(tmp_path / kind)
+    dec_tok.save_pretrained(tmp_path / kind)
+    condenser, enc_tok, dec_tok = _build((encoder, str(tmp_path / kind)))
     batch = _batch(enc_tok, dec_tok, synthetic_samples(2, seed=10))
     condenser.eval()
     with torch.no_grad():
