@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 RESUME_KEY = "condense/resume"
+SEEN_KEY = "condense/seen"  # how many other processes have read the first one's choice
 # The first node's store must outlive every other process's look at it: kept for the process.
 _served: list = []
 
@@ -119,6 +120,7 @@ def agree_with_first_node(
         return seen
     store = TCPStore(host, port, is_master=False, timeout=connect_timeout)
     chosen = _from_dict(json.loads(store.get(RESUME_KEY)))
+    store.add(SEEN_KEY, 1)
     wanted = chosen.checkpoint
     deadline = time.monotonic() + wait_s
     while wanted is not None and read_checkpoint(wanted.path) != wanted:
@@ -130,6 +132,20 @@ def agree_with_first_node(
             )
         time.sleep(poll_s)
     return chosen
+
+
+def wait_until_seen(others: int, wait_s: float = 600.0, poll_s: float = 0.5) -> bool:
+    """On the first process, after agree_with_first_node: wait up to `wait_s` until
+    `others` processes have read its choice, and say whether they did. A finished run's
+    first process has nothing else to wait for; leaving at once would take its store
+    along, and a node that starts later would wait 30 minutes to reach it, then fail."""
+    store = _served[-1]
+    deadline = time.monotonic() + wait_s
+    while store.add(SEEN_KEY, 0) < others:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll_s)
+    return True
 
 
 def _as_dict(state: RunState) -> dict:

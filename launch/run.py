@@ -120,6 +120,12 @@ def main(argv: list[str]) -> None:
     # On several nodes the first node's view decides for all: training must not look again
     # at this node's own view of summary.json.
     _train(cfg, check_finished=finished)
+    if finished and cluster is not None and cluster.num_nodes > 1:
+        from launch.checkpoints import wait_until_seen
+
+        # One `launch run` per other node reads the choice (Lightning starts no others).
+        if not wait_until_seen(cluster.num_nodes - 1):
+            _say("launch: not every node read the first node's choice within 10 minutes")
 
 
 def _agree_across_nodes(state, cluster: clusters.Cluster, master_port: int):

@@ -308,7 +308,13 @@ def test_two_nodes_resume_from_the_checkpoint_the_first_node_sees(tiny_pair, tmp
 def test_a_node_waits_for_the_first_nodes_checkpoint_then_gives_up_in_one_line(tmp_path):
     import threading
 
-    from launch.checkpoints import Checkpoint, CheckpointNotShared, RunState, agree_with_first_node
+    from launch.checkpoints import (
+        Checkpoint,
+        CheckpointNotShared,
+        RunState,
+        agree_with_first_node,
+        wait_until_seen,
+    )
 
     def save(step: int) -> None:  # renamed into place, as training writes it
         torch.save({"global_step": step}, tmp_path / "next.ckpt")
@@ -338,6 +344,8 @@ def test_a_node_waits_for_the_first_nodes_checkpoint_then_gives_up_in_one_line(t
     started = time.monotonic()
     assert other_node(port, wait_s=30) == chosen and not chosen.finished(max_steps=5)
     assert 0.4 < time.monotonic() - started < 10
+    # The first process can tell that one other has read its choice, and not two.
+    assert wait_until_seen(1, wait_s=5) and not wait_until_seen(2, wait_s=0.2, poll_s=0.05)
 
     save(3)  # storage that never shows it
     with pytest.raises(
