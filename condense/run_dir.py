@@ -3,9 +3,11 @@ earlier run's files when a run starts fresh in the same folder."""
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from condense.config import TrainConfig
 
@@ -111,3 +113,19 @@ def _move(source: Path, target: Path, keep_folder: bool = False) -> None:
             source.rmdir()
     else:
         os.replace(source, target)
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """run_dir's summary.json (written when a run ends), or None without one that reads."""
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def is_finished(summary_steps: int | None, step: int, max_steps: int) -> bool:
+    """Whether a run resumed at `step` has nothing to train: its summary (of `summary_steps`
+    steps) is of training up to that step (not of an earlier, shorter stretch; none is
+    written when a run stops at its last step) and the step has reached max_steps."""
+    return summary_steps is not None and summary_steps == step >= max_steps

@@ -39,6 +39,8 @@ from condense.rng import ResumeRandomState
 from condense.run_dir import (
     RUN_DIR_ENV,
     continues_run,
+    is_finished,
+    read_summary,
     resolve_resume,
     resolve_run_dir,
     set_aside_earlier_run,
@@ -98,9 +100,9 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     )
     watch = [LogGenerations(datamodule.val_samples)]
     trainer = make_trainer(cfg, precision, run_dir, loggers, checkpoints, watch)
-    finished = _finished_summary(run_dir, resumed_step) if continues and check_finished else None
-    if finished is not None and resumed_step >= cfg.max_steps:
-        return _rerun_of_finished(finished, cfg, run_dir, trainer.is_global_zero)
+    written = read_summary(run_dir) if continues and check_finished else None
+    if written is not None and is_finished(written.get("steps"), resumed_step, cfg.max_steps):
+        return _rerun_of_finished(written, cfg, run_dir, trainer.is_global_zero)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         if continues:
@@ -166,17 +168,6 @@ def _publish(summary: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> dict[s
     if push_error:
         raise push_error
     return summary
-
-
-def _finished_summary(run_dir: Path, step: int) -> dict[str, Any] | None:
-    """run_dir's summary.json when it is that of the run's training up to `step` (the step
-    of the checkpoint being resumed), else None: none was written (stopped at its last
-    step), or it is of an earlier, shorter stretch of the run."""
-    path = run_dir / "summary.json"
-    if not path.is_file():
-        return None
-    summary = json.loads(path.read_text())
-    return summary if summary.get("steps") == step else None
 
 
 def _rerun_of_finished(

@@ -52,22 +52,21 @@ class RunState:
 
     def finished(self, max_steps: int) -> bool:
         """Whether the run has trained to max_steps and written its summary: nothing to
-        train. A run stopped at its last step without a summary is not finished."""
+        train (condense.run_dir.is_finished, the rule training applies by itself)."""
+        from condense.run_dir import is_finished
+
         ckpt = self.checkpoint
-        return ckpt is not None and self.summary_steps == ckpt.global_step >= max_steps
+        return ckpt is not None and is_finished(self.summary_steps, ckpt.global_step, max_steps)
 
 
 def read_run_state(run_dir: Path) -> RunState:
     """The RunState of run_dir as this node sees it."""
-    return RunState(newest_valid_checkpoint(Path(run_dir) / "checkpoints"), summary_steps(run_dir))
+    from condense.run_dir import read_summary
 
-
-def summary_steps(run_dir: Path) -> int | None:
-    """The steps in run_dir's summary.json, or None when it has none that reads."""
-    try:
-        return int(json.loads((Path(run_dir) / "summary.json").read_text())["steps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    summary = read_summary(run_dir) or {}
+    steps = summary.get("steps")
+    newest = newest_valid_checkpoint(Path(run_dir) / "checkpoints")
+    return RunState(newest, steps if isinstance(steps, int) else None)
 
 
 def newest_valid_checkpoint(folder: Path) -> Checkpoint | None:
