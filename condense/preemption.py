@@ -8,6 +8,9 @@ boundary, so a restart resumes from the step the signal interrupted, not from th
 validation. Checkpoints are written beside themselves and renamed into place
 (condense/checkpoint_io.py), so a SIGKILL during the save leaves the previous last.ckpt
 whole.
+
+A validation the signal cuts short runs again, whole, on resume (`restart_validation`),
+the final one at max_steps included (`SaveOnSigterm.on_load_checkpoint`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class SaveOnSigterm(Callback):
     def __init__(self, path: Path):
         self.path = Path(path)
         self._cut_validation = False
+        self._max_steps: int | None = None  # set while a cut final validation reruns
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: Any) -> None:
         # Only SIGTERM, raised by Lightning between steps, leaves a state worth saving;
@@ -49,6 +53,22 @@ class SaveOnSigterm(Callback):
             f"condense: SIGTERM: saved step {trainer.global_step} to {self.path};"
             " run the same command again to resume"
         )
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning's fit loop is done at max_steps before it looks for a cut validation
+        # to rerun, so a resume from one cut at max_steps would skip it for good, and with
+        # it the best checkpoint and artifact it could make. One step more lets the loop
+        # in; on_validation_end takes it back before any training step could use it.
+        at_end = trainer.max_steps != -1 and checkpoint.get("global_step", 0) >= trainer.max_steps
+        if trainer.state.fn == TrainerFn.FITTING and at_end and validation_was_cut(checkpoint):
+            self._max_steps = trainer.max_steps
+            trainer.fit_loop.epoch_loop.max_steps = self._max_steps + 1
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._max_steps is not None:
+            trainer.fit_loop.epoch_loop.max_steps, self._max_steps = self._max_steps, None
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]
@@ -75,6 +95,14 @@ def restart_validation(checkpoint: dict[str, Any]) -> None:
     total.update(ready=done + 1, started=done + 1, processed=done, completed=done)
     current.update(ready=0, started=0, processed=0, completed=0)
     progress["is_last_batch"] = False
+
+
+def validation_was_cut(checkpoint: dict[str, Any]) -> bool:
+    """Whether `checkpoint` was marked by restart_validation: saved by a SIGTERM in the
+    middle of a validation that has not run again since."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    progress = loop.get("epoch_loop.val_loop.batch_progress")
+    return progress is not None and progress["total"]["started"] > progress["total"]["processed"]
 
 
 def settle_validation(checkpoint: dict[str, Any]) -> None:

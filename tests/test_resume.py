@@ -19,7 +19,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from condense.checkpoint_io import AtomicCheckpointIO
+from condense.checkpoint_io import AtomicCheckpointIO, BestAndLastCheckpoint
 from condense.data import LengthGroupedBatchSampler, ResumableDataLoader
 from condense.preemption import SaveOnSigterm
 from tests.conftest import job_under_test, tiny_job
@@ -89,7 +89,7 @@ def _fit(
         use_distributed_sampler=False,
         plugins=[AtomicCheckpointIO()],
         callbacks=[
-            ModelCheckpoint(dirpath=tmp, save_last=True, monitor="val_loss", save_top_k=1),
+            BestAndLastCheckpoint(dirpath=tmp, save_last=True, monitor="val_loss", save_top_k=1),
             SaveOnSigterm(tmp / "last.ckpt"),
             *callbacks,
         ],
@@ -157,6 +157,23 @@ def test_after_a_rerun_validation_a_later_checkpoint_resumes_without_another(tmp
     assert torch.load(saved, weights_only=False)["global_step"] == 8
     resumed = _fit(folder, [], val_every=2, ckpt_path=saved, val_batches=3)
     assert resumed.validated == [v for v in straight.validated if v[0] >= 10]
+
+
+def test_a_final_validation_cut_by_sigterm_runs_again_on_resume_and_trains_nothing(tmp_path):
+    straight = _fit(tmp_path / "straight", [], val_every=MAX_STEPS, val_batches=3)
+    assert straight.validated == [(MAX_STEPS, i) for i in range(3)]
+    folder = tmp_path / "stopped"
+    stopped = _fit(folder, [StopInValidation(MAX_STEPS)], val_every=MAX_STEPS, val_batches=3)
+    assert stopped.validated == [(MAX_STEPS, 0)]
+    resumed = _fit(folder, [], val_every=MAX_STEPS, ckpt_path=folder / "last.ckpt", val_batches=3)
+    # Lightning's fit loop is done at max_steps before it looks at a cut validation, so
+    # this one used to be lost, and with it the best checkpoint it would have made.
+    assert resumed.validated == straight.validated and resumed.seen == []
+    best = list(folder.glob("epoch=*.ckpt"))  # ModelCheckpoint's top-1
+    assert len(best) == 1 and torch.load(best[0], weights_only=False)["global_step"] == MAX_STEPS
+    # The run is over: resumed again, it neither trains nor validates.
+    again = _fit(folder, [], val_every=MAX_STEPS, ckpt_path=folder / "last.ckpt", val_batches=3)
+    assert again.validated == [] and again.seen == []
 
 
 def test_position_is_kept_across_a_change_in_the_number_of_processes():
