@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 
 from condense.files import replace_atomic
 
@@ -59,9 +60,22 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**{"enable_version_counter": False, **kwargs})
+        # The latest validation's score, whether it improved or not (Lightning's
+        # current_score is the latest *improvement*), kept in checkpoints: a run resumed
+        # after its final validation has no other record of it to report.
+        self.last_score: torch.Tensor | None = None
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self.last_score = trainer.callback_metrics.get(self.monitor)  # before the saves
         super().on_validation_end(trainer, module)
         # Skipped when the step was just saved: last.ckpt is then written already.
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "last_score": self.last_score}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.last_score = state_dict.get("last_score")

@@ -130,7 +130,8 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
         "wall_s": round(time.monotonic() - start, 1),
         "val_loss_initial": module.val_loss_initial,
         "val_loss_best": _float(checkpoints.best_model_score),
-        "val_loss_final": _float(trainer.callback_metrics.get("val_loss")),
+        # The last validation's loss: this process's own, or its checkpoint's.
+        "val_loss_final": _float(trainer.callback_metrics.get("val_loss", checkpoints.last_score)),
         "best_checkpoint": checkpoints.best_model_path or None,
         "last_checkpoint": checkpoints.last_model_path or None,
         "wandb_run_id": wandb_run_id(loggers),

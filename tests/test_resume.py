@@ -74,9 +74,14 @@ class StopAt(Callback):
 
 
 def _fit(
-    tmp: Path, callbacks: list[Callback], val_every: int, ckpt_path=None, val_batches: int = 1
+    tmp: Path,
+    callbacks: list[Callback],
+    val_every: int,
+    ckpt_path=None,
+    val_batches: int = 1,
+    module: Recorder | None = None,
 ) -> Recorder:
-    module = Recorder()
+    module = module or Recorder()
     trainer = L.Trainer(
         max_steps=MAX_STEPS,
         val_check_interval=val_every,
@@ -174,6 +179,23 @@ def test_a_final_validation_cut_by_sigterm_runs_again_on_resume_and_trains_nothi
     # The run is over: resumed again, it neither trains nor validates.
     again = _fit(folder, [], val_every=MAX_STEPS, ckpt_path=folder / "last.ckpt", val_batches=3)
     assert again.validated == [] and again.seen == []
+
+
+class Worsening(Recorder):
+    """Validation loss = the step: only the first validation is a best."""
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.log("val_loss", torch.tensor(float(self.global_step)))
+
+
+def test_checkpoints_keep_the_last_validation_loss_not_only_the_best(tmp_path):
+    _fit(tmp_path, [], val_every=4, module=Worsening())  # validates at 4, 8, 12, 16
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["callbacks"]
+    (state,) = [v for k, v in saved.items() if k.startswith("BestAndLastCheckpoint")]
+    assert float(state["best_model_score"]) == 4.0 and float(state["last_score"]) == 16.0
+    resumed = BestAndLastCheckpoint(dirpath=tmp_path, monitor="val_loss")
+    resumed.load_state_dict(state)
+    assert float(resumed.last_score) == 16.0
 
 
 def test_position_is_kept_across_a_change_in_the_number_of_processes():

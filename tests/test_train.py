@@ -160,6 +160,8 @@ def test_the_same_command_after_the_run_finished_keeps_its_summary(tiny_pair, tm
     (tmp_path / "run" / "summary.json").write_text(written)
     last = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=3))
     assert last["steps"] == 3 and last != first
+    # Its last validation's loss is read back from the checkpoint, not lost.
+    assert last["val_loss_final"] == more["val_loss_final"] is not None
 
 
 def test_wandb_offline_records_a_run_id(tiny_pair, tmp_path):
