@@ -191,8 +191,10 @@ def read_hub(
         rows = datasets.load_dataset(dataset_id, split=split).to_list()
     # DatasetGenerationError: a folder of files the dataset builders cannot read.
     except (FileNotFoundError, ConnectionError, ValueError, DatasetGenerationError) as err:
+        # A DatasetGenerationError says only that generating failed; its cause says why.
+        reason = err.__cause__ if isinstance(err, DatasetGenerationError) and err.__cause__ else err
         raise DataError(
-            f"--data {dataset_id}: cannot load it as a dataset ({first_line(err)})"
+            f"--data {dataset_id}: cannot load it as a dataset ({first_line(reason)})"
         ) from err
     return from_rows(enumerate(rows, start=1), dataset_id, "row", skip_bad, report)
 
