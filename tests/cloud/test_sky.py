@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from launch.spec import SPEC
 
@@ -33,10 +34,32 @@ def test_managed_jobs_recover(task):
     assert recovery == {"EAGER_NEXT_REGION"}
 
 
-def test_secrets_are_declared_without_values(task):
-    # Null secrets become references filled by `--secret NAME`; none is written in the file.
-    assert sorted(ref.name for ref in task.managed_secret_refs) == sorted(SPEC.secrets)
-    assert not task.secrets
+def _resolve_secrets(task) -> None:
+    """What `sky launch` / `sky jobs launch` do with the task's secrets before provisioning."""
+    from sky import execution
+
+    with sky.Dag() as dag:
+        dag.add(task)
+    execution._resolve_managed_secrets(dag)
+
+
+def _plain(secrets) -> dict[str, str]:
+    return {name: value.get_secret_value() for name, value in secrets.items()}
+
+
+def test_a_launch_without_secrets_is_not_refused(task):
+    # Both secrets are optional: a launch with no --secret at all must get past SkyPilot's
+    # resolution of managed-secret references (a null value would be one, and fail there).
+    assert task.managed_secret_refs == []
+    _resolve_secrets(task)
+    assert _plain(task.secrets) == {name: "" for name in SPEC.secrets}  # no value in the file
+
+
+def test_a_secret_given_with_the_flag_is_passed_on():
+    config = yaml.safe_load(SKY_YAML.read_text())
+    task = sky.Task.from_yaml_config(config, secrets_overrides=[("HF_TOKEN", "hf_x")])
+    _resolve_secrets(task)
+    assert _plain(task.secrets) == {"HF_TOKEN": "hf_x", "WANDB_API_KEY": ""}
 
 
 def test_checkpoints_and_hub_cache_are_buckets_mounted_cached(task):
