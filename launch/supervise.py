@@ -39,10 +39,12 @@ def supervise(
     on_checkpoint: Callable[[], None] = lambda: None,
     env: dict[str, str] | None = None,
     poll_s: float = 10.0,
+    grace_s: float = 60.0,
 ) -> int:
     """Run `command` to its end and return its exit status; SIGTERM and SIGINT are passed
     on to it as SIGTERM, and `on_checkpoint` runs after each change of a checkpoint file
-    and once at the end."""
+    and once at the end. When an exception interrupts the wait, the child is stopped
+    (SIGTERM, SIGKILL after `grace_s`) before it propagates."""
     child = subprocess.Popen(command, env={**os.environ, **(env or {})})
     forward = _forward_to(child)
     done = threading.Event()
@@ -52,12 +54,28 @@ def supervise(
     watcher.start()
     try:
         status = child.wait()
+    except BaseException:
+        # Modal cancels an input (`modal app stop`, Ctrl-C on `modal run`) by raising
+        # InputCancellation here; left running, the trainer would hold the GPUs and write
+        # the run dir beside the next input that this warm container takes.
+        _stop(child, grace_s)
+        raise
     finally:
         done.set()
         watcher.join()
         forward()
-    on_checkpoint()
+        on_checkpoint()
     return status
+
+
+def _stop(child: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM (the trainer saves a checkpoint and exits), then SIGKILL after `grace_s`."""
+    child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def _forward_to(child: subprocess.Popen) -> Callable[[], None]:

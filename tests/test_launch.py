@@ -225,6 +225,50 @@ def test_supervisor_commits_on_each_checkpoint_and_passes_a_preemption_on(tmp_pa
     assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
+def test_supervisor_stops_the_trainer_when_its_wait_is_interrupted(tmp_path):
+    import threading
+
+    from launch.supervise import supervise
+
+    class InputCancellation(BaseException):  # what Modal raises in a cancelled input
+        pass
+
+    def cancel(*_):
+        raise InputCancellation
+
+    pid_file = tmp_path / "pid"
+    child = (
+        "import os, pathlib, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n"
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+        "time.sleep(60)\n"
+    )
+    commits = []
+    # Modal delivers the cancellation as SIGUSR1 to the function's main thread.
+    before = signal.signal(signal.SIGUSR1, cancel)
+    threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+    try:
+        with pytest.raises(InputCancellation):
+            supervise(
+                [sys.executable, "-c", child],
+                tmp_path,
+                on_checkpoint=lambda: commits.append(1),
+                poll_s=0.2,
+            )
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        alive = False
+    else:
+        alive = True
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "the trainer outlived its supervisor"
+    assert commits == [1]  # what it saved on the way out is committed
+
+
 def test_the_launch_entry_hands_run_dir_resume_and_hub_repo_to_training():
     from condense.__main__ import job_path, parse_train
     from launch.run import train_argv
