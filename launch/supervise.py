@@ -101,7 +101,13 @@ def _watch(
         now = _stamps(folder)
         if now != seen:
             seen = now
-            on_change()
+            try:
+                on_change()
+            except Exception as err:  # noqa: BLE001 - any failure: the next change tries again
+                # A Modal commit reloads the volume afterwards, which fails while the
+                # trainer holds files open there (W&B's run files): one failed commit
+                # must not end the commits of every later checkpoint.
+                print(f"launch: checkpoint commit failed: {err}", file=sys.stderr, flush=True)
 
 
 def _stamps(folder: Path) -> dict[str, int]:

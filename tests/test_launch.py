@@ -225,6 +225,34 @@ def test_supervisor_commits_on_each_checkpoint_and_passes_a_preemption_on(tmp_pa
     assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
+def test_a_failed_commit_does_not_stop_the_later_ones(tmp_path, capfd):
+    from launch.supervise import supervise
+
+    # A stand-in trainer saving two checkpoints a second apart.
+    child = (
+        "import pathlib, time, sys\n"
+        "folder = pathlib.Path(sys.argv[1]) / 'checkpoints'; folder.mkdir(parents=True)\n"
+        "time.sleep(1)\n"
+        "(folder / 'last.ckpt').write_text('step 1')\n"
+        "time.sleep(1.5)\n"
+        "(folder / 'last.ckpt').write_text('step 2')\n"
+        "time.sleep(1.5)\n"
+    )
+    commits = []
+
+    def commit() -> None:  # the first fails, as Modal's does while files are open
+        commits.append(len(commits))
+        if len(commits) == 1:
+            raise RuntimeError("there are open files preventing the operation")
+
+    status = supervise(
+        [sys.executable, "-c", child, str(tmp_path)], tmp_path, on_checkpoint=commit, poll_s=0.2
+    )
+    assert status == 0
+    assert commits == [0, 1, 2]  # both checkpoints, then once at the end
+    assert "checkpoint commit failed: there are open files" in capfd.readouterr().err
+
+
 def test_supervisor_stops_the_trainer_when_its_wait_is_interrupted(tmp_path):
     import threading
 
