@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,27 @@ def test_a_wrong_mount_mode_is_refused(tmp_path):
     bad.write_text(SKY_YAML.read_text().replace("mode: MOUNT_CACHED", "mode: MOUNT_CACHE", 1))
     with pytest.raises(ValueError, match="MOUNT_CACHE"):
         sky.Task.from_yaml(str(bad))
+
+
+def _run_command(task, tmp_path, **envs: str) -> list[str]:
+    """The command line the task's `run` starts on a node, with a stand-in `python`."""
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    env = {**task.envs, **envs, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run(
+        ["bash", "-c", task.run], env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.splitlines()
+
+
+@pytest.mark.parametrize("job", ["test", "jobs/test.yaml", "test.yaml"])
+def test_a_run_is_named_after_its_job_however_the_job_is_given(task, tmp_path, job):
+    # As on Modal (Path(job).stem): the same job resumes the same folder.
+    argv = _run_command(task, tmp_path, JOB=job, OVERRIDES="--max-steps 5 --seed 1")
+    assert argv[:4] == ["-m", "launch", "run", job]
+    assert argv[argv.index("--checkpoint-dir") + 1] == f"{SPEC.checkpoint_root}/test"
+    assert argv[-4:] == ["--max-steps", "5", "--seed", "1"]
+    argv = _run_command(task, tmp_path, JOB=job, RUN_NAME="again")
+    assert argv[argv.index("--checkpoint-dir") + 1] == f"{SPEC.checkpoint_root}/again"
