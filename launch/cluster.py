@@ -2,7 +2,7 @@
 
 SkyPilot sets SKYPILOT_NODE_RANK, SKYPILOT_NODE_IPS (one per line, the first is the
 head), SKYPILOT_NUM_NODES and SKYPILOT_NUM_GPUS_PER_NODE on every node. Modal gives a
-clustered function its rank and its containers' addresses (`get_cluster_info()`), which
+clustered function its rank and its containers' addresses (`modal.Cluster.from_context()`), which
 modal_app.py passes on as CONDENSE_NODE_RANK, CONDENSE_NODE_IPS and
 CONDENSE_GPUS_PER_NODE (`modal_cluster_env`). Either way Lightning gets MASTER_ADDR,
 MASTER_PORT, NODE_RANK and WORLD_SIZE, and the job gets `--num_nodes` and `--devices`;
