@@ -36,6 +36,29 @@ def test_managed_jobs_recover(task):
     assert recovery == {"EAGER_NEXT_REGION"}
 
 
+def _recovery(restarts: list[int]) -> list[bool]:
+    """Whether SkyPilot's managed-jobs controller restarts the job after each exit status."""
+    import asyncio
+
+    from sky.backends import CloudVmRayBackend
+    from sky.jobs.recovery_strategy import StrategyExecutor
+
+    async def decide() -> list[bool]:
+        executor = StrategyExecutor.make(
+            None, CloudVmRayBackend(), sky.Task.from_yaml(str(SKY_YAML)), 0, 0, None,
+            set(), asyncio.Lock(), asyncio.Condition(),
+        )  # fmt: skip
+        return [executor.should_restart_on_failure(exit_codes=[code]) for code in restarts]
+
+    return asyncio.run(decide())
+
+
+def test_a_stop_with_a_checkpoint_always_resumes_and_a_crash_twice():
+    # 143 (SIGTERM, last.ckpt saved) must not use up the crash retries: a spot run may be
+    # warned many times over its life.
+    assert _recovery([143] * 5 + [1, 1, 1]) == [True] * 5 + [True, True, False]
+
+
 def _resolve_secrets(task) -> None:
     """What `sky launch` / `sky jobs launch` do with the task's secrets before provisioning."""
     from sky import execution
