@@ -106,6 +106,20 @@ ONE_PASSAGE_NOTE = (
 )
 
 
+# The smallest span from none to full, as a share of none's loss, that gap closed divides
+# by. Below it the full context barely helps, and a few hundredths of a nat in the condensed
+# loss (the size of the margins this project's evaluation sets resolve) move the ratio by
+# whole units: on the tiny random pair, spans of 0.03-0.5% read as 12.72 and -1.91.
+MIN_SPAN_SHARE = 0.01
+
+
+NO_SPAN_NOTE = (
+    "gap closed: n/a where the full context's loss is not below no context's by two"
+    f" standard errors and {MIN_SPAN_SHARE:.0%} (full_margin in the JSON): no span to"
+    " divide by"
+)
+
+
 def bos_added(tokenizer) -> list[int]:
     """[BOS] where the tokenizer opens every text with it (Llama, Mistral), else []."""
     opening = tokenizer("")["input_ids"][:1]
@@ -184,6 +198,8 @@ def _evaluate(
     }
     examples = _generated_scores(condenser, samples, prefixes, report, batch_size)
     notes = [] if partners is not None else [ONE_PASSAGE_NOTE]
+    if any(scores["gap_closed"] is None for scores in report.values()):
+        notes.append(NO_SPAN_NOTE)
     return {"samples": len(samples), "by_task": report, "examples": examples, "notes": notes}
 
 
@@ -261,13 +277,17 @@ def _score(
 
 
 def _task_scores(by_cond: dict[str, list[tuple[float, int, int]]]) -> dict[str, Any]:
-    """Per-token loss and accuracy per condition, gap closed, and the condensed context's
-    loss margin over none and wrong, from per-sample (nll sum, correct, tokens). A
-    condition that was not scored (wrong, with no other passage) is None throughout."""
+    """Per-token loss and accuracy per condition, gap closed (None where the span from
+    none to full is not `resolved`), the full context's loss margin over none, and the
+    condensed context's over none and wrong, from per-sample (nll sum, correct, tokens).
+    A condition that was not scored (wrong, with no other passage) is None throughout."""
     nll = {c: [row[0] for row in by_cond[c]] for c in CONDITIONS if c in by_cond}
     tokens = [row[2] for row in by_cond["condensed"]]
     loss = {c: sum(nll[c]) / sum(tokens) if c in nll else None for c in CONDITIONS}
-    span = loss["none"] - loss["full"]
+    span, span_stderr = paired_margin(nll["none"], nll["full"], tokens)
+    gap = None
+    if resolved(span, span_stderr, loss["none"]):
+        gap = (loss["none"] - loss["condensed"]) / span
     margin = {}
     for other in ("none", "wrong"):
         value, stderr = (
@@ -279,10 +299,19 @@ def _task_scores(by_cond: dict[str, list[tuple[float, int, int]]]) -> dict[str, 
     }
     return {
         "loss": loss,
-        "gap_closed": (loss["none"] - loss["condensed"]) / span if span else None,
+        "gap_closed": gap,
+        "full_margin": {"loss": span, "stderr": span_stderr},
         "condensed_margin": margin,
         "token_accuracy": accuracy,
     }
+
+
+def resolved(span: float, stderr: float | None, floor: float) -> bool:
+    """Whether the full context's loss margin over no context (`span`, with its standard
+    error) is one gap closed can divide by: more than two standard errors, so that this
+    evaluation set can see it (with one sample there is no error, and nothing is
+    resolved), and at least MIN_SPAN_SHARE of no context's loss `floor`."""
+    return stderr is not None and span > max(2 * stderr, MIN_SPAN_SHARE * floor)
 
 
 def paired_margin(
@@ -390,7 +419,7 @@ def markdown_table(results: dict[str, Any]) -> str:
                 row = " | ".join(_value_text(scores[metric][c]) for c in CONDITIONS)
                 gap = margin = ""
                 if metric == "loss":
-                    gap = f"{scores['gap_closed']:.2f}" if scores["gap_closed"] is not None else ""
+                    gap = "n/a" if scores["gap_closed"] is None else f"{scores['gap_closed']:.2f}"
                     margin = _margin_text(scores.get("condensed_margin", {}).get("wrong"))
                 lines.append(f"| {task} | {metric} | {row} | {gap} | {margin} |")
     return "\n\n".join(["\n".join(lines), *results.get("notes", [])])

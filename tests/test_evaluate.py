@@ -77,6 +77,38 @@ def test_gap_closed_is_the_share_of_the_floor_to_ceiling_distance():
     assert scores["condensed_margin"]["wrong"] == {"loss": pytest.approx(0.5), "stderr": 0.0}
 
 
+def _two_samples(none, full):
+    """by_cond for two samples of 4 and 6 tokens whose none and full losses per token are
+    given per sample; wrong and condensed halfway between the task's none and full."""
+    mid = [(n + f) / 2 for n, f in zip(none, full)]
+    rows = lambda losses: [(loss * k, 0, k) for loss, k in zip(losses, (4, 6))]
+    return {"none": rows(none), "wrong": rows(mid), "condensed": rows(mid), "full": rows(full)}
+
+
+@pytest.mark.parametrize(
+    "none, full",
+    [
+        # Full 0.0003 nats below none per token, no spread: 0.005% of the loss. The old
+        # figure divided by it all the same (the tiny pair printed 12.72 and -3.84).
+        ((5.8600, 5.8600), (5.8597, 5.8597)),
+        # 0.4 nats lower on average (7% of the loss), but one sample 1.6 lower and the
+        # other 0.4 higher: within two standard errors of no difference.
+        ((6.0, 6.0), (4.4, 6.4)),
+        # Full worse than none: the ceiling is no ceiling.
+        ((4.0, 4.0), (4.5, 4.5)),
+    ],
+)
+def test_gap_closed_is_none_where_full_does_not_clearly_beat_none(none, full):
+    scores = _task_scores(_two_samples(none, full))
+    assert scores["gap_closed"] is None
+    # The span it would have divided by is in the results, with its error.
+    assert scores["full_margin"]["loss"] == pytest.approx(
+        scores["loss"]["none"] - scores["loss"]["full"]
+    )
+    table = markdown_table({"by_task": {"qa": scores}})
+    assert table.splitlines()[2].split(" | ")[6] == "n/a"
+
+
 def test_paired_margin_and_its_standard_error_on_a_hand_worked_case():
     # Differences 2 and 3 nats over 4 and 2 tokens: margin 5/6. Residuals 2 - 4 * 5/6 and
     # 3 - 2 * 5/6 are -4/3 and +4/3; error sqrt(2 * 32/9) / 6 = 4/9.
@@ -125,7 +157,7 @@ def test_markdown_table_has_a_row_per_task_and_metric():
         }
     }
     table = markdown_table(results)
-    assert "| qa | loss | 1.000 | 1.000 | 1.000 | 1.000 |  | -0.025 +- 0.030 |" in table
+    assert "| qa | loss | 1.000 | 1.000 | 1.000 | 1.000 | n/a | -0.025 +- 0.030 |" in table
     assert "| qa | token_accuracy |" in table
 
 
