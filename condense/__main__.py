@@ -439,11 +439,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         commands[command]()
     except Exception as err:
-        if "--debug" in rest or not isinstance(err, user_errors()):
+        if "--debug" in rest or not is_user_error(err):
             raise
         # One line, whatever the message held: a reader (or a log parser) sees the problem.
         print(f"condense: error: {' '.join(str(err).split())}", file=sys.stderr)
         raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None
+
+
+def is_user_error(err: Exception) -> bool:
+    """Whether `err` is one of user_errors(), asked without importing them (torch,
+    Lightning: seconds) for an argument mistake, the commonest."""
+    if isinstance(err, ConfigError):
+        return True
+    return isinstance(err, user_errors())
 
 
 def user_errors() -> tuple[type[Exception], ...]:

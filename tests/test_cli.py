@@ -71,6 +71,32 @@ def test_a_missing_required_option_is_named_as_its_flag(argv, message, capsys):
     assert capsys.readouterr().err.splitlines() == [f"condense: error: {message}"]
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["push", "runs/x/artifact"],
+        ["eval", "--artifact", "a", "--out", "e.json", "--limit", "0"],
+        ["generate", "--artifact", "a", "--context-file", "c.txt", "--prompt", "p", "--bogus"],
+    ],
+)
+def test_an_argument_mistake_is_reported_without_importing_torch(argv):
+    """Telling a mistyped flag from a crash imported the error classes of the modules that
+    train, torch and Lightning with them: 4.8 s before the one line, now 0.1 s."""
+    code = (
+        "import sys\n"
+        "from condense.__main__ import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit as exit_:\n"
+        "    print(exit_.code, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.stdout.split() == ["2", "False"]
+    assert len(out.stderr.splitlines()) == 1
+
+
 def test_flag_values_keep_their_dashes():
     assert normalize_flags(["--run-dir", "my-dir", "--data=a-b.jsonl"]) == [
         "--run_dir",
