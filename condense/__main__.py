@@ -25,7 +25,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from jsonargparse.typing import PositiveFloat, PositiveInt
 
 from condense.cli_errors import check_groups, check_job_file, parse
-from condense.config import ConfigError, TrainConfig
+from condense.config import ConfigError, TrainConfig, check_hub_repo
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -303,6 +303,7 @@ def run_eval(argv: list[str]) -> None:
 
 def run_push(argv: list[str]) -> None:
     args = parse(push_parser(), argv)
+    check_hub_repo(args.repo, "--repo")  # an argument mistake: before torch loads
     from condense.push import push_artifact
 
     print(

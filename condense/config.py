@@ -40,6 +40,23 @@ def _require(ok: bool, name: str, rule: str, value: object) -> None:
         raise ConfigError(f"{name} {rule}, got {value!r}")
 
 
+def check_hub_repo(repo: str, name: str) -> None:
+    """Raise ConfigError (naming the option `name`) unless `repo` is a model repo id of the
+    form OWNER/NAME that huggingface_hub accepts: a mistake found before a push, or before
+    a training run that would end in one, not after."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    # The Hub would take a bare NAME too, into the token's own namespace; a push names
+    # its owner, so that the URL it reports is the repo it wrote.
+    if repo.count("/") != 1:
+        raise ConfigError(f"{name} {repo!r}: expected OWNER/NAME")
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as err:
+        rule = str(err).replace(f": '{repo}'", "")  # the id is named once, first
+        raise ConfigError(f"{name} {repo!r}: not a Hub repo id: {rule}") from None
+
+
 def _positive(prefix: str, obj: object, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
@@ -263,6 +280,8 @@ class TrainConfig:
             self.accelerator,
         )
         _require(bool(self.name.strip()), "name", "must not be empty", self.name)
+        if self.hub_repo is not None:
+            check_hub_repo(self.hub_repo, "hub_repo")
         # N condensed embeddings stand for at most max_tokens context tokens: more slots than
         # tokens is no compression, and the encoder reads context + N in one sequence.
         n, budget = self.model.num_condense_tokens, self.dataset.max_tokens

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from condense.artifact import read_config
+from condense.config import check_hub_repo
 from condense.network import reachable
 from condense.weights import hub_offline
 
@@ -20,15 +21,15 @@ class PushError(RuntimeError):
 
 def push_artifact(folder: Path, repo: str, public: bool = False) -> str:
     """Upload the artifact in `folder` to the model repo `repo` (OWNER/NAME), creating it
-    private unless `public`; the token comes from HF_TOKEN. Returns the repo's URL."""
+    private unless `public`; the token comes from HF_TOKEN. Returns the repo's URL.
+    A ConfigError for a `repo` that is no OWNER/NAME, PushError for a push that failed."""
     import httpx
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
     folder = Path(folder)
+    check_hub_repo(repo, "--repo")
     read_config(folder)  # refuse anything that is not an artifact before any network call
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise PushError(f"--repo {repo!r}: expected OWNER/NAME")
     if hub_offline():
         raise PushError(f"cannot push to {repo}: HF_HUB_OFFLINE is set; {folder} is unchanged")
     token = os.environ.get("HF_TOKEN")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import time
@@ -10,7 +11,8 @@ import time
 import pytest
 import torch
 
-from condense.config import ModelConfig
+from condense.__main__ import parse_train
+from condense.config import ConfigError, ModelConfig
 from condense.model import Condenser
 from condense.push import PushError, push_artifact
 from condense.weights import load_causal_lm
@@ -96,10 +98,42 @@ def test_a_refused_token_is_one_line(artifact, monkeypatch):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("repo", ["condenser", "a/b/c", "/x"])
-def test_repo_must_be_owner_slash_name(artifact, repo):
-    with pytest.raises(PushError, match="OWNER/NAME"):
+BAD_REPOS = ["condenser", "a/b/c", "/x", "bad name", "me/two..dots", "me/x.git", "me/-x"]
+
+
+@pytest.mark.parametrize("repo", BAD_REPOS)
+def test_repo_must_be_an_owner_slash_name_the_hub_accepts(artifact, repo):
+    with pytest.raises(
+        ConfigError, match=f"--repo '{re.escape(repo)}': (expected OWNER/NAME|not a Hub repo id)"
+    ):
         push_artifact(artifact, repo)
+
+
+@pytest.mark.parametrize("repo", ["bad name", "me/two..dots"])
+def test_a_bad_repo_is_an_argument_error_before_anything_loads(repo):
+    """It was exit status 1 (a failed push), and 'me/two..dots' got as far as the token
+    check. Now: status 2 and one line, with the artifact not even read (it does not exist)
+    and torch not imported."""
+    code = (
+        "import sys\n"
+        "from condense.__main__ import main\n"
+        "try:\n"
+        f"    main(['push', 'no/such/artifact', '--repo', {repo!r}])\n"
+        "except SystemExit as exit_:\n"
+        "    print(exit_.code, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.stdout.split() == ["2", "False"]
+    [line] = out.stderr.splitlines()
+    assert line.startswith(f"condense: error: --repo '{repo}': ")
+
+
+def test_training_refuses_a_bad_hub_repo_before_it_trains():
+    """A run used to train to the end and only then fail to push to 'bad name'."""
+    with pytest.raises(ConfigError, match="hub_repo 'me/bad name': not a Hub repo id"):
+        parse_train(["--test", "--hub_repo", "me/bad name"])
 
 
 def test_push_creates_a_private_repo_unless_public(artifact, monkeypatch):
