@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import set_peft_model_state_dict
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from condense.config import ModelConfig
@@ -153,6 +153,11 @@ def load_condenser(
 def load_trained_state(condenser: Condenser, adapter: dict, tensors: dict) -> None:
     """Put LoRA weights (peft's saved form) and condenser tensors into `condenser`,
     refusing anything that does not fit exactly."""
+    # torch refuses a tensor of another shape with a traceback listing every one: an
+    # artifact of models of other sizes (a changed id, import's --encoder) gets one line.
+    models = f"{condenser.cfg.encoder} -> {condenser.cfg.decoder}"
+    _check_shapes("the LoRA adapter", adapter, get_peft_model_state_dict(condenser.encoder), models)
+    _check_shapes(WEIGHTS_FILE, tensors, condenser.state_dict(), models)
     result = set_peft_model_state_dict(condenser.encoder, adapter)
     missing_lora = [k for k in result.missing_keys if "lora_" in k]
     if result.unexpected_keys or missing_lora:
@@ -165,6 +170,19 @@ def load_trained_state(condenser: Condenser, adapter: dict, tensors: dict) -> No
             f"{WEIGHTS_FILE} holds {sorted(tensors)}, expected {list(CONDENSER_KEYS)}"
         )
     condenser.load_state_dict(tensors, strict=False)
+
+
+def _check_shapes(what: str, found: dict, expected: dict, models: str) -> None:
+    """ArtifactError naming the first tensor of `found` whose shape is not the one the
+    `models` expect (`expected`, by the same names); names only one side has are left to
+    the caller."""
+    for name in sorted(found):
+        shape, wanted = tuple(found[name].shape), expected.get(name)
+        if wanted is not None and shape != tuple(wanted.shape):
+            raise ArtifactError(
+                f"{what} does not fit {models}: {name} is {shape} in the artifact,"
+                f" {tuple(wanted.shape)} in these models (trained for others?)"
+            )
 
 
 def read_config(folder: Path) -> dict[str, Any]:

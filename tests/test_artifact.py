@@ -90,6 +90,33 @@ def test_the_next_write_removes_what_killed_writers_left(tiny_pair, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["artifact"]
 
 
+@pytest.mark.parametrize("swapped, tensor", [("decoder", "projection.bias"), ("encoder", "lora_A")])
+def test_an_artifact_for_models_of_other_sizes_is_refused_in_one_line(
+    swapped, tensor, tiny_pair, tmp_path, capsys
+):
+    """Its config pointed at a model of another hidden size (the same architecture and
+    tokenizer): torch's size-mismatch traceback, now one line naming the tensor."""
+    from tests.conftest import _save_gpt2, _save_llama
+
+    _trained_condenser(tiny_pair).save_pretrained(str(tmp_path / "art"))
+    model = tmp_path / f"wider-{swapped}"
+    if swapped == "decoder":
+        _save_gpt2(model, load_tokenizer(tiny_pair[1]), hidden=64)
+    else:
+        _save_llama(model, load_tokenizer(tiny_pair[0]), hidden=48)
+    config_path = tmp_path / "art" / "condense_config.json"
+    config = json.loads(config_path.read_text())
+    config[swapped] = str(model)
+    config_path.write_text(json.dumps(config))
+    (tmp_path / "c.txt").write_text(TEXTS[0])
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--artifact", str(tmp_path / "art"), "--context-file",
+              str(tmp_path / "c.txt"), "--prompt", "Who?"])  # fmt: skip
+    assert exit_.value.code == 1
+    [line] = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith("condense: error: ") and "does not fit" in line and tensor in line
+
+
 def test_an_incomplete_folder_is_refused_in_one_line(tmp_path):
     (tmp_path / "condense_config.json").write_text(json.dumps({"format_version": 1}))
     with pytest.raises(ArtifactError, match="not a condense artifact") as err:
