@@ -213,6 +213,9 @@ class Condenser(nn.Module):
         Needs the tokenizers that `from_pretrained` attaches; contexts are cut as training
         cut them: to its `max_characters`, then to its `max_tokens`.
         """
+        if isinstance(texts, str):
+            # A str is a sequence too: each of its characters would be condensed as a text.
+            raise TypeError("condense(texts) takes a list of texts: condense([text])")
         tokenizer = getattr(self, "encoder_tokenizer", None)
         if tokenizer is None:
             raise RuntimeError(

@@ -48,6 +48,14 @@ def test_export_then_load_gives_the_same_condensed_embeddings(tiny_pair, tmp_pat
     assert (got - expected).abs().max().item() < 1e-6
 
 
+def test_condense_refuses_one_text_given_as_a_string(tiny_pair, tmp_path):
+    """It condensed each character as a text: (13, 4, 48) for "just a string"."""
+    _trained_condenser(tiny_pair).save_pretrained(str(tmp_path / "artifact"))
+    loaded = Condenser.from_pretrained(str(tmp_path / "artifact"))
+    with pytest.raises(TypeError, match=r"condense\(\[text\]\)"):
+        loaded.condense("just a string")
+
+
 def test_artifact_holds_exactly_its_files_and_no_frozen_weights(tiny_pair, tmp_path):
     condenser = _trained_condenser(tiny_pair)
     condenser.save_pretrained(str(tmp_path / "artifact"), max_tokens=96)
