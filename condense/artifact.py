@@ -261,7 +261,13 @@ def local_folder(path_or_id: str) -> Path:
     if Path(path_or_id).is_dir():
         return Path(path_or_id)
     from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    try:
+        validate_repo_id(path_or_id)
+    except HFValidationError:
+        # A path (/abs/..., runs/x/artifact), not an id: the Hub's reason would mislead.
+        raise ArtifactError(f"{path_or_id}: no such folder") from None
     try:
         return Path(snapshot_download(path_or_id))
     except Exception as err:  # offline, not found, no access: all one line for the user

@@ -125,6 +125,13 @@ def test_an_artifact_for_models_of_other_sizes_is_refused_in_one_line(
     assert line.startswith("condense: error: ") and "does not fit" in line and tensor in line
 
 
+@pytest.mark.parametrize("given", ["runs/x/artifact", "/no/such/artifact"])
+def test_a_missing_artifact_path_is_named_as_a_missing_folder(given):
+    """It read 'not a local folder, and not loadable from the Hub (HFValidationError)'."""
+    with pytest.raises(ArtifactError, match=f"^{given}: no such folder$"):
+        Condenser.from_pretrained(given)
+
+
 def test_an_incomplete_folder_is_refused_in_one_line(tmp_path):
     (tmp_path / "condense_config.json").write_text(json.dumps({"format_version": 1}))
     with pytest.raises(ArtifactError, match="not a condense artifact") as err:
