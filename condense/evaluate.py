@@ -24,6 +24,7 @@ from torchmetrics.functional.text import squad
 from torchmetrics.functional.text.rouge import rouge_score
 from tqdm import tqdm
 
+from condense.artifact import CONFIG_FILE
 from condense.config import ConfigError, DatasetConfig
 from condense.data import (
     Collator,
@@ -466,9 +467,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def plot_beside(out: Path) -> Path:
     """Where the plot of JSON results written to `out` goes (NAME.png beside it), with
     `out`'s folder made; a ConfigError for an `out` the results cannot go to, before an
-    evaluation that would end there: a folder, or a .png the plot would overwrite."""
+    evaluation that would end there: a folder, a .png the plot would overwrite, or a
+    file in an artifact folder, which the next save of that artifact (a new best in
+    training, an import) replaces whole, results and all."""
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder: give the JSON file's path (eval.json)")
+    if (out.parent / CONFIG_FILE).is_file():
+        raise ConfigError(
+            f"--out {out} is in an artifact folder, which its next save replaces whole:"
+            f" write the results beside it ({out.parent.parent / out.name})"
+        )
     if out.suffix.lower() == ".png":
         raise ConfigError(
             f"--out {out}: give the JSON file's path (eval.json); the plot goes beside it"

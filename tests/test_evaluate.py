@@ -396,7 +396,8 @@ def _untrained_artifact(tiny_pair, folder, **config) -> None:
     )
 
 
-@pytest.mark.parametrize("out", ["eval.png", "existing-folder"])
+# In the artifact: a resumed run's next best replaced the folder and deleted the results.
+@pytest.mark.parametrize("out", ["eval.png", "existing-folder", "art/eval.json"])
 def test_an_out_the_results_cannot_go_to_is_one_line_before_anything_loads(
     out, tiny_pair, tmp_path, capsys, monkeypatch
 ):
