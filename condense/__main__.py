@@ -18,8 +18,10 @@ arguments and config, 1 for the rest); `--debug` shows the full traceback instea
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from jsonargparse.typing import PositiveFloat, PositiveInt
@@ -437,13 +439,20 @@ def main(argv: list[str] | None = None) -> None:
     if command not in commands:
         print(f"condense: error: unknown command {command!r}\n{USAGE}", end="", file=sys.stderr)
         raise SystemExit(2)  # a bad argument, as argparse's own exit
+    run_reporting_errors(commands[command], "condense", debug="--debug" in rest)
+
+
+def run_reporting_errors(command: Callable[[], Any], prog: str, debug: bool) -> Any:
+    """Run `command`; a user error (is_user_error) ends it as one line on stderr, `prog:
+    error: ...`, and exit status 2 for a mistake in the arguments or config, else 1.
+    With `debug`, and for any other error, the traceback stands."""
     try:
-        commands[command]()
+        return command()
     except Exception as err:
-        if "--debug" in rest or not is_user_error(err):
+        if debug or not is_user_error(err):
             raise
         # One line, whatever the message held: a reader (or a log parser) sees the problem.
-        print(f"condense: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None
 
 

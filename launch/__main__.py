@@ -22,9 +22,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if argv else 2)
     if argv[0] != "run":
         raise SystemExit(f"launch: error: unknown command {argv[0]!r}\n{USAGE}")
+    from condense.__main__ import run_reporting_errors
     from launch.run import main as run
 
-    run(argv[1:])
+    # A bad job, flag or data is one line in the node's log, as with `condense train`.
+    run_reporting_errors(lambda: run(argv[1:]), "launch", debug="--debug" in argv)
 
 
 if __name__ == "__main__":

@@ -120,6 +120,21 @@ def test_launch_imports_without_torch():
     assert "H100" in out.stdout
 
 
+def test_a_bad_flag_on_a_node_is_one_line_exit_2(tmp_path):
+    command = [sys.executable, "-m", "launch", "run", "test", "--checkpoint-dir", str(tmp_path)]
+    out = subprocess.run(
+        [*command, "--max-steps", "0"],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == "launch: error: max_steps must be positive, got 0"
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
 def _launch(job: Path, checkpoint_dir: Path, log: Path, overrides=()) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline")
     # An in-process W&B run of an earlier test leaves its service's address here; a child
