@@ -382,13 +382,16 @@ def run_generate(argv: list[str]) -> None:
 
 
 def read_context(path: Path) -> str:
-    """The text of a context file; a ConfigError (one line) for one that is not UTF-8."""
+    """The text of a context file; a ConfigError (one line, naming the flag) for one that
+    cannot be read or is not UTF-8."""
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(
             f"--context-file {path}: not UTF-8 text (byte {err.start}: {err.reason})"
         ) from None
+    except OSError as err:
+        raise ConfigError(f"--context-file {path}: {err.strerror or err}") from None
 
 
 def context_notes(condenser, context: str) -> list[str]:

@@ -7,6 +7,7 @@ He / Hd encoder / decoder hidden sizes, k = n_last_hidden_states.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
@@ -57,7 +58,13 @@ class Condenser(nn.Module):
             target_modules=cfg.lora_target_modules,
         )
         try:
-            self.encoder = get_peft_model(encoder, lora)
+            with warnings.catch_warnings():
+                # peft 0.21 reads transformers 5's deprecated is_gradient_checkpointing: a
+                # FutureWarning on every load that the user can do nothing about.
+                warnings.filterwarnings(
+                    "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning
+                )
+                self.encoder = get_peft_model(encoder, lora)
         except ValueError as err:  # peft's NoMatchingPeftModuleError, among others
             raise ConfigError(
                 f"model.lora_target_modules={cfg.lora_target_modules}: {str(err).splitlines()[0]}"

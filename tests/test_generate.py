@@ -190,3 +190,9 @@ def test_generate_reads_the_context_as_training_cut_it_and_says_so(tiny_pair, tm
     assert capsys.readouterr().err.strip().splitlines() == [
         f"condense: error: {said} continuation byte)"
     ]
+    with pytest.raises(SystemExit) as stop:  # a mistyped path is an argument mistake too
+        main([*argv, "--context-file", str(tmp_path / "nowhere.txt")])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"condense: error: --context-file {tmp_path / 'nowhere.txt'}: No such file or directory"
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -49,6 +51,15 @@ def _pad_more(batch, extra: int, enc_pad: int, dec_pad: int):
         "attention_mask": widen(batch["attention_mask"], 0),
         "labels": widen(batch["labels"], IGNORE_INDEX),
     }
+
+
+def test_building_a_condenser_warns_nothing(tiny_pair):
+    # peft reading transformers' deprecated is_gradient_checkpointing printed a
+    # FutureWarning on every train, eval and generate.
+    cfg = ModelConfig(encoder=tiny_pair[0], decoder=tiny_pair[1], num_condense_tokens=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Condenser(load_causal_lm(tiny_pair[0]), load_causal_lm(tiny_pair[1]), cfg)
 
 
 def test_padding_does_not_change_the_loss(tiny_pair):
