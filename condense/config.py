@@ -122,7 +122,8 @@ class DatasetConfig:
         num_workers: DataLoader worker processes.
         val_size: Validation samples, taken a whole context at a time so that no context is
             in both splits (a synthetic passage and its prefixes count as one).
-        train_on_prompt: Put the prompt tokens in the loss too, as the original trainer did.
+        train_on_prompt: Put the prompt tokens in the loss too, as the original trainer did
+            (not the BOS a Llama-like tokenizer opens the prompt with: a free target).
             Off by default: the loss is on the completion only.
         synthetic_passages: Passages generated when `data` is "synthetic"; each passage
             yields a reconstruction, a question-answering and a continuation sample.

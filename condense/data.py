@@ -107,6 +107,7 @@ def tokenize(
     prompts = decoder_tok([s.prompt for s in samples])
     completions = decoder_tok([s.completion for s in samples], add_special_tokens=False)
     eos = [decoder_tok.eos_token_id] if decoder_tok.eos_token_id is not None else []
+    opening = _opening_bos(decoder_tok)
     report = report if report is not None else DataReport()
     report.contexts_cut_to_max_tokens += _count_truncated(contexts, cfg.max_tokens)
     out = []
@@ -117,11 +118,29 @@ def tokenize(
         prompt = prompt[: cfg.max_tokens - 1]
         completion = (completion + eos)[: cfg.max_tokens - len(prompt)]
         report.targets_cut_to_max_tokens += len(prompt) + len(completion) < whole
-        prompt_labels = prompt if cfg.train_on_prompt else [IGNORE_INDEX] * len(prompt)
+        prompt_labels = _prompt_labels(prompt, cfg.train_on_prompt, opening)
         out.append(
             Tokenized(ctx, prompt + completion, prompt_labels + completion, passage_id(sample))
         )
     return out
+
+
+def _opening_bos(tokenizer) -> list[int]:
+    """[BOS] where the tokenizer opens every text with it (Llama, Mistral), else []."""
+    opening = tokenizer("")["input_ids"][:1]
+    bos = tokenizer.bos_token_id
+    return opening if bos is not None and opening == [bos] else []
+
+
+def _prompt_labels(prompt: list[int], train_on_prompt: bool, opening: list[int]) -> list[int]:
+    """The prompt's labels: none, or its tokens with `train_on_prompt`, except the BOS the
+    tokenizer opened it with: the last condensed slot would learn to predict a token that
+    is always there, a free target that dilutes the mean loss."""
+    if not train_on_prompt:
+        return [IGNORE_INDEX] * len(prompt)
+    if opening and prompt[: len(opening)] == opening:
+        return [IGNORE_INDEX] * len(opening) + prompt[len(opening) :]
+    return list(prompt)
 
 
 def passage_id(sample: Sample) -> int:

@@ -94,6 +94,20 @@ def tiny_pair(tmp_path_factory) -> tuple[str, str]:
     return make_tiny_pair(tmp_path_factory.mktemp("tiny"))
 
 
+@pytest.fixture(scope="session")
+def bos_tokenizer():
+    """The tiny decoder's byte-level BPE, opening every text with BOS as Llama's and
+    Mistral's tokenizers do (neither tiny tokenizer adds any special token)."""
+    from tokenizers import processors
+
+    tokenizer = _tokenizer("bpe", 350)
+    bos = (tokenizer.bos_token, tokenizer.bos_token_id)
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos[0]} $A", special_tokens=[bos]
+    )
+    return tokenizer
+
+
 def make_tiny_pair(root: Path) -> tuple[str, str]:
     """Save the tiny encoder and decoder under `root`; see `tiny_pair`."""
     import torch

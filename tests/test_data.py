@@ -230,6 +230,26 @@ def test_collator_pads_each_side_with_its_own_pad_id(tiny_pair):
     )  # dynamic, not max_tokens
 
 
+def test_a_prompt_opened_with_bos_labels_the_completion_at_the_seam(bos_tokenizer):
+    tok = bos_tokenizer
+    sample = Sample("Ka was born in Lo.", "Where was Ka born?\n", "Lo", "question_answering")
+    prompt = tok(sample.prompt)["input_ids"]
+    completion = tok(sample.completion, add_special_tokens=False)["input_ids"]
+    assert prompt[0] == tok.bos_token_id and completion[0] != tok.bos_token_id
+    (item,) = tokenize([sample], tok, tok, DatasetConfig(max_tokens=64))
+    assert item.input_ids == prompt + completion + [tok.eos_token_id]
+    assert item.labels == [IGNORE_INDEX] * len(prompt) + completion + [tok.eos_token_id]
+
+
+def test_train_on_prompt_leaves_the_added_bos_unlabelled(bos_tokenizer):
+    tok = bos_tokenizer
+    sample = Sample("Ka was born in Lo.", "Where was Ka born?\n", "Lo", "question_answering")
+    (item,) = tokenize([sample], tok, tok, DatasetConfig(max_tokens=64, train_on_prompt=True))
+    # The BOS is always there: predicting it from the condensed slots is a free target.
+    assert item.input_ids[0] == tok.bos_token_id and item.labels[0] == IGNORE_INDEX
+    assert item.labels[1:] == item.input_ids[1:]
+
+
 def test_max_tokens_truncates_both_sides(tiny_pair):
     enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
     samples = load_samples("synthetic", DatasetConfig(synthetic_passages=3), 0)
