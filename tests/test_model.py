@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from condense.config import ConfigError, DatasetConfig, ModelConfig
 from condense.data import Collator, tokenize
 from condense.model import IGNORE_INDEX, Condenser
-from condense.synthetic import synthetic_samples
+from condense.synthetic import long_synthetic_samples, synthetic_samples
 from condense.weights import load_causal_lm, load_tokenizer
 
 
@@ -83,6 +83,36 @@ def test_padding_does_not_change_the_loss(tiny_pair):
     assert pair["attention_mask"][0].sum() < pair["attention_mask"].shape[1]
     torch.testing.assert_close(padded, alone, rtol=0, atol=1e-5)
     torch.testing.assert_close(pair_padded, pair_loss, rtol=0, atol=1e-5)
+
+
+def test_a_sample_scores_the_same_alone_as_beside_a_much_longer_one(tiny_pair):
+    """Dynamic padding on both sides: the short sample's context and text are padded by
+    hundreds of positions, and its logits and loss must not move. Logits, not only the
+    loss: the tiny random decoder's loss moves by 3e-4 from its condensed prefix to zeros,
+    too little for a misplaced prefix to show in the loss alone."""
+    condenser, enc_tok, dec_tok = _build(tiny_pair)
+    condenser.eval()
+    short = synthetic_samples(1, seed=9, facts=(1, 1))[1]  # a question: a few labels
+    long = max(long_synthetic_samples(10, seed=9), key=lambda s: len(s.context + s.completion))
+    items = tokenize([short, long], enc_tok, dec_tok, DatasetConfig(max_tokens=400))
+    collate = Collator(enc_tok.pad_token_id, dec_tok.pad_token_id)
+    pair = collate(items)
+    assert len(items[1].context_ids) > 20 * len(items[0].context_ids)
+    assert len(items[1].input_ids) > 5 * len(items[0].input_ids)
+    pair["labels"][1] = IGNORE_INDEX  # what the pair scores is then the short sample alone
+    with torch.no_grad():
+        scores = {}
+        for name, batch in (("alone", collate(items[:1])), ("beside", pair)):
+            condensed = condenser.encode(batch["context_ids"], batch["context_mask"])
+            text = (batch["input_ids"], batch["attention_mask"], batch["labels"])
+            logits, targets = condenser.decoder_logits(condensed, *text)
+            loss, count = condenser.decoder_loss(condensed, *text)
+            scores[name] = (logits / logits.std(), targets, loss, count)
+    alone, beside = scores["alone"], scores["beside"]
+    assert alone[3] == beside[3] == sum(label != IGNORE_INDEX for label in items[0].labels)
+    assert torch.equal(alone[1], beside[1])
+    torch.testing.assert_close(beside[0], alone[0], rtol=0, atol=1e-4)
+    torch.testing.assert_close(beside[2], alone[2], rtol=0, atol=1e-5)
 
 
 def test_condensed_context_does_not_depend_on_batch_neighbours(tiny_pair):
