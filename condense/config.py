@@ -202,7 +202,7 @@ class TrainConfig:
     """A training job: data, models, optimizer, and how the run is checked and logged.
 
     Args:
-        data: "synthetic" (embedded, no network), a local .jsonl/.parquet file, or a
+        data: "synthetic" (embedded, no network), a local .jsonl/.json/.parquet file, or a
             Hugging Face dataset id in the original's columns (task, context,
             activation_prompt, expected_completion).
         max_steps: Optimizer steps to train.

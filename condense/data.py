@@ -40,7 +40,7 @@ def is_synthetic(source: str) -> bool:
 def load_samples(
     source: str, cfg: DatasetConfig, seed: int, report: DataReport | None = None
 ) -> list[Sample]:
-    """Samples from "synthetic", a local .jsonl/.parquet file, or a Hub dataset id,
+    """Samples from "synthetic", a local .jsonl/.json/.parquet file, or a Hub dataset id,
     with contexts cut to `max_characters` and only the configured tasks kept.
 
     An unusable row raises DataError unless `cfg.skip_bad_rows`; skipped rows and cut

@@ -132,17 +132,47 @@ def from_rows(
 
 
 def read_file(path: Path, skip_bad: bool = False, report: DataReport | None = None) -> list[Sample]:
-    """Samples from a local .jsonl or .parquet file; see `from_rows` for bad rows."""
-    if path.suffix in (".jsonl", ".json"):
-        rows, unit = _jsonl_rows(path), "line"
-    elif path.suffix == ".parquet":
-        rows, unit = enumerate(_parquet_rows(path), start=1), "row"
-    else:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl or .parquet)")
+    """Samples from a local .jsonl, .json (one object a line, or one array of objects) or
+    .parquet file; see `from_rows` for bad rows."""
     try:
+        if path.suffix == ".json" and _holds_an_array(path):
+            rows, unit = enumerate(_json_array_rows(path), start=1), "row"
+        elif path.suffix in (".jsonl", ".json"):
+            rows, unit = _jsonl_rows(path), "line"
+        elif path.suffix == ".parquet":
+            rows, unit = enumerate(_parquet_rows(path), start=1), "row"
+        else:
+            raise DataError(
+                f"{path}: unsupported file type {path.suffix!r} (use .jsonl, .json or .parquet)"
+            )
         return from_rows(rows, str(path), unit, skip_bad, report)
     except OSError as err:  # unreadable: permissions, a folder, a disk error
         raise DataError(f"{path}: cannot read it ({err.strerror or type(err).__name__})") from None
+
+
+def _holds_an_array(path: Path) -> bool:
+    """Whether a .json file's first character (after any BOM and blank space) opens an
+    array: what `json.dump(rows)`, pandas' orient="records" and `datasets`' to_json with
+    lines=False write, where a .jsonl file holds one object a line."""
+    with path.open("rb") as f:
+        head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
+    return head.startswith(b"[")
+
+
+def _json_array_rows(path: Path) -> list[Any]:
+    """The elements of a file holding one JSON array; a file that is not valid UTF-8 or
+    not valid JSON is named with where it goes wrong."""
+    raw = path.read_bytes()
+    try:
+        return json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}: not valid UTF-8 (byte {raw[err.start]:#04x} at offset {err.start})"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
+        ) from None
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:

@@ -107,6 +107,25 @@ def test_local_files_in_the_original_columns(tmp_path, suffix):
     assert samples[0].context == ORIGINAL_ROWS[0]["context"][:20]  # max_characters applies
 
 
+def test_a_json_file_holding_one_array_of_rows(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(ORIGINAL_ROWS, indent=2))  # what json.dump and pandas write
+    samples = load_samples(str(path), DatasetConfig(), seed=0)
+    assert [s.completion for s in samples] == ["Alpha beta gamma.", "4"]
+    path.write_text(json.dumps([ORIGINAL_ROWS[0], {**ORIGINAL_ROWS[1], "context": None}]))
+    with pytest.raises(DataError, match=r"data.json: row 2: field 'context' is null"):
+        load_samples(str(path), DatasetConfig(), seed=0)
+    path.write_text('[\n  {"context": "a",\n  "prompt": }\n]')
+    with pytest.raises(DataError, match=r"data.json: not valid JSON \(.* at line 3 column"):
+        load_samples(str(path), DatasetConfig(), seed=0)
+
+
+def test_a_json_file_of_one_object_a_line_reads_as_jsonl(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text("\n".join(json.dumps(r) for r in ORIGINAL_ROWS) + "\n")
+    assert len(load_samples(str(path), DatasetConfig(), seed=0)) == 2
+
+
 def test_dataset_folder_in_hub_layout_loads_through_datasets(tmp_path):
     (tmp_path / "data").mkdir()
     pq.write_table(
