@@ -197,7 +197,7 @@ class Condenser(nn.Module):
         embeds = torch.cat([condensed.to(token_embeds.dtype), token_embeds], 1)  # (B, N+T, Hd)
         mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], n), attention_mask], 1)
         hidden = self.decoder_body(
-            inputs_embeds=embeds, attention_mask=_unless_right_padded(mask), use_cache=False
+            inputs_embeds=embeds, use_cache=False, **_mask_and_positions(mask)
         ).last_hidden_state  # (B, N+T, Hd)
         # Position p predicts the token at p+1.
         targets = torch.cat([labels.new_full((len(labels), n), IGNORE_INDEX), labels], 1)[:, 1:]
@@ -333,6 +333,16 @@ def _unless_right_padded(mask: torch.Tensor) -> torch.Tensor | None:
     already keeps real positions from the pads, and SDPA takes its faster causal kernel
     (3-7% of the bench job's CPU step). Other masks are passed on as they are."""
     return None if bool((mask[:, 1:] <= mask[:, :-1]).all()) else mask
+
+
+def _mask_and_positions(mask: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    """The attention arguments for a (B, S) mask: none where it is right-padded. Any other
+    padding gets its mask and positions counted over real tokens only, as each row would
+    have alone: models with absolute positions (GPT-2, OPT) would otherwise read a row
+    behind left padding at shifted positions."""
+    if _unless_right_padded(mask) is None:
+        return {"attention_mask": None}
+    return {"attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
 
 
 def _as_model_logits(logits: torch.Tensor, config) -> torch.Tensor:

@@ -115,6 +115,39 @@ def test_a_sample_scores_the_same_alone_as_beside_a_much_longer_one(tiny_pair):
     torch.testing.assert_close(beside[2], alone[2], rtol=0, atol=1e-5)
 
 
+def _left_padded(rows: torch.Tensor, mask: torch.Tensor, value: int) -> torch.Tensor:
+    """Right-padded `rows` moved to the right end of each row, `value` before them."""
+    out = torch.full_like(rows, value)
+    for i, n in enumerate(mask.sum(1).tolist()):
+        out[i, rows.shape[1] - n :] = rows[i, :n]
+    return out
+
+
+def test_a_left_padded_text_scores_as_the_right_padded_one(tiny_pair):
+    """decoder_logits takes any padding: a row behind left padding must be read at the
+    positions it has alone (the tiny decoder is a GPT-2: absolute positions)."""
+    condenser, enc_tok, dec_tok = _build(tiny_pair)
+    condenser.eval()
+    samples = synthetic_samples(2, seed=10)
+    batch = _batch(enc_tok, dec_tok, [samples[1], samples[0]])  # a question, a passage
+    mask = batch["attention_mask"]
+    assert mask[0].sum() < mask.shape[1]
+    left = [
+        _left_padded(batch["input_ids"], mask, dec_tok.pad_token_id),
+        _left_padded(mask, mask, 0),
+        _left_padded(batch["labels"], mask, IGNORE_INDEX),
+    ]
+    with torch.no_grad():
+        condensed = condenser.encode(batch["context_ids"], batch["context_mask"])
+        right_logits, right_targets = condenser.decoder_logits(
+            condensed, batch["input_ids"], mask, batch["labels"]
+        )
+        left_logits, left_targets = condenser.decoder_logits(condensed, *left)
+    assert torch.equal(left_targets, right_targets)
+    scale = right_logits.std()
+    torch.testing.assert_close(left_logits / scale, right_logits / scale, rtol=0, atol=1e-4)
+
+
 def test_condensed_context_does_not_depend_on_batch_neighbours(tiny_pair):
     condenser, enc_tok, dec_tok = _build(tiny_pair)
     condenser.eval()
