@@ -246,15 +246,20 @@ def split_train_val(
 ) -> tuple[list[Sample], list[Sample]]:
     """Split so that no context is in both halves.
 
-    Samples are grouped by `passage_key`. Whole groups go to validation,
-    in a seeded random order, until it holds at least `val_size` samples.
+    Samples are grouped by `passage_key`. Whole groups go to validation, in a seeded
+    random order, until it holds at least `val_size` samples; a group that shares a
+    context with another group (two synthetic passages of the same sentence) stays in
+    training, since holding it out would leave the other's copy behind.
     """
     groups: dict[str, list[Sample]] = defaultdict(list)
+    keys_of: dict[str, set[str]] = defaultdict(set)
     for s in samples:
         groups[passage_key(s)].append(s)
+        keys_of[s.context].add(passage_key(s))
     keys = sorted(groups)
     random.Random(seed).shuffle(keys)
     train, val = [], []
     for key in keys:
-        (val if len(val) < val_size else train).extend(groups[key])
+        alone = all(len(keys_of[s.context]) == 1 for s in groups[key])
+        (val if len(val) < val_size and alone else train).extend(groups[key])
     return train, val

@@ -45,10 +45,17 @@ ORIGINAL_ROWS = [
 ]
 
 
-def test_train_and_validation_share_no_context_or_passage():
-    samples = load_samples("synthetic", DatasetConfig(synthetic_passages=200), seed=3)
-    train, val = split_train_val(samples, val_size=60, seed=3)
-    assert len(val) >= 60 and len(train) + len(val) == len(samples)
+@pytest.mark.parametrize(
+    "facts, passages, val_size",
+    # The test job's one-fact passages repeat sentences ("Their house had a red door and
+    # 5 windows.") and sentence starts: 51 of its 240 validation samples were in training.
+    [(None, 200, 60), ([1, 1], 2000, 240)],
+)
+def test_train_and_validation_share_no_context_or_passage(facts, passages, val_size):
+    cfg = DatasetConfig(synthetic_passages=passages, synthetic_facts=facts)
+    samples = load_samples("synthetic", cfg, seed=0)
+    train, val = split_train_val(samples, val_size=val_size, seed=0)
+    assert len(val) >= val_size and len(train) + len(val) == len(samples)
     assert not {s.context for s in train} & {s.context for s in val}
     assert not {s.group for s in train} & {s.group for s in val}
     # A continuation context is a prefix of its passage; the passage must not be in train.
