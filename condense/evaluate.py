@@ -74,6 +74,13 @@ def eval_samples(config: dict[str, Any], data: str | None, limit: int | None) ->
         samples = split_train_val(samples, config.get("val_size", 100), seed)[1]
     else:
         samples = load_samples(data, cut, _data_seed(config, data))
+        if is_synthetic(data) and data == config.get("train_data"):
+            # Another seed's passages can still repeat a trained context word for word:
+            # one-fact passages share sentences ("Their house had a red door and 5
+            # windows.") and sentence starts. Those were seen, not condensed afresh.
+            cut.synthetic_passages = config.get("synthetic_passages", cut.synthetic_passages)
+            seen = {s.context for s in load_samples(data, cut, seed)}
+            samples = [s for s in samples if s.context not in seen]
     return samples[:limit] if limit else samples
 
 

@@ -134,11 +134,14 @@ def test_wrong_context_always_comes_from_another_group():
     assert all(samples[j].group != samples[i].group for i, j in enumerate(partners))
 
 
-@pytest.mark.parametrize("source", ["synthetic", "synthetic-long"])
-def test_synthetic_eval_data_is_passages_the_condenser_never_saw(source):
-    config = {"seed": 3, "train_data": source, "synthetic_passages": 40, "val_size": 12}
-    # Every passage a run of seed 3 could have trained on, at the largest default size.
-    seen = {s.context for s in load_samples(source, DatasetConfig(), seed=3)}
+@pytest.mark.parametrize(
+    "source, facts", [("synthetic", None), ("synthetic-long", None), ("synthetic", [1, 1])]
+)
+def test_synthetic_eval_data_is_passages_the_condenser_never_saw(source, facts):
+    config = {"seed": 3, "train_data": source, "val_size": 12, "synthetic_facts": facts}
+    # Every passage a run of seed 3 trained on, at the default size; one-fact passages
+    # (the test job's) repeat sentences across seeds.
+    seen = {s.context for s in load_samples(source, DatasetConfig(synthetic_facts=facts), 3)}
     fresh = eval_samples(config, source, limit=90)
     assert len(fresh) == 90 and not {s.context for s in fresh} & seen
     # The default is still the run's own validation split, passages it was checked on.
