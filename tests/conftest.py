@@ -4,6 +4,8 @@ so tests need no download and run in seconds on a CPU."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,21 @@ if __name__ == "__main__":
 
     folder = Path(sys.argv[1])
     print(tiny_job(*make_tiny_pair(folder), folder / "job.yaml", max_steps=4, wandb="off"))
+
+
+def main_in_a_fresh_process(argv: list[str]) -> tuple[int, bool, list[str]]:
+    """`condense` with `argv` in a new interpreter: its exit status, whether it imported
+    torch on the way, and its stderr lines."""
+    code = (
+        "import sys\n"
+        "from condense.__main__ import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit as exit_:\n"
+        "    print(exit_.code, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    status, torch_loaded = out.stdout.split()
+    return int(status), torch_loaded == "True", out.stderr.splitlines()

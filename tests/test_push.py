@@ -16,6 +16,7 @@ from condense.config import ConfigError, ModelConfig
 from condense.model import Condenser
 from condense.push import PushError, push_artifact
 from condense.weights import load_causal_lm
+from tests.conftest import main_in_a_fresh_process
 
 
 @pytest.fixture
@@ -114,19 +115,10 @@ def test_a_bad_repo_is_an_argument_error_before_anything_loads(repo):
     """It was exit status 1 (a failed push), and 'me/two..dots' got as far as the token
     check. Now: status 2 and one line, with the artifact not even read (it does not exist)
     and torch not imported."""
-    code = (
-        "import sys\n"
-        "from condense.__main__ import main\n"
-        "try:\n"
-        f"    main(['push', 'no/such/artifact', '--repo', {repo!r}])\n"
-        "except SystemExit as exit_:\n"
-        "    print(exit_.code, 'torch' in sys.modules)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert out.stdout.split() == ["2", "False"]
-    [line] = out.stderr.splitlines()
+    argv = ["push", "no/such/artifact", "--repo", repo]
+    status, torch_loaded, stderr = main_in_a_fresh_process(argv)
+    assert (status, torch_loaded) == (2, False)
+    [line] = stderr
     assert line.startswith(f"condense: error: --repo '{repo}': ")
 
 
