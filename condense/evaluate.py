@@ -69,19 +69,25 @@ def eval_samples(config: dict[str, Any], data: str | None, limit: int | None) ->
                 " (an imported checkpoint?): say what to score with --data (a file,"
                 " a dataset, or synthetic)"
             )
-        cut.synthetic_passages = config.get("synthetic_passages", cut.synthetic_passages)
-        samples = load_samples(config["train_data"], cut, seed)
-        samples = split_train_val(samples, config.get("val_size", 100), seed)[1]
+        samples = split_train_val(_run_samples(config, cut), config.get("val_size", 100), seed)[1]
     else:
         samples = load_samples(data, cut, _data_seed(config, data))
         if is_synthetic(data) and data == config.get("train_data"):
             # Another seed's passages can still repeat a trained context word for word:
             # one-fact passages share sentences ("Their house had a red door and 5
             # windows.") and sentence starts. Those were seen, not condensed afresh.
-            cut.synthetic_passages = config.get("synthetic_passages", cut.synthetic_passages)
-            seen = {s.context for s in load_samples(data, cut, seed)}
+            seen = {s.context for s in _run_samples(config, cut)}
             samples = [s for s in samples if s.context not in seen]
     return samples[:limit] if limit else samples
+
+
+def _run_samples(config: dict[str, Any], cut: DatasetConfig) -> list[Sample]:
+    """Every sample the artifact's run loaded, both splits: its recorded training data,
+    seed and number of synthetic passages."""
+    sized = replace(
+        cut, synthetic_passages=config.get("synthetic_passages", cut.synthetic_passages)
+    )
+    return load_samples(config["train_data"], sized, config.get("seed", 0))
 
 
 def _data_seed(config: dict[str, Any], data: str) -> int:
