@@ -107,7 +107,7 @@ def tokenize(
     prompts = decoder_tok([s.prompt for s in samples])
     completions = decoder_tok([s.completion for s in samples], add_special_tokens=False)
     eos = [decoder_tok.eos_token_id] if decoder_tok.eos_token_id is not None else []
-    opening = _opening_bos(decoder_tok)
+    opening = bos_added(decoder_tok)
     report = report if report is not None else DataReport()
     report.contexts_cut_to_max_tokens += _count_truncated(contexts, cfg.max_tokens)
     out = []
@@ -125,7 +125,7 @@ def tokenize(
     return out
 
 
-def _opening_bos(tokenizer) -> list[int]:
+def bos_added(tokenizer) -> list[int]:
     """[BOS] where the tokenizer opens every text with it (Llama, Mistral), else []."""
     opening = tokenizer("")["input_ids"][:1]
     bos = tokenizer.bos_token_id

@@ -29,6 +29,7 @@ from condense.config import ConfigError, DatasetConfig
 from condense.data import (
     Collator,
     Tokenized,
+    bos_added,
     is_synthetic,
     load_samples,
     other_context,
@@ -132,16 +133,6 @@ NO_SPAN_NOTE = (
     f" standard errors and {MIN_SPAN_SHARE:.0%} (full_margin in the JSON): no span to"
     " divide by"
 )
-
-
-def bos_added(tokenizer) -> list[int]:
-    """[BOS] where the tokenizer opens every text with it (Llama, Mistral), else []."""
-    opening = tokenizer("")["input_ids"][:1]
-    return (
-        opening
-        if tokenizer.bos_token_id is not None and opening == [tokenizer.bos_token_id]
-        else []
-    )
 
 
 @torch.no_grad()
