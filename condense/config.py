@@ -116,7 +116,9 @@ class DatasetConfig:
 
     Args:
         max_tokens: Most context tokens the encoder reads (longer contexts are truncated);
-            also the most prompt+completion tokens the decoder gets.
+            also the most prompt+completion tokens the decoder gets (where they do not
+            fit, the completion keeps its start, at least min(its length, half of them),
+            and the prompt its end).
         max_characters: Contexts are cut to this many characters before tokenizing.
         batch_size: Samples per optimizer step (per device).
         num_workers: DataLoader worker processes.

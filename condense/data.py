@@ -101,8 +101,14 @@ def tokenize(
     report: DataReport | None = None,
 ) -> list[Tokenized]:
     """Tokenize contexts with the encoder's tokenizer, prompts and completions with the
-    decoder's; labels are the completion (and the prompt if `train_on_prompt`). What is
-    cut to `max_tokens` is counted in `report` when one is given."""
+    decoder's; labels are the completion (and the prompt if `train_on_prompt`).
+
+    A context keeps its first `max_tokens` tokens. A prompt and its target (completion +
+    EOS) that do not fit in `max_tokens` together are cut as `cut_prompt` and `prompt_room`
+    say: the target keeps at least its first min(its length, ceil(max_tokens / 2)) tokens,
+    the prompt the rest of the room, from its end. What is cut is counted in `report` when
+    one is given.
+    """
     contexts = encoder_tok([s.context for s in samples], truncation=True, max_length=cfg.max_tokens)
     prompts = decoder_tok([s.prompt for s in samples])
     completions = decoder_tok([s.completion for s in samples], add_special_tokens=False)
@@ -114,15 +120,35 @@ def tokenize(
     for sample, ctx, prompt, completion in zip(
         samples, contexts["input_ids"], prompts["input_ids"], completions["input_ids"]
     ):
-        whole = len(prompt) + len(completion) + len(eos)
-        prompt = prompt[: cfg.max_tokens - 1]
-        completion = (completion + eos)[: cfg.max_tokens - len(prompt)]
-        report.targets_cut_to_max_tokens += len(prompt) + len(completion) < whole
+        target = completion + eos
+        whole = len(prompt) + len(target)
+        prompt = cut_prompt(prompt, prompt_room(cfg.max_tokens, len(target)), opening)
+        target = target[: cfg.max_tokens - len(prompt)]
+        report.targets_cut_to_max_tokens += len(prompt) + len(target) < whole
         prompt_labels = _prompt_labels(prompt, cfg.train_on_prompt, opening)
-        out.append(
-            Tokenized(ctx, prompt + completion, prompt_labels + completion, passage_id(sample))
-        )
+        out.append(Tokenized(ctx, prompt + target, prompt_labels + target, passage_id(sample)))
     return out
+
+
+def prompt_room(max_tokens: int, target_tokens: int) -> int:
+    """The most prompt tokens kept beside a target of `target_tokens` tokens, so that the
+    two fill at most `max_tokens`: the target is guaranteed its first min(target_tokens,
+    ceil(max_tokens / 2)) tokens, so that a long prompt never leaves it one token (or
+    none) to learn from, and the prompt gets the rest. A prompt and target that fit are
+    both kept whole."""
+    return max_tokens - min(target_tokens, (max_tokens + 1) // 2)
+
+
+def cut_prompt(prompt: list[int], room: int, opening: list[int]) -> list[int]:
+    """`prompt`'s last `room` tokens, the tokenizer's `opening` BOS (if it opens the
+    prompt) kept first among them. A too-long prompt is a conversation's history before
+    its question, or a chat template around a long text: its end (the question, a
+    closing marker such as Mistral's [/INST]) is what the completion follows from."""
+    if len(prompt) <= room:
+        return prompt
+    head = opening if opening and prompt[: len(opening)] == opening else []
+    head = head[:room]
+    return head + prompt[len(prompt) - (room - len(head)) :]
 
 
 def bos_added(tokenizer) -> list[int]:

@@ -276,6 +276,40 @@ def test_train_on_prompt_leaves_the_added_bos_unlabelled(bos_tokenizer):
     assert item.labels[1:] == item.input_ids[1:]
 
 
+def _history(passages: int) -> str:
+    """A long conversation history to put before a question."""
+    return " ".join(s.context for s in synthetic_samples(passages, seed=5))
+
+
+def test_a_too_long_prompt_loses_its_beginning_not_its_question(bos_tokenizer):
+    tok = bos_tokenizer
+    prompt = f"[INST] {_history(4)}\nWhere was Ka born? [/INST]"
+    sample = Sample("Ka was born in Lo.", prompt, " Lo", "question_answering")
+    target = tok(" Lo", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    report = DataReport()
+    (item,) = tokenize([sample], tok, tok, DatasetConfig(max_tokens=24), report)
+    kept = item.input_ids[: -len(target)]
+    assert len(item.input_ids) == 24 and item.input_ids[-len(target) :] == target
+    # The BOS the tokenizer opens every text with stays first; the history's start goes.
+    assert kept[0] == tok.bos_token_id and tok.decode(kept[1:]) in prompt
+    assert tok.decode(kept).endswith("\nWhere was Ka born? [/INST]")
+    assert not tok.decode(kept).startswith("<s>[INST]")
+    assert item.labels == [IGNORE_INDEX] * len(kept) + target
+    assert report.targets_cut_to_max_tokens == 1
+
+
+def test_a_long_prompt_and_a_long_completion_each_keep_half_of_max_tokens(tiny_pair):
+    tok = load_tokenizer(tiny_pair[1])  # opens a text with no BOS
+    sample = Sample("x", _history(3) + "\nRepeat:", _history(4), "reconstruction")
+    prompt = tok(sample.prompt)["input_ids"]
+    completion = tok(sample.completion, add_special_tokens=False)["input_ids"]
+    assert min(len(prompt), len(completion)) > 21
+    (item,) = tokenize([sample], tok, tok, DatasetConfig(max_tokens=21))
+    # The completion's start is what follows the prompt's end: it keeps ceil(21 / 2).
+    assert item.input_ids == prompt[-10:] + completion[:11]
+    assert item.labels == [IGNORE_INDEX] * 10 + completion[:11]
+
+
 def test_max_tokens_truncates_both_sides(tiny_pair):
     enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
     samples = load_samples("synthetic", DatasetConfig(synthetic_passages=3), 0)
