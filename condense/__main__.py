@@ -376,7 +376,10 @@ def run_generate(argv: list[str]) -> None:
 
     context = read_context(Path(args.context_file))
     condenser = load_for_inference(args.artifact, args.device, args.precision)[0]
-    for note in context_notes(condenser, context):
+    notes = context_notes(condenser, context) + prompt_notes(
+        condenser, args.prompt, args.max_new_tokens
+    )
+    for note in notes:
         print(f"condense: note: {note}", file=sys.stderr)
     print(generate(condenser, condenser.condense([context]), [args.prompt], args.max_new_tokens)[0])
 
@@ -408,6 +411,20 @@ def context_notes(condenser, context: str) -> list[str]:
     if tokens is not None and length > tokens:
         cut = f"{cut + ', then' if cut else 'cut'} to {tokens} of its {length} tokens (dataset.max_tokens)"
     return [f"the context is {cut}, as in training"] if cut else []
+
+
+def prompt_notes(condenser, prompt: str, max_new_tokens: int) -> list[str]:
+    """What the decoder will not read of `prompt`, as training would not have."""
+    from condense.generate import prompt_tokens
+
+    kept = len(prompt_tokens(condenser, prompt, max_new_tokens))
+    length = len(condenser.decoder_tokenizer(prompt)["input_ids"])
+    if kept == length:
+        return []
+    room = "dataset.max_tokens, with room for --max-new-tokens"
+    return [
+        f"the prompt is cut to {kept} of its {length} tokens, its end kept ({room}), as in training"
+    ]
 
 
 USAGE = """usage: condense COMMAND [options]

@@ -152,10 +152,9 @@ def _evaluate(
     condenser: Condenser, samples: list[Sample], max_tokens: int, batch_size: int
 ) -> dict[str, Any]:
     enc_tok, dec_tok = condenser.encoder_tokenizer, condenser.decoder_tokenizer
-    items = [
-        _first_label_predictable(t)
-        for t in tokenize(samples, enc_tok, dec_tok, DatasetConfig(max_tokens=max_tokens))
-    ]
+    tokenized = tokenize(samples, enc_tok, dec_tok, DatasetConfig(max_tokens=max_tokens))
+    prompts = [_prompt_part(t) for t in tokenized]
+    items = [_first_label_predictable(t) for t in tokenized]
     # The full context is the decoder reading the context's tokens before the prompt,
     # unlabelled. Where its tokenizer opens a text with BOS, the prompt's BOS moves in
     # front of the context: one BOS, first, as the decoder reads any text.
@@ -201,11 +200,21 @@ def _evaluate(
         "condensed": list(condensed),
         "full": [embed(torch.tensor(ids, device=device)) for ids in context_ids],
     }
-    examples = _generated_scores(condenser, samples, prefixes, report, batch_size)
+    # Answers follow the very prompt tokens that were scored, cut as training cut them; the
+    # full context's tokens open with the BOS the prompt would add.
+    after = dict.fromkeys(CONDITIONS, prompts) | {"full": [p[len(bos) :] for p in prompts]}
+    examples = _generated_scores(condenser, samples, prefixes, after, report, batch_size)
     notes = [] if partners is not None else [ONE_PASSAGE_NOTE]
     if any(scores["gap_closed"] is None for scores in report.values()):
         notes.append(NO_SPAN_NOTE)
     return {"samples": len(samples), "by_task": report, "examples": examples, "notes": notes}
+
+
+def _prompt_part(item: Tokenized) -> list[int]:
+    """The prompt's tokens of an item tokenized without `train_on_prompt`, as `tokenize`
+    cut them: those before the first label."""
+    first = next((i for i, label in enumerate(item.labels) if label != IGNORE_INDEX), None)
+    return item.input_ids[:first]
 
 
 def _first_label_predictable(item: Tokenized) -> Tokenized:
@@ -350,9 +359,12 @@ def generation_budget(tokenizer, reference: str) -> int:
     return n + min(n + 16, 256)
 
 
-def _generated_scores(condenser, samples, prefixes, report, batch_size) -> list[dict[str, str]]:
-    """Greedy answers (QA exact match) and reconstructions (ROUGE-L), batched per condition;
-    None for a condition with no prefixes (wrong, with no other passage)."""
+def _generated_scores(
+    condenser, samples, prefixes, prompts, report, batch_size
+) -> list[dict[str, str]]:
+    """Greedy answers (QA exact match) and reconstructions (ROUGE-L), batched per condition,
+    after each condition's prefixes and prompt token ids; None for a condition with no
+    prefixes (wrong, with no other passage)."""
     examples = []
     for task, metric in ((QUESTION_ANSWERING, "exact_match"), (RECONSTRUCTION, "rougeL")):
         index = [i for i, s in enumerate(samples) if s.task == task]
@@ -371,10 +383,8 @@ def _generated_scores(condenser, samples, prefixes, report, batch_size) -> list[
                 outputs += generate(
                     condenser,
                     [prefixes[cond][i] for i in chunk],
-                    [samples[i].prompt for i in chunk],
+                    [prompts[cond][i] for i in chunk],
                     budgets[start : start + batch_size],
-                    # The full context's tokens open with the BOS the prompt would add.
-                    add_special_tokens=cond != "full",
                 )
             report[task][metric][cond] = (
                 exact_match(outputs, references)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from condense.config import ConfigError
+from condense.data import bos_added, cut_prompt, prompt_room
 from condense.model import Condenser
 
 
@@ -14,7 +15,7 @@ from condense.model import Condenser
 def generate(
     condenser: Condenser,
     prefixes: torch.Tensor | list[torch.Tensor],
-    prompts: list[str],
+    prompts: Sequence[str | list[int]],
     max_new_tokens: int | Sequence[int] = 64,
     add_special_tokens: bool = True,
 ) -> list[str]:
@@ -25,6 +26,11 @@ def generate(
     reads the prompts without the BOS their tokenizer would open them with, for prefixes
     that are a text's token embeddings already opening with it (the full context of
     `condense eval`): one BOS per row, first.
+
+    A prompt too long for training's `max_tokens` (the condenser's `max_context_tokens`)
+    is cut as training cut a prompt before a completion of its budget (`prompt_tokens`):
+    it loses its beginning. A prompt given as token ids is read as it is (`condense eval`
+    passes the prompts it scored, cut as training cut them).
 
     Rows are left-padded to one width and masked, and each is cut to its own budget, so a
     batch gives what each row would give alone.
@@ -38,8 +44,8 @@ def generate(
     if any(budget < 1 for budget in budgets):
         raise ConfigError(f"max_new_tokens must be 1 or more, got {min(budgets)}")
     rows = [
-        _input_row(condenser, prefix, prompt, add_special_tokens)
-        for prefix, prompt in zip(prefixes, prompts)
+        _input_row(condenser, prefix, prompt, budget, add_special_tokens)
+        for prefix, prompt, budget in zip(prefixes, prompts, budgets)
     ]
     width = max(len(r) for r in rows)
     limit = getattr(condenser.decoder.config, "max_position_embeddings", None)
@@ -57,13 +63,37 @@ def generate(
     return _greedy(condenser, rows, budgets)
 
 
+def prompt_tokens(
+    condenser: Condenser, prompt: str, budget: int, add_special_tokens: bool = True
+) -> list[int]:
+    """`prompt`'s decoder tokens as `generate` reads them before `budget` new tokens: cut,
+    where the condenser records training's max_tokens, as training cut a prompt before a
+    completion of `budget` tokens (data.prompt_room), so that the decoder reads no longer
+    a prompt than it was trained on beside such a completion."""
+    tokenizer = condenser.decoder_tokenizer
+    ids = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+    # The artifact's dataset.max_tokens: the context's limit and the prompt+completion's.
+    limit = condenser.max_context_tokens
+    if limit is None:
+        return ids
+    opening = bos_added(tokenizer) if add_special_tokens else []
+    return cut_prompt(ids, prompt_room(limit, budget), opening)
+
+
 def _input_row(
-    condenser: Condenser, prefix: torch.Tensor, prompt: str, add_special_tokens: bool
+    condenser: Condenser,
+    prefix: torch.Tensor,
+    prompt: str | list[int],
+    budget: int,
+    add_special_tokens: bool,
 ) -> torch.Tensor:
     """The decoder input embeddings of one row: its prefix, then its prompt's tokens."""
     tokenizer = condenser.decoder_tokenizer
     embed = condenser.decoder.get_input_embeddings()
-    ids = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+    if isinstance(prompt, str):
+        ids = prompt_tokens(condenser, prompt, budget, add_special_tokens)
+    else:
+        ids = list(prompt)
     if not ids and not len(prefix):
         # Nothing to read (no context, an empty prompt, no BOS added): start where
         # generating from nothing starts, at the BOS (or EOS) token.

@@ -24,7 +24,7 @@ from condense.evaluate import (
     rouge_l,
     wrong_partners,
 )
-from condense.model import Condenser
+from condense.model import IGNORE_INDEX, Condenser
 from condense.samples import Sample
 from condense.synthetic import synthetic_samples
 from condense.weights import load_causal_lm
@@ -273,6 +273,29 @@ def test_full_context_is_the_contexts_tokens_read_before_the_prompt(tiny_pair, t
     expected = torch.nn.functional.cross_entropy(logits, targets).item()
     assert scores["loss"]["full"] == pytest.approx(expected, abs=1e-5)
     assert scores["loss"]["full"] != pytest.approx(scores["loss"]["none"], abs=1e-3)
+
+
+def test_answers_are_generated_after_the_prompt_tokens_scored(tiny_pair, tmp_path, monkeypatch):
+    import condense.evaluate
+
+    condenser = _loaded(tiny_pair, tmp_path / "art")
+    history = synthetic_samples(1, seed=5)[0].context
+    sample = synthetic_samples(1, seed=6)[1]  # question answering
+    sample = replace(sample, prompt=f"{history}\n{sample.prompt}")
+    tok = condenser.decoder_tokenizer
+    (item,) = tokenize([sample], condenser.encoder_tokenizer, tok, DatasetConfig(max_tokens=24))
+    scored = [t for t, label in zip(item.input_ids, item.labels) if label == IGNORE_INDEX]
+    assert tok.decode(scored).endswith(sample.prompt[-12:])  # cut: the question stays
+    prompts = []
+    real = condense.evaluate.generate
+
+    def spy(condenser, prefixes, batch, *args, **kwargs):
+        prompts.extend(batch)
+        return real(condenser, prefixes, batch, *args, **kwargs)
+
+    monkeypatch.setattr(condense.evaluate, "generate", spy)
+    evaluate(condenser, [sample], max_tokens=24)
+    assert prompts == [scored] * 3  # none, condensed, full (no BOS to move)
 
 
 def test_eval_in_bf16_mixed_records_it_and_stays_near_fp32(tiny_pair, tmp_path):

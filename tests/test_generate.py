@@ -8,11 +8,13 @@ import sys
 import pytest
 import torch
 
-from condense.config import ConfigError, ModelConfig
+from condense.config import ConfigError, DatasetConfig, ModelConfig
+from condense.data import tokenize
 from condense.generate import generate
 from condense.model import Condenser
+from condense.samples import Sample
 from condense.synthetic import synthetic_samples
-from condense.weights import load_causal_lm
+from condense.weights import load_causal_lm, load_tokenizer
 
 
 def _loaded(tiny_pair, tmp_path) -> Condenser:
@@ -95,6 +97,50 @@ def test_no_context_generation_takes_an_empty_condensed_prefix(tiny_pair, tmp_pa
     # Nothing at all to read (an empty prompt, no BOS): it starts from the BOS/EOS token.
     assert len(generate(condenser, empty, ["", "a\n"], max_new_tokens=4)) == 2
     assert len(generate(condenser, empty[:1], [""], max_new_tokens=4)) == 1
+
+
+def _long_question() -> str:
+    """A question after a history too long for a max_tokens of 24."""
+    history = synthetic_samples(1, seed=5)[0].context
+    return f"{history}\nWhere was Ka born?\n"
+
+
+def test_a_too_long_prompt_is_read_as_training_read_it(tiny_pair, tmp_path, monkeypatch):
+    condenser = _loaded(tiny_pair, tmp_path)
+    condenser.max_context_tokens = 24  # the artifact's dataset.max_tokens
+    encoder_tok, tok = condenser.encoder_tokenizer, condenser.decoder_tokenizer
+    sample = Sample("Ka was born in Lo.", _long_question(), " Lo", "question_answering")
+    target = len(tok(sample.completion)["input_ids"]) + 1  # and EOS
+    (item,) = tokenize([sample], encoder_tok, tok, DatasetConfig(max_tokens=24))
+    trained = item.input_ids[: 24 - target]  # what training kept of the prompt
+    assert tok.decode(trained).endswith("\nWhere was Ka born?\n")
+    read = []
+    real = condenser.decoder.generate
+    monkeypatch.setattr(
+        condenser.decoder, "generate", lambda **kw: read.append(kw["inputs_embeds"]) or real(**kw)
+    )
+    condensed = condenser.condense([sample.context])
+    # Generating as many tokens as the completion had, it reads the prompt training read.
+    generate(condenser, condensed, [sample.prompt], max_new_tokens=target)
+    embed = condenser.decoder.get_input_embeddings()
+    assert torch.equal(read[0][0, 4:], embed(torch.tensor(trained)))
+
+
+def test_generate_says_when_it_cuts_the_prompt(tiny_pair, tmp_path, capsys):
+    from condense.__main__ import main
+
+    _loaded(tiny_pair, tmp_path)
+    Condenser.from_pretrained(str(tmp_path / "art")).save_pretrained(
+        str(tmp_path / "cut"), max_tokens=24
+    )
+    (tmp_path / "context.txt").write_text("Ka was born in Lo.")
+    length = len(load_tokenizer(tiny_pair[1])(_long_question())["input_ids"])
+    argv = ["generate", "--artifact", str(tmp_path / "cut"), "--prompt", _long_question()]
+    main([*argv, "--context-file", str(tmp_path / "context.txt"), "--max-new-tokens", "4"])
+    assert (
+        f"the prompt is cut to 20 of its {length} tokens, its end kept (dataset.max_tokens,"
+        " with room for --max-new-tokens), as in training"
+    ) in capsys.readouterr().err
 
 
 def test_generate_command_prints_a_completion(tiny_pair, tmp_path):
