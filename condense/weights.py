@@ -129,7 +129,8 @@ def meta_model(name: str):
 
 
 def load_tokenizer(name: str):
-    """Tokenizer of a model, padding on the right with its own pad token.
+    """Tokenizer of a model, padding on the right with its own pad token, and cutting a
+    text to `max_length` at its end.
 
     A tokenizer without a pad token pads with its EOS token; the pad positions are
     masked everywhere, so which id fills them does not matter.
@@ -140,6 +141,9 @@ def load_tokenizer(name: str):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    # A context keeps its start in training, in condense() and in eval's full context, as
+    # max_characters keeps it, whatever side a tokenizer's own config names.
+    tokenizer.truncation_side = "right"
     return tokenizer
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -77,3 +79,20 @@ def test_default_job_shapes_on_the_meta_device():
     # LoRA r=128 on every projection of 16 Llama layers, plus tokens, norm, projection.
     lora = 16 * 128 * ((2048 + 2048) * 2 + (2048 + 512) * 2 + (2048 + 8192) * 3)
     assert trainable == lora + 512 * 2048 + 2 * 4096 + 4096 * 4096 + 4096
+
+
+def test_contexts_keep_their_start_whatever_side_a_tokenizer_was_saved_to_cut(tiny_pair, tmp_path):
+    from transformers import AutoTokenizer
+
+    from condense.config import DatasetConfig
+    from condense.data import tokenize
+    from condense.synthetic import synthetic_samples
+
+    folder = tmp_path / "left"
+    shutil.copytree(tiny_pair[0], folder)
+    AutoTokenizer.from_pretrained(folder, truncation_side="left").save_pretrained(folder)
+    tok = weights.load_tokenizer(str(folder))
+    sample = synthetic_samples(1, seed=3)[0]
+    (item,) = tokenize([sample], tok, tok, DatasetConfig(max_tokens=8))
+    # As max_characters cuts it, and as condense() and condense eval read it.
+    assert item.context_ids == tok(sample.context)["input_ids"][:8]
