@@ -415,10 +415,11 @@ def context_notes(condenser, context: str) -> list[str]:
 
 def prompt_notes(condenser, prompt: str, max_new_tokens: int) -> list[str]:
     """What the decoder will not read of `prompt`, as training would not have."""
+    from condense.data import prompt_ids
     from condense.generate import prompt_tokens
 
     kept = len(prompt_tokens(condenser, prompt, max_new_tokens))
-    length = len(condenser.decoder_tokenizer(prompt)["input_ids"])
+    length = len(prompt_ids(condenser.decoder_tokenizer, [prompt])[0])
     if kept == length:
         return []
     room = "dataset.max_tokens, with room for --max-new-tokens"

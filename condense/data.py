@@ -110,7 +110,7 @@ def tokenize(
     one is given.
     """
     contexts = encoder_tok([s.context for s in samples], truncation=True, max_length=cfg.max_tokens)
-    prompts = decoder_tok([s.prompt for s in samples])
+    prompts = prompt_ids(decoder_tok, [s.prompt for s in samples])
     completions = decoder_tok([s.completion for s in samples], add_special_tokens=False)
     eos = [decoder_tok.eos_token_id] if decoder_tok.eos_token_id is not None else []
     opening = bos_added(decoder_tok)
@@ -118,7 +118,7 @@ def tokenize(
     report.contexts_cut_to_max_tokens += _count_truncated(contexts, cfg.max_tokens)
     out = []
     for sample, ctx, prompt, completion in zip(
-        samples, contexts["input_ids"], prompts["input_ids"], completions["input_ids"]
+        samples, contexts["input_ids"], prompts, completions["input_ids"]
     ):
         target = completion + eos
         whole = len(prompt) + len(target)
@@ -156,6 +156,26 @@ def bos_added(tokenizer) -> list[int]:
     opening = tokenizer("")["input_ids"][:1]
     bos = tokenizer.bos_token_id
     return opening if bos is not None and opening == [bos] else []
+
+
+def eos_added(tokenizer) -> list[int]:
+    """[EOS] where the tokenizer closes every text with it (a Llama tokenizer with
+    add_eos_token), else []."""
+    closing = tokenizer("")["input_ids"][len(bos_added(tokenizer)) :][-1:]
+    eos = tokenizer.eos_token_id
+    return closing if eos is not None and closing == [eos] else []
+
+
+def prompt_ids(tokenizer, prompts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+    """The decoder's tokens of `prompts`, as training and generation read them: opened as
+    the tokenizer opens a text (its BOS), but not closed. An EOS the tokenizer closes every
+    text with would sit between the prompt and its completion, telling the frozen decoder
+    the text is over just before the answer."""
+    ids = tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]
+    closing = eos_added(tokenizer) if add_special_tokens else []
+    if not closing:
+        return ids
+    return [p[: -len(closing)] if p[-len(closing) :] == closing else p for p in ids]
 
 
 def _prompt_labels(prompt: list[int], train_on_prompt: bool, opening: list[int]) -> list[int]:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from condense.config import ConfigError
-from condense.data import bos_added, cut_prompt, prompt_room
+from condense.data import bos_added, cut_prompt, prompt_ids, prompt_room
 from condense.model import Condenser
 
 
@@ -71,7 +71,7 @@ def prompt_tokens(
     completion of `budget` tokens (data.prompt_room), so that the decoder reads no longer
     a prompt than it was trained on beside such a completion."""
     tokenizer = condenser.decoder_tokenizer
-    ids = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+    ids = prompt_ids(tokenizer, [prompt], add_special_tokens)[0]
     # The artifact's dataset.max_tokens: the context's limit and the prompt+completion's.
     limit = condenser.max_context_tokens
     if limit is None:

@@ -276,6 +276,20 @@ def test_train_on_prompt_leaves_the_added_bos_unlabelled(bos_tokenizer):
     assert item.labels[1:] == item.input_ids[1:]
 
 
+def test_a_tokenizer_closing_every_text_with_eos_puts_none_before_the_completion(tiny_pair):
+    from transformers import AutoTokenizer
+
+    # As a Llama tokenizer with add_eos_token: "<s> text </s>" for every text.
+    tok = AutoTokenizer.from_pretrained(tiny_pair[1], add_bos_token=True, add_eos_token=True)
+    sample = Sample("Ka was born in Lo.", "Where was Ka born?\n", "Lo", "question_answering")
+    assert tok(sample.prompt)["input_ids"][-1] == tok.eos_token_id
+    prompt = tok(sample.prompt, add_special_tokens=False)["input_ids"]
+    completion = tok(sample.completion, add_special_tokens=False)["input_ids"]
+    (item,) = tokenize([sample], tok, tok, DatasetConfig(max_tokens=64))
+    assert item.input_ids == [tok.bos_token_id, *prompt, *completion, tok.eos_token_id]
+    assert item.labels == [IGNORE_INDEX] * (1 + len(prompt)) + completion + [tok.eos_token_id]
+
+
 def _history(passages: int) -> str:
     """A long conversation history to put before a question."""
     return " ".join(s.context for s in synthetic_samples(passages, seed=5))

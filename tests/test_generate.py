@@ -126,6 +126,29 @@ def test_a_too_long_prompt_is_read_as_training_read_it(tiny_pair, tmp_path, monk
     assert torch.equal(read[0][0, 4:], embed(torch.tensor(trained)))
 
 
+def test_a_prompt_is_generated_from_with_no_eos_its_tokenizer_closes_it_with(
+    tiny_pair, tmp_path, monkeypatch
+):
+    from transformers import AutoTokenizer
+
+    condenser = _loaded(tiny_pair, tmp_path)
+    # As a Llama tokenizer with add_eos_token: "<s> text </s>" for every text.
+    tok = AutoTokenizer.from_pretrained(tiny_pair[1], add_bos_token=True, add_eos_token=True)
+    condenser.decoder_tokenizer = tok
+    sample = Sample("Ka was born in Lo.", "Where was Ka born?\n", " Lo", "question_answering")
+    (item,) = tokenize([sample], condenser.encoder_tokenizer, tok, DatasetConfig(max_tokens=64))
+    trained = item.input_ids[: -len(tok(" Lo", add_special_tokens=False)["input_ids"]) - 1]
+    assert trained == [tok.bos_token_id, *tok(sample.prompt, add_special_tokens=False)["input_ids"]]
+    read = []
+    real = condenser.decoder.generate
+    monkeypatch.setattr(
+        condenser.decoder, "generate", lambda **kw: read.append(kw["inputs_embeds"]) or real(**kw)
+    )
+    generate(condenser, condenser.condense([sample.context]), [sample.prompt], max_new_tokens=3)
+    embed = condenser.decoder.get_input_embeddings()
+    assert torch.equal(read[0][0, 4:], embed(torch.tensor(trained)))
+
+
 def test_generate_says_when_it_cuts_the_prompt(tiny_pair, tmp_path, capsys):
     from condense.__main__ import main
 
