@@ -107,7 +107,7 @@ class Condenser(nn.Module):
         """
         super().train(mode)
         self.decoder.eval()
-        if mode and getattr(self.decoder, "is_activation_checkpointing", False):
+        if mode and is_checkpointing(self.decoder):
             for layer in _checkpointed_layers(self.decoder):
                 layer.training = True
         return self
@@ -276,9 +276,8 @@ class Condenser(nn.Module):
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations of both models in backward (non-reentrant, so gradients
         reach the condense embeddings through a frozen decoder)."""
-        kwargs = {"activation_checkpointing_kwargs": {"use_reentrant": False}}
-        self.encoder.base_model.model.activation_checkpointing_enable(**kwargs)
-        self.decoder.activation_checkpointing_enable(**kwargs)
+        for model in (self.encoder.base_model.model, self.decoder):
+            _checkpointing_enable(model, {"use_reentrant": False})
         # Enabling it also makes the decoder's token embeddings require grad (a hook meant
         # for reentrant checkpointing); that gradient is never used, so turn it off.
         self.decoder.disable_input_require_grads()
@@ -380,6 +379,23 @@ def _zero_dropout(model: nn.Module) -> None:
             continue
         for name in [k for k, v in vars(holder).items() if is_rate(k, v)]:
             setattr(holder, name, 0.0)
+
+
+def is_checkpointing(model: nn.Module) -> bool:
+    """Whether a Hugging Face model's activation checkpointing is on (either name)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False
+
+
+def _checkpointing_enable(model: nn.Module, kwargs: dict) -> None:
+    """Turn on a Hugging Face model's activation checkpointing: `activation_checkpointing_enable`
+    where transformers has it, else its older name (transformers 5.17 has only that)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _checkpointed_layers(model: nn.Module) -> list[nn.Module]:

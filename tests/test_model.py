@@ -254,7 +254,25 @@ def test_decoder_stays_in_eval_mode(tiny_pair):
     assert not any(m.training for m in condenser.decoder.modules())
 
 
-def test_gradient_checkpointing_keeps_gradients_and_dropout_off(tiny_pair):
+@pytest.mark.parametrize("names", ["activation", "gradient"])
+def test_gradient_checkpointing_keeps_gradients_and_dropout_off(tiny_pair, names, monkeypatch):
+    """Under both of transformers' names for it: transformers 5.17 (a cloud GPU image's)
+    has only gradient_checkpointing_enable, and training on a GPU crashed there."""
+    if names == "gradient":  # transformers 5.17: the same methods under their old names
+        from transformers import PreTrainedModel
+
+        enable = PreTrainedModel.activation_checkpointing_enable
+        active = PreTrainedModel.is_activation_checkpointing
+        monkeypatch.setattr(
+            PreTrainedModel,
+            "gradient_checkpointing_enable",
+            lambda self, gradient_checkpointing_kwargs=None: enable(
+                self, activation_checkpointing_kwargs=gradient_checkpointing_kwargs
+            ),
+        )
+        monkeypatch.setattr(PreTrainedModel, "is_gradient_checkpointing", active)
+        monkeypatch.delattr(PreTrainedModel, "activation_checkpointing_enable")
+        monkeypatch.delattr(PreTrainedModel, "is_activation_checkpointing")
     condenser, enc_tok, dec_tok = _build(tiny_pair)
     batch = _batch(enc_tok, dec_tok, synthetic_samples(1, seed=10))
     condenser.train()
