@@ -158,6 +158,16 @@ def bench_parser() -> ArgumentParser:
         default=None,
         help="CPU threads for the steps (default: torch's).",
     )
+    add_flag(
+        parser,
+        "random-weights",
+        action="store_true",
+        help="Random weights built from the models' configs (shipped for the default job's"
+        " models: nothing is downloaded) on random tokens of --context-tokens and"
+        " --target-tokens per sample, as `condense plan` assumes: a job's speed and memory"
+        " without its weights, tokenizers or data.",
+    )
+    add_shape_flags(parser)
     parser.add_argument("--out", default=None, help="Write the results as JSON here.")
     return parser
 
@@ -326,6 +336,14 @@ def plan_parser() -> ArgumentParser:
         "--price", type=PositiveFloat | None, default=None, help="USD per GPU-hour, for the cost."
     )
     parser.add_argument("--mfu", type=float, default=0.4, help="Assumed model FLOPs utilization.")
+    add_shape_flags(parser)
+    parser.add_argument("--out", default=None, help="Write the plan as JSON here.")
+    return parser
+
+
+def add_shape_flags(parser: ArgumentParser) -> None:
+    """--context-tokens and --target-tokens: the sample shape plan assumes and bench's
+    --random-weights runs."""
     add_flag(
         parser,
         "context-tokens",
@@ -338,10 +356,8 @@ def plan_parser() -> ArgumentParser:
         "target-tokens",
         type=PositiveInt,
         default=256,
-        help="Prompt + completion tokens per sample.",
+        help="Prompt + completion tokens per sample, 3/4 of them labelled.",
     )
-    parser.add_argument("--out", default=None, help="Write the plan as JSON here.")
-    return parser
 
 
 def run_plan(argv: list[str]) -> None:
@@ -362,7 +378,10 @@ def run_bench(argv: list[str]) -> None:
         )
     from condense.bench import describe, run_bench, write
 
-    result = run_bench(cfg, args.steps, args.warmup, args.mode, args.threads)
+    shape = None
+    if args.random_weights:
+        shape = (args.context_tokens or cfg.dataset.max_tokens, args.target_tokens)
+    result = run_bench(cfg, args.steps, args.warmup, args.mode, args.threads, shape)
     result["command"] = " ".join(["condense bench", *argv])
     if args.out:
         write(result, Path(args.out))

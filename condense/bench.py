@@ -27,18 +27,28 @@ from condense import flops
 from condense.config import TrainConfig
 from condense.data import Collator, LengthGroupedBatchSampler, Tokenized, length_keys
 from condense.device import precision_dtype
-from condense.model import IGNORE_INDEX, Condenser
-from condense.plan import memory
+from condense.model import IGNORE_INDEX, Condenser, is_checkpointing
+from condense.module import CondenseModule
+from condense.plan import labelled_tokens, memory
+from condense.weights import random_causal_lm
 
 MODES = ("dynamic", "static")
 Batch = dict[str, torch.Tensor]
 
 
 def run_bench(
-    cfg: TrainConfig, steps: int, warmup: int, mode: str, threads: int | None = None
+    cfg: TrainConfig,
+    steps: int,
+    warmup: int,
+    mode: str,
+    threads: int | None = None,
+    random_shape: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Bench `cfg`: the dynamic (fast) path, and with mode "static" the original's way too.
-    `threads` sets torch's CPU threads for the steps (default: torch's choice)."""
+    `threads` sets torch's CPU threads for the steps (default: torch's choice).
+    `random_shape` (context, prompt+completion tokens per row) benches random weights built
+    from the models' configs on random tokens of that shape, as `condense plan` assumes:
+    no weights, tokenizers or data are loaded."""
     from condense.train import build, check_devices, resolve_precision
 
     check_devices(cfg.accelerator)
@@ -46,20 +56,36 @@ def run_bench(
     start_rss = _current_rss()  # before the weights: the interpreter, torch, transformers
     precision = resolve_precision(cfg.precision, cfg.accelerator)
     torch.manual_seed(cfg.seed)
-    module, datamodule = build(cfg, precision)
     device = _device(cfg.accelerator)
-    built_rss = _current_rss()
+    if random_shape is None:
+        module, datamodule = build(cfg, precision)
+        samples = datamodule.train_set
+        sampler = LengthGroupedBatchSampler(length_keys(samples), cfg.dataset.batch_size, cfg.seed)
+        epoch = list(sampler)
+        # The training sampler's first batches, into its later epochs where one is too short:
+        # what a run starts with, and every step that was asked for.
+        pads = datamodule.encoder_tok.pad_token_id, datamodule.decoder_tok.pad_token_id
+        collate = Collator(*pads)
+        batches = [collate([samples[i] for i in r]) for r in first_batches(sampler, warmup + steps)]
+        workload = {
+            "batches_per_epoch": len(epoch),
+            "padding_fraction_epoch": padding_fraction(
+                epoch, samples, cfg.model.num_condense_tokens
+            ),
+        }
+    else:
+        module = random_module(cfg, precision, device)
+        pads = (0, 0)  # any id: padding is masked
+        batches = random_batches(
+            module.condenser, warmup + steps, cfg.dataset.batch_size, *random_shape
+        )
+        context, text = random_shape
+        workload = {"random_tokens": {"context": context, "prompt_completion": text}}
     condenser = module.condenser.to(device).train()
+    built_rss = _current_rss()
     if precision.endswith("-true"):  # as Lightning does: every parameter too
         condenser.to(precision_dtype(precision))
-    samples = datamodule.train_set
-    sampler = LengthGroupedBatchSampler(length_keys(samples), cfg.dataset.batch_size, cfg.seed)
-    epoch = list(sampler)
-    # The training sampler's first batches, into its later epochs where one is too short:
-    # what a run starts with, and every step that was asked for.
-    rows = first_batches(sampler, warmup + steps)
-    pads = datamodule.encoder_tok.pad_token_id, datamodule.decoder_tok.pad_token_id
-    shapes = _matmul_shapes(condenser, cfg, rows, samples)
+    shapes = _matmul_shapes(condenser, batches)
     # The hardware's peak is the best any thread count gets: on a shared machine one thread
     # can beat all of them, and MFU must not gain from running on fewer cores.
     counts = sorted({1, all_threads, threads or all_threads})
@@ -77,28 +103,27 @@ def run_bench(
         # What the process holds beside the model's state: RSS after building less the
         # parameters' bytes (the interpreter, libraries, tokenizers, the data).
         "rss_runtime_bytes": built_rss
-        - sum(p.numel() * p.element_size() for p in condenser.parameters()),
+        - sum(p.numel() * p.element_size() for p in condenser.parameters() if p.is_cpu),
         "batch_size": cfg.dataset.batch_size,
         "steps": steps,
         "warmup": warmup,
-        "batches_per_epoch": len(epoch),
-        "padding_fraction_epoch": padding_fraction(epoch, samples, cfg.model.num_condense_tokens),
+        **workload,
     }
     for name in MODES[: 2 if mode == "static" else 1]:
         width = None if name == "dynamic" else cfg.dataset.max_tokens
-        batches = [_collate([samples[i] for i in r], pads, width, device) for r in rows]
+        padded = [_to(pad_to(b, width, pads), device) for b in batches]
         optimizer = module.configure_optimizers()["optimizer"]
         loss_fn = condenser if name == "dynamic" else static_loss(condenser)
         # The original ran eager: a job's compiled blocks are part of the fast path only.
         stance = "default" if name == "dynamic" else "force_eager"
         with torch.compiler.set_stance(stance):
             timed = time_steps(
-                condenser, batches, optimizer, loss_fn, precision, cfg.optim.grad_clip, warmup
+                condenser, padded, optimizer, loss_fn, precision, cfg.optim.grad_clip, warmup
             )
-        result[name] = timed | count(condenser, batches[warmup:], name == "static")
+        result[name] = timed | count(condenser, padded[warmup:], name == "static")
     # What `condense plan` predicts for the largest timed batch, beside what was measured.
     # On CPU the peak is the process's RSS, so the runtime measured at build is added.
-    checkpointing = getattr(condenser.decoder, "is_activation_checkpointing", False)
+    checkpointing = is_checkpointing(condenser.decoder)
     result["plan_memory"] = memory(
         condenser, *result["dynamic"]["largest_batch_shape"], checkpointing=checkpointing
     )
@@ -293,40 +318,78 @@ def measure_peak(
     return best
 
 
-def _matmul_shapes(
-    condenser: Condenser, cfg: TrainConfig, rows: list[list[int]], samples: list[Tokenized]
-) -> list[tuple[int, int, int]]:
+def random_module(cfg: TrainConfig, precision: str, device: torch.device) -> CondenseModule:
+    """The job's module over random weights of its models' architectures (the shipped
+    configs of the default models: nothing is downloaded), frozen ones in the compute dtype."""
+    from condense.train import condense_module
+
+    dtype = precision_dtype(precision)
+    encoder = random_causal_lm(cfg.model.encoder, dtype, device)
+    decoder = random_causal_lm(cfg.model.decoder, dtype, device)
+    return condense_module(cfg, encoder, decoder, precision)
+
+
+def random_batches(
+    condenser: Condenser, count: int, rows: int, context: int, text: int
+) -> list[Batch]:
+    """`count` batches of `rows` random token rows without padding: `context` tokens for
+    the encoder and `text` prompt+completion tokens for the decoder, labelled as `condense
+    plan` assumes (the last 3/4)."""
+    generator = torch.Generator().manual_seed(0)
+    vocab_e = condenser.encoder.config.vocab_size
+    vocab_d = condenser.decoder.config.vocab_size
+    unlabelled = text - labelled_tokens(text)
+    batches = []
+    for _ in range(count):
+        input_ids = torch.randint(vocab_d, (rows, text), generator=generator)
+        labels = input_ids.clone()
+        labels[:, :unlabelled] = IGNORE_INDEX
+        batches.append(
+            {
+                "context_ids": torch.randint(vocab_e, (rows, context), generator=generator),
+                "context_mask": torch.ones(rows, context, dtype=torch.long),
+                "input_ids": input_ids,
+                "attention_mask": torch.ones(rows, text, dtype=torch.long),
+                "labels": labels,
+                "group": torch.arange(rows),
+            }
+        )
+    return batches
+
+
+def _matmul_shapes(condenser: Condenser, batches: list[Batch]) -> list[tuple[int, int, int]]:
     """The model's own big matmuls at a typical batch: the encoder's MLP up and down
     projections over its tokens, and the LM head over the labelled positions."""
     config = condenser.encoder.config
-    n = cfg.model.num_condense_tokens
-    tokens = statistics.median(sum(len(samples[i].context_ids) + n for i in r) for r in rows)
-    labelled = statistics.median(
-        sum(sum(x != IGNORE_INDEX for x in samples[i].labels) for i in r) for r in rows
+    n = condenser.num_condense_tokens
+    tokens = statistics.median(
+        int(b["context_mask"].sum()) + n * len(b["context_mask"]) for b in batches
     )
+    labelled = statistics.median(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
     hidden, inner = config.hidden_size, config.intermediate_size
     vocab = condenser.decoder.config.vocab_size
     dec_hidden = condenser.decoder.config.hidden_size
     return [
         (int(tokens), hidden, inner),
         (int(tokens), inner, hidden),
-        (int(labelled), dec_hidden, vocab),
+        (max(1, int(labelled)), dec_hidden, vocab),
     ]
 
 
-def _collate(
-    items: list[Tokenized], pads: tuple[int, int], width: int | None, device: torch.device
-) -> Batch:
-    """A batch padded to its longest sample, or to `width` on both sides (static)."""
-    batch = Collator(*pads)(items)
-    if width is not None:
-        fills = {"context_ids": pads[0], "input_ids": pads[1], "labels": IGNORE_INDEX}
-        batch = {  # token rows (B, T) are padded; per-sample values (B,) are not
-            key: F.pad(value, (0, width - value.shape[1]), value=fills.get(key, 0))
-            if value.dim() == 2
-            else value
-            for key, value in batch.items()
-        }
+def pad_to(batch: Batch, width: int | None, pads: tuple[int, int]) -> Batch:
+    """`batch` as it is (None), or with both sides padded to `width` tokens (static)."""
+    if width is None:
+        return batch
+    fills = {"context_ids": pads[0], "input_ids": pads[1], "labels": IGNORE_INDEX}
+    return {  # token rows (B, T) are padded; per-sample values (B,) are not
+        key: F.pad(value, (0, width - value.shape[1]), value=fills.get(key, 0))
+        if value.dim() == 2
+        else value
+        for key, value in batch.items()
+    }
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
     return {key: value.to(device) for key, value in batch.items()}
 
 
@@ -405,8 +468,7 @@ def describe(result: dict[str, Any]) -> str:
         ),
         (
             f"  {result['peak_dtype']} matmul peak (same run):"
-            f" {result['peak_flops_matmul'] / 1e12:.2f} TFLOP/s;"
-            f" padding over the first epoch: {result['padding_fraction_epoch']:.3f}"
+            f" {result['peak_flops_matmul'] / 1e12:.2f} TFLOP/s; {_workload(result)}"
         ),
         "  mode     step s  target tok/s  tok/s   padding  TFLOP/s  MFU    peak memory",
     ]
@@ -428,6 +490,16 @@ def describe(result: dict[str, Any]) -> str:
     if "speedup_target_tokens_per_s" in result:
         lines.append(f"  speed-up (target tok/s): {result['speedup_target_tokens_per_s']:.2f}x")
     return "\n".join(lines)
+
+
+def _workload(result: dict[str, Any]) -> str:
+    if "random_tokens" not in result:
+        return f"padding over the first epoch: {result['padding_fraction_epoch']:.3f}"
+    shape = result["random_tokens"]
+    return (
+        f"random weights and tokens, {shape['context']} context +"
+        f" {shape['prompt_completion']} prompt+completion tokens per row"
+    )
 
 
 def _cycled(result: dict[str, Any]) -> str:

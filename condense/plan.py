@@ -53,16 +53,12 @@ BF16, FP32 = 2, 4
 def meta_causal_lm(name: str) -> nn.Module:
     """A causal LM of `name`'s architecture with no weights: the shipped config
     (condense/model_configs) where there is one, else the model's own config.json."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    from condense.weights import ModelNotFoundError, _loadable, meta_model
+    from condense.weights import model_config
 
-    try:
-        return meta_model(name)
-    except ModelNotFoundError:
-        config = AutoConfig.from_pretrained(_loadable(name))
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        return AutoModelForCausalLM.from_config(model_config(name), dtype=torch.bfloat16)
 
 
 def meta_condenser(cfg: TrainConfig):
@@ -183,7 +179,7 @@ def plan(
     condenser = meta_condenser(cfg)
     context = cfg.dataset.max_tokens if context is None else context
     batch, n = cfg.dataset.batch_size, cfg.model.num_condense_tokens
-    labelled = max(1, target * 3 // 4)
+    labelled = labelled_tokens(target)
     budget = int(spec.memory_gib * 2**30 * USABLE)
     per_sample = _flops_per_sample(condenser, context, target, labelled)
     step_s = batch * per_sample / (spec.peak_tflops * 1e12 * mfu)
@@ -232,6 +228,12 @@ def plan(
             }
         )
     return result
+
+
+def labelled_tokens(target: int) -> int:
+    """The labelled tokens a plan assumes of `target` prompt+completion tokens: the
+    completion, 3/4 of them (at least 1)."""
+    return max(1, target * 3 // 4)
 
 
 def _flops_per_sample(condenser, context: int, target: int, labelled: int) -> int:

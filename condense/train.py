@@ -287,14 +287,24 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
     dtype = precision_dtype(precision)
     encoder = load_causal_lm(cfg.model.encoder, dtype)
     decoder = load_causal_lm(cfg.model.decoder, dtype)
-    # Seeded here, not only at start: loading (a first-time GGUF conversion, say) may
-    # draw random numbers, and the condenser's initialisation must not depend on that.
-    L.seed_everything(cfg.seed, verbose=False)
-    condenser = Condenser(encoder, decoder, cfg.model)
+    module = condense_module(cfg, encoder, decoder, precision)
+    condenser = module.condenser
     # As Condenser.from_pretrained attaches them: condense(texts) and generate() need them.
     condenser.encoder_tokenizer, condenser.decoder_tokenizer = encoder_tok, decoder_tok
     condenser.max_context_tokens = cfg.dataset.max_tokens
     condenser.max_context_characters = cfg.dataset.max_characters
+    return module, datamodule
+
+
+def condense_module(
+    cfg: TrainConfig, encoder: torch.nn.Module, decoder: torch.nn.Module, precision: str
+) -> CondenseModule:
+    """The LightningModule of a condenser over these two models, as `cfg` sets it up:
+    LoRA, gradient checkpointing, compiled blocks, the optimizer's settings."""
+    # Seeded here, not only at start: loading (a first-time GGUF conversion, say) may
+    # draw random numbers, and the condenser's initialisation must not depend on that.
+    L.seed_everything(cfg.seed, verbose=False)
+    condenser = Condenser(encoder, decoder, cfg.model)
     if _use_checkpointing(cfg):
         condenser.enable_gradient_checkpointing()
     if cfg.model.compile:
@@ -306,7 +316,7 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
             " 45 s with torch's compile cache warm)"
         )
     scaled = precision == "16-mixed"  # Lightning's GradScaler; 16-true runs without one
-    return CondenseModule(condenser, cfg.optim, cfg.max_steps, scaled), datamodule
+    return CondenseModule(condenser, cfg.optim, cfg.max_steps, scaled)
 
 
 def check_devices(accelerator: str) -> None:

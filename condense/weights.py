@@ -128,6 +128,32 @@ def meta_model(name: str):
         return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
 
 
+def model_config(name: str):
+    """The transformers config of `name`: the one shipped in condense/model_configs where
+    there is one (no download), else the model's own config.json."""
+    from transformers import AutoConfig
+
+    shipped = SHIPPED_CONFIGS / name
+    if (shipped / "config.json").is_file():
+        return AutoConfig.from_pretrained(shipped)
+    return AutoConfig.from_pretrained(_loadable(name))
+
+
+def random_causal_lm(name: str, dtype: torch.dtype, device: torch.device | str = "cpu"):
+    """A causal LM of `name`'s architecture (model_config) with random weights in `dtype`,
+    initialised on `device` (a 7B model initialised on a CPU takes minutes), with the
+    attention that load_causal_lm gives: the real model's speed and memory, without it."""
+    from transformers import AutoModelForCausalLM
+
+    from condense import attention
+
+    config = model_config(name)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=attention.NAME
+        )
+
+
 def load_tokenizer(name: str):
     """Tokenizer of a model, padding on the right with its own pad token, and cutting a
     text to `max_length` at its end.

@@ -46,6 +46,33 @@ def test_bench_times_both_modes_on_the_same_samples(tiny_pair, tmp_path, capsys)
     assert "speed-up" in capsys.readouterr().out
 
 
+def test_bench_random_weights_needs_only_the_models_configs(tiny_pair, tmp_path, capsys):
+    """--random-weights times a job's shapes from its models' config.json files alone: no
+    weights, no tokenizer, no data are read (the default job's models have shipped configs)."""
+    import shutil
+
+    configs = []
+    for role, folder in zip(("encoder", "decoder"), tiny_pair):
+        (tmp_path / role).mkdir()
+        shutil.copy(os.path.join(folder, "config.json"), tmp_path / role)
+        configs.append(str(tmp_path / role))
+    job = tiny_job(*configs, tmp_path / "job.yaml", data=str(tmp_path / "no-such-data.jsonl"))
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--config", str(job), "--random-weights", "--context-tokens", "40"]
+    argv += ["--target-tokens", "12", "--steps", "2", "--warmup", "1", "--mode", "static"]
+    main([*argv, "--threads", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    dynamic, static = result["dynamic"], result["static"]
+    rows = result["batch_size"]
+    assert result["random_tokens"] == {"context": 40, "prompt_completion": 12}
+    assert dynamic["tokens_per_step"] == rows * (40 + 12)
+    assert dynamic["target_tokens_per_step"] == rows * 9  # the last 3/4, as plan assumes
+    assert dynamic["padding_fraction"] == 0 < static["padding_fraction"]
+    assert dynamic["largest_batch_shape"] == [rows, 40, 12, rows * 9]
+    assert math.isfinite(dynamic["loss_first"]) and dynamic["mfu"] > 0
+    assert "random weights and tokens, 40 context + 12" in capsys.readouterr().out
+
+
 def test_bench_times_every_step_asked_for_past_one_epoch(tiny_pair, tmp_path, capsys):
     """More steps than one epoch has batches: the steps run on into the sampler's next
     epochs, as training does (they were cut to one epoch, or left none to time)."""
