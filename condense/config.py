@@ -80,9 +80,10 @@ class ModelConfig:
         lora_dropout: Dropout on the LoRA branch.
         lora_target_modules: Encoder modules that get LoRA; "all-linear" is every attention
             and MLP projection of any architecture (the original listed q,k,v,o,gate,up,down).
-        gradient_checkpointing: Recompute activations in backward to save memory. null picks
-            it automatically: on with a GPU, off on CPU, where memory is plentiful and it
-            only costs time.
+        gradient_checkpointing: Recompute activations in backward to save memory, at a
+            third more compute. null picks it automatically: on a GPU only where the job's
+            largest batch (batch_size x max_tokens on both sides) would not fit without it,
+            by `condense plan`'s estimate; off on CPU, where memory is plentiful.
         compile: torch.compile each transformer block of both models (one graph for all
             blocks, dynamic shapes): fuses the small element-wise ops around the matmuls.
             The first validation and training batches pay the compilation (the bench

@@ -142,6 +142,13 @@ def memory(
     return parts
 
 
+def largest_batch_memory(condenser, cfg: TrainConfig, checkpointing: bool) -> int:
+    """Bytes of the largest batch `cfg` can make: batch_size rows of max_tokens context and
+    max_tokens prompt+completion tokens, every one of those labelled."""
+    rows, width = cfg.dataset.batch_size, cfg.dataset.max_tokens
+    return memory(condenser, rows, width, width, rows * width, checkpointing)["total"]
+
+
 def _adapters_per_block(model: nn.Module) -> int:
     block = flops.blocks(model)[0]
     return sum(1 for name, _ in block.named_modules() if name.endswith("lora_A"))

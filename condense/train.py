@@ -305,7 +305,7 @@ def condense_module(
     # draw random numbers, and the condenser's initialisation must not depend on that.
     L.seed_everything(cfg.seed, verbose=False)
     condenser = Condenser(encoder, decoder, cfg.model)
-    if _use_checkpointing(cfg):
+    if _use_checkpointing(cfg, condenser):
         condenser.enable_gradient_checkpointing()
     if cfg.model.compile:
         condenser.compile_blocks()
@@ -363,9 +363,28 @@ def _on_gpu(accelerator: str) -> bool:
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
-def _use_checkpointing(cfg: TrainConfig) -> bool:
+def _use_checkpointing(cfg: TrainConfig, condenser: Condenser) -> bool:
+    """model.gradient_checkpointing, or where it is null: on a GPU whose memory the job's
+    largest batch would not fit in without it (condense plan's estimate), off elsewhere.
+    Recomputing costs a third more compute: the default job on an H100-class GPU ran twice
+    as fast without it."""
     setting = cfg.model.gradient_checkpointing
-    return _on_gpu(cfg.accelerator) if setting is None else setting
+    if setting is not None:
+        return setting
+    if not _on_gpu(cfg.accelerator):
+        return False
+    from condense.plan import USABLE, largest_batch_memory
+
+    need = largest_batch_memory(condenser, cfg, checkpointing=False)
+    have = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    checkpointing = need > USABLE * have
+    rank_zero_info(
+        f"condense: gradient checkpointing {'on' if checkpointing else 'off'}: a batch of"
+        f" {cfg.dataset.batch_size} x {cfg.dataset.max_tokens} tokens on each side needs"
+        f" ~{need / 2**30:.1f} GiB without it, of this GPU's {have / 2**30:.0f} GiB"
+        " (--model.gradient_checkpointing true/false decides)"
+    )
+    return checkpointing
 
 
 def _float(value: Any) -> float | None:

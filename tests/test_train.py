@@ -232,3 +232,29 @@ def test_each_epoch_has_a_new_batch_order(tiny_pair, tmp_path, monkeypatch):
         return sorted(str([t for t in row if t != 0]) for batch in orders[epoch] for row in batch)
 
     assert samples(0) == samples(1)  # the same samples, in a new order
+
+
+@pytest.mark.parametrize(("gib", "expected"), [(64.0, False), (0.001, True)])
+def test_auto_checkpointing_only_where_the_largest_batch_needs_it(
+    tiny_pair, tmp_path, monkeypatch, caplog, gib, expected
+):
+    """gradient_checkpointing null on a GPU: off where the largest batch fits without it (it
+    costs a third more compute), on where it would not (a GPU's memory faked here)."""
+    from types import SimpleNamespace
+
+    from condense import train as train_module
+    from condense.model import is_checkpointing
+    from condense.weights import load_causal_lm
+
+    monkeypatch.setattr(train_module, "_on_gpu", lambda accelerator: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda i: SimpleNamespace(total_memory=gib * 2**30)
+    )
+    cfg = tiny_config(*tiny_pair, tmp_path / "run", accelerator="auto")
+    assert cfg.model.gradient_checkpointing is None
+    encoder, decoder = (load_causal_lm(name) for name in tiny_pair)
+    with caplog.at_level("INFO"):
+        module = train_module.condense_module(cfg, encoder, decoder, "32-true")
+    assert is_checkpointing(module.condenser.decoder) is expected
+    assert f"gradient checkpointing {'on' if expected else 'off'}" in caplog.text
