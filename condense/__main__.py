@@ -167,7 +167,7 @@ def bench_parser() -> ArgumentParser:
         " --target-tokens per sample, as `condense plan` assumes: a job's speed and memory"
         " without its weights, tokenizers or data.",
     )
-    add_shape_flags(parser)
+    add_shape_flags(parser, target_default=None, note=" With --random-weights only.")
     parser.add_argument("--out", default=None, help="Write the results as JSON here.")
     return parser
 
@@ -341,7 +341,12 @@ def plan_parser() -> ArgumentParser:
     return parser
 
 
-def add_shape_flags(parser: ArgumentParser) -> None:
+TARGET_TOKENS = 256  # prompt + completion tokens of a plan's sample
+
+
+def add_shape_flags(
+    parser: ArgumentParser, target_default: int | None = TARGET_TOKENS, note: str = ""
+) -> None:
     """--context-tokens and --target-tokens: the sample shape plan assumes and bench's
     --random-weights runs."""
     add_flag(
@@ -349,14 +354,15 @@ def add_shape_flags(parser: ArgumentParser) -> None:
         "context-tokens",
         type=PositiveInt | None,
         default=None,
-        help="Context tokens per sample (default: dataset.max_tokens).",
+        help=f"Context tokens per sample (default: dataset.max_tokens).{note}",
     )
     add_flag(
         parser,
         "target-tokens",
-        type=PositiveInt,
-        default=256,
-        help="Prompt + completion tokens per sample, 3/4 of them labelled.",
+        type=PositiveInt | None,
+        default=target_default,
+        help=f"Prompt + completion tokens per sample, 3/4 of them labelled (default:"
+        f" {TARGET_TOKENS}).{note}",
     )
 
 
@@ -378,14 +384,27 @@ def run_bench(argv: list[str]) -> None:
         )
     from condense.bench import describe, run_bench, write
 
-    shape = None
-    if args.random_weights:
-        shape = (args.context_tokens or cfg.dataset.max_tokens, args.target_tokens)
+    shape = random_shape(cfg, args) if args.random_weights else None
+    if shape is None and (args.context_tokens or args.target_tokens):
+        raise ConfigError("--context-tokens and --target-tokens need --random-weights")
     result = run_bench(cfg, args.steps, args.warmup, args.mode, args.threads, shape)
     result["command"] = " ".join(["condense bench", *argv])
     if args.out:
         write(result, Path(args.out))
     print(describe(result))
+
+
+def random_shape(cfg: TrainConfig, args: Namespace) -> tuple[int, int]:
+    """(context, prompt+completion) tokens per row of bench's random batches: at most
+    max_tokens each, as the job's own data is cut (and as --mode static pads)."""
+    context = args.context_tokens or cfg.dataset.max_tokens
+    target = args.target_tokens or TARGET_TOKENS
+    if max(context, target) > cfg.dataset.max_tokens:
+        raise ConfigError(
+            f"--context-tokens {context} and --target-tokens {target} must each be at most"
+            f" dataset.max_tokens ({cfg.dataset.max_tokens}), as the job's data is cut"
+        )
+    return context, target
 
 
 def run_generate(argv: list[str]) -> None:

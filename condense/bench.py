@@ -321,8 +321,9 @@ def measure_peak(
 def random_module(cfg: TrainConfig, precision: str, device: torch.device) -> CondenseModule:
     """The job's module over random weights of its models' architectures (the shipped
     configs of the default models: nothing is downloaded), frozen ones in the compute dtype."""
-    from condense.train import condense_module
+    from condense.train import check_positions, condense_module
 
+    check_positions(cfg)  # the rows are at most max_tokens (+ N) wide, as the job's are
     dtype = precision_dtype(precision)
     encoder = random_causal_lm(cfg.model.encoder, dtype, device)
     decoder = random_causal_lm(cfg.model.decoder, dtype, device)
@@ -390,6 +391,7 @@ def pad_to(batch: Batch, width: int | None, pads: tuple[int, int]) -> Batch:
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
+    """`batch` on `device`, moved before the clock starts."""
     return {key: value.to(device) for key, value in batch.items()}
 
 
@@ -493,6 +495,7 @@ def describe(result: dict[str, Any]) -> str:
 
 
 def _workload(result: dict[str, Any]) -> str:
+    """What the steps ran on: the job's data and its padding, or random rows."""
     if "random_tokens" not in result:
         return f"padding over the first epoch: {result['padding_fraction_epoch']:.3f}"
     shape = result["random_tokens"]

@@ -142,7 +142,7 @@ def memory(
     return parts
 
 
-def largest_batch_memory(condenser, cfg: TrainConfig, checkpointing: bool) -> int:
+def largest_batch_memory(condenser: nn.Module, cfg: TrainConfig, checkpointing: bool) -> int:
     """Bytes of the largest batch `cfg` can make: batch_size rows of max_tokens context and
     max_tokens prompt+completion tokens, every one of those labelled."""
     rows, width = cfg.dataset.batch_size, cfg.dataset.max_tokens

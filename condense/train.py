@@ -15,7 +15,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from condense.artifact import save_artifact
 from condense.callbacks import LogGenerations
@@ -305,8 +305,14 @@ def condense_module(
     # draw random numbers, and the condenser's initialisation must not depend on that.
     L.seed_everything(cfg.seed, verbose=False)
     condenser = Condenser(encoder, decoder, cfg.model)
-    if _use_checkpointing(cfg, condenser):
+    checkpointing = _use_checkpointing(cfg, condenser, precision)
+    if checkpointing:
         condenser.enable_gradient_checkpointing()
+    if checkpointing and cfg.model.compile and _on_gpu(cfg.accelerator):
+        rank_zero_warn(
+            "condense: model.compile with gradient checkpointing failed at the first backward"
+            " on an H200 (torch 2.11, a CheckpointError); if it does here, turn one off"
+        )
     if cfg.model.compile:
         condenser.compile_blocks()
         # The first batches are silent while they compile: say so, or the run looks hung.
@@ -363,20 +369,26 @@ def _on_gpu(accelerator: str) -> bool:
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
-def _use_checkpointing(cfg: TrainConfig, condenser: Condenser) -> bool:
+def _use_checkpointing(cfg: TrainConfig, condenser: Condenser, precision: str) -> bool:
     """model.gradient_checkpointing, or where it is null: on a GPU whose memory the job's
     largest batch would not fit in without it (condense plan's estimate), off elsewhere.
-    Recomputing costs a third more compute: the default job on an H100-class GPU ran twice
-    as fast without it."""
+    Recomputing costs a third more compute: the default job on an H200 ran twice as fast
+    without it. The estimate counts 2-byte weights and activations, so a wider precision
+    (32-true) checkpoints on a GPU whatever it says."""
     setting = cfg.model.gradient_checkpointing
     if setting is not None:
         return setting
     if not _on_gpu(cfg.accelerator):
         return False
+    if precision_dtype(precision).itemsize > 2:
+        return True
     from condense.plan import USABLE, largest_batch_memory
 
     need = largest_batch_memory(condenser, cfg, checkpointing=False)
-    have = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    # Every GPU the run may use: the device is not chosen yet (Lightning picks it later).
+    have = min(
+        torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())
+    )
     checkpointing = need > USABLE * have
     rank_zero_info(
         f"condense: gradient checkpointing {'on' if checkpointing else 'off'}: a batch of"

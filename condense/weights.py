@@ -118,14 +118,21 @@ SHIPPED_CONFIGS = Path(__file__).resolve().parent / "model_configs"
 def meta_model(name: str):
     """A causal LM with the real architecture of `name` and no weights (meta device),
     from the config.json shipped in condense/model_configs: shapes without a download."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    folder = SHIPPED_CONFIGS / name
-    if not (folder / "config.json").is_file():
+    config = shipped_config(name)
+    if config is None:
         raise ModelNotFoundError(f"no shipped config for {name!r} in {SHIPPED_CONFIGS}")
-    config = AutoConfig.from_pretrained(folder)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+
+
+def shipped_config(name: str):
+    """The transformers config shipped in condense/model_configs for `name`, or None."""
+    from transformers import AutoConfig
+
+    folder = SHIPPED_CONFIGS / name
+    return AutoConfig.from_pretrained(folder) if (folder / "config.json").is_file() else None
 
 
 def model_config(name: str):
@@ -133,10 +140,7 @@ def model_config(name: str):
     there is one (no download), else the model's own config.json."""
     from transformers import AutoConfig
 
-    shipped = SHIPPED_CONFIGS / name
-    if (shipped / "config.json").is_file():
-        return AutoConfig.from_pretrained(shipped)
-    return AutoConfig.from_pretrained(_loadable(name))
+    return shipped_config(name) or AutoConfig.from_pretrained(_loadable(name))
 
 
 def random_causal_lm(name: str, dtype: torch.dtype, device: torch.device | str = "cpu"):
@@ -191,11 +195,8 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32):
 
 def max_positions(name: str) -> int | None:
     """How many positions the model `name` reads (its config's max_position_embeddings),
-    from its config alone; None when the config does not say."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(_loadable(name))
-    return getattr(config, "max_position_embeddings", None)
+    from its config alone (the shipped one where there is one); None when it does not say."""
+    return getattr(model_config(name), "max_position_embeddings", None)
 
 
 def _loadable(name: str) -> str:

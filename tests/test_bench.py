@@ -73,6 +73,24 @@ def test_bench_random_weights_needs_only_the_models_configs(tiny_pair, tmp_path,
     assert "random weights and tokens, 40 context + 12" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--random-weights", "--context-tokens", "97"], "must each be at most dataset.max_tokens"),
+        (["--random-weights", "--target-tokens", "97"], "must each be at most dataset.max_tokens"),
+        (["--context-tokens", "40"], "need --random-weights"),
+    ],
+)
+def test_bench_refuses_shapes_it_would_not_run(tiny_pair, tmp_path, capsys, flags, message):
+    """Rows wider than max_tokens (the static mode would cut them to it), and shapes given
+    without --random-weights (the job's own data would be timed instead), are one line."""
+    job = tiny_job(*tiny_pair, tmp_path / "job.yaml")  # max_tokens 96
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--config", str(job), *flags])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_bench_times_every_step_asked_for_past_one_epoch(tiny_pair, tmp_path, capsys):
     """More steps than one epoch has batches: the steps run on into the sampler's next
     epochs, as training does (they were cut to one epoch, or left none to time)."""
