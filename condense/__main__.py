@@ -359,7 +359,7 @@ def add_shape_flags(
     add_flag(
         parser,
         "target-tokens",
-        type=PositiveInt | None,
+        type=PositiveInt if target_default else PositiveInt | None,
         default=target_default,
         help=f"Prompt + completion tokens per sample, 3/4 of them labelled (default:"
         f" {TARGET_TOKENS}).{note}",
