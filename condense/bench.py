@@ -30,7 +30,7 @@ from condense.device import precision_dtype
 from condense.model import IGNORE_INDEX, Condenser, is_checkpointing
 from condense.module import CondenseModule
 from condense.plan import labelled_tokens, memory
-from condense.weights import random_causal_lm
+from condense.weights import causal_lm_from_config
 
 MODES = ("dynamic", "static")
 Batch = dict[str, torch.Tensor]
@@ -325,8 +325,8 @@ def random_module(cfg: TrainConfig, precision: str, device: torch.device) -> Con
 
     check_positions(cfg)  # the rows are at most max_tokens (+ N) wide, as the job's are
     dtype = precision_dtype(precision)
-    encoder = random_causal_lm(cfg.model.encoder, dtype, device)
-    decoder = random_causal_lm(cfg.model.decoder, dtype, device)
+    encoder = causal_lm_from_config(cfg.model.encoder, dtype, device)
+    decoder = causal_lm_from_config(cfg.model.decoder, dtype, device)
     return condense_module(cfg, encoder, decoder, precision)
 
 

@@ -50,22 +50,13 @@ USABLE = 0.9  # of a GPU's memory: the CUDA context, the allocator's fragmentati
 BF16, FP32 = 2, 4
 
 
-def meta_causal_lm(name: str) -> nn.Module:
-    """A causal LM of `name`'s architecture with no weights: the shipped config
-    (condense/model_configs) where there is one, else the model's own config.json."""
-    from transformers import AutoModelForCausalLM
-
-    from condense.weights import model_config
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(model_config(name), dtype=torch.bfloat16)
-
-
 def meta_condenser(cfg: TrainConfig):
     """The job's condenser on the meta device: exact shapes, no memory."""
     from condense.model import Condenser
+    from condense.weights import causal_lm_from_config
 
-    encoder, decoder = meta_causal_lm(cfg.model.encoder), meta_causal_lm(cfg.model.decoder)
+    encoder = causal_lm_from_config(cfg.model.encoder)
+    decoder = causal_lm_from_config(cfg.model.decoder)
     with torch.device("meta"):
         return Condenser(encoder, decoder, cfg.model)
 

@@ -115,46 +115,31 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 SHIPPED_CONFIGS = Path(__file__).resolve().parent / "model_configs"
 
 
-def meta_model(name: str):
-    """A causal LM with the real architecture of `name` and no weights (meta device),
-    from the config.json shipped in condense/model_configs: shapes without a download."""
-    from transformers import AutoModelForCausalLM
-
-    config = shipped_config(name)
-    if config is None:
-        raise ModelNotFoundError(f"no shipped config for {name!r} in {SHIPPED_CONFIGS}")
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-
-
-def shipped_config(name: str):
-    """The transformers config shipped in condense/model_configs for `name`, or None."""
-    from transformers import AutoConfig
-
-    folder = SHIPPED_CONFIGS / name
-    return AutoConfig.from_pretrained(folder) if (folder / "config.json").is_file() else None
-
-
 def model_config(name: str):
     """The transformers config of `name`: the one shipped in condense/model_configs where
     there is one (no download), else the model's own config.json."""
     from transformers import AutoConfig
 
-    return shipped_config(name) or AutoConfig.from_pretrained(_loadable(name))
+    shipped = SHIPPED_CONFIGS / name
+    if (shipped / "config.json").is_file():
+        return AutoConfig.from_pretrained(shipped)
+    return AutoConfig.from_pretrained(_loadable(name))
 
 
-def random_causal_lm(name: str, dtype: torch.dtype, device: torch.device | str = "cpu"):
-    """A causal LM of `name`'s architecture (model_config) with random weights in `dtype`,
-    initialised on `device` (a 7B model initialised on a CPU takes minutes), with the
-    attention that load_causal_lm gives: the real model's speed and memory, without it."""
+def causal_lm_from_config(
+    name: str, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "meta"
+):
+    """A causal LM of `name`'s architecture (model_config) in `dtype`, with the attention
+    that load_causal_lm gives: no weights on the meta device (shapes, counts, plans), random
+    ones on a real device (speed and memory without the model). Random weights are
+    initialised where they live: a 7B model initialised on a CPU takes minutes."""
     from transformers import AutoModelForCausalLM
 
     from condense import attention
 
-    config = model_config(name)
     with torch.device(device):
         return AutoModelForCausalLM.from_config(
-            config, dtype=dtype, attn_implementation=attention.NAME
+            model_config(name), dtype=dtype, attn_implementation=attention.NAME
         )
 
 

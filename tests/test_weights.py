@@ -10,7 +10,12 @@ import torch
 from condense import weights
 from condense.__main__ import job_path, parse_train
 from condense.model import Condenser
-from condense.weights import ModelNotFoundError, embedded_gguf_path, meta_model, resolve_model
+from condense.weights import (
+    ModelNotFoundError,
+    causal_lm_from_config,
+    embedded_gguf_path,
+    resolve_model,
+)
 
 
 def test_paths_and_hub_ids_pass_through(tmp_path):
@@ -66,7 +71,8 @@ def test_gguf_converts_into_a_loadable_safetensors_folder(tmp_path, monkeypatch)
 def test_default_job_shapes_on_the_meta_device():
     """The default pair from its real configs, with no weights: 2 x 2048 -> 4096."""
     cfg = parse_train(["--config", str(job_path("default"))])
-    encoder, decoder = meta_model(cfg.model.encoder), meta_model(cfg.model.decoder)
+    encoder = causal_lm_from_config(cfg.model.encoder)
+    decoder = causal_lm_from_config(cfg.model.decoder)
     with torch.device("meta"):
         condenser = Condenser(encoder, decoder, cfg.model)
     assert (condenser.projection.in_features, condenser.projection.out_features) == (2 * 2048, 4096)
