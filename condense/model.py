@@ -8,16 +8,14 @@ He / Hd encoder / decoder hidden sizes, k = n_last_hidden_states.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from functools import cache
 
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from peft.helpers import disable_input_dtype_casting
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from condense.config import ConfigError, ModelConfig
 from condense.flops import blocks
@@ -284,7 +282,6 @@ class Condenser(nn.Module):
         # for reentrant checkpointing); that gradient is never used, so turn it off.
         self.decoder.disable_input_require_grads()
         self.train(self.training)
-        self._checkpoint_inside_compiled_blocks()
 
     def compile_blocks(self) -> None:
         """torch.compile every transformer block of both models, in place, so state dict
@@ -293,22 +290,6 @@ class Condenser(nn.Module):
         for model in (self.encoder, self.decoder):
             for block in blocks(model):
                 block.compile(dynamic=True)
-        self._checkpoint_inside_compiled_blocks()
-
-    def _checkpoint_inside_compiled_blocks(self) -> None:
-        """Where a block is both compiled and checkpointed, compile its checkpoint call too.
-
-        transformers 5.17 checkpoints around a block's __call__, that is around its compiled
-        graph, and the recomputation in backward then saves other tensors than the forward
-        did: a CheckpointError at the first backward under bf16 (on an H200 and on CPU
-        alike). Later versions checkpoint inside forward, where compiling the call changes
-        nothing: dynamo inlines it."""
-        for model in (self.encoder, self.decoder):
-            for block in blocks(model):
-                if block._compiled_call_impl is not None and getattr(
-                    block, "gradient_checkpointing", False
-                ):
-                    block._gradient_checkpointing_func = _compiled_checkpoint()
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what training changes: condense embeddings, norm, projection, LoRA."""
@@ -406,17 +387,6 @@ def is_checkpointing(model: nn.Module) -> bool:
         if hasattr(type(model), name):
             return bool(getattr(model, name))
     return False
-
-
-def _checkpoint(function, *args):
-    return checkpoint(function, *args, use_reentrant=False)
-
-
-@cache
-def _compiled_checkpoint() -> Callable:
-    """Non-reentrant checkpointing of a block's call, traced into a compiled graph (one
-    function for all blocks, so they share its graphs)."""
-    return torch.compile(_checkpoint, dynamic=True)
 
 
 def _checkpointing_enable(model: nn.Module, kwargs: dict) -> None:
