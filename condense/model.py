@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
-from peft.helpers import disable_input_dtype_casting
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from condense.config import ConfigError, ModelConfig
@@ -69,6 +69,9 @@ class Condenser(nn.Module):
             raise ConfigError(
                 f"model.lora_target_modules={cfg.lora_target_modules}: {str(err).splitlines()[0]}"
             ) from None
+        self._lora_layers = tuple(
+            m for m in self.encoder.modules() if isinstance(m, BaseTunerLayer)
+        )
         # The transformer bodies, without LM heads: the encoder's head is never needed,
         # and the decoder's head is applied only at labelled positions.
         self.encoder_body = encoder.base_model
@@ -134,19 +137,13 @@ class Condenser(nn.Module):
         slots = lengths[:, None] + torch.arange(n, device=embeds.device)  # (B, N)
         tokens = self.condense_tokens.to(embeds.dtype).expand(batch, n, -1)  # (B, N, He)
         embeds = embeds.index_put((rows, slots), tokens)
-        # Under autocast, peft would cast each LoRA input to the fp32 of the LoRA weights,
-        # and autocast back to bf16: two copies per adapter, each kept for backward, where
-        # the bf16 input itself gives the same numbers. Without autocast nothing is cast.
-        casting = not torch.is_autocast_enabled(embeds.device.type)
+        self._cast_lora_inputs(not torch.is_autocast_enabled(embeds.device.type))
         # The outputs of blocks L-k..L-2 (0-based) and the final normed one are what
         # output_hidden_states=True gives as hidden_states[-k:], without the hooks it installs
         # in every block, which torch.compile cannot trace.
         count = len(self.encoder_blocks)
         inner = self.encoder_blocks[count - self.n_last : count - 1]
-        with (
-            disable_input_dtype_casting(self.encoder, active=not casting),
-            _outputs_of(inner) as kept,
-        ):
+        with _outputs_of(inner) as kept:
             # Right padding by construction: the causal mask alone keeps every real position
             # from the pads after it, and lets SDPA take its faster causal kernel.
             last = self.encoder_body(
@@ -155,6 +152,19 @@ class Condenser(nn.Module):
         hidden = torch.cat([*kept, last], dim=-1)  # (B, L+N, k*He)
         hidden = hidden[rows, slots]  # (B, N, k*He)
         return self.projection(self.norm(hidden))  # (B, N, Hd)
+
+    def _cast_lora_inputs(self, enabled: bool) -> None:
+        """Turn on or off peft's cast of each LoRA input to the LoRA weights' dtype.
+
+        Under autocast it would cast the bf16 input to fp32 and autocast back to bf16: two
+        copies per adapter, each kept for backward, for the same numbers. Without autocast
+        the dtypes must match, so it casts. The setting is left in place after forward, not
+        restored: transformers 5.17 checkpoints around a block's call, so backward
+        recomputes the blocks after encode has returned, and a recomputation that cast
+        where the forward did not saved other tensors in compiled blocks (a
+        CheckpointError at the first bf16 backward, on an H200 and on CPU alike)."""
+        for layer in self._lora_layers:
+            layer.cast_input_dtype_enabled = enabled
 
     def decoder_logits(
         self,

@@ -15,7 +15,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from condense.artifact import save_artifact
 from condense.callbacks import LogGenerations
@@ -308,11 +308,6 @@ def condense_module(
     checkpointing = _use_checkpointing(cfg, condenser, precision)
     if checkpointing:
         condenser.enable_gradient_checkpointing()
-    if checkpointing and cfg.model.compile and _on_gpu(cfg.accelerator):
-        rank_zero_warn(
-            "condense: model.compile with gradient checkpointing failed at the first backward"
-            " on an H200 (torch 2.11, a CheckpointError); if it does here, turn one off"
-        )
     if cfg.model.compile:
         condenser.compile_blocks()
         # The first batches are silent while they compile: say so, or the run looks hung.

@@ -51,14 +51,14 @@ def _tokenizer(kind: str, vocab_size: int):
     )
 
 
-def _save_llama(path: Path, tokenizer, hidden: int) -> Path:
+def _save_llama(path: Path, tokenizer, hidden: int, layers: int = 2) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,

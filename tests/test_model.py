@@ -15,7 +15,7 @@ from condense.synthetic import long_synthetic_samples, synthetic_samples
 from condense.weights import load_causal_lm, load_tokenizer
 
 
-def _build(tiny_pair, **model_overrides):
+def _build(tiny_pair, dtype=torch.float32, **model_overrides):
     torch.manual_seed(0)
     encoder, decoder = tiny_pair
     cfg = ModelConfig(
@@ -24,7 +24,7 @@ def _build(tiny_pair, **model_overrides):
     for k, v in model_overrides.items():
         setattr(cfg, k, v)
     enc_tok, dec_tok = load_tokenizer(encoder), load_tokenizer(decoder)
-    condenser = Condenser(load_causal_lm(encoder), load_causal_lm(decoder), cfg)
+    condenser = Condenser(load_causal_lm(encoder, dtype), load_causal_lm(decoder, dtype), cfg)
     # Non-zero LoRA B, so the adapter really changes the encoder in these tests.
     for name, p in condenser.named_parameters():
         if "lora_B" in name:
@@ -252,6 +252,38 @@ def test_decoder_stays_in_eval_mode(tiny_pair):
     condenser.train()
     assert condenser.encoder.training
     assert not any(m.training for m in condenser.decoder.modules())
+
+
+def test_compiled_checkpointed_blocks_train_as_eager_ones(tiny_pair, tmp_path):
+    """Compiled blocks with checkpointing, as a GPU job short of memory runs them, give the
+    eager losses and gradients under bf16. Under transformers 5.17 (which checkpoints
+    around a block's call, so backward recomputes it after encode returned) this raised a
+    CheckpointError while peft's input casting was switched off only for the forward.
+    Four encoder layers, so the hidden states kept for the projection (block 2's) come
+    from a block that is neither the first nor the last."""
+    from tests.conftest import _save_llama
+
+    encoder = _save_llama(tmp_path / "encoder", load_tokenizer(tiny_pair[0]), 32, layers=4)
+    condenser, enc_tok, dec_tok = _build((str(encoder), tiny_pair[1]), dtype=torch.bfloat16)
+    batch = _batch(enc_tok, dec_tok, synthetic_samples(2, seed=10))
+    condenser.train()
+    condenser.enable_gradient_checkpointing()
+
+    def step() -> dict[str, torch.Tensor]:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = condenser(batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in condenser.named_parameters() if p.requires_grad}
+        condenser.zero_grad()
+        return {"loss": loss.detach(), **grads}
+
+    eager = step()
+    condenser.compile_blocks()
+    try:
+        for _ in range(2):  # the first step compiles, the second runs the cached graphs
+            torch.testing.assert_close(step(), eager, rtol=0.05, atol=1e-3)
+    finally:
+        torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("names", ["activation", "gradient"])
