@@ -139,8 +139,8 @@ def bench_parser() -> ArgumentParser:
     parser = job_parser(
         "condense bench",
         "Time training steps of a job on this machine: step time, tokens/s, padding, peak"
-        " memory, FLOP/s and MFU against a matmul peak measured in the same run (bf16; fp16"
-        " under 16-mixed). Takes"
+        " memory, FLOP/s and MFU against a matmul peak measured in the same run, in the"
+        " dtype the job computes in (bf16; fp16 under 16-mixed, fp32 under 32-true). Takes"
         " every option of `condense train`.",
     )
     parser.add_argument("--steps", type=int, default=10, help="Timed steps (after warm-up).")

@@ -82,6 +82,12 @@ def run_bench(
         context, text = random_shape
         workload = {"random_tokens": {"context": context, "prompt_completion": text}}
     condenser = module.condenser.to(device).train()
+    # Weights can be loaded without being resident yet (a dtype other than the file's, on
+    # CPU, lands in RSS only when first read): read them all, or the runtime below, RSS
+    # less the weights, comes out short, negative even.
+    with torch.no_grad():
+        for p in condenser.parameters():
+            p.sum()
     built_rss = _current_rss()
     if precision.endswith("-true"):  # as Lightning does: every parameter too
         condenser.to(precision_dtype(precision))
@@ -90,8 +96,9 @@ def run_bench(
     # can beat all of them, and MFU must not gain from running on fewer cores.
     counts = sorted({1, all_threads, threads or all_threads})
     # The peak of the dtype the steps compute in: fp16 where the job runs 16-mixed (a V100
-    # or T4 has no fast bf16, and MFU against its emulated bf16 would flatter), else bf16.
-    dtype = torch.float16 if precision.startswith("16") else torch.bfloat16
+    # or T4 has no fast bf16), fp32 under 32-true (a CPU without bf16 units, where bf16
+    # matmuls are emulated ~100x slower): MFU against any other dtype's peak would mislead.
+    dtype = precision_dtype(precision)
     peaks = {n: measure_peak(shapes, device, threads=n, dtype=dtype) for n in counts}
     torch.set_num_threads(threads or all_threads)
     result: dict[str, Any] = {
@@ -125,7 +132,10 @@ def run_bench(
     # On CPU the peak is the process's RSS, so the runtime measured at build is added.
     checkpointing = is_checkpointing(condenser.decoder)
     result["plan_memory"] = memory(
-        condenser, *result["dynamic"]["largest_batch_shape"], checkpointing=checkpointing
+        condenser,
+        *result["dynamic"]["largest_batch_shape"],
+        checkpointing=checkpointing,
+        precision=precision,
     )
     runtime = result["rss_runtime_bytes"] if device.type == "cpu" else 0
     result["plan_peak_memory_bytes"] = runtime + result["plan_memory"]["total"]
@@ -134,7 +144,9 @@ def run_bench(
     torch.set_num_threads(all_threads)
     peak = max(peaks.values())
     result["peak_flops_matmul"] = peak
-    result["peak_dtype"] = "fp16" if dtype == torch.float16 else "bf16"
+    result["peak_dtype"] = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
+        dtype, f"fp{dtype.itemsize * 8}"
+    )
     result["peak_flops_by_threads"] = peaks
     result["peak_shapes"] = [list(s) for s in shapes]
     for name in MODES:

@@ -4,7 +4,8 @@ The condenser is built on the meta device (shapes, no weights, no download), so 
 counts are exact. Memory and time are estimates whose assumptions are named in the output:
 
 - weights: frozen weights in bf16 (2 bytes), trainable ones fp32 (4 bytes); gradients of the
-  trainable ones fp32 (4), AdamW's two moments fp32 (8);
+  trainable ones fp32 (4), AdamW's two moments fp32 (8); other precisions (bench passes the
+  job's) change those widths as Lightning stores them;
 - activations: what autograd keeps per token of each transformer block under bf16 autocast
   (see `block_activation_bytes`), plus the logits at labelled positions; with gradient
   checkpointing, each block's input plus one block's activations being recomputed;
@@ -25,6 +26,7 @@ from torch import nn
 
 from condense import flops
 from condense.config import ConfigError, TrainConfig
+from condense.device import precision_dtype
 from condense.loss import CHUNK_LOGITS
 
 
@@ -61,9 +63,10 @@ def meta_condenser(cfg: TrainConfig):
         return Condenser(encoder, decoder, cfg.model)
 
 
-def block_activation_bytes(config, lora_r: int = 0, adapters: int = 0) -> int:
+def block_activation_bytes(config, lora_r: int = 0, adapters: int = 0, compute: int = BF16) -> int:
     """Bytes autograd keeps per token of one Llama-style block under bf16 autocast, as
-    counted with torch.autograd.graph.saved_tensors_hooks on transformers 5 with SDPA.
+    counted with torch.autograd.graph.saved_tensors_hooks on transformers 5 with SDPA;
+    `compute` is the bytes of the dtype the block computes in (2 for bf16).
 
     Two RMSNorms each keep their fp32 input (4H); SDPA keeps q, k, v (k and v repeated to
     every head) and its output; the gated MLP keeps gate, up and silu(gate); batches are
@@ -77,14 +80,20 @@ def block_activation_bytes(config, lora_r: int = 0, adapters: int = 0) -> int:
     heads = config.num_attention_heads
     width = heads * (getattr(config, "head_dim", None) or hidden // heads)
     inner = getattr(config, "intermediate_size", None) or 4 * hidden
-    kept = 2 * FP32 * hidden + 4 * BF16 * width + 3 * BF16 * inner
+    kept = 2 * max(FP32, compute) * hidden + 4 * compute * width + 3 * compute * inner
     if adapters:
-        kept += BF16 * (2 * hidden + width + inner) + BF16 * lora_r * adapters
+        kept += compute * (2 * hidden + width + inner) + compute * lora_r * adapters
     return kept
 
 
 def memory(
-    condenser, batch: int, context: int, text: int, labelled: int, checkpointing: bool
+    condenser,
+    batch: int,
+    context: int,
+    text: int,
+    labelled: int,
+    checkpointing: bool,
+    precision: str = "bf16-mixed",
 ) -> dict[str, int]:
     """Bytes per GPU (or CPU process) for one training step, by part.
 
@@ -95,7 +104,14 @@ def memory(
         text: Prompt + completion tokens per row (padded width).
         labelled: Labelled positions in the whole batch (the logits computed).
         checkpointing: Gradient checkpointing on both models.
+        precision: Lightning's precision: frozen weights and activations in its dtype;
+            trainable weights, their gradients and AdamW's moments fp32 under "-mixed"
+            (plus autocast's copy of the weights), in its dtype under "-true".
     """
+    compute = precision_dtype(precision).itemsize
+    mixed = precision.endswith("-mixed")
+    stored = FP32 if mixed else compute  # trainable weights, gradients, AdamW moments
+    wide = max(FP32, compute)  # what autocast computes in fp32
     n = condenser.num_condense_tokens
     params = list(condenser.parameters())
     trainable = sum(p.numel() for p in params if p.requires_grad)
@@ -104,11 +120,11 @@ def memory(
     adapters = _adapters_per_block(condenser.encoder)
     enc, dec = condenser.encoder.config, condenser.decoder.config
     enc_tokens, dec_tokens = batch * (context + n), batch * (text + n)
-    enc_block = block_activation_bytes(enc, lora_r, adapters)
-    dec_block = block_activation_bytes(dec)
+    enc_block = block_activation_bytes(enc, lora_r, adapters, compute)
+    dec_block = block_activation_bytes(dec, compute=compute)
     layers_e, layers_d = len(flops.blocks(condenser.encoder)), len(flops.blocks(condenser.decoder))
     if checkpointing:  # each block's input kept, one block's activations alive at a time
-        blocks = BF16 * (
+        blocks = compute * (
             enc.hidden_size * layers_e * enc_tokens + dec.hidden_size * layers_d * dec_tokens
         )
         blocks += max(enc_block * enc_tokens, dec_block * dec_tokens)
@@ -117,27 +133,30 @@ def memory(
     # The logits live one chunk of rows at a time (condense.loss): bf16 from the head,
     # their fp32 copy, log-softmax, its fp32 gradient; the hidden states' gradient is kept.
     rows = min(labelled, max(1, CHUNK_LOGITS // dec.vocab_size))
-    logits = (BF16 + 3 * FP32) * rows * dec.vocab_size + BF16 * labelled * dec.hidden_size
+    logits = (compute + 3 * wide) * rows * dec.vocab_size + compute * labelled * dec.hidden_size
     # The condensed slots: the gathered hidden states, LayerNorm and projection (fp32).
     k = condenser.n_last
-    head = FP32 * batch * n * (3 * k * enc.hidden_size + dec.hidden_size)
+    head = wide * batch * n * (3 * k * enc.hidden_size + dec.hidden_size)
     # Autocast keeps a bf16 copy of every fp32 trainable weight it casts.
-    weights = BF16 * frozen + (FP32 + BF16) * trainable
+    weights = compute * frozen + (stored + (compute if mixed else 0)) * trainable
     parts = {
         "weights": weights,
-        "grads": FP32 * trainable,
-        "optimizer": 2 * FP32 * trainable,
+        "grads": stored * trainable,
+        "optimizer": 2 * stored * trainable,
         "activations": blocks + logits + head,
     }
     parts["total"] = sum(parts.values())
     return parts
 
 
-def largest_batch_memory(condenser: nn.Module, cfg: TrainConfig, checkpointing: bool) -> int:
+def largest_batch_memory(
+    condenser: nn.Module, cfg: TrainConfig, checkpointing: bool, precision: str = "bf16-mixed"
+) -> int:
     """Bytes of the largest batch `cfg` can make: batch_size rows of max_tokens context and
     max_tokens prompt+completion tokens, every one of those labelled."""
     rows, width = cfg.dataset.batch_size, cfg.dataset.max_tokens
-    return memory(condenser, rows, width, width, rows * width, checkpointing)["total"]
+    parts = memory(condenser, rows, width, width, rows * width, checkpointing, precision)
+    return parts["total"]
 
 
 def _adapters_per_block(model: nn.Module) -> int:

@@ -368,18 +368,15 @@ def _use_checkpointing(cfg: TrainConfig, condenser: Condenser, precision: str) -
     """model.gradient_checkpointing, or where it is null: on a GPU whose memory the job's
     largest batch would not fit in without it (condense plan's estimate), off elsewhere.
     Recomputing costs a third more compute: the default job on an H200 ran twice as fast
-    without it. The estimate counts 2-byte weights and activations, so a wider precision
-    (32-true) checkpoints on a GPU whatever it says."""
+    without it."""
     setting = cfg.model.gradient_checkpointing
     if setting is not None:
         return setting
     if not _on_gpu(cfg.accelerator):
         return False
-    if precision_dtype(precision).itemsize > 2:
-        return True
     from condense.plan import USABLE, largest_batch_memory
 
-    need = largest_batch_memory(condenser, cfg, checkpointing=False)
+    need = largest_batch_memory(condenser, cfg, checkpointing=False, precision=precision)
     # Every GPU the run may use: the device is not chosen yet (Lightning picks it later).
     have = min(
         torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())
