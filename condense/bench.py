@@ -17,6 +17,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ def run_bench(
     counts = sorted({1, all_threads, threads or all_threads})
     # The peak of the dtype the steps compute in: fp16 where the job runs 16-mixed (a V100
     # or T4 has no fast bf16), fp32 under 32-true (a CPU without bf16 units, where bf16
-    # matmuls are emulated ~100x slower): MFU against any other dtype's peak would mislead.
+    # matmuls are emulated, ~8x slower): MFU against any other dtype's peak would mislead.
     dtype = precision_dtype(precision)
     peaks = {n: measure_peak(shapes, device, threads=n, dtype=dtype) for n in counts}
     torch.set_num_threads(threads or all_threads)
@@ -307,27 +308,39 @@ def _rates(entry: dict[str, Any], peak: float) -> None:
 def measure_peak(
     shapes: list[tuple[int, int, int]],
     device: torch.device,
-    seconds: float = 0.5,
+    seconds: float = 0.25,
     threads: int | None = None,
     dtype: torch.dtype = torch.bfloat16,
 ) -> float:
-    """Best FLOP/s of `dtype` matmuls (m, k) x (k, n) of the given shapes on `device`,
-    with `threads` CPU threads (default: as set)."""
+    """Best FLOP/s of `dtype` products (m, k) x (k, n) of the given shapes on `device`,
+    with `threads` CPU threads (default: as set), each shape timed for `seconds` in both
+    layouts the model's products take: `a @ b` (backward's input gradients) and
+    `F.linear(a, w)`, w (n, k) (every projection's forward). Their kernels differ: bf16 on
+    a CPU without bf16 units ran 1.3 GFLOP/s as `a @ b` and 19.6 as `F.linear`, so either
+    alone can miss the peak."""
     if threads:
         torch.set_num_threads(threads)
     best = 0.0
     for m, k, n in shapes:
         a = torch.randn(m, k, device=device, dtype=dtype)
         b = torch.randn(k, n, device=device, dtype=dtype)
-        a @ b  # warm-up: the kernel choice, the first touch of the memory
-        runs, start = 0, time.perf_counter()
-        _sync(device)
-        while time.perf_counter() - start < seconds:
-            a @ b
-            runs += 1
-        _sync(device)
-        best = max(best, 2 * m * k * n * runs / (time.perf_counter() - start))
+        w = b.t().contiguous()
+        for product in (partial(torch.matmul, a, b), partial(F.linear, a, w)):
+            best = max(best, 2 * m * k * n * _rate(product, device, seconds))
     return best
+
+
+def _rate(product: Callable[[], Any], device: torch.device, seconds: float) -> float:
+    """Calls of `product` per second over `seconds`, after one warm-up call (the kernel
+    choice, the first touch of the memory)."""
+    product()
+    _sync(device)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        product()
+        runs += 1
+    _sync(device)
+    return runs / (time.perf_counter() - start)
 
 
 def random_module(cfg: TrainConfig, precision: str, device: torch.device) -> CondenseModule:

@@ -22,7 +22,12 @@ from condense.callbacks import LogGenerations
 from condense.checkpoint_io import AtomicCheckpointIO, BestAndLastCheckpoint
 from condense.config import ConfigError, TrainConfig
 from condense.data import CondenseDataModule
-from condense.device import gpu_mixed_precision, precision_dtype
+from condense.device import (
+    cpu_training_precision,
+    gpu_mixed_precision,
+    precision_dtype,
+    warn_if_bf16_is_emulated,
+)
 from condense.files import write_atomic
 from condense.loggers import (
     drop_rows_from,
@@ -352,12 +357,13 @@ PRECISION_ALIASES = {"64": "64-true", "32": "32-true", "16": "16-mixed", "bf16":
 def resolve_precision(precision: str, accelerator: str) -> str:
     """The full Lightning name of `precision` ("bf16" -> bf16-mixed, "32" -> 32-true);
     "auto" -> bf16-mixed where the hardware has bf16 (GPU or CPU), else 16-mixed on a GPU
-    without it, else 32-true."""
-    if precision != "auto":
-        return PRECISION_ALIASES.get(precision, precision)
-    if _on_gpu(accelerator):
-        return gpu_mixed_precision()
-    return "bf16-mixed" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32-true"
+    without it, else 32-true. bf16 asked for on a CPU that would emulate it warns."""
+    if precision == "auto":
+        return gpu_mixed_precision() if _on_gpu(accelerator) else cpu_training_precision()
+    precision = PRECISION_ALIASES.get(precision, precision)
+    if not _on_gpu(accelerator):
+        warn_if_bf16_is_emulated(precision)
+    return precision
 
 
 def _on_gpu(accelerator: str) -> bool:

@@ -273,3 +273,26 @@ def test_a_short_precision_name_is_benched_as_training_runs_it(tiny_pair, tmp_pa
     assert results["bf16"]["precision"] == "bf16-mixed"
     losses = [results[p]["dynamic"]["loss_first"] for p in ("bf16", "bf16-mixed")]
     assert losses[0] == losses[1]
+
+
+def test_the_matmul_peak_is_no_slower_than_the_models_own_linear():
+    """MFU's peak takes the faster of the two layouts the model's products run in: on a CPU
+    without bf16 units bf16 `a @ b` ran 15x slower than F.linear, and a peak from it alone
+    put MFU far above 1."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from condense.bench import measure_peak
+
+    m, k, n = 256, 576, 1536  # the test job's MLP up-projection over a batch's tokens
+    peak = measure_peak([(m, k, n)], torch.device("cpu"), seconds=0.2, dtype=torch.bfloat16)
+    x, w = torch.randn(m, k, dtype=torch.bfloat16), torch.randn(n, k, dtype=torch.bfloat16)
+    F.linear(x, w)
+    start, runs = time.perf_counter(), 0
+    while time.perf_counter() - start < 0.2:
+        F.linear(x, w)
+        runs += 1
+    linear = 2 * m * k * n * runs / (time.perf_counter() - start)
+    assert peak >= 0.5 * linear

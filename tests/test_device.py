@@ -38,3 +38,13 @@ def test_mixed_precision_stores_the_frozen_weights_low():
     assert precision_dtype("16-mixed") == torch.float16
     assert precision_dtype("32-true") == torch.float32
     assert precision_dtype("64-true") == torch.float64
+
+
+def test_bf16_inference_on_a_cpu_that_emulates_it_warns(monkeypatch, recwarn):
+    from condense import device
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    assert inference_precision("auto", torch.device("cpu")) == "32"
+    assert not recwarn.list
+    with pytest.warns(UserWarning, match="emulated, ~20x slower than fp32"):
+        assert inference_precision("bf16-mixed", torch.device("cpu")) == "bf16-mixed"

@@ -272,3 +272,21 @@ def test_auto_checkpointing_only_where_the_largest_batch_needs_it(
         module = train_module.condense_module(cfg, encoder, decoder, precision)
     assert is_checkpointing(module.condenser.decoder) is expected
     assert f"gradient checkpointing {'on' if expected else 'off'}" in caplog.text
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_cpu_precision_follows_the_cpus_bf16_units(has_bf16, monkeypatch, recwarn):
+    """auto trains bf16-mixed where the CPU computes bf16 in hardware, else 32-true; an
+    explicit bf16 on a CPU without it runs as asked, with a warning that it is emulated."""
+    from condense import device
+    from condense.train import resolve_precision
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: has_bf16)
+    assert resolve_precision("auto", "cpu") == ("bf16-mixed" if has_bf16 else "32-true")
+    assert resolve_precision("32", "cpu") == "32-true"
+    if has_bf16:
+        assert resolve_precision("bf16", "cpu") == "bf16-mixed"
+    assert not [w for w in recwarn.list if "emulated" in str(w.message)]
+    if not has_bf16:
+        with pytest.warns(UserWarning, match="emulated.*--precision auto picks fp32"):
+            assert resolve_precision("bf16", "cpu") == "bf16-mixed"
