@@ -265,3 +265,18 @@ def test_generate_reads_the_context_as_training_cut_it_and_says_so(tiny_pair, tm
     assert capsys.readouterr().err.strip() == (
         f"condense: error: --context-file {tmp_path / 'nowhere.txt'}: No such file or directory"
     )
+
+
+def test_compiled_blocks_generate_eagerly_as_uncompiled_ones(tiny_pair, tmp_path):
+    """With model.compile, generation must not recompile the blocks at every cache length
+    (torch's limit of 8, a warning each, minutes on the real model) and must say the same."""
+    condenser = _loaded(tiny_pair, tmp_path)
+    samples = synthetic_samples(2, seed=31)
+    condensed = condenser.condense([samples[0].context, samples[5].context])
+    prompts = ["Repeat the passage above word for word.\n", "Who?\n"]
+    eager = generate(condenser, condensed, prompts, max_new_tokens=6)
+    condenser.compile_blocks()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    assert generate(condenser, condensed, prompts, max_new_tokens=6) == eager
+    assert not counters["frames"]["total"], "generation compiled frames"
