@@ -225,6 +225,10 @@ def make_trainer(
             check_val_every_n_epoch=None,
             limit_val_batches=cfg.val_batches or 1.0,
             num_sanity_val_steps=0,
+            # The first validation (trainer.validate, before fit) runs under no_grad as fit's
+            # own do: under inference_mode its tensors fail the compiled blocks' guards, so
+            # model.compile compiled every validation graph a second time inside fit.
+            inference_mode=False,
             gradient_clip_val=cfg.optim.grad_clip or None,
             log_every_n_steps=cfg.log_every_n_steps,
             logger=loggers,
