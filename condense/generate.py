@@ -112,8 +112,8 @@ def _greedy(condenser: Condenser, rows: list[torch.Tensor], budgets: list[int]) 
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=embeds.device)
     # Compiled blocks (model.compile) run eagerly here: the KV cache fails their guards at
     # every new length, so they would recompile up to torch's limit (8), warning each time,
-    # before falling back to eager (the compiled test job's first generate on a 2-core CPU:
-    # 61.5 s, 14.9 s eager).
+    # before falling back to eager (the test job's compiled model on a 2-core CPU, first
+    # condense + generate: 61.5 s, 14.9 s with eager decoding).
     with condenser.autocast(), torch.compiler.set_stance("force_eager"):
         out = condenser.decoder.generate(
             inputs_embeds=embeds,  # (B, width, Hd); the output holds only the new tokens

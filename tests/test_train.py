@@ -316,6 +316,9 @@ def test_compiled_blocks_compile_validation_once_for_the_whole_run(
     )
     model = tiny_config(*tiny_pair, tmp_path).model
     model.compile = True
-    train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, model=model))
+    try:
+        train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, model=model))
+    finally:
+        torch._dynamo.reset()
     assert compiled["validate"] > 0, "the first validation compiled nothing: not compiled?"
     assert compiled["fit"] == 0, f"fit's validation compiled {compiled['fit']} more frames"
