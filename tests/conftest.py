@@ -89,6 +89,16 @@ def _save_gpt2(path: Path, tokenizer, hidden: int) -> Path:
     return path
 
 
+@pytest.fixture
+def reset_dynamo():
+    """For a test that compiles: dynamo's counters (yielded), and its caches reset after,
+    so no compiled graph or recompile budget leaks into later tests."""
+    import torch
+
+    yield torch._dynamo.utils.counters
+    torch._dynamo.reset()
+
+
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory) -> tuple[str, str]:
     """(encoder dir, decoder dir): a Llama of hidden 32 with a word-level tokenizer, and a

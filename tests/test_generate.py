@@ -267,7 +267,7 @@ def test_generate_reads_the_context_as_training_cut_it_and_says_so(tiny_pair, tm
     )
 
 
-def test_compiled_blocks_generate_eagerly_as_uncompiled_ones(tiny_pair, tmp_path):
+def test_compiled_blocks_generate_eagerly_as_uncompiled_ones(tiny_pair, tmp_path, reset_dynamo):
     """With model.compile, generation must not recompile the blocks at every cache length
     (torch's limit of 8 and a warning: 47 s more on the test job's model) and must say the
     same."""
@@ -277,10 +277,7 @@ def test_compiled_blocks_generate_eagerly_as_uncompiled_ones(tiny_pair, tmp_path
     prompts = ["Repeat the passage above word for word.\n", "Who?\n"]
     eager = generate(condenser, condensed, prompts, max_new_tokens=6)
     condenser.compile_blocks()
-    counters = torch._dynamo.utils.counters
+    counters = reset_dynamo
     counters.clear()
-    try:
-        assert generate(condenser, condensed, prompts, max_new_tokens=6) == eager
-        assert not counters["frames"]["total"], "generation compiled frames"
-    finally:
-        torch._dynamo.reset()
+    assert generate(condenser, condensed, prompts, max_new_tokens=6) == eager
+    assert not counters["frames"]["total"], "generation compiled frames"

@@ -254,7 +254,7 @@ def test_decoder_stays_in_eval_mode(tiny_pair):
     assert not any(m.training for m in condenser.decoder.modules())
 
 
-def test_compiled_checkpointed_blocks_train_as_eager_ones(tiny_pair, tmp_path):
+def test_compiled_checkpointed_blocks_train_as_eager_ones(tiny_pair, tmp_path, reset_dynamo):
     """Compiled blocks with checkpointing, as a GPU job short of memory runs them, give the
     eager losses and gradients under bf16. Under transformers 5.17 (which checkpoints
     around a block's call, so backward recomputes it after encode returned) this raised a
@@ -279,11 +279,8 @@ def test_compiled_checkpointed_blocks_train_as_eager_ones(tiny_pair, tmp_path):
 
     eager = step()
     condenser.compile_blocks()
-    try:
-        for _ in range(2):  # the first step compiles, the second runs the cached graphs
-            torch.testing.assert_close(step(), eager, rtol=0.05, atol=1e-3)
-    finally:
-        torch._dynamo.reset()
+    for _ in range(2):  # the first step compiles, the second runs the cached graphs
+        torch.testing.assert_close(step(), eager, rtol=0.05, atol=1e-3)
 
 
 @pytest.mark.parametrize("names", ["activation", "gradient"])

@@ -293,13 +293,13 @@ def test_cpu_precision_follows_the_cpus_bf16_units(has_bf16, monkeypatch, recwar
 
 
 def test_compiled_blocks_compile_validation_once_for_the_whole_run(
-    tiny_pair, tmp_path, monkeypatch
+    tiny_pair, tmp_path, monkeypatch, reset_dynamo
 ):
     """With model.compile, the validation before training and those inside it run the same
     compiled graphs: compiling them twice (inference_mode, then no_grad) cost 4 steps of the
     compiled test job 84 s on a 2-core CPU (cold compile cache), and 2 of torch's 8 compiled
     variants per block."""
-    counters = torch._dynamo.utils.counters
+    counters = reset_dynamo
     compiled = {"validate": 0, "fit": 0}
     step = CondenseModule.validation_step
 
@@ -316,9 +316,6 @@ def test_compiled_blocks_compile_validation_once_for_the_whole_run(
     )
     model = tiny_config(*tiny_pair, tmp_path).model
     model.compile = True
-    try:
-        train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, model=model))
-    finally:
-        torch._dynamo.reset()
+    train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, model=model))
     assert compiled["validate"] > 0, "the first validation compiled nothing: not compiled?"
     assert compiled["fit"] == 0, f"fit's validation compiled {compiled['fit']} more frames"
