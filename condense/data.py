@@ -320,7 +320,14 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         yield from batches[first : end : self.num_replicas]
 
     def _chunk(self, order: list[int]) -> list[list[int]]:
-        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        size = self.batch_size
+        chunks = [order[i : i + size] for i in range(0, len(order), size)]
+        # torch.compile treats a dimension of size 1 as a constant, so a lone sample left
+        # over would compile every block once more, mid-run (91 s on the bench job's 2-core
+        # CPU): the batch before gives it a sample (size - 1 and 2; same batch count).
+        if size > 2 and len(chunks) > 1 and len(chunks[-1]) == 1:
+            chunks[-1].insert(0, chunks[-2].pop())
+        return chunks
 
     def __len__(self) -> int:
         """Batches this rank gets per epoch."""

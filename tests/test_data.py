@@ -358,6 +358,18 @@ def test_batch_order_is_seeded_and_changes_by_epoch():
     assert list(sampler) != first
 
 
+def test_a_sample_left_over_joins_a_batch_instead_of_making_one_alone():
+    # The bench job's 805 training samples in batches of 4: 201 full batches and one over.
+    # A batch of one would make every compiled block compile again mid-run.
+    sampler = LengthGroupedBatchSampler(list(range(805)), 4, seed=0)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 202
+        assert sorted(map(len, batches))[:2] == [2, 3]
+        assert sorted(i for b in batches for i in b) == list(range(805))
+
+
 def test_ranks_get_disjoint_equal_shares_of_every_epoch():
     lengths = [(i * 37) % 101 for i in range(103)]  # 26 batches of 4: 3 ranks get 8 each
     for epoch in (0, 1):
