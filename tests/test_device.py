@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from condense.artifact import ArtifactError
 from condense.config import ConfigError
 from condense.device import inference_device, inference_precision, precision_dtype
 
@@ -48,3 +52,30 @@ def test_bf16_inference_on_a_cpu_that_emulates_it_warns(monkeypatch, recwarn):
     assert not recwarn.list
     with pytest.warns(UserWarning, match="emulated, ~20x slower than fp32"):
         assert inference_precision("bf16-mixed", torch.device("cpu")) == "bf16-mixed"
+
+
+def test_the_emulated_bf16_warning_names_the_callers_line_and_comes_from_rank_0_alone(
+    monkeypatch, tmp_path, recwarn
+):
+    """Loading an artifact in bf16 on such a CPU points the warning at the line that asked
+    (here), not inside condense; a DDP rank other than 0 stays quiet, as its rank 0 says it."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from condense import device
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    emulated = pytest.warns(UserWarning, match="emulated")
+    missing = pytest.raises(ArtifactError, match="not a condense artifact")
+    with emulated as record, missing:
+        device.load_for_inference(str(tmp_path), "cpu", "bf16-mixed")
+    assert [w.filename for w in record] == [__file__]
+    recwarn.clear()
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    assert device.inference_precision("bf16-mixed", torch.device("cpu")) == "bf16-mixed"
+    assert not [w for w in recwarn.list if "emulated" in str(w.message)]
+
+
+def test_condense_plan_does_not_load_lightning_for_the_warning():
+    code = "import sys, condense.plan; print('lightning.pytorch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
