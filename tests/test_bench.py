@@ -43,7 +43,13 @@ def test_bench_times_both_modes_on_the_same_samples(tiny_pair, tmp_path, capsys)
     assert static["computed_flops_per_step"] > dynamic["computed_flops_per_step"]
     assert result["peak_flops_matmul"] > 0 and 0 < dynamic["mfu"]
     assert result["speedup_target_tokens_per_s"] > 0
-    assert "speed-up" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "speed-up" in printed.out
+    # Each mode's steps are counted as they run, on stderr, the report alone on stdout.
+    for mode in ("dynamic", "static"):
+        assert f"condense bench: {mode} (1 warm-up + 2 timed): 100%" in printed.err
+        assert "3/3" in printed.err
+    assert "timed)" not in printed.out
 
 
 def test_bench_random_weights_needs_only_the_models_configs(tiny_pair, tmp_path, capsys):
