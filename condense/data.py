@@ -312,22 +312,21 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         batches = []
         for start in range(0, len(order), span):
             window = sorted(order[start : start + span], key=self.lengths.__getitem__)
-            batches += self._chunk(window)
+            batches += [
+                window[i : i + self.batch_size] for i in range(0, len(window), self.batch_size)
+            ]
+        # torch.compile treats a dimension of size 1 as a constant, so a lone sample left
+        # over would compile every block once more, mid-run (91 s on the bench job's 2-core
+        # CPU): the batch before gives it a sample (size - 1 and 2; same batch count). Only
+        # the last window can leave one, and it may be all that window holds (801 samples in
+        # batches of 4), so the batch before can be the previous window's.
+        if self.batch_size > 2 and len(batches) > 1 and len(batches[-1]) == 1:
+            batches[-1].insert(0, batches[-2].pop())
         rng.shuffle(batches)
         end = self._batches() // self.num_replicas * self.num_replicas if self.even else None
         # Skipped as lists of indices: no sample of a skipped batch is read or collated.
         first = self.rank + self.start * self.num_replicas
         yield from batches[first : end : self.num_replicas]
-
-    def _chunk(self, order: list[int]) -> list[list[int]]:
-        size = self.batch_size
-        chunks = [order[i : i + size] for i in range(0, len(order), size)]
-        # torch.compile treats a dimension of size 1 as a constant, so a lone sample left
-        # over would compile every block once more, mid-run (91 s on the bench job's 2-core
-        # CPU): the batch before gives it a sample (size - 1 and 2; same batch count).
-        if size > 2 and len(chunks) > 1 and len(chunks[-1]) == 1:
-            chunks[-1].insert(0, chunks[-2].pop())
-        return chunks
 
     def __len__(self) -> int:
         """Batches this rank gets per epoch."""
