@@ -226,7 +226,8 @@ class TrainConfig:
             NODE_RANK set, which `python -m launch run` does from the cluster's variables.
         strategy: Lightning strategy; "auto" is DDP when there are several processes.
         val_every_n_steps: Validate (and maybe save the best checkpoint) every this many steps.
-        val_batches: Validation batches per check (null: the whole validation split).
+        val_batches: Validation batches per check, over all processes together (null: the
+            whole validation split).
         log_every_n_steps: How often training metrics are logged.
         wandb: "auto" is online when WANDB_API_KEY is set and the server answers, offline
             otherwise; "online", "offline", or "off".

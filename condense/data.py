@@ -274,7 +274,9 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     `len % num_replicas` batches of an epoch are left out, so no rank waits on another in
     the gradient all-reduce. Without it (validation, where nothing is all-reduced per
     batch) every batch is kept and the first ranks get one more, so a validation loss is
-    over the same samples whatever the number of processes.
+    over the same samples whatever the number of processes. `limit` keeps the first
+    `limit` batches of an epoch before they are shared out (validation's `val_batches`), so
+    a limited validation too covers the same samples on any number of processes.
     """
 
     def __init__(
@@ -286,6 +288,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         even: bool = True,
+        limit: int | None = None,
     ):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
@@ -296,6 +299,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.even = even
+        self.limit = limit
         self.epoch = 0
         self.start = 0  # the batch (this rank's count) the next pass begins at
 
@@ -323,6 +327,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         if self.batch_size > 2 and len(batches) > 1 and len(batches[-1]) == 1:
             batches[-1].insert(0, batches[-2].pop())
         rng.shuffle(batches)
+        del batches[self._batches() :]
         end = self._batches() // self.num_replicas * self.num_replicas if self.even else None
         # Skipped as lists of indices: no sample of a skipped batch is read or collated.
         first = self.rank + self.start * self.num_replicas
@@ -335,7 +340,9 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return len(range(self.rank, self._batches(), self.num_replicas))
 
     def _batches(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        """Batches per epoch over all ranks together."""
+        count = math.ceil(len(self.lengths) / self.batch_size)
+        return count if self.limit is None else min(count, self.limit)
 
 
 class ResumableDataLoader(DataLoader):
@@ -385,9 +392,18 @@ class ResumableDataLoader(DataLoader):
 class CondenseDataModule(L.LightningDataModule):
     """Loads, splits and tokenizes samples once; serves length-grouped padded batches."""
 
-    def __init__(self, source: str, cfg: DatasetConfig, encoder_tok, decoder_tok, seed: int = 0):
+    def __init__(
+        self,
+        source: str,
+        cfg: DatasetConfig,
+        encoder_tok,
+        decoder_tok,
+        seed: int = 0,
+        val_batches: int | None = None,
+    ):
         super().__init__()
         self.source, self.cfg, self.seed = source, cfg, seed
+        self.val_batches = val_batches
         self.encoder_tok, self.decoder_tok = encoder_tok, decoder_tok
         self.train_set: list[Tokenized] = []
         self.val_set: list[Tokenized] = []
@@ -425,16 +441,29 @@ class CondenseDataModule(L.LightningDataModule):
         # Batched like training, but always as epoch 0: every validation sees the same
         # batches, and a `val_batches` limit takes a fair sample, not the shortest. All of
         # them under DDP too: val_loss is synced as a sum over target tokens at the end.
-        return self._loader(self.val_set, DataLoader, even=False)
+        # The limit is the sampler's, over all ranks: Lightning's limit_val_batches counts
+        # each rank's, so 4 processes would validate on 4x the batches of one.
+        return self._loader(self.val_set, DataLoader, even=False, limit=self.val_batches)
 
-    def _loader(self, dataset: list[Tokenized], kind: type[DataLoader], even: bool) -> DataLoader:
+    def _loader(
+        self,
+        dataset: list[Tokenized],
+        kind: type[DataLoader],
+        even: bool,
+        limit: int | None = None,
+    ) -> DataLoader:
         # The sampler shards batches across DDP ranks itself; the Trainer is told not to
         # put a DistributedSampler in its place (use_distributed_sampler=False).
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         sampler = LengthGroupedBatchSampler(
-            length_keys(dataset), self.cfg.batch_size, self.seed, 50, replicas, rank, even
+            length_keys(dataset), self.cfg.batch_size, self.seed, 50, replicas, rank, even, limit
         )
+        if limit is not None and limit < replicas:
+            raise DataError(
+                f"val_batches={limit} is fewer than the processes ({replicas}), each of which"
+                f" validates at least one batch: set it to {replicas} or more"
+            )
         if len(sampler) == 0:
             raise DataError(
                 f"--data {self.source}: {len(dataset)} samples make fewer batches of"

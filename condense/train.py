@@ -223,7 +223,7 @@ def make_trainer(
             max_steps=cfg.max_steps,
             val_check_interval=cfg.val_every_n_steps,
             check_val_every_n_epoch=None,
-            limit_val_batches=cfg.val_batches or 1.0,
+            # cfg.val_batches is the validation sampler's: limit_val_batches counts per rank.
             num_sanity_val_steps=0,
             # The first validation (trainer.validate, before fit) runs under no_grad as fit's
             # own do: under inference_mode its tensors fail the compiled blocks' guards, so
@@ -290,7 +290,9 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
     encoder_tok = load_tokenizer(cfg.model.encoder)
     decoder_tok = load_tokenizer(cfg.model.decoder)
     check_positions(cfg)
-    datamodule = CondenseDataModule(cfg.data, cfg.dataset, encoder_tok, decoder_tok, cfg.seed)
+    datamodule = CondenseDataModule(
+        cfg.data, cfg.dataset, encoder_tok, decoder_tok, cfg.seed, cfg.val_batches
+    )
     datamodule.setup()
     # Frozen weights are stored in the compute dtype; only trainable ones stay fp32.
     dtype = precision_dtype(precision)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -406,6 +407,37 @@ def test_uneven_ranks_share_every_batch_of_the_single_process_epoch():
     together = sorted(tuple(batch) for share in shares for batch in share)
     alone = LengthGroupedBatchSampler(lengths, 4, seed=2)
     assert together == sorted(map(tuple, alone))
+
+
+def test_a_validation_limit_covers_the_same_batches_on_any_number_of_processes():
+    lengths = [(i * 37) % 101 for i in range(103)]  # 26 batches of 4
+    alone = list(LengthGroupedBatchSampler(lengths, 4, seed=2, even=False, limit=5))
+    assert alone == list(LengthGroupedBatchSampler(lengths, 4, seed=2, even=False))[:5]
+    shares = [
+        LengthGroupedBatchSampler(lengths, 4, seed=2, num_replicas=3, rank=r, even=False, limit=5)
+        for r in range(3)
+    ]
+    assert [len(share) for share in shares] == [len(list(share)) for share in shares] == [2, 2, 1]
+    assert sorted(b for share in shares for b in share) == sorted(alone)
+
+
+def test_the_datamodule_shares_val_batches_out_across_ranks(tiny_pair):
+    enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
+    cfg = DatasetConfig(
+        max_tokens=64, batch_size=2, num_workers=0, val_size=12, synthetic_passages=20
+    )
+
+    def val_contexts(val_batches: int, world_size: int, rank: int) -> list[str]:
+        dm = CondenseDataModule("synthetic", cfg, enc_tok, dec_tok, 0, val_batches)
+        dm.setup()
+        dm.trainer = SimpleNamespace(world_size=world_size, global_rank=rank)
+        return [str(row.tolist()) for b in dm.val_dataloader() for row in b["context_ids"]]
+
+    alone = val_contexts(3, 1, 0)
+    assert len(alone) == 6  # 3 batches of 2, of the split's 6 or more
+    assert sorted(val_contexts(3, 2, 0) + val_contexts(3, 2, 1)) == sorted(alone)
+    with pytest.raises(DataError, match=r"val_batches=1 is fewer than the processes \(2\)"):
+        val_contexts(1, 2, 0)
 
 
 def test_a_rank_outside_the_replicas_is_refused():

@@ -22,7 +22,9 @@ def test_two_processes_train_on_disjoint_batches_and_agree_on_the_weights(
     kind, tiny_pair, tmp_path
 ):
     steps = 4 if kind == "tiny" else 2
-    job, extra = job_under_test(kind, tiny_pair, tmp_path, steps, 2, wandb="off")
+    # The tiny job's validation: 2 of its 3 batches.
+    limit = {"val_batches": 2} if kind == "tiny" else {}
+    job, extra = job_under_test(kind, tiny_pair, tmp_path, steps, 2, wandb="off", **limit)
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "tests.ddp_probe", str(tmp_path), "--config", str(job),
                "--run-dir", str(run_dir), "--devices", "2", "--accelerator", "cpu",
@@ -48,8 +50,9 @@ def test_two_processes_train_on_disjoint_batches_and_agree_on_the_weights(
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert all(torch.equal(saved[f"condenser.{k}"], first[k]) for k in first)
     if kind == "tiny":
-        # Its 3 validation batches go 2 and 1 to the ranks, none left out: the initial
-        # validation loss is the one a single process computes over all of them.
+        # val_batches 2 is the epoch's first 2 validation batches, one to each rank
+        # (Lightning's own limit, per rank, would have taken all 3): the initial validation
+        # loss is the one a single process computes over those 2.
         alone = tmp_path / "alone"
         main(["train", "--config", str(job), "--run-dir", str(alone), "--accelerator", "cpu"])
         single = json.loads((alone / "summary.json").read_text())["val_loss_initial"]
