@@ -121,7 +121,8 @@ class DatasetConfig:
             fit, the completion keeps its start, at least min(its length, half of them),
             and the prompt its end).
         max_characters: Contexts are cut to this many characters before tokenizing.
-        batch_size: Samples per optimizer step (per device).
+        batch_size: Samples per optimizer step (per device). Validation batches hold at
+            least 2, as val_loss_wrong pairs samples within a batch.
         num_workers: DataLoader worker processes.
         val_size: Validation samples, taken a whole context at a time so that no context is
             in both splits (a synthetic passage and its prefixes count as one).

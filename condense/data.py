@@ -443,7 +443,11 @@ class CondenseDataModule(L.LightningDataModule):
         # them under DDP too: val_loss is synced as a sum over target tokens at the end.
         # The limit is the sampler's, over all ranks: Lightning's limit_val_batches counts
         # each rank's, so 4 processes would validate on 4x the batches of one.
-        return self._loader(self.val_set, DataLoader, even=False, limit=self.val_batches)
+        # At least 2 a batch: val_loss_wrong puts each sample behind another's condensed
+        # context from the same batch, so at batch_size 1 (the default job's) it was never
+        # logged. Validation keeps no activations for a backward pass.
+        size = max(2, self.cfg.batch_size)
+        return self._loader(self.val_set, DataLoader, False, self.val_batches, size)
 
     def _loader(
         self,
@@ -451,13 +455,15 @@ class CondenseDataModule(L.LightningDataModule):
         kind: type[DataLoader],
         even: bool,
         limit: int | None = None,
+        batch_size: int | None = None,
     ) -> DataLoader:
         # The sampler shards batches across DDP ranks itself; the Trainer is told not to
         # put a DistributedSampler in its place (use_distributed_sampler=False).
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        size = batch_size or self.cfg.batch_size
         sampler = LengthGroupedBatchSampler(
-            length_keys(dataset), self.cfg.batch_size, self.seed, 50, replicas, rank, even, limit
+            length_keys(dataset), size, self.seed, 50, replicas, rank, even, limit
         )
         if limit is not None and limit < replicas:
             raise DataError(
@@ -467,7 +473,7 @@ class CondenseDataModule(L.LightningDataModule):
         if len(sampler) == 0:
             raise DataError(
                 f"--data {self.source}: {len(dataset)} samples make fewer batches of"
-                f" {self.cfg.batch_size} than there are processes ({replicas})"
+                f" {size} than there are processes ({replicas})"
             )
         return kind(
             dataset,

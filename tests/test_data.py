@@ -421,15 +421,20 @@ def test_a_validation_limit_covers_the_same_batches_on_any_number_of_processes()
     assert sorted(b for share in shares for b in share) == sorted(alone)
 
 
-def test_the_datamodule_shares_val_batches_out_across_ranks(tiny_pair):
+def synthetic_datamodule(tiny_pair, val_batches=None, **dataset) -> CondenseDataModule:
+    """The tiny pair's data module over synthetic passages, set up: 64 tokens a side,
+    no workers, 12 validation samples from 20 passages unless `dataset` says otherwise."""
     enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
-    cfg = DatasetConfig(
-        max_tokens=64, batch_size=2, num_workers=0, val_size=12, synthetic_passages=20
-    )
+    shape = {"max_tokens": 64, "num_workers": 0, "val_size": 12, "synthetic_passages": 20}
+    cfg = DatasetConfig(**(shape | dataset))
+    dm = CondenseDataModule("synthetic", cfg, enc_tok, dec_tok, 0, val_batches)
+    dm.setup()
+    return dm
 
+
+def test_the_datamodule_shares_val_batches_out_across_ranks(tiny_pair):
     def val_contexts(val_batches: int, world_size: int, rank: int) -> list[str]:
-        dm = CondenseDataModule("synthetic", cfg, enc_tok, dec_tok, 0, val_batches)
-        dm.setup()
+        dm = synthetic_datamodule(tiny_pair, val_batches, batch_size=2)
         dm.trainer = SimpleNamespace(world_size=world_size, global_rank=rank)
         return [str(row.tolist()) for b in dm.val_dataloader() for row in b["context_ids"]]
 
@@ -446,12 +451,9 @@ def test_a_rank_outside_the_replicas_is_refused():
 
 
 def test_datamodule_serves_padded_batches_with_workers(tiny_pair):
-    enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
-    cfg = DatasetConfig(
-        max_tokens=64, batch_size=4, num_workers=2, val_size=6, synthetic_passages=10
+    dm = synthetic_datamodule(
+        tiny_pair, batch_size=4, num_workers=2, val_size=6, synthetic_passages=10
     )
-    dm = CondenseDataModule("synthetic", cfg, enc_tok, dec_tok, seed=0)
-    dm.setup()
     batches = list(dm.train_dataloader())
     assert sum(len(b["labels"]) for b in batches) == len(dm.train_set)
     assert len(dm.val_set) >= 6
@@ -488,3 +490,10 @@ def test_wrong_context_partner_always_comes_from_another_passage():
 def test_a_batch_of_one_or_of_one_passage_has_no_wrong_partner():
     assert not other_context(torch.tensor([7]))[1].any()
     assert not other_context(torch.tensor([7, 7, 7]))[1].any()
+
+
+def test_validation_batches_hold_two_where_training_takes_one(tiny_pair):
+    dm = synthetic_datamodule(tiny_pair, batch_size=1)
+    assert {len(b["labels"]) for b in dm.train_dataloader()} == {1}
+    sizes = [len(b["labels"]) for b in dm.val_dataloader()]
+    assert max(sizes) == 2 and sum(sizes) == len(dm.val_set)

@@ -18,8 +18,13 @@ from condense.train import train
 from tests.conftest import tiny_config
 
 
-def test_validation_logs_the_wrong_context_loss(tiny_pair, tmp_path):
-    train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2))
+@pytest.mark.parametrize("batch_size", [4, 1])
+def test_validation_logs_the_wrong_context_loss(batch_size, tiny_pair, tmp_path):
+    """Also where training takes one sample a batch (the default job): validation batches
+    hold two, so each sample has another's context to stand behind."""
+    cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=2)
+    cfg.dataset.batch_size = batch_size
+    train(cfg)
     header, *rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     column = header.split(",").index("val_loss_wrong")
     values = [float(r.split(",")[column]) for r in rows if r.split(",")[column]]
