@@ -84,9 +84,16 @@ def eval_samples(config: dict[str, Any], data: str | None, limit: int | None) ->
 
 def _run_samples(config: dict[str, Any], cut: DatasetConfig) -> list[Sample]:
     """Every sample the artifact's run loaded, both splits: its recorded training data,
-    seed and number of synthetic passages."""
+    seed and number of synthetic passages, and the tasks it kept and the bad rows it
+    skipped (from its training config, where the artifact records one)."""
+    trained = config.get("training_config", {}).get("dataset", {})
     sized = replace(
-        cut, synthetic_passages=config.get("synthetic_passages", cut.synthetic_passages)
+        cut,
+        synthetic_passages=config.get("synthetic_passages", cut.synthetic_passages),
+        # Without these a task-filtered run's split is rebuilt from every task (scoring
+        # tasks it never trained on), and a run that skipped a bad row fails on it.
+        tasks=trained.get("tasks"),
+        skip_bad_rows=trained.get("skip_bad_rows", False),
     )
     return load_samples(config["train_data"], sized, config.get("seed", 0))
 

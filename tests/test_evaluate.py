@@ -25,8 +25,8 @@ from condense.evaluate import (
     wrong_partners,
 )
 from condense.model import IGNORE_INDEX, Condenser
-from condense.samples import Sample
-from condense.synthetic import synthetic_samples
+from condense.samples import Sample, split_train_val
+from condense.synthetic import QUESTION_ANSWERING, synthetic_samples
 from condense.weights import load_causal_lm
 
 
@@ -146,6 +146,16 @@ def test_synthetic_eval_data_is_passages_the_condenser_never_saw(source, facts):
     assert len(fresh) == 90 and not {s.context for s in fresh} & seen
     # The default is still the run's own validation split, passages it was checked on.
     assert {s.context for s in eval_samples(config, None, limit=None)} <= seen
+
+
+def test_the_default_eval_data_is_the_validation_split_of_a_task_filtered_run():
+    """A run that kept one task validated on that task's samples alone; eval rebuilds that
+    split, not one drawn from every task."""
+    dataset = DatasetConfig(val_size=20, synthetic_passages=60, tasks=[QUESTION_ANSWERING])
+    trained = split_train_val(load_samples("synthetic", dataset, 3), 20, 3)[1]
+    config = {"seed": 3, "train_data": "synthetic", "val_size": 20, "synthetic_passages": 60}
+    config["training_config"] = {"dataset": {"tasks": [QUESTION_ANSWERING]}}
+    assert eval_samples(config, None, limit=None) == trained
 
 
 def test_markdown_table_has_a_row_per_task_and_metric():
