@@ -9,6 +9,7 @@ is a sibling of the checkpoint, so the rename is atomic. Reading refuses pickled
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -77,5 +78,34 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         return {**super().state_dict(), "last_score": self.last_score}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+        super().load_state_dict(moved_with_its_folder(state_dict, self.dirpath))
         self.last_score = state_dict.get("last_score")
+
+
+def moved_with_its_folder(state: dict[str, Any], dirpath: str | None) -> dict[str, Any]:
+    """A ModelCheckpoint state saved in another folder, its paths moved into `dirpath`
+    where the best checkpoint came along (a run folder renamed, or its bucket mounted at
+    another path); otherwise `state` as it is.
+
+    Lightning restores the best score only where the saved folder is the current one, so a
+    moved run forgot it, and its next validation, better or not, overwrote best.ckpt and
+    the artifact. A checkpoint from another run's folder (its best file not here) still
+    starts a best of its own."""
+    saved = state.get("dirpath")
+    if not saved or not dirpath or saved == dirpath:
+        return state
+
+    def moved(path: Any) -> Any:
+        inside = isinstance(path, str) and path.startswith(saved.rstrip(os.sep) + os.sep)
+        return os.path.join(dirpath, os.path.relpath(path, saved)) if inside else path
+
+    best = moved(state.get("best_model_path"))
+    if not best or not os.path.isfile(best):
+        return state
+    paths = ("best_model_path", "kth_best_model_path", "last_model_path")
+    return {
+        **state,
+        **{key: moved(state.get(key)) for key in paths if key in state},
+        "dirpath": dirpath,
+        "best_k_models": {moved(k): v for k, v in state.get("best_k_models", {}).items()},
+    }

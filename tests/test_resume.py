@@ -198,6 +198,24 @@ def test_checkpoints_keep_the_last_validation_loss_not_only_the_best(tmp_path):
     assert float(resumed.last_score) == 16.0
 
 
+def test_a_run_folder_moved_elsewhere_keeps_its_best_score_on_resume(tmp_path):
+    _fit(tmp_path / "a", [], val_every=4, module=Worsening())  # best 4.0, at step 4
+    (tmp_path / "a").rename(tmp_path / "b")
+    saved = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)["callbacks"]
+    (state,) = [v for k, v in saved.items() if k.startswith("BestAndLastCheckpoint")]
+    moved = BestAndLastCheckpoint(dirpath=tmp_path / "b", monitor="val_loss")
+    moved.load_state_dict(state)
+    # Forgotten, the next validation (worse: 20.0) would have overwritten best.ckpt.
+    assert float(moved.best_model_score) == 4.0
+    best = Path(moved.best_model_path)
+    assert best.parent == tmp_path / "b" and best.is_file()
+    assert list(moved.best_k_models) == [str(best)]
+    # Another folder, its best checkpoint not there: a best of its own, as Lightning does.
+    elsewhere = BestAndLastCheckpoint(dirpath=tmp_path / "c", monitor="val_loss")
+    elsewhere.load_state_dict(state)
+    assert elsewhere.best_model_score is None
+
+
 def test_position_is_kept_across_a_change_in_the_number_of_processes():
     lengths = [random.Random(i).randint(1, 50) for i in range(32)]  # 8 batches of 4
 
