@@ -78,11 +78,11 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         return {**super().state_dict(), "last_score": self.last_score}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(moved_with_its_folder(state_dict, self.dirpath))
+        super().load_state_dict(_moved_with_its_folder(state_dict, self.dirpath))
         self.last_score = state_dict.get("last_score")
 
 
-def moved_with_its_folder(state: dict[str, Any], dirpath: str | None) -> dict[str, Any]:
+def _moved_with_its_folder(state: dict[str, Any], dirpath: str | None) -> dict[str, Any]:
     """A ModelCheckpoint state saved in another folder, its paths moved into `dirpath`
     where the best checkpoint came along (a run folder renamed, or its bucket mounted at
     another path); otherwise `state` as it is.

@@ -446,6 +446,12 @@ class CondenseDataModule(L.LightningDataModule):
         # At least 2 a batch: val_loss_wrong puts each sample behind another's condensed
         # context from the same batch, so at batch_size 1 (the default job's) it was never
         # logged. Validation keeps no activations for a backward pass.
+        replicas = self.trainer.world_size if self.trainer else 1
+        if self.val_batches is not None and self.val_batches < replicas:
+            raise DataError(
+                f"val_batches={self.val_batches} is fewer than the processes ({replicas}),"
+                f" each of which validates at least one batch: set it to {replicas} or more"
+            )
         size = max(2, self.cfg.batch_size)
         return self._loader(self.val_set, DataLoader, False, self.val_batches, size)
 
@@ -465,11 +471,6 @@ class CondenseDataModule(L.LightningDataModule):
         sampler = LengthGroupedBatchSampler(
             length_keys(dataset), size, self.seed, 50, replicas, rank, even, limit
         )
-        if limit is not None and limit < replicas:
-            raise DataError(
-                f"val_batches={limit} is fewer than the processes ({replicas}), each of which"
-                f" validates at least one batch: set it to {replicas} or more"
-            )
         if len(sampler) == 0:
             raise DataError(
                 f"--data {self.source}: {len(dataset)} samples make fewer batches of"
