@@ -4,7 +4,8 @@ For each sample the decoder is scored under four conditions:
     none       the prompt alone (the floor)
     wrong      another passage's condensed context (is the information specific?)
     condensed  its own condensed context
-    full       its context as text, in the decoder's own tokenizer (the ceiling)
+    full       its context as text, in the decoder's own tokenizer (the ceiling; cut to
+               its last tokens where the decoder's positions cannot hold it, with a note)
 and gap closed = (none - condensed) / (none - full) on loss. The condensed context's
 margin over none and over wrong comes with its standard error across samples, so that a
 margin smaller than the evaluation set can resolve reads as such.
@@ -128,6 +129,13 @@ ONE_PASSAGE_NOTE = (
 )
 
 
+FULL_CUT_NOTE = (
+    "full: {cut} of {samples} samples' contexts were cut to their last tokens, to fit"
+    " before the prompt and completion in the decoder's {limit} positions; the ceiling is"
+    " lower there, and gap closed higher"
+)
+
+
 # The smallest span from none to full, as a share of none's loss, that gap closed divides
 # by. Below it the full context barely helps, and a few hundredths of a nat in the condensed
 # loss (the size of the margins this project's evaluation sets resolve) move the ratio by
@@ -166,15 +174,14 @@ def _evaluate(
     # unlabelled. Where its tokenizer opens a text with BOS, the prompt's BOS moves in
     # front of the context: one BOS, first, as the decoder reads any text.
     bos = bos_added(dec_tok)
-    context_ids = [
-        bos + ids
-        for ids in dec_tok(
-            [s.context for s in samples],
-            add_special_tokens=False,
-            truncation=True,
-            max_length=max_tokens,
-        )["input_ids"]
-    ]
+    context_ids = dec_tok(
+        [s.context for s in samples],
+        add_special_tokens=False,
+        truncation=True,
+        max_length=max_tokens,
+    )["input_ids"]
+    limit = getattr(condenser.decoder.config, "max_position_embeddings", None)
+    context_ids, cut = _fit_full_context(context_ids, items, bos, limit)
     collate = Collator(enc_tok.pad_token_id or 0, dec_tok.pad_token_id or 0)
     device = condenser.condense_tokens.device
     condensed = _condense_all(condenser, items, collate, batch_size)
@@ -212,9 +219,33 @@ def _evaluate(
     after = dict.fromkeys(CONDITIONS, prompts) | {"full": [p[len(bos) :] for p in prompts]}
     examples = _generated_scores(condenser, samples, prefixes, after, report, batch_size)
     notes = [] if partners is not None else [ONE_PASSAGE_NOTE]
+    if cut:
+        notes.append(FULL_CUT_NOTE.format(cut=cut, samples=len(samples), limit=limit))
     if any(scores["gap_closed"] is None for scores in report.values()):
         notes.append(NO_SPAN_NOTE)
     return {"samples": len(samples), "by_task": report, "examples": examples, "notes": notes}
+
+
+def _fit_full_context(
+    context_ids: list[list[int]], items: list[Tokenized], bos: list[int], limit: int | None
+) -> tuple[list[list[int]], int]:
+    """Each item's full context (its context's decoder tokens after the BOS the prompt
+    would open with), cut where the decoder's `limit` positions cannot hold it before the
+    item's prompt and completion, and how many were cut.
+
+    The context and the prompt+completion are each up to max_tokens long, and training
+    checks only max_tokens + N against the decoder: a decoder of 1024 positions reading
+    two 512-token halves would index past its position table. The cut keeps the context's
+    last tokens, those next to the prompt, as a text too long for a window is read."""
+    if limit is None:
+        return [bos + ids for ids in context_ids], 0
+    fitted, cut = [], 0
+    for ids, item in zip(context_ids, items):
+        room = max(limit - len(item.input_ids), 0)  # the item's BOS moves to the context
+        if len(ids) > room:
+            ids, cut = ids[len(ids) - room :], cut + 1
+        fitted.append(bos + ids)
+    return fitted, cut
 
 
 def _prompt_part(item: Tokenized) -> list[int]:

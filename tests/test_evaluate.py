@@ -285,6 +285,30 @@ def test_full_context_is_the_contexts_tokens_read_before_the_prompt(tiny_pair, t
     assert scores["loss"]["full"] != pytest.approx(scores["loss"]["none"], abs=1e-3)
 
 
+def test_a_full_context_past_the_decoders_positions_keeps_its_last_tokens(tiny_pair, tmp_path):
+    # The tiny GPT-2 reads 512 positions; a 500-token context before a prompt and answer
+    # indexed past its position table, and eval wrote nothing.
+    condenser = _loaded(tiny_pair, tmp_path / "art")
+    sample = synthetic_samples(2, seed=6)[1]  # question answering
+    sample = replace(sample, context=" ".join([sample.context] * 6))
+    results = evaluate(condenser, [sample], max_tokens=500)
+    tok = condenser.decoder_tokenizer
+    item = tokenize([sample], condenser.encoder_tokenizer, tok, DatasetConfig(max_tokens=500))[0]
+    context = tok(sample.context, add_special_tokens=False)["input_ids"][:500]
+    room = 512 - len(item.input_ids)
+    assert 0 < room < len(context)
+    prefix = condenser.decoder.get_input_embeddings()(torch.tensor([context[-room:]]))
+    ids = torch.tensor([item.input_ids])
+    with torch.no_grad():
+        logits, targets = condenser.decoder_logits(
+            prefix, ids, torch.ones_like(ids), torch.tensor([item.labels])
+        )
+    expected = torch.nn.functional.cross_entropy(logits, targets).item()
+    assert results["by_task"][sample.task]["loss"]["full"] == pytest.approx(expected, abs=1e-5)
+    assert any(n.startswith("full: 1 of 1 samples' contexts were cut") for n in results["notes"])
+    assert "512 positions" in markdown_table(results)
+
+
 def test_answers_are_generated_after_the_prompt_tokens_scored(tiny_pair, tmp_path, monkeypatch):
     import condense.evaluate
 
