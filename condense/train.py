@@ -279,7 +279,9 @@ class ExportBest(Callback):
         )
         if current is None or not torch.isfinite(current):
             return
-        if best is None or float(current) <= float(best):
+        # Strictly better, as ModelCheckpoint's mode="min" judges it: on a tie, best.ckpt
+        # stays at the earlier step, and so does the artifact.
+        if best is None or float(current) < float(best):
             self.extra.update(train_steps=trainer.global_step, val_loss=float(current))
             save_artifact(module.condenser, self.folder, self.extra)
 

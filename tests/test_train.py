@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from condense.module import CheckpointMismatchError, CondenseModule
-from condense.train import build, describe, train
+from condense.train import ExportBest, build, describe, train
 from tests.conftest import tiny_config
 
 SUMMARY_KEYS = {
@@ -319,3 +320,30 @@ def test_compiled_blocks_compile_validation_once_for_the_whole_run(
     train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, model=model))
     assert compiled["validate"] > 0, "the first validation compiled nothing: not compiled?"
     assert compiled["fit"] == 0, f"fit's validation compiled {compiled['fit']} more frames"
+
+
+@pytest.mark.parametrize(("val_loss", "exported"), [(3.9, True), (4.0, False), (4.1, False)])
+def test_the_artifact_is_rewritten_only_where_best_ckpt_is(
+    val_loss, exported, tiny_pair, tmp_path, monkeypatch
+):
+    # Both go by the one best score: on a tie best.ckpt stays at the earlier step, and the
+    # artifact used to move on to the later one.
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    import condense.train
+
+    saved = []
+    monkeypatch.setattr(condense.train, "save_artifact", lambda *args: saved.append(args[2]))
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        state=SimpleNamespace(fn=TrainerFn.FITTING),
+        is_global_zero=True,
+        global_step=8,
+        checkpoint_callback=SimpleNamespace(best_model_score=torch.tensor(4.0)),
+        callback_metrics={"val_loss": torch.tensor(val_loss)},
+    )
+    module = SimpleNamespace(condenser=None)
+    ExportBest(tmp_path / "artifact", tiny_config(*tiny_pair, tmp_path)).on_validation_end(
+        trainer, module
+    )
+    assert [extra["train_steps"] for extra in saved] == ([8] if exported else [])
