@@ -55,3 +55,11 @@ class LogGenerations(Callback):
             for s, out in zip(self.samples, outputs)
         ]
         wandb[0].log_table("val/generations", GENERATION_COLUMNS, self.rows)
+
+    # The history goes into checkpoints: a resumed run's tables would otherwise start again
+    # and its newest one lose every step before the resume.
+    def state_dict(self) -> dict[str, list[list]]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, list[list]]) -> None:
+        self.rows = list(state_dict.get("rows", []))

@@ -26,3 +26,14 @@ def test_validation_logs_a_table_of_generations_to_wandb(tiny_pair, tmp_path):
         (step, task) for step in (2, 4) for task in TASKS
     )
     assert all(isinstance(row[4], str) for row in table["data"])
+
+
+def test_a_resumed_run_logs_the_generations_from_before_it_too(tiny_pair, tmp_path):
+    # W&B tables are immutable, so each one logged holds the whole history: a resumed run
+    # used to start it again, and its newest table lost the steps before the resume.
+    train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, wandb="offline"))
+    train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=4, wandb="offline"))
+    tables = (tmp_path / "run" / "wandb").glob("offline-run-*/files/media/table/**/*.json")
+    newest = max(tables, key=lambda p: len(json.loads(p.read_text())["data"]))
+    steps = [row[0] for row in json.loads(newest.read_text())["data"]]
+    assert steps == [2] * len(TASKS) + [4] * len(TASKS)
