@@ -12,7 +12,6 @@ The frozen encoder base and decoder are referred to by id, never copied.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,6 +22,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from condense.config import ModelConfig
+from condense.files import swap_in_folder
 from condense.model import Condenser
 
 FORMAT_VERSION = 1
@@ -46,8 +46,9 @@ class ArtifactError(RuntimeError):
 def save_artifact(condenser: Condenser, out: Path, extra: dict[str, Any] | None = None) -> Path:
     """Write `condenser`'s trained state to the folder `out`, atomically.
 
-    Everything goes into a temporary sibling first and is swapped in at the end, so a
-    reader finds the previous artifact or the new one, never half of one.
+    Everything goes into a temporary sibling first and is swapped in at the end, on disk
+    first, so a reader finds the previous artifact or the new one, never half of one (see
+    `swap_in_folder` for the systems where it may, for a moment, find none).
     """
     out = Path(out)
     check_replaceable(out)
@@ -64,7 +65,7 @@ def save_artifact(condenser: Condenser, out: Path, extra: dict[str, Any] | None 
         config = artifact_config(condenser, extra or {})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         (tmp / "README.md").write_text(model_card(config))
-        _swap_in(tmp, out)
+        swap_in_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -285,15 +286,6 @@ def _remove_leftovers(out: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
     for stale in out.parent.glob(f".{out.name}.old-*"):
         shutil.rmtree(stale, ignore_errors=True)
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    # os.replace cannot replace a non-empty folder: move the old one aside first.
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 ORIGINAL_ENCODER = "meta-llama/Llama-3.2-1B"

@@ -2,12 +2,16 @@
 
 A reader opens the file by its own name, so it finds the old version or the new one; a
 writer killed half-way leaves only a hidden `.NAME.tmp-PID` beside it, which no reader
-looks at.
+looks at. A folder (the artifact) is swapped in whole the same way.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -37,3 +41,87 @@ def replace_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` so that a reader sees the old file or the new one, never a part."""
     replace_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def swap_in_folder(new: Path, path: Path) -> None:
+    """Put the folder `new` at `path`, on disk first, deleting the folder `path` held.
+
+    Where Linux can exchange the two in one rename (renameat2), a reader finds the old
+    folder or the new one at `path` at every moment, and a writer killed at any point
+    leaves one of them there. Elsewhere (another system, or a file system that cannot
+    exchange) the old folder is renamed aside first: for a moment `path` is missing.
+    """
+    new, path = Path(new), Path(path)
+    sync_folder(new)
+    if path.exists() and _exchange(new, path):
+        shutil.rmtree(new, ignore_errors=True)  # now the old folder
+    else:
+        # os.replace cannot replace a non-empty folder: move the old one aside first.
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """Flush every file under `folder`, and the folder, to disk: a rename that makes
+    them visible could otherwise reach the disk before their contents, and a machine that
+    loses power then shows empty files under the new name."""
+    for root, _, names in os.walk(folder):
+        for name in names:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                _fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_folder(Path(root))
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows opens no folder: its names are as durable as it makes them
+        return
+    try:
+        _fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync(fd: int) -> None:
+    # A file system without fsync for a handle (some FUSE mounts, folders on others) says
+    # EINVAL or ENOTSUP: what it holds is as durable as it makes it. Any other error (EIO:
+    # the data did not reach the disk or the bucket) is a failed write, and raised.
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the paths `a` and `b` in one step (renameat2 with RENAME_EXCHANGE); False where
+    this system or file system cannot, and nothing was changed. Through ctypes, as neither
+    os nor a maintained package offers it."""
+    if sys.platform != "linux":
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)  # glibc 2.28+
+    if renameat2 is None:
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes += [ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    # EINVAL: a file system without the flag (FUSE mounts say so too); ENOSYS: a kernel
+    # before 3.15; EPERM: a sandbox's seccomp filter refusing the call.
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))

@@ -98,6 +98,56 @@ def test_the_next_write_removes_what_killed_writers_left(tiny_pair, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["artifact"]
 
 
+def test_a_writer_killed_while_swapping_leaves_an_artifact(tiny_pair, tmp_path, monkeypatch):
+    # The old folder used to be renamed aside before the new one was renamed in: a kill
+    # between the two left no artifact/ at all, only a hidden .artifact.old-PID.
+    import os
+
+    from condense.files import _exchange
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    if not _exchange(tmp_path / "a", tmp_path / "b"):
+        pytest.skip("no folder exchange on this system: the two renames are the fallback")
+    (tmp_path / "a").rmdir(), (tmp_path / "b").rmdir()
+    condenser = _trained_condenser(tiny_pair)
+    condenser.save_pretrained(str(tmp_path / "artifact"))
+    before = (tmp_path / "artifact" / "condenser.safetensors").read_bytes()
+    rename = os.replace
+
+    def killed_after_one(*args):
+        monkeypatch.setattr(os, "replace", _killed)
+        rename(*args)
+
+    monkeypatch.setattr(os, "replace", killed_after_one)
+    with torch.no_grad():
+        condenser.projection.weight.add_(1.0)
+    try:
+        condenser.save_pretrained(str(tmp_path / "artifact"))
+    except KeyboardInterrupt:
+        pass
+    after = (tmp_path / "artifact" / "condenser.safetensors").read_bytes()
+    assert after != before  # the new one, swapped in by one exchange
+    assert [p.name for p in tmp_path.iterdir()] == ["artifact"]
+
+
+def _killed(*_):
+    raise KeyboardInterrupt
+
+
+def test_where_folders_cannot_be_exchanged_the_new_one_still_replaces_the_old(
+    tiny_pair, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("condense.files._exchange", lambda *_: False)
+    condenser = _trained_condenser(tiny_pair)
+    condenser.save_pretrained(str(tmp_path / "artifact"))
+    with torch.no_grad():
+        condenser.projection.weight.add_(1.0)
+    condenser.save_pretrained(str(tmp_path / "artifact"))
+    loaded = Condenser.from_pretrained(str(tmp_path / "artifact"))
+    assert torch.equal(loaded.projection.weight, condenser.projection.weight)
+    assert [p.name for p in tmp_path.iterdir()] == ["artifact"]
+
+
 @pytest.mark.parametrize("swapped, tensor", [("decoder", "projection.bias"), ("encoder", "lora_A")])
 def test_an_artifact_for_models_of_other_sizes_is_refused_in_one_line(
     swapped, tensor, tiny_pair, tmp_path, capsys
