@@ -234,8 +234,8 @@ def _fit_full_context(
     item's prompt and completion, and how many were cut.
 
     The context and the prompt+completion are each up to max_tokens long, and training
-    checks only max_tokens + N against the decoder: a decoder of 1024 positions reading
-    two 512-token halves would index past its position table. The cut keeps the context's
+    checks only max_tokens + N against the decoder: GPT-2's 1024 positions, trained on at
+    max_tokens 600, would be indexed past its position table by two 600-token halves. The cut keeps the context's
     last tokens, those next to the prompt, as a text too long for a window is read."""
     if limit is None:
         return [bos + ids for ids in context_ids], 0
