@@ -57,13 +57,33 @@ class CondenseModule(L.LightningModule):
         self.condenser.train()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = self.condenser(batch)
+        loss, tokens = self.condenser(batch)
         self._loss_finite = torch.isfinite(loss.detach())
-        self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        loss, mean = self._over_all_processes(loss, tokens)
+        self.log("train_loss", mean, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         # Returned even when it is NaN: returning None would skip the step too, but Lightning
         # refuses that under DDP, where every rank must run backward. The step is dropped
         # in on_before_optimizer_step instead.
         return loss
+
+    def _over_all_processes(
+        self, loss: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's mean loss over its `tokens` target tokens, made one to
+        backpropagate and one to log over the target tokens of every process's batch.
+
+        DDP averages the processes' gradients, so their mean losses used to weigh the same
+        however many tokens each held: one process's 50 answer tokens counted as much as
+        another's 4000 reconstruction tokens, and the job optimised another mix on each
+        number of GPUs. Scaled by its share of the step's tokens (times the processes, which
+        DDP's average divides out), every token of the effective batch counts the same, as
+        one process given the whole batch would count it."""
+        processes = self.trainer.world_size
+        if processes == 1:
+            return loss, loss
+        sums = torch.stack([loss.detach().float() * tokens, tokens.float()])
+        nll, total = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        return loss * (tokens * processes / total), nll / total
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip a step whose loss was NaN or infinite: with no gradients, AdamW leaves the

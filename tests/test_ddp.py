@@ -57,3 +57,35 @@ def test_two_processes_train_on_disjoint_batches_and_agree_on_the_weights(
         main(["train", "--config", str(job), "--run-dir", str(alone), "--accelerator", "cpu"])
         single = json.loads((alone / "summary.json").read_text())["val_loss_initial"]
         assert summary["val_loss_initial"] == pytest.approx(single, rel=1e-5)
+        # The first step's gradient is one process's over both batches, every target token
+        # counted once; the mean of the ranks' own means weighed their tokens unequally.
+        expected, tokens = _one_process_gradient(tiny_pair, tmp_path, [r["first"] for r in ranks])
+        assert tokens[0] != tokens[1]  # else both weightings agree
+        for rank in ranks:
+            got = rank["first"]["grads"]
+            assert set(got) == set(expected)
+            for name, grad in expected.items():
+                torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-7)
+
+
+def _one_process_gradient(tiny_pair, folder, firsts) -> tuple[dict, list[int]]:
+    """The gradient of the tiny job's condenser at the ranks' starting weights over their
+    first batches together (a mean over all their target tokens), and each batch's tokens."""
+    from condense.train import condense_module
+    from condense.weights import load_causal_lm
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(*tiny_pair, folder)
+    module = condense_module(cfg, load_causal_lm(cfg.model.encoder),
+                             load_causal_lm(cfg.model.decoder), "32-true")  # fmt: skip
+    condenser = module.condenser
+    condenser.load_state_dict(firsts[0]["weights"], strict=False)
+    condenser.train()
+    tokens = []
+    for first in firsts:
+        loss, count = condenser(first["batch"])
+        (loss * count).backward()  # the batch's summed loss: its gradients add up
+        tokens.append(int(count))
+    total = sum(tokens)
+    grads = {k: p.grad / total for k, p in condenser.named_parameters() if p.grad is not None}
+    return grads, tokens
