@@ -434,6 +434,31 @@ class CondenseDataModule(L.LightningDataModule):
             for part in (self.train_samples, self.val_samples)
         )
 
+    def state_dict(self) -> dict[str, str]:
+        # Kept in checkpoints for check_same_split, and only read there.
+        return {"split": self.split_digest()}
+
+    def split_digest(self) -> str:
+        """A digest of the split: the seed, the training set's size and the validation
+        samples themselves, which another seed, val_size, task list or data source change."""
+        digest = hashlib.blake2b(f"{self.seed} {len(self.train_samples)}".encode(), digest_size=8)
+        for sample in self.val_samples:
+            for text in (sample.context, sample.prompt, sample.completion):
+                digest.update(text.encode() + b"\0")
+        return digest.hexdigest()
+
+    def check_same_split(self, saved: dict | None, path: str) -> None:
+        """Refuse to continue a run from the checkpoint at `path` (its state of this module,
+        `saved`) on another split: its best val_loss, restored, would be compared with
+        losses over other samples, and samples it trained on would be validated on. A
+        checkpoint from before the digest was kept (no `saved`) is taken as it is."""
+        if saved and saved.get("split") != self.split_digest():
+            raise DataError(
+                f"{path}: this run split its data otherwise (another seed, val_size, tasks or"
+                " data): resuming would compare val_loss over other samples with its best;"
+                " resume with the run's own settings, or start afresh with --resume never"
+            )
+
     def train_dataloader(self) -> ResumableDataLoader:
         return self._loader(self.train_set, ResumableDataLoader, even=True)
 

@@ -93,6 +93,9 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     module, datamodule = build(cfg, precision)
     resumed_step = module.check_checkpoint(resume_from) if resume_from is not None else 0
     continues = continues_run(resume_from, run_dir)
+    if continues:  # another run's checkpoint may start this one on other data
+        saved = torch.load(resume_from, map_location="cpu", mmap=True, weights_only=True)
+        datamodule.check_same_split(saved.get(type(datamodule).__qualname__), resume_from)
     loggers = make_loggers(cfg.wandb, cfg.wandb_project, cfg.name, run_dir, not continues)
     checkpoints = BestAndLastCheckpoint(
         dirpath=run_dir / "checkpoints",

@@ -214,6 +214,29 @@ def test_a_checkpoint_of_another_shape_is_refused(tiny_pair, tmp_path):
         assert (tmp_path / "run" / "config.yaml").read_text() == saved_config
 
 
+@pytest.mark.parametrize("change", ["seed", "val_size"])
+def test_resuming_on_another_split_is_refused_before_anything_is_written(
+    change, tiny_pair, tmp_path
+):
+    # Another seed resumed without a word: validation then held samples the run had
+    # trained on, and the restored best val_loss was over other samples.
+    from condense.samples import DataError
+
+    train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2))
+    saved_config = (tmp_path / "run" / "config.yaml").read_text()
+    other = tiny_config(*tiny_pair, tmp_path / "run", max_steps=4)
+    if change == "seed":
+        other.seed = 3
+    else:
+        other.dataset.val_size = 8
+    with pytest.raises(DataError, match="split its data otherwise"):
+        train(other)
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved_config
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith("earlier")]
+    # The run's own settings resume it.
+    assert train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=4))["resumed_at_step"] == 2
+
+
 def test_each_epoch_has_a_new_batch_order(tiny_pair, tmp_path, monkeypatch):
     orders: dict[int, list] = {}
 
