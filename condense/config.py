@@ -247,7 +247,7 @@ class TrainConfig:
     run_dir: str | None = None
     name: str = "condense"
     resume: str = "auto"
-    precision: str = "auto"
+    precision: str | int = "auto"  # a job file's `precision: 32` is a number to YAML
     accelerator: str = "auto"
     devices: int | str | list[int] = 1
     num_nodes: int = 1
@@ -273,8 +273,12 @@ class TrainConfig:
             "must be positive or null",
             self.val_batches,
         )
+        self.precision = str(self.precision)
+        # numpy's and Python's generators take 32-bit seeds; outside them numpy's error
+        # came from deep inside Lightning's seed_everything.
+        _require(0 <= self.seed < 2**32, "seed", "must be 0 to 4294967295", self.seed)
         _require(
-            str(self.precision) in PRECISIONS,
+            self.precision in PRECISIONS,
             "precision",
             f"must be one of {', '.join(PRECISIONS)}",
             self.precision,

@@ -48,6 +48,11 @@ def load_samples(
     """
     report = report if report is not None else DataReport()
     skip = cfg.skip_bad_rows
+    if not isinstance(source, str) or not source.strip():  # `data: null`, `--data ""`
+        raise DataError(
+            f"--data {source!r}: no data source: give a .jsonl, .json or .parquet file, a"
+            " dataset folder or Hub id, or synthetic"
+        )
     if is_synthetic(source):
         if source == SYNTHETIC:
             samples = synthetic_samples(cfg.synthetic_passages, seed, cfg.synthetic_facts)

@@ -137,6 +137,8 @@ CASES = [
     ("unsupported-file-type", file("data.csv", b"context,prompt\n"), DATA,
      r"unsupported file type '.csv'"),
     ("missing-file", flags("--data", "/no/such/data.jsonl"), DATA, r"no such file"),
+    ("data-empty", flags("--data", ""), DATA, r"--data '': no data source"),
+    ("data-null-in-job-file", job_file("data: null\n"), DATA, r"--data None: no data source"),
     # Config: names, types and values.
     ("unknown-option", flags("--max-stepz", "3"), CONFIG,
      r"unknown option --max_stepz \(did you mean --max_steps\?\)"),
@@ -180,6 +182,9 @@ CASES = [
     ("max-bad-steps-zero", flags("--optim.max_bad_steps", "0"), CONFIG,
      r"optim.max_bad_steps must be positive"),
     ("unknown-precision", flags("--precision", "fp8"), CONFIG, r"precision must be one of"),
+    ("seed-negative", flags("--seed=-5"), CONFIG, r"seed must be 0 to 4294967295, got -5"),
+    ("seed-over-32-bits", flags("--seed", "5000000000"), CONFIG,
+     r"seed must be 0 to 4294967295, got 5000000000"),
     ("zero-nodes", flags("--num-nodes", "0"), CONFIG, r"num_nodes must be positive"),
     ("devices-not-a-count", flags("--devices", "foo"), CONFIG, r"devices='foo', strategy="),
     ("devices-zero", flags("--devices", "0"), CONFIG, r"devices=0, strategy="),

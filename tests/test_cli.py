@@ -107,6 +107,18 @@ def test_every_shipped_job_parses_and_sets_only_known_keys(job):
             assert all(hasattr(getattr(cfg, key), k) for k in value)
 
 
+@pytest.mark.parametrize("written, read", [("32", "32-true"), ("16", "16-mixed")])
+def test_a_precision_written_as_a_number_in_a_job_file_is_read(written, read, tmp_path):
+    # YAML reads `precision: 32` as a number, which was refused as "expected text"; the
+    # README documents `--precision 32`.
+    from condense.train import PRECISION_ALIASES
+
+    job = tmp_path / "job.yaml"
+    job.write_text(f"precision: {written}\n")
+    cfg = parse_train(["--config", str(job)])
+    assert PRECISION_ALIASES[cfg.precision] == read
+
+
 def test_default_job_is_the_original_setup():
     cfg = parse_train(["--config", str(job_path("default"))])
     assert cfg.model.encoder == "meta-llama/Llama-3.2-1B"
