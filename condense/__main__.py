@@ -167,7 +167,7 @@ def bench_parser() -> ArgumentParser:
         " --target-tokens per sample, as `condense plan` assumes: a job's speed and memory"
         " without its weights, tokenizers or data.",
     )
-    add_shape_flags(parser, target_default=None, note=" With --random-weights only.")
+    add_shape_flags(parser, note=" With --random-weights only.")
     parser.add_argument("--out", default=None, help="Write the results as JSON here.")
     return parser
 
@@ -341,14 +341,12 @@ def plan_parser() -> ArgumentParser:
     return parser
 
 
-TARGET_TOKENS = 256  # prompt + completion tokens of a plan's sample
+TARGET_TOKENS = 256  # prompt + completion tokens of a sample, where max_tokens allows
 
 
-def add_shape_flags(
-    parser: ArgumentParser, target_default: int | None = TARGET_TOKENS, note: str = ""
-) -> None:
+def add_shape_flags(parser: ArgumentParser, note: str = "") -> None:
     """--context-tokens and --target-tokens: the sample shape plan assumes and bench's
-    --random-weights runs."""
+    --random-weights runs (sample_shape fills in their defaults from the job)."""
     add_flag(
         parser,
         "context-tokens",
@@ -359,20 +357,61 @@ def add_shape_flags(
     add_flag(
         parser,
         "target-tokens",
-        type=PositiveInt if target_default else PositiveInt | None,
-        default=target_default,
+        type=PositiveInt | None,
+        default=None,
         help=f"Prompt + completion tokens per sample, 3/4 of them labelled (default:"
-        f" {TARGET_TOKENS}).{note}",
+        f" {TARGET_TOKENS}, or dataset.max_tokens where that is smaller).{note}",
     )
+
+
+def sample_shape(cfg: TrainConfig, args: Namespace) -> tuple[int, int]:
+    """(context, prompt+completion) tokens per sample of plan and of bench's random rows:
+    the flags, else max_tokens and TARGET_TOKENS capped at it, so that the defaults fit
+    any job. A flag beyond max_tokens is refused: the job's data never holds such a
+    sample (it is cut to max_tokens), and --mode static would cut the rows to it."""
+    limit = cfg.dataset.max_tokens
+    shape = {
+        "--context-tokens": args.context_tokens or limit,
+        "--target-tokens": args.target_tokens or min(TARGET_TOKENS, limit),
+    }
+    too_long = [f"{flag} {value}" for flag, value in shape.items() if value > limit]
+    if too_long:
+        raise ConfigError(
+            f"{' and '.join(too_long)} must be at most dataset.max_tokens ({limit}),"
+            " as the job's data is cut to it"
+        )
+    return shape["--context-tokens"], shape["--target-tokens"]
+
+
+def json_out(out: str | None, example: str) -> Path | None:
+    """--out as a file the results can be written to, its folder made: checked before the
+    work (minutes for bench) that would end in failing to write it. `example` is a file
+    name to suggest where --out names a folder."""
+    if out is None:
+        return None
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"--out {out} is a folder: give the JSON file's path ({path / example})")
+    # exists() is False below a file (NotADirectoryError): the first file up the path is it.
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(f"--out {out}: {blocking} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot make its folder: {err.strerror or err}") from None
+    return path
 
 
 def run_plan(argv: list[str]) -> None:
     cfg, args = parse_job(plan_parser(), argv)
+    out = json_out(args.out, "plan.json")
+    context, target = sample_shape(cfg, args)
     from condense.plan import describe, plan, write
 
-    result = plan(cfg, args.gpu, args.price, args.mfu, args.context_tokens, args.target_tokens)
-    if args.out:
-        write(result, Path(args.out))
+    result = plan(cfg, args.gpu, args.price, args.mfu, context, target)
+    if out:
+        write(result, out)
     print(describe(result))
 
 
@@ -382,29 +421,17 @@ def run_bench(argv: list[str]) -> None:
         raise ConfigError(
             f"--steps must be 1 or more and --warmup 0 or more, got {args.steps}, {args.warmup}"
         )
-    from condense.bench import describe, run_bench, write
-
-    shape = random_shape(cfg, args) if args.random_weights else None
+    out = json_out(args.out, "bench.json")
+    shape = sample_shape(cfg, args) if args.random_weights else None
     if shape is None and (args.context_tokens or args.target_tokens):
         raise ConfigError("--context-tokens and --target-tokens need --random-weights")
+    from condense.bench import describe, run_bench, write
+
     result = run_bench(cfg, args.steps, args.warmup, args.mode, args.threads, shape)
     result["command"] = " ".join(["condense bench", *argv])
-    if args.out:
-        write(result, Path(args.out))
+    if out:
+        write(result, out)
     print(describe(result))
-
-
-def random_shape(cfg: TrainConfig, args: Namespace) -> tuple[int, int]:
-    """(context, prompt+completion) tokens per row of bench's random batches: at most
-    max_tokens each, as the job's own data is cut (and as --mode static pads)."""
-    context = args.context_tokens or cfg.dataset.max_tokens
-    target = args.target_tokens or TARGET_TOKENS
-    if max(context, target) > cfg.dataset.max_tokens:
-        raise ConfigError(
-            f"--context-tokens {context} and --target-tokens {target} must each be at most"
-            f" dataset.max_tokens ({cfg.dataset.max_tokens}), as the job's data is cut"
-        )
-    return context, target
 
 
 def run_generate(argv: list[str]) -> None:

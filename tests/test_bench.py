@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_job
+from conftest import main_in_a_fresh_process, tiny_job
 
 from condense.__main__ import job_path, main, parse_train
 
@@ -79,22 +79,93 @@ def test_bench_random_weights_needs_only_the_models_configs(tiny_pair, tmp_path,
     assert "random weights and tokens, 40 context + 12" in capsys.readouterr().out
 
 
+CUT = "must be at most dataset.max_tokens (96), as the job's data is cut to it"
+
+
 @pytest.mark.parametrize(
-    ("flags", "message"),
+    ("command", "flags", "message"),
     [
-        (["--random-weights", "--context-tokens", "97"], "must each be at most dataset.max_tokens"),
-        (["--random-weights", "--target-tokens", "97"], "must each be at most dataset.max_tokens"),
-        (["--context-tokens", "40"], "need --random-weights"),
+        ("bench", ["--random-weights", "--context-tokens", "97"], f"--context-tokens 97 {CUT}"),
+        ("bench", ["--random-weights", "--target-tokens", "97"], f"--target-tokens 97 {CUT}"),
+        ("bench", ["--context-tokens", "40"], "--context-tokens and --target-tokens need --random-weights"),
+        ("plan", ["--target-tokens", "100000"], f"--target-tokens 100000 {CUT}"),
+        ("plan", ["--context-tokens", "97", "--target-tokens", "98"],
+         f"--context-tokens 97 and --target-tokens 98 {CUT}"),
     ],
-)
-def test_bench_refuses_shapes_it_would_not_run(tiny_pair, tmp_path, capsys, flags, message):
-    """Rows wider than max_tokens (the static mode would cut them to it), and shapes given
-    without --random-weights (the job's own data would be timed instead), are one line."""
+)  # fmt: skip
+def test_bench_and_plan_refuse_shapes_no_sample_of_the_job_has(
+    tiny_pair, tmp_path, capsys, command, flags, message
+):
+    """Rows wider than max_tokens (the job's data is cut to it, the static mode would cut
+    them too), and shapes given to bench without --random-weights (the job's own data
+    would be timed instead), are one line naming only the flags given: plan took
+    --target-tokens 100000 on a job of 96, and bench blamed a --target-tokens never given."""
     job = tiny_job(*tiny_pair, tmp_path / "job.yaml")  # max_tokens 96
     with pytest.raises(SystemExit) as exit_:
-        main(["bench", "--config", str(job), *flags])
+        main([command, "--config", str(job), *flags])
     assert exit_.value.code == 2
-    assert message in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines() == [f"condense: error: {message}"]
+
+
+def test_the_default_shape_fits_a_job_of_fewer_than_256_tokens(tiny_pair, tmp_path, capsys):
+    """--target-tokens defaults to 256 capped at max_tokens: on a job of 96 tokens bench
+    --random-weights stopped over a --target-tokens 256 the user never gave."""
+    job = tiny_job(*tiny_pair, tmp_path / "job.yaml")  # max_tokens 96
+    out = tmp_path / "bench.json"
+    argv = ["--config", str(job), "--random-weights", "--steps", "1", "--warmup", "0"]
+    main(["bench", *argv, "--threads", "1", "--out", str(out)])
+    assert json.loads(out.read_text())["random_tokens"] == {"context": 96, "prompt_completion": 96}
+    main(["plan", "--config", str(job), "--out", str(out)])
+    assumed = json.loads(out.read_text())["assumptions"]
+    assert (assumed["context_tokens_per_sample"], assumed["target_tokens_per_sample"]) == (96, 96)
+    assert "96 context + 96 prompt+completion tokens" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["bench", "plan"])
+def test_the_shape_flags_help_states_the_default_the_job_gets(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 256, or dataset.max_tokens where that is smaller)" in help_text
+
+
+@pytest.mark.parametrize("command", ["bench", "plan"])
+@pytest.mark.parametrize("kind", ["folder", "under a file"])
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(
+    tiny_pair, tmp_path, capsys, command, kind
+):
+    """bench timed every step, then stopped at `[Errno 21] Is a directory` (or `[Errno 17]
+    File exists` for a path under a file); plan stopped at the raw error too."""
+    job = tiny_job(*tiny_pair, tmp_path / "job.yaml")
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    if kind == "folder":
+        out = tmp_path
+        problem = f"--out {out} is a folder: give the JSON file's path ({out}/{command}.json)"
+    else:
+        out = afile / "b.json"
+        problem = f"--out {out}: {afile} is a file, not a folder"
+    steps = ["--steps", "1"] if command == "bench" else []
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--config", str(job), *steps, "--out", str(out)])
+    assert exit_.value.code == 2
+    # One line and nothing before it: no step ran (each would have drawn a progress bar).
+    assert capsys.readouterr().err.splitlines() == [f"condense: error: {problem}"]
+
+
+def test_an_out_mistake_costs_no_torch_import(tiny_pair, tmp_path):
+    """The check runs with the arguments', before bench loads torch (seconds) or a model."""
+    job = tiny_job(*tiny_pair, tmp_path / "job.yaml")
+    status, torch_loaded, stderr = main_in_a_fresh_process(
+        ["bench", "--config", str(job), "--out", str(tmp_path)]
+    )
+    assert (status, torch_loaded, len(stderr)) == (2, False, 1)
+
+
+def test_an_outs_missing_folders_are_made(tiny_pair, tmp_path):
+    out = tmp_path / "new" / "deeper" / "plan.json"
+    main(["plan", "--config", str(tiny_job(*tiny_pair, tmp_path / "job.yaml")), "--out", str(out)])
+    assert json.loads(out.read_text())["job"]
 
 
 def test_bench_times_every_step_asked_for_past_one_epoch(tiny_pair, tmp_path, capsys):
