@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from condense.config import ModelConfig
+from condense.config import ConfigError, ModelConfig
 from condense.files import swap_in_folder
 from condense.model import Condenser
 
@@ -37,6 +38,22 @@ CONDENSER_KEYS = (
     "projection.weight",
     "projection.bias",
 )
+# The JSON types the fields a loader reads must have, (types, as a user would say it): a
+# wrong one failed deep inside, as a TypeError that named no field and no file.
+INTEGER = ((int,), "an integer")
+NUMBER = ((int, float), "a number")
+TEXT = ((str,), "a string")
+OBJECT = ((dict,), "an object")
+TEXT_OR_LIST = ((str, list), "a string or a list")
+CONFIG_FIELDS = {
+    "encoder": TEXT,
+    "decoder": TEXT,
+    "num_condense_tokens": INTEGER,
+    "n_last_hidden_states": INTEGER,
+    "lora": OBJECT,
+}
+LORA_FIELDS = {"r": INTEGER, "alpha": NUMBER, "dropout": NUMBER, "target_modules": TEXT_OR_LIST}
+OPTIONAL_CONFIG_FIELDS = {"max_tokens": INTEGER, "max_characters": INTEGER}  # null: no cut
 
 
 class ArtifactError(RuntimeError):
@@ -126,29 +143,51 @@ def load_condenser(
 
     folder = local_folder(path_or_id)
     config = read_config(folder)
-    lora = config["lora"]
-    cfg = ModelConfig(
-        encoder=config["encoder"],
-        decoder=config["decoder"],
-        num_condense_tokens=config["num_condense_tokens"],
-        n_last_hidden_states=config["n_last_hidden_states"],
-        lora_r=lora["r"],
-        lora_alpha=lora["alpha"],
-        lora_dropout=lora["dropout"],
-        lora_target_modules=lora["target_modules"],
-        gradient_checkpointing=False,
-    )
+    cfg = _model_config(folder, config)
+    # Read before the models load (minutes for large ones): a damaged file fails first.
+    adapter, tensors = load_tensors(folder / ADAPTER_FILE), load_tensors(folder / WEIGHTS_FILE)
     condenser = Condenser(
         load_causal_lm(cfg.encoder, dtype), load_causal_lm(cfg.decoder, dtype), cfg
     )
-    load_trained_state(
-        condenser, load_file(folder / ADAPTER_FILE), load_file(folder / WEIGHTS_FILE)
-    )
+    load_trained_state(condenser, adapter, tensors)
     condenser.encoder_tokenizer = load_tokenizer(cfg.encoder)
     condenser.decoder_tokenizer = load_tokenizer(cfg.decoder)
     condenser.max_context_tokens = config.get("max_tokens")
     condenser.max_context_characters = config.get("max_characters")
     return condenser.to(device).eval()
+
+
+def _model_config(folder: Path, config: dict[str, Any]) -> ModelConfig:
+    """The ModelConfig an artifact's (read_config-checked) config describes; a value
+    ModelConfig refuses (a negative count) is the artifact's fault, not the command line's,
+    so it is an ArtifactError naming the file."""
+    lora = config["lora"]
+    try:
+        return ModelConfig(
+            encoder=config["encoder"],
+            decoder=config["decoder"],
+            num_condense_tokens=config["num_condense_tokens"],
+            n_last_hidden_states=config["n_last_hidden_states"],
+            lora_r=lora["r"],
+            lora_alpha=lora["alpha"],
+            lora_dropout=lora["dropout"],
+            lora_target_modules=lora["target_modules"],
+            gradient_checkpointing=False,
+        )
+    except ConfigError as err:
+        raise ArtifactError(f"{folder / CONFIG_FILE}: {err}") from None
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """safetensors' load_file; a file it cannot parse (cut short by an interrupted copy or
+    download: "header too small", "invalid header length") is an ArtifactError naming it,
+    not safetensors' traceback, which names no file."""
+    try:
+        return load_file(path)
+    except SafetensorError as err:
+        raise ArtifactError(
+            f"{path}: damaged or incomplete ({err}); copy, download or export it again"
+        ) from None
 
 
 def load_trained_state(condenser: Condenser, adapter: dict, tensors: dict) -> None:
@@ -196,12 +235,54 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise ArtifactError(
             f"{folder}: not a condense artifact (missing {', '.join(missing)}){hint}"
         )
-    config = json.loads((folder / CONFIG_FILE).read_text())
+    config = read_json_object(folder / CONFIG_FILE)
     if config.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{folder}: format_version {config.get('format_version')!r}, this condense reads {FORMAT_VERSION}"
         )
+    check_fields(folder / CONFIG_FILE, config, CONFIG_FIELDS)
+    check_fields(folder / CONFIG_FILE, config["lora"], LORA_FIELDS, "lora.")
+    check_fields(folder / CONFIG_FILE, config, OPTIONAL_CONFIG_FIELDS, optional=True)
     return config
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in the file `path`; an ArtifactError naming the file for one that is
+    not JSON text (json's own error names no file) or holds no object (a list, a number)."""
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ArtifactError(f"{path}: not UTF-8 text (byte {err.start}): damaged?") from None
+    except json.JSONDecodeError as err:
+        raise ArtifactError(
+            f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+        ) from None
+    if not isinstance(loaded, dict):
+        raise ArtifactError(f"{path}: holds {_shown(loaded)}, not a JSON object")
+    return loaded
+
+
+def check_fields(
+    path: Path, mapping: dict[str, Any], fields: dict, prefix: str = "", optional: bool = False
+) -> None:
+    """ArtifactError naming the file `path` and the field of `mapping` that is missing or
+    not of its type in `fields` (a loader would fail on it deep inside, naming neither).
+    `optional`: a missing or null field passes."""
+    for name, (types, kind) in fields.items():
+        value = mapping.get(name)
+        if optional and value is None:
+            continue
+        if name not in mapping:
+            raise ArtifactError(f"{path}: no {prefix}{name} field")
+        # true and false are ints to Python, never a count to a user.
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ArtifactError(f"{path}: {prefix}{name} is {_shown(value)}, expected {kind}")
+
+
+def _shown(value: Any) -> str:
+    """`value` as JSON writes it, cut to a line's share."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def model_card(config: dict[str, Any]) -> str:
@@ -307,8 +388,8 @@ def import_original(
     folder = Path(folder)
     check_replaceable(out)  # before the models load: minutes lost otherwise
     tokens, linear, norm = _original_modules(folder / "checkpoints" / "modules.pt")
-    adapter_dir = folder if (folder / "adapter_config.json").is_file() else folder / "checkpoints"
-    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    adapter_dir, adapter_config = _original_adapter_config(folder)
+    adapter = _original_adapter(adapter_dir)
     encoder = encoder or adapter_config.get("base_model_name_or_path") or ORIGINAL_ENCODER
     encoder_model = load_causal_lm(encoder)
     tokens = tokens.reshape(-1, tokens.shape[-1])  # the original stored (1, N, He)
@@ -320,7 +401,7 @@ def import_original(
         lora_r=adapter_config["r"],
         lora_alpha=adapter_config["lora_alpha"],
         lora_dropout=adapter_config.get("lora_dropout", 0.0),
-        lora_target_modules=sorted(adapter_config["target_modules"]),
+        lora_target_modules=_sorted_targets(adapter_config["target_modules"]),
         gradient_checkpointing=False,
     )
     condenser = Condenser(encoder_model, load_causal_lm(decoder), cfg)
@@ -331,7 +412,7 @@ def import_original(
         "projection.weight": linear["weight"],
         "projection.bias": linear["bias"],
     }
-    load_trained_state(condenser, _original_adapter(adapter_dir), tensors)
+    load_trained_state(condenser, adapter, tensors)
     return save_artifact(condenser, out, {"imported_from": str(folder)})
 
 
@@ -352,8 +433,44 @@ def _original_modules(path: Path) -> tuple[torch.Tensor, dict, dict]:
         ) from None
 
 
+# What import_original reads of the original's peft adapter_config.json.
+ORIGINAL_ADAPTER_FIELDS = {"r": INTEGER, "lora_alpha": NUMBER, "target_modules": TEXT_OR_LIST}
+
+
+def _original_adapter_config(folder: Path) -> tuple[Path, dict[str, Any]]:
+    """(the folder holding the original's peft adapter, its adapter_config.json): the run's
+    folder or its checkpoints/. ArtifactError naming `folder` where neither holds one (a
+    bare "[Errno 2]" named only the second place looked), and naming the file where it is
+    not JSON or lacks a field import reads."""
+    places = (folder, folder / "checkpoints")
+    adapter_dir = next((d for d in places if (d / "adapter_config.json").is_file()), None)
+    if adapter_dir is None:
+        raise ArtifactError(
+            f"{folder}: no adapter_config.json, in it or in its checkpoints/: not an original"
+            " checkpoint (its peft adapter is missing)"
+        )
+    path = adapter_dir / "adapter_config.json"
+    config = read_json_object(path)
+    check_fields(path, config, ORIGINAL_ADAPTER_FIELDS)
+    check_fields(path, config, {"lora_dropout": NUMBER}, optional=True)
+    return adapter_dir, config
+
+
+def _sorted_targets(targets: str | list[str]) -> str | list[str]:
+    """peft's target_modules in a fixed order; a string ("all-linear", a regex) is one
+    name, not letters to sort."""
+    return targets if isinstance(targets, str) else sorted(targets)
+
+
 def _original_adapter(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    """The LoRA weights beside adapter_config.json; an ArtifactError naming the folder
+    where there are none (it named only adapter_model.bin, the older form, as missing)."""
     if (adapter_dir / ADAPTER_FILE).is_file():
-        return load_file(adapter_dir / ADAPTER_FILE)
+        return load_tensors(adapter_dir / ADAPTER_FILE)
+    if not (adapter_dir / "adapter_model.bin").is_file():
+        raise ArtifactError(
+            f"{adapter_dir}: no {ADAPTER_FILE} (nor an older adapter_model.bin) beside"
+            " adapter_config.json: the adapter's weights are missing"
+        )
     # Older peft saved adapter_model.bin, a pickle: tensors only, no code.
     return torch.load(adapter_dir / "adapter_model.bin", map_location="cpu", weights_only=True)

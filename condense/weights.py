@@ -152,7 +152,25 @@ def load_tokenizer(name: str):
     """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(_loadable(name))
+    loadable = _loadable(name)
+    local = Path(loadable).is_dir()
+    if local and not _has_tokenizer_files(Path(loadable)):
+        # transformers fails with a paragraph that names no folder, or, for some
+        # architectures (GPT-2), builds an empty tokenizer that makes every text [].
+        raise ModelNotFoundError(
+            f"model {loadable!r}: a folder without a tokenizer (no tokenizer.json,"
+            " tokenizer_config.json, vocab or .model file)"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(loadable)
+    except ValueError as err:  # "Couldn't instantiate the backend tokenizer from one of: ..."
+        if not local:
+            raise
+        reason = str(err).strip().splitlines()[0].rstrip(": ")
+        raise ModelNotFoundError(
+            f"model {loadable!r}: its tokenizer cannot be loaded from the folder's files"
+            f" (transformers: {reason} ...)"
+        ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -169,13 +187,46 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32):
     safetensors where the model has them; a model that only has pickled weights
     (pytorch_model.bin) is read with weights_only=True, which refuses code.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     from condense import attention
 
-    return AutoModelForCausalLM.from_pretrained(
-        _loadable(name), dtype=dtype, attn_implementation=attention.NAME, weights_only=True
+    loadable = _loadable(name)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            loadable, dtype=dtype, attn_implementation=attention.NAME, weights_only=True
+        )
+    except SafetensorError as err:  # names neither the model nor the file
+        raise ModelNotFoundError(
+            f"model {loadable!r}: {_damaged_weights(loadable)} is damaged or incomplete"
+            f" ({err}); copy or download it again"
+        ) from None
+
+
+def _has_tokenizer_files(folder: Path) -> bool:
+    """Whether `folder` holds any file a tokenizer is built from: tokenizer.json or
+    tokenizer_config.json (a byte-level tokenizer needs no other), vocab.json, vocab.txt,
+    merges.txt, a sentencepiece or tiktoken .model."""
+    stems = ("tokenizer", "vocab", "merges", "spiece")
+    return any(
+        p.name.startswith(stems) or p.suffix in (".model", ".tiktoken") for p in folder.iterdir()
     )
+
+
+def _damaged_weights(loadable: str) -> str:
+    """The first .safetensors file of the model folder `loadable` that safetensors cannot
+    parse (only its header is read), for the error to name; "a weights file" for a Hub id."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(loadable)
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        try:
+            with safe_open(path, "pt"):
+                pass
+        except SafetensorError:
+            return path.name
+    return "a weights file"
 
 
 def max_positions(name: str) -> int | None:

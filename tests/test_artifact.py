@@ -196,6 +196,55 @@ def test_a_run_folder_given_for_its_artifact_is_pointed_to_the_artifact(tiny_pai
     Condenser.from_pretrained(str(tmp_path / "artifact"))  # where it points does load
 
 
+def _generate_error(artifact, tmp_path, capsys) -> str:
+    """`condense generate --artifact ARTIFACT`'s last stderr line; it must end with status 1."""
+    (tmp_path / "c.txt").write_text(TEXTS[0])
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--artifact", str(artifact), "--context-file",
+              str(tmp_path / "c.txt"), "--prompt", "Who?"])  # fmt: skip
+    assert exit_.value.code == 1
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda c: "{not json", "not valid JSON (Expecting property name enclosed in double quotes"),
+        (lambda c: "[1, 2]", "holds [1, 2], not a JSON object"),
+        (lambda c: json.dumps(c | {"num_condense_tokens": "four"}),
+         'num_condense_tokens is "four", expected an integer'),
+        (lambda c: json.dumps(c | {"lora": c["lora"] | {"alpha": None}}),
+         "lora.alpha is null, expected a number"),
+        (lambda c: json.dumps(c | {"num_condense_tokens": -4}),
+         "model.num_condense_tokens must be positive, got -4"),
+    ],
+    ids=["not-json", "a-list", "a-string-count", "a-null-alpha", "a-negative-count"],
+)  # fmt: skip
+def test_a_damaged_artifact_config_is_one_line_naming_the_file(
+    damage, message, tiny_pair, tmp_path, capsys
+):
+    """JSONDecodeError, AttributeError ('list' object has no attribute 'get') and TypeError
+    tracebacks before; a negative count blamed the command line (status 2)."""
+    _trained_condenser(tiny_pair).save_pretrained(str(tmp_path / "art"))
+    path = tmp_path / "art" / "condense_config.json"
+    path.write_text(damage(json.loads(path.read_text())))
+    line = _generate_error(tmp_path / "art", tmp_path, capsys)
+    assert line.startswith(f"condense: error: {path}: {message}")
+
+
+@pytest.mark.parametrize("name", ["condenser.safetensors", "adapter_model.safetensors"])
+@pytest.mark.parametrize("kept", [0, 5, 200])  # "header too small"; "...not fully covered"
+def test_a_truncated_artifact_weights_file_is_named_as_damaged(
+    name, kept, tiny_pair, tmp_path, capsys
+):
+    """safetensors' SafetensorError traceback before, naming no file."""
+    _trained_condenser(tiny_pair).save_pretrained(str(tmp_path / "art"))
+    path = tmp_path / "art" / name
+    path.write_bytes(path.read_bytes()[:kept])
+    line = _generate_error(tmp_path / "art", tmp_path, capsys)
+    assert line.startswith(f"condense: error: {path}: damaged or incomplete (")
+
+
 def _original_checkpoint(tiny_pair, folder):
     """What the original trainer saved: a peft adapter, and checkpoints/modules.pt."""
     torch.manual_seed(1)
@@ -294,3 +343,38 @@ def test_import_without_its_required_flag_is_one_line(capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         "condense: error: missing --out (required)"
     ]
+
+
+def _cut(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f: (f / "adapter_config.json").write_text('{"r": 4,'),
+         "{folder}/adapter_config.json: not valid JSON ("),
+        (lambda f: (f / "adapter_config.json").unlink(),
+         "{folder}: no adapter_config.json, in it or in its checkpoints/"),
+        (lambda f: (f / "adapter_model.safetensors").unlink(),
+         "{folder}: no adapter_model.safetensors (nor an older adapter_model.bin)"),
+        (lambda f: _cut(f / "adapter_model.safetensors"),
+         "{folder}/adapter_model.safetensors: damaged or incomplete ("),
+    ],
+    ids=["config-not-json", "no-config", "no-weights", "weights-cut"],
+)  # fmt: skip
+def test_import_of_a_damaged_original_adapter_is_one_line_naming_it(
+    damage, message, tiny_pair, tmp_path, capsys
+):
+    """A JSONDecodeError traceback, a bare "[Errno 2]" naming checkpoints/adapter_config.json,
+    and a missing adapter_model.bin (the older form) before."""
+    folder = tmp_path / "original"
+    _original_checkpoint(tiny_pair, folder)
+    damage(folder)
+    with pytest.raises(SystemExit) as exit_:
+        main(["import", str(folder), "--out", str(tmp_path / "artifact"),
+              "--encoder", tiny_pair[0], "--decoder", tiny_pair[1]])  # fmt: skip
+    assert exit_.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("condense: error: " + message.format(folder=folder))
+    assert not (tmp_path / "artifact").exists()

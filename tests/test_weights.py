@@ -102,3 +102,47 @@ def test_contexts_keep_their_start_whatever_side_a_tokenizer_was_saved_to_cut(ti
     (item,) = tokenize([sample], tok, tok, DatasetConfig(max_tokens=8))
     # As max_characters cuts it, and as condense() and condense eval read it.
     assert item.context_ids == tok(sample.context)["input_ids"][:8]
+
+
+def _train_error(tiny_pair, encoder, tmp_path, capsys) -> str:
+    """`condense train` with `--model.encoder ENCODER`: its last stderr line (status 1)."""
+    from condense.__main__ import main
+    from tests.conftest import tiny_job
+
+    job = tiny_job(*tiny_pair, tmp_path / "job.yaml")
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--config", str(job), "--model.encoder", str(encoder),
+              "--run-dir", str(tmp_path / "run")])  # fmt: skip
+    assert exit_.value.code == 1
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_model_folder_without_a_tokenizer_is_one_line(tiny_pair, tmp_path, capsys):
+    """transformers' "Couldn't instantiate the backend tokenizer" paragraph before."""
+    folder = tmp_path / "config-only"
+    folder.mkdir()
+    shutil.copy(f"{tiny_pair[0]}/config.json", folder)
+    assert _train_error(tiny_pair, folder, tmp_path, capsys) == (
+        f"condense: error: model '{folder}': a folder without a tokenizer (no tokenizer.json,"
+        " tokenizer_config.json, vocab or .model file)"
+    )
+
+
+def test_a_gpt2_folder_without_a_tokenizer_is_refused_not_loaded_empty(tiny_pair, tmp_path):
+    """transformers built a GPT-2 tokenizer of one token that turned every text into []."""
+    folder = tmp_path / "config-only"
+    folder.mkdir()
+    shutil.copy(f"{tiny_pair[1]}/config.json", folder)
+    with pytest.raises(ModelNotFoundError, match="a folder without a tokenizer"):
+        weights.load_tokenizer(str(folder))
+
+
+def test_a_truncated_model_weights_file_is_named_as_damaged(tiny_pair, tmp_path, capsys):
+    """safetensors' SafetensorError traceback before, naming neither the model nor the file."""
+    folder = tmp_path / "cut"
+    shutil.copytree(tiny_pair[0], folder)
+    weights_file = folder / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[: weights_file.stat().st_size // 2])
+    assert _train_error(tiny_pair, folder, tmp_path, capsys).startswith(
+        f"condense: error: model '{folder}': model.safetensors is damaged or incomplete ("
+    )
