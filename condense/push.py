@@ -19,6 +19,16 @@ class PushError(RuntimeError):
     """A push that did not happen; the message is one line for the user."""
 
 
+def push_token(repo: str) -> str:
+    """The token a push to `repo` would use (HF_TOKEN); PushError where there is none.
+    Training asks before it starts, so a run that ends in a push does not find out after
+    hours that it cannot."""
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        raise PushError(f"cannot push to {repo}: set HF_TOKEN to a token with write access")
+    return token
+
+
 def push_artifact(folder: Path, repo: str, public: bool = False) -> str:
     """Upload the artifact in `folder` to the model repo `repo` (OWNER/NAME), creating it
     private unless `public`; the token comes from HF_TOKEN. Returns the repo's URL.
@@ -32,9 +42,7 @@ def push_artifact(folder: Path, repo: str, public: bool = False) -> str:
     read_config(folder)  # refuse anything that is not an artifact before any network call
     if hub_offline():
         raise PushError(f"cannot push to {repo}: HF_HUB_OFFLINE is set; {folder} is unchanged")
-    token = os.environ.get("HF_TOKEN")
-    if not token:
-        raise PushError(f"cannot push to {repo}: set HF_TOKEN to a token with write access")
+    token = push_token(repo)
     if not reachable(constants.ENDPOINT):
         raise PushError(
             f"cannot push to {repo}: {constants.ENDPOINT} does not answer; {folder} is unchanged"

@@ -39,7 +39,7 @@ from condense.loggers import (
 from condense.model import Condenser
 from condense.module import CondenseModule, NonFiniteLossError
 from condense.preemption import SaveOnSigterm
-from condense.push import PushError, push_artifact
+from condense.push import PushError, push_artifact, push_token
 from condense.rng import ResumeRandomState
 from condense.run_dir import (
     RUN_DIR_ENV,
@@ -96,6 +96,8 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     if continues:  # another run's checkpoint may start this one on other data
         saved = torch.load(resume_from, map_location="cpu", mmap=True, weights_only=True)
         datamodule.check_same_split(saved.get(type(datamodule).__qualname__), resume_from)
+    if cfg.hub_repo:
+        push_token(cfg.hub_repo)  # the push comes at the end: no token, no hours of training
     loggers = make_loggers(cfg.wandb, cfg.wandb_project, cfg.name, run_dir, not continues)
     checkpoints = BestAndLastCheckpoint(
         dirpath=run_dir / "checkpoints",

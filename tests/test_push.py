@@ -159,6 +159,7 @@ def test_training_pushes_its_best_artifact_when_a_repo_is_configured(
         "push_artifact",
         lambda folder, repo, public: pushed.append((folder, repo, public)) or f"hub/{repo}",
     )
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
     cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, hub_repo="me/condenser")
     summary = train(cfg)
     assert pushed == [(tmp_path / "run" / "artifact", "me/condenser", False)]
@@ -172,6 +173,7 @@ def test_a_failed_push_after_training_keeps_the_run_and_says_so(tiny_pair, tmp_p
     from tests.conftest import tiny_config
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
     cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, hub_repo="me/condenser")
     with pytest.raises(PushError, match="HF_HUB_OFFLINE is set"):
         train(cfg)
@@ -194,3 +196,17 @@ def test_a_failed_push_after_training_keeps_the_run_and_says_so(tiny_pair, tmp_p
 
     monkeypatch.setattr(condense.train, "push_artifact", no_second_push)
     assert train(cfg)["pushed_to"] == "hub/me/condenser"  # pushed once: the next re-run leaves it
+
+
+def test_a_job_that_would_push_without_a_token_stops_before_it_trains(
+    tiny_pair, tmp_path, monkeypatch
+):
+    # It trained the whole run, then failed at the push.
+    from condense.train import train
+    from tests.conftest import tiny_config
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, hub_repo="me/condenser")
+    with pytest.raises(PushError, match="set HF_TOKEN"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
