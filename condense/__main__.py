@@ -17,6 +17,7 @@ arguments and config, 1 for the rest); `--debug` shows the full traceback instea
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -534,6 +535,13 @@ def run_reporting_errors(command: Callable[[], Any], prog: str, debug: bool) -> 
     With `debug`, and for any other error, the traceback stands."""
     try:
         return command()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        # Ctrl-C while models load or data is read: nothing to save, and no traceback to
+        # read; while training, SaveOnSigterm stops at the step's end with a checkpoint.
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
     except Exception as err:
         if debug or not is_user_error(err):
             raise
@@ -576,14 +584,14 @@ def user_errors() -> tuple[type[Exception], ...]:
 def _train(cfg: TrainConfig) -> None:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from condense.preemption import SIGTERM_EXIT_CODE
+    from condense import preemption
     from condense.train import train
 
     try:
         train(cfg)
     except SIGTERMException:
         # last.ckpt is saved and said so; "terminated", not "finished", to whoever waits.
-        raise SystemExit(SIGTERM_EXIT_CODE) from None
+        raise SystemExit(preemption.stop_exit_code) from None
 
 
 if __name__ == "__main__":

@@ -11,11 +11,16 @@ whole.
 
 A validation the signal cuts short runs again, whole, on resume (`restart_validation`),
 the final one at max_steps included (`SaveOnSigterm.on_load_checkpoint`).
+
+A first Ctrl-C (SIGINT) while training stops the same way, with a checkpoint, where
+Lightning would have stopped at once and saved nothing since the last validation; a
+second one stops at once.
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +33,13 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 # The exit status of a process ended by SIGTERM (128 + 15): a launcher or a shell sees
 # "terminated", not "finished", and a managed job is not marked as done.
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+# What SIGTERMException ends a process with: SIGTERM's status, or Ctrl-C's (128 + 2) once
+# a Ctrl-C has asked for the stop.
+stop_exit_code = SIGTERM_EXIT_CODE
 
 
 class SaveOnSigterm(Callback):
-    """Saves a checkpoint to `path` when training stops on SIGTERM.
+    """Saves a checkpoint to `path` when training stops on SIGTERM or a first Ctrl-C.
 
     Args:
         path: Where to write it; the run's last.ckpt, so `--resume auto` picks it up.
@@ -41,6 +49,35 @@ class SaveOnSigterm(Callback):
         self.path = Path(path)
         self._cut_validation = False
         self._max_steps: int | None = None  # set while a cut final validation reruns
+        self._sigint: Any = None  # the SIGINT handler to put back after fit
+        self._signal = "SIGTERM"  # what asked for the stop
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # After Lightning's own handlers are set: on any way out of fit, it puts back the
+        # SIGINT handler it found, not this one. Signal handlers can be set from the main
+        # thread only (not from a notebook's worker thread).
+        if threading.current_thread() is threading.main_thread():
+            self._sigint = signal.signal(signal.SIGINT, self._on_ctrl_c)
+
+    def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        if self._sigint is not None:
+            signal.signal(signal.SIGINT, self._sigint)
+            self._sigint = None
+
+    def _on_ctrl_c(self, signum: int, frame: Any) -> None:
+        """The first Ctrl-C stops as SIGTERM does, through Lightning's own handler (which
+        also tells the processes it started); the next one interrupts at once."""
+        global stop_exit_code
+        sigterm = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if not callable(sigterm):  # Lightning set none (Windows): stop as before
+            raise KeyboardInterrupt
+        self._signal, stop_exit_code = "Ctrl-C", 128 + signal.SIGINT
+        rank_zero_info(
+            "\ncondense: Ctrl-C: stopping after this step with a checkpoint"
+            " (Ctrl-C again stops at once, without one)"
+        )
+        sigterm(signal.SIGTERM, frame)
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: Any) -> None:
         # Only SIGTERM, raised by Lightning between steps, leaves a state worth saving;
@@ -50,7 +87,7 @@ class SaveOnSigterm(Callback):
         self._cut_validation = trainer.validating
         trainer.save_checkpoint(self.path)  # all ranks call it; rank 0 writes
         rank_zero_info(
-            f"condense: SIGTERM: saved step {trainer.global_step} to {self.path};"
+            f"condense: {self._signal}: saved step {trainer.global_step} to {self.path};"
             " run the same command again to resume"
         )
 

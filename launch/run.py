@@ -168,14 +168,14 @@ def describe_start(cfg, checkpoint_dir: Path, newest, cluster: clusters.Cluster 
 def _train(cfg, check_finished: bool) -> dict:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from condense.preemption import SIGTERM_EXIT_CODE
+    from condense import preemption
     from condense.push import PushError
     from condense.train import train
 
     try:
         return train(cfg, check_finished=check_finished)
     except SIGTERMException:
-        raise SystemExit(SIGTERM_EXIT_CODE) from None
+        raise SystemExit(preemption.stop_exit_code) from None
     except PushError as err:  # trained and saved; only the upload failed
         raise SystemExit(f"launch: error: {err}") from None
 

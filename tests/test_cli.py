@@ -245,3 +245,18 @@ def test_counts_below_one_are_refused_before_anything_loads(command, argv, messa
     with pytest.raises(ConfigError) as err:
         parse(parser(), ["--artifact", "no/such/artifact", *rest, *argv])
     assert str(err.value) == message
+
+
+def test_ctrl_c_outside_training_is_one_line_and_status_130(capsys):
+    # While models load or data is read there is nothing to save: it was a traceback.
+    from condense.__main__ import run_reporting_errors
+
+    def loading():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_:
+        run_reporting_errors(loading, "condense", debug=False)
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err.strip() == "condense: interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        run_reporting_errors(loading, "condense", debug=True)

@@ -248,6 +248,25 @@ def _train(job: Path, run_dir: Path, log: Path) -> subprocess.Popen:
     )  # fmt: skip
 
 
+def test_ctrl_c_stops_with_a_checkpoint_and_the_next_run_resumes_there(tiny_pair, tmp_path):
+    # Lightning stops at once on Ctrl-C and saves nothing: everything since the last
+    # validation was lost, the whole run when that was far off.
+    job = tiny_job(*tiny_pair, tmp_path / "job.yaml", max_steps=2000, val_every_n_steps=1000)
+    run, log = tmp_path / "run", tmp_path / "run.log"
+    proc = _train(job, run, log)
+    _wait_for(lambda: _training(log), proc, log)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 128 + signal.SIGINT, log.read_text()[-3000:]
+    step = _checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]
+    assert 0 < step < 1000  # saved where it stopped, before any validation could
+    assert f"Ctrl-C: saved step {step}" in log.read_text()
+    # The same job, to end two steps later.
+    tiny_job(*tiny_pair, job, max_steps=step + 2, val_every_n_steps=1000)
+    _finished(_train(job, run, tmp_path / "resumed.log"), tmp_path / "resumed.log")
+    assert f"resumed at step {step})" in (tmp_path / "resumed.log").read_text()
+
+
 def _finished(proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
     assert proc.wait(timeout=timeout) == 0, log.read_text()[-3000:]
 
