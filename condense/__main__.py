@@ -29,6 +29,7 @@ from jsonargparse.typing import PositiveFloat, PositiveInt
 
 from condense.cli_errors import check_groups, check_job_file, parse
 from condense.config import ConfigError, TrainConfig, check_hub_repo
+from condense.files import json_out
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -382,26 +383,6 @@ def sample_shape(cfg: TrainConfig, args: Namespace) -> tuple[int, int]:
             " as the job's data is cut to it"
         )
     return shape["--context-tokens"], shape["--target-tokens"]
-
-
-def json_out(out: str | None, example: str) -> Path | None:
-    """--out as a file the results can be written to, its folder made: checked before the
-    work (minutes for bench) that would end in failing to write it. `example` is a file
-    name to suggest where --out names a folder."""
-    if out is None:
-        return None
-    path = Path(out)
-    if path.is_dir():
-        raise ConfigError(f"--out {out} is a folder: give the JSON file's path ({path / example})")
-    # exists() is False below a file (NotADirectoryError): the first file up the path is it.
-    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise ConfigError(f"--out {out}: {blocking} is a file, not a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"--out {out}: cannot make its folder: {err.strerror or err}") from None
-    return path
 
 
 def run_plan(argv: list[str]) -> None:

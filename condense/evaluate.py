@@ -38,6 +38,7 @@ from condense.data import (
     tokenize,
 )
 from condense.device import inference_device, load_for_inference
+from condense.files import json_out
 from condense.generate import generate
 from condense.model import IGNORE_INDEX, Condenser
 from condense.samples import Sample, split_train_val
@@ -519,21 +520,20 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def plot_beside(out: Path) -> Path:
     """Where the plot of JSON results written to `out` goes (NAME.png beside it), with
     `out`'s folder made; a ConfigError for an `out` the results cannot go to, before an
-    evaluation that would end there: a folder, a .png the plot would overwrite, or a
-    file in an artifact folder, which the next save of that artifact (a new best in
-    training, an import) replaces whole, results and all."""
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder: give the JSON file's path (eval.json)")
+    evaluation that would end there: a .png the plot would overwrite, a file in an
+    artifact folder, which the next save of that artifact (a new best in training, an
+    import) replaces whole, results and all, or what files.json_out refuses (a folder, a
+    path under a file)."""
+    if out.suffix.lower() == ".png":
+        raise ConfigError(
+            f"--out {out}: give the JSON file's path (eval.json); the plot goes beside it"
+        )
     if (out.parent / CONFIG_FILE).is_file():
         raise ConfigError(
             f"--out {out} is in an artifact folder, which its next save replaces whole:"
             f" write the results beside it ({out.parent.parent / out.name})"
         )
-    if out.suffix.lower() == ".png":
-        raise ConfigError(
-            f"--out {out}: give the JSON file's path (eval.json); the plot goes beside it"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
+    json_out(out, "eval.json")
     return out.with_suffix(".png")
 
 

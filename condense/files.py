@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from condense.config import ConfigError
+
 
 def temporary_sibling(path: Path) -> Path:
     """The hidden name `path` is written under before it is renamed into place."""
@@ -125,3 +127,23 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
         return False
     raise OSError(err, os.strerror(err), str(b))
+
+
+def json_out(out: str | Path | None, example: str) -> Path | None:
+    """--out as a file the results can be written to, its folder made: checked before the
+    work (minutes for bench or eval) that would end in failing to write it. `example` is a
+    file name to suggest where --out names a folder."""
+    if out is None:
+        return None
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"--out {out} is a folder: give the JSON file's path ({path / example})")
+    # exists() is False below a file (NotADirectoryError): the first file up the path is it.
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(f"--out {out}: {blocking} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot make its folder: {err.strerror or err}") from None
+    return path

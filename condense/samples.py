@@ -116,7 +116,9 @@ def from_rows(
         if problem is not None:
             where = f"{origin}: {unit} {number}: {problem}"
             if not skip_bad:
-                raise DataError(where + " (dataset.skip_bad_rows=true skips such rows)")
+                raise DataError(
+                    where + " (a training job skips such rows with dataset.skip_bad_rows=true)"
+                )
             report.skip(where)
             continue
         row = {ORIGINAL_COLUMNS.get(k, k): v for k, v in row.items()}

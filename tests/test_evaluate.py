@@ -457,7 +457,9 @@ def _untrained_artifact(tiny_pair, folder, **config) -> None:
 
 
 # In the artifact: a resumed run's next best replaced the folder and deleted the results.
-@pytest.mark.parametrize("out", ["eval.png", "existing-folder", "art/eval.json"])
+@pytest.mark.parametrize(
+    "out", ["eval.png", "existing-folder", "art/eval.json", "a-file/eval.json"]
+)
 def test_an_out_the_results_cannot_go_to_is_one_line_before_anything_loads(
     out, tiny_pair, tmp_path, capsys, monkeypatch
 ):
@@ -466,6 +468,7 @@ def test_an_out_the_results_cannot_go_to_is_one_line_before_anything_loads(
 
     _untrained_artifact(tiny_pair, tmp_path / "art")
     (tmp_path / "existing-folder").mkdir()
+    (tmp_path / "a-file").write_text("not a folder")  # was a raw "[Errno 17] File exists"
 
     def load(*_):
         raise AssertionError("the models loaded")
