@@ -227,6 +227,8 @@ def _check_shapes(what: str, found: dict, expected: dict, models: str) -> None:
 
 def read_config(folder: Path) -> dict[str, Any]:
     """The artifact's condense_config.json, checked for completeness and format version."""
+    if not folder.is_dir():  # else every file of an artifact was named as missing
+        raise ArtifactError(f"{folder}: {'a file, not a' if folder.exists() else 'no such'} folder")
     missing = sorted(f for f in ARTIFACT_FILES - {"README.md"} if not (folder / f).is_file())
     if missing:
         # A run's folder holds its artifact in artifact/: the likeliest slip, so named.

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from condense.__main__ import parse_train
+from condense.artifact import ArtifactError
 from condense.config import ConfigError, ModelConfig
 from condense.model import Condenser
 from condense.push import PushError, push_artifact
@@ -53,6 +54,15 @@ def test_push_offline_fails_in_one_line_and_keeps_the_artifact(artifact, monkeyp
     ]
     assert "hf_planted_secret_value" not in out.stdout + out.stderr
     assert _fingerprint(artifact) == before
+
+
+@pytest.mark.parametrize("given", ["missing", "a-file"])
+def test_push_of_no_folder_says_so(given, tmp_path):
+    # It listed the four files of an artifact as missing.
+    (tmp_path / "a-file").write_text("notes")
+    kind = "no such folder" if given == "missing" else "a file, not a folder"
+    with pytest.raises(ArtifactError, match=f"^{tmp_path / given}: {kind}$"):
+        push_artifact(tmp_path / given, "someone/condenser")
 
 
 def test_push_without_a_token_says_how_to_give_one(artifact, monkeypatch):
