@@ -467,12 +467,22 @@ def prompt_notes(condenser, prompt: str, max_new_tokens: int) -> list[str]:
 
     kept = len(prompt_tokens(condenser, prompt, max_new_tokens))
     length = len(prompt_ids(condenser.decoder_tokenizer, [prompt])[0])
-    if kept == length:
-        return []
-    room = "dataset.max_tokens, with room for --max-new-tokens"
-    return [
-        f"the prompt is cut to {kept} of its {length} tokens, its end kept ({room}), as in training"
-    ]
+    notes = []
+    if kept < length:
+        room = "dataset.max_tokens, with room for --max-new-tokens"
+        notes.append(
+            f"the prompt is cut to {kept} of its {length} tokens, its end kept ({room}),"
+            " as in training"
+        )
+    # generate() stops every row at the decoder's last position, which said nothing.
+    limit = getattr(condenser.decoder.config, "max_position_embeddings", None)
+    left = limit - condenser.num_condense_tokens - kept if limit else max_new_tokens
+    if 0 < left < max_new_tokens:
+        notes.append(
+            f"at most {left} new tokens, not --max-new-tokens {max_new_tokens}: the decoder"
+            f" reads {limit} positions, and the condensed context and prompt fill the rest"
+        )
+    return notes
 
 
 USAGE = """usage: condense COMMAND [options]

@@ -166,6 +166,23 @@ def test_generate_says_when_it_cuts_the_prompt(tiny_pair, tmp_path, capsys):
     ) in capsys.readouterr().err
 
 
+def test_generate_says_when_the_decoders_positions_cut_the_budget(tiny_pair, tmp_path, capsys):
+    # The tiny GPT-2 reads 512 positions: a budget past them stopped there without a word.
+    from condense.__main__ import main
+
+    condenser = _loaded(tiny_pair, tmp_path)
+    (tmp_path / "context.txt").write_text("Ka was born in Lo.")
+    prompt = "Where was Ka born?"
+    read = len(load_tokenizer(tiny_pair[1])(prompt)["input_ids"])
+    argv = ["generate", "--artifact", str(tmp_path / "art"), "--prompt", prompt]
+    main([*argv, "--context-file", str(tmp_path / "context.txt"), "--max-new-tokens", "5000"])
+    left = 512 - condenser.num_condense_tokens - read
+    assert (
+        f"at most {left} new tokens, not --max-new-tokens 5000: the decoder reads 512"
+        " positions, and the condensed context and prompt fill the rest"
+    ) in capsys.readouterr().err
+
+
 def test_generate_command_prints_a_completion(tiny_pair, tmp_path):
     _loaded(tiny_pair, tmp_path)
     (tmp_path / "context.txt").write_text(synthetic_samples(1, seed=32)[0].context)
