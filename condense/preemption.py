@@ -85,7 +85,10 @@ class SaveOnSigterm(Callback):
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
             return
         self._cut_validation = trainer.validating
-        trainer.save_checkpoint(self.path)  # all ranks call it; rank 0 writes
+        # All ranks call it; rank 0 writes. A whole checkpoint, optimizer and loops too:
+        # left unset, Lightning says "`weights_only` was not set", which reads as a claim
+        # about how checkpoints are loaded (always weights-only here, checkpoint_io.py).
+        trainer.save_checkpoint(self.path, weights_only=False)
         rank_zero_info(
             f"condense: {self._signal}: saved step {trainer.global_step} to {self.path};"
             " run the same command again to resume"
