@@ -264,6 +264,13 @@ def eval_parser() -> ArgumentParser:
         default=8,
         help="Samples scored and generated at once.",
     )
+    add_flag(
+        parser,
+        "skip-bad-rows",
+        action="store_true",
+        help="Skip the rows of --data that cannot be used (counted in the results' notes)"
+        " instead of stopping at the first.",
+    )
     return add_debug(add_inference(parser))
 
 
@@ -312,6 +319,7 @@ def run_eval(argv: list[str]) -> None:
         args.device,
         args.precision,
         args.batch_size,
+        args.skip_bad_rows,
     )
 
 

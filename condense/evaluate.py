@@ -41,17 +41,24 @@ from condense.device import inference_device, load_for_inference
 from condense.files import json_out
 from condense.generate import generate
 from condense.model import IGNORE_INDEX, Condenser
-from condense.samples import Sample, split_train_val
+from condense.samples import DataReport, Sample, split_train_val
 from condense.synthetic import QUESTION_ANSWERING, RECONSTRUCTION
 
 CONDITIONS = ("none", "wrong", "condensed", "full")
 
 
-def eval_samples(config: dict[str, Any], data: str | None, limit: int | None) -> list[Sample]:
+def eval_samples(
+    config: dict[str, Any],
+    data: str | None,
+    limit: int | None,
+    skip_bad_rows: bool = False,
+    report: DataReport | None = None,
+) -> list[Sample]:
     """`data`'s samples, or by default the validation split the artifact was trained
     against (rebuilt from the data source, seed and sizes its config records); a
     ConfigError for no `data` where the config records no training data (an imported
-    checkpoint of the original trainer).
+    checkpoint of the original trainer). A bad row of `data` stops it, or with
+    `skip_bad_rows` is skipped and counted in `report`.
 
     A synthetic `data` source gives passages the artifact never saw: those of the seed
     after its training seed. With the same seed, "synthetic" would open with the very
@@ -61,6 +68,7 @@ def eval_samples(config: dict[str, Any], data: str | None, limit: int | None) ->
     cut = DatasetConfig(
         max_characters=config.get("max_characters", 10000),
         synthetic_facts=config.get("synthetic_facts"),
+        skip_bad_rows=skip_bad_rows,
     )
     seed = config.get("seed", 0)
     if data is None:
@@ -74,7 +82,7 @@ def eval_samples(config: dict[str, Any], data: str | None, limit: int | None) ->
             )
         samples = split_train_val(_run_samples(config, cut), config.get("val_size", 100), seed)[1]
     else:
-        samples = load_samples(data, cut, _data_seed(config, data))
+        samples = load_samples(data, cut, _data_seed(config, data), report)
         if is_synthetic(data) and data == config.get("train_data"):
             # Another seed's passages can still repeat a trained context word for word:
             # one-fact passages share sentences ("Their house had a red door and 5
@@ -546,12 +554,14 @@ def run_eval(
     device: str = "auto",
     precision: str = "auto",
     batch_size: int = 8,
+    skip_bad_rows: bool = False,
 ) -> dict[str, Any]:
     """Load an artifact, evaluate it, write JSON and a PNG beside it, print the table, and
     put the table into a local artifact's model card (`command` is quoted there).
     `device` and `precision` as condense.device picks them ("auto": a GPU in bf16-mixed
     where there is one, else the CPU in fp32). A mistake in `out`, `device` or `data`
-    stops before the models load."""
+    stops before the models load; with `skip_bad_rows`, bad rows of `data` are skipped,
+    and counted in the results' notes."""
     from condense.artifact import add_evaluation, local_folder, read_config
     from condense.files import write_atomic
 
@@ -561,7 +571,8 @@ def run_eval(
     # and the fresh seed would be rebuilt from defaults, not from the run's settings.
     folder = local_folder(artifact)
     config = read_config(folder)
-    samples = eval_samples(config, data, limit)
+    report = DataReport()
+    samples = eval_samples(config, data, limit, skip_bad_rows, report)
     condenser, where, precision = load_for_inference(str(folder), device, precision)
     results = {
         "artifact": artifact,
@@ -570,6 +581,9 @@ def run_eval(
         "precision": precision,
     }
     results |= evaluate(condenser, samples, config.get("max_tokens") or 4096, batch_size)
+    if report.rows_skipped:
+        results["rows_skipped"] = report.rows_skipped
+        results["notes"].insert(0, report.notes()[0])
     write_atomic(out, json.dumps(results, indent=2))
     plot(results, plot_path)
     table = markdown_table(results)

@@ -117,7 +117,7 @@ def from_rows(
             where = f"{origin}: {unit} {number}: {problem}"
             if not skip_bad:
                 raise DataError(
-                    where + " (a training job skips such rows with dataset.skip_bad_rows=true)"
+                    where + " (skip such rows: dataset.skip_bad_rows=true, or eval --skip-bad-rows)"
                 )
             report.skip(where)
             continue

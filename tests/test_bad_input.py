@@ -289,7 +289,7 @@ def test_real_exit_status_and_stderr_without_a_traceback(tiny_job, tmp_path):
         out = _condense(["train", "--config", str(tiny_job), *args], tmp_path)
         assert out.returncode == status
         assert out.stderr.strip().splitlines() == [
-            f"condense: error: {text} (a training job skips such rows with dataset.skip_bad_rows=true)"
+            f"condense: error: {text} (skip such rows: dataset.skip_bad_rows=true, or eval --skip-bad-rows)"
             if status == DATA
             else f"condense: error: {text}"
         ]

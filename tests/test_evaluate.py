@@ -495,6 +495,25 @@ def test_eval_out_into_a_missing_folder_makes_it_and_keeps_json_and_png(tiny_pai
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_eval_skips_bad_rows_when_asked_and_says_how_many(tiny_pair, tmp_path, capsys):
+    # Its error told eval users to set dataset.skip_bad_rows, which eval had no way to.
+    from condense.__main__ import main
+
+    _untrained_artifact(tiny_pair, tmp_path / "art")
+    rows = [{"context": c, "prompt": "Who?", "completion": "Ka."} for c in ("Ka.", "Lo.", "Mo.")]
+    rows.insert(1, {"context": "Bo.", "prompt": "Who?", "completion": None})
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    argv = ["eval", "--artifact", str(tmp_path / "art"), "--data", str(data)]
+    with pytest.raises(SystemExit):
+        main([*argv, "--out", str(tmp_path / "stopped.json")])
+    assert "eval --skip-bad-rows" in capsys.readouterr().err
+    main([*argv, "--out", str(tmp_path / "eval.json"), "--skip-bad-rows"])
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert results["samples"] == 3 and results["rows_skipped"] == 1
+    assert results["notes"][0].startswith("1 of 4 rows skipped as unusable (first: ")
+
+
 def test_an_artifact_with_no_training_data_needs_data_to_score(tiny_pair, tmp_path, monkeypatch):
     import condense.evaluate
     from condense.config import ConfigError
