@@ -58,6 +58,11 @@ class SaveOnSigterm(Callback):
         # thread only (not from a notebook's worker thread).
         if threading.current_thread() is threading.main_thread():
             self._sigint = signal.signal(signal.SIGINT, self._on_ctrl_c)
+        self._set_stop("SIGTERM", SIGTERM_EXIT_CODE)  # an earlier fit's Ctrl-C is over
+
+    def _set_stop(self, name: str, exit_code: int) -> None:
+        global stop_exit_code
+        self._signal, stop_exit_code = name, exit_code
 
     def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         if self._sigint is not None:
@@ -67,12 +72,11 @@ class SaveOnSigterm(Callback):
     def _on_ctrl_c(self, signum: int, frame: Any) -> None:
         """The first Ctrl-C stops as SIGTERM does, through Lightning's own handler (which
         also tells the processes it started); the next one interrupts at once."""
-        global stop_exit_code
         sigterm = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if not callable(sigterm):  # Lightning set none (Windows): stop as before
             raise KeyboardInterrupt
-        self._signal, stop_exit_code = "Ctrl-C", 128 + signal.SIGINT
+        self._set_stop("Ctrl-C", 128 + signal.SIGINT)
         rank_zero_info(
             "\ncondense: Ctrl-C: stopping after this step with a checkpoint"
             " (Ctrl-C again stops at once, without one)"

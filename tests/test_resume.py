@@ -268,6 +268,30 @@ def test_ctrl_c_stops_with_a_checkpoint_and_the_next_run_resumes_there(tiny_pair
     assert f"resumed at step {step})" in (tmp_path / "resumed.log").read_text()
 
 
+def test_each_fit_starts_with_sigterms_exit_status_and_gives_ctrl_c_back(tmp_path):
+    # The exit status a Ctrl-C set (130) outlived its fit: a later SIGTERM stop in the same
+    # process would have exited 130 too.
+    from condense import preemption
+
+    callback = preemption.SaveOnSigterm(tmp_path / "last.ckpt")
+    before = signal.getsignal(signal.SIGINT)
+    lightnings = signal.signal(signal.SIGTERM, lambda *_: None)  # stands for Lightning's
+    try:
+        callback.on_train_start(None, None)
+        assert signal.getsignal(signal.SIGINT) == callback._on_ctrl_c
+        callback._on_ctrl_c(signal.SIGINT, None)
+        assert preemption.stop_exit_code == 128 + signal.SIGINT
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the second
+        callback.teardown(None, None, "fit")
+        callback.on_train_start(None, None)  # the next fit in this process
+        assert preemption.stop_exit_code == preemption.SIGTERM_EXIT_CODE
+        callback.teardown(None, None, "fit")
+        assert signal.getsignal(signal.SIGINT) == before
+    finally:
+        signal.signal(signal.SIGTERM, lightnings)
+        signal.signal(signal.SIGINT, before)
+
+
 def _finished(proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
     assert proc.wait(timeout=timeout) == 0, log.read_text()[-3000:]
 
