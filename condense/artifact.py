@@ -395,17 +395,20 @@ def import_original(
     encoder = encoder or adapter_config.get("base_model_name_or_path") or ORIGINAL_ENCODER
     encoder_model = load_causal_lm(encoder)
     tokens = tokens.reshape(-1, tokens.shape[-1])  # the original stored (1, N, He)
-    cfg = ModelConfig(
-        encoder=encoder,
-        decoder=decoder,
-        num_condense_tokens=tokens.shape[0],
-        n_last_hidden_states=norm["weight"].numel() // encoder_model.config.hidden_size,
-        lora_r=adapter_config["r"],
-        lora_alpha=adapter_config["lora_alpha"],
-        lora_dropout=adapter_config.get("lora_dropout", 0.0),
-        lora_target_modules=_sorted_targets(adapter_config["target_modules"]),
-        gradient_checkpointing=False,
-    )
+    try:
+        cfg = ModelConfig(
+            encoder=encoder,
+            decoder=decoder,
+            num_condense_tokens=tokens.shape[0],
+            n_last_hidden_states=norm["weight"].numel() // encoder_model.config.hidden_size,
+            lora_r=adapter_config["r"],
+            lora_alpha=adapter_config["lora_alpha"],
+            lora_dropout=adapter_config.get("lora_dropout") or 0.0,  # null: none
+            lora_target_modules=_sorted_targets(adapter_config["target_modules"]),
+            gradient_checkpointing=False,
+        )
+    except ConfigError as err:  # the checkpoint's values (r: 0), not the command line's
+        raise ArtifactError(f"{adapter_dir / 'adapter_config.json'}: {err}") from None
     condenser = Condenser(encoder_model, load_causal_lm(decoder), cfg)
     tensors = {
         "condense_tokens": tokens,

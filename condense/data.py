@@ -445,7 +445,8 @@ class CondenseDataModule(L.LightningDataModule):
 
     def split_digest(self) -> str:
         """A digest of the split: the seed, the training set's size and the validation
-        samples themselves, which another seed, val_size, task list or data source change."""
+        samples themselves, which another seed, data source (a Hub dataset's new revision
+        too) or dataset setting that picks or cuts samples changes."""
         digest = hashlib.blake2b(f"{self.seed} {len(self.train_samples)}".encode(), digest_size=8)
         for sample in self.val_samples:
             for text in (sample.context, sample.prompt, sample.completion):
@@ -459,9 +460,10 @@ class CondenseDataModule(L.LightningDataModule):
         checkpoint from before the digest was kept (no `saved`) is taken as it is."""
         if saved and saved.get("split") != self.split_digest():
             raise DataError(
-                f"{path}: this run split its data otherwise (another seed, val_size, tasks or"
-                " data): resuming would compare val_loss over other samples with its best;"
-                " resume with the run's own settings, or start afresh with --resume never"
+                f"{path}: this run split its data otherwise (another seed, data source or"
+                " dataset setting: val_size, tasks, max_characters, synthetic_*,"
+                " skip_bad_rows): resuming would compare val_loss over other samples with its"
+                " best; resume with the run's own settings, or start afresh with --resume never"
             )
 
     def train_dataloader(self) -> ResumableDataLoader:

@@ -80,7 +80,8 @@ def eval_samples(
                 " (an imported checkpoint?): say what to score with --data (a file,"
                 " a dataset, or synthetic)"
             )
-        samples = split_train_val(_run_samples(config, cut), config.get("val_size", 100), seed)[1]
+        every = _run_samples(config, cut, report)
+        samples = split_train_val(every, config.get("val_size", 100), seed)[1]
     else:
         samples = load_samples(data, cut, _data_seed(config, data), report)
         if is_synthetic(data) and data == config.get("train_data"):
@@ -92,7 +93,9 @@ def eval_samples(
     return samples[:limit] if limit else samples
 
 
-def _run_samples(config: dict[str, Any], cut: DatasetConfig) -> list[Sample]:
+def _run_samples(
+    config: dict[str, Any], cut: DatasetConfig, report: DataReport | None = None
+) -> list[Sample]:
     """Every sample the artifact's run loaded, both splits: its recorded training data,
     seed and number of synthetic passages, and the tasks it kept and the bad rows it
     skipped (from its training config, where the artifact records one)."""
@@ -103,9 +106,10 @@ def _run_samples(config: dict[str, Any], cut: DatasetConfig) -> list[Sample]:
         # Without these a task-filtered run's split is rebuilt from every task (scoring
         # tasks it never trained on), and a run that skipped a bad row fails on it.
         tasks=trained.get("tasks"),
-        skip_bad_rows=trained.get("skip_bad_rows", False),
+        # Or eval's --skip-bad-rows: a run's data may have gained a bad row since.
+        skip_bad_rows=trained.get("skip_bad_rows", False) or cut.skip_bad_rows,
     )
-    return load_samples(config["train_data"], sized, config.get("seed", 0))
+    return load_samples(config["train_data"], sized, config.get("seed", 0), report)
 
 
 def _data_seed(config: dict[str, Any], data: str) -> int:

@@ -171,6 +171,12 @@ def load_tokenizer(name: str):
             f"model {loadable!r}: its tokenizer cannot be loaded from the folder's files"
             f" (transformers: {reason} ...)"
         ) from None
+    if local and not tokenizer("a b", add_special_tokens=False)["input_ids"]:
+        # GPT-2's class with its vocab and merges missing loads, and turns any text into [].
+        raise ModelNotFoundError(
+            f"model {loadable!r}: its tokenizer turns text into no tokens (its vocabulary"
+            " files, e.g. vocab.json and merges.txt, are missing)"
+        )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -205,10 +211,11 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32):
 
 
 def _has_tokenizer_files(folder: Path) -> bool:
-    """Whether `folder` holds any file a tokenizer is built from: tokenizer.json or
-    tokenizer_config.json (a byte-level tokenizer needs no other), vocab.json, vocab.txt,
-    merges.txt, a sentencepiece or tiktoken .model."""
-    stems = ("tokenizer", "vocab", "merges", "spiece")
+    """Whether `folder` holds any file a tokenizer may be built from: tokenizer.json,
+    tokenizer_config.json, vocab.json or .txt, merges.txt, Mistral's tekken.json, a
+    sentencepiece or tiktoken model. Whether they make a tokenizer is load_tokenizer's
+    check after loading."""
+    stems = ("tokenizer", "vocab", "merges", "spiece", "tekken")
     return any(
         p.name.startswith(stems) or p.suffix in (".model", ".tiktoken") for p in folder.iterdir()
     )

@@ -303,6 +303,18 @@ def test_an_original_checkpoint_imports_and_condenses(tiny_pair, tmp_path, capsy
     assert condenser.condense(TEXTS).shape == (2, 6, 48)
 
 
+def test_an_original_adapter_with_a_null_dropout_imports_without_dropout(tiny_pair, tmp_path):
+    # A TypeError traceback before: null went on to ModelConfig as the dropout.
+    _original_checkpoint(tiny_pair, tmp_path / "original")
+    adapter = tmp_path / "original" / "adapter_config.json"
+    if not adapter.is_file():
+        adapter = tmp_path / "original" / "checkpoints" / "adapter_config.json"
+    _edit_json(adapter, lora_dropout=None)
+    main(["import", str(tmp_path / "original"), "--out", str(tmp_path / "artifact"),
+          "--encoder", tiny_pair[0], "--decoder", tiny_pair[1]])  # fmt: skip
+    assert read_config(tmp_path / "artifact")["lora"]["dropout"] == 0.0
+
+
 def test_import_refuses_to_replace_a_folder_that_is_not_an_artifact(tiny_pair, tmp_path, capsys):
     _original_checkpoint(tiny_pair, tmp_path / "original")
     (tmp_path / "docs").mkdir()
@@ -349,6 +361,10 @@ def _cut(path):
     path.write_bytes(path.read_bytes()[:100])
 
 
+def _edit_json(path, **changes):
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
@@ -360,8 +376,10 @@ def _cut(path):
          "{folder}: no adapter_model.safetensors (nor an older adapter_model.bin)"),
         (lambda f: _cut(f / "adapter_model.safetensors"),
          "{folder}/adapter_model.safetensors: damaged or incomplete ("),
+        (lambda f: _edit_json(f / "adapter_config.json", r=0),
+         "{folder}/adapter_config.json: model.lora_r must be positive, got 0"),
     ],
-    ids=["config-not-json", "no-config", "no-weights", "weights-cut"],
+    ids=["config-not-json", "no-config", "no-weights", "weights-cut", "r-zero"],
 )  # fmt: skip
 def test_import_of_a_damaged_original_adapter_is_one_line_naming_it(
     damage, message, tiny_pair, tmp_path, capsys

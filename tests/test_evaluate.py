@@ -25,7 +25,7 @@ from condense.evaluate import (
     wrong_partners,
 )
 from condense.model import IGNORE_INDEX, Condenser
-from condense.samples import Sample, split_train_val
+from condense.samples import DataError, Sample, split_train_val
 from condense.synthetic import QUESTION_ANSWERING, synthetic_samples
 from condense.weights import load_causal_lm
 
@@ -512,6 +512,22 @@ def test_eval_skips_bad_rows_when_asked_and_says_how_many(tiny_pair, tmp_path, c
     results = json.loads((tmp_path / "eval.json").read_text())
     assert results["samples"] == 3 and results["rows_skipped"] == 1
     assert results["notes"][0].startswith("1 of 4 rows skipped as unusable (first: ")
+
+
+def test_skip_bad_rows_also_holds_for_the_runs_own_validation_split(tmp_path):
+    # Without --data, the run's own setting replaced the flag, and the error then named it.
+    from condense.samples import DataReport
+
+    rows = [{"context": f"Passage {i}.", "prompt": "Who?", "completion": "Ka."} for i in range(6)]
+    rows[2]["completion"] = None  # a row gone bad since the run trained
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = {"train_data": str(data), "seed": 0, "val_size": 2, "training_config": {}}
+    with pytest.raises(DataError, match="line 3: field 'completion' is null"):
+        eval_samples(config, None, None)
+    report = DataReport()
+    assert len(eval_samples(config, None, None, skip_bad_rows=True, report=report)) == 2
+    assert report.rows_skipped == 1
 
 
 def test_an_artifact_with_no_training_data_needs_data_to_score(tiny_pair, tmp_path, monkeypatch):

@@ -137,6 +137,17 @@ def test_a_gpt2_folder_without_a_tokenizer_is_refused_not_loaded_empty(tiny_pair
         weights.load_tokenizer(str(folder))
 
 
+def test_a_tokenizer_config_alone_is_refused_not_loaded_empty(tiny_pair, tmp_path):
+    """tokenizer_config.json alone passed the file check, and the GPT-2 tokenizer it
+    named loaded with a few special tokens, turning every text into []."""
+    folder = tmp_path / "config-only"
+    folder.mkdir()
+    shutil.copy(f"{tiny_pair[1]}/config.json", folder)
+    (folder / "tokenizer_config.json").write_text('{"tokenizer_class": "GPT2Tokenizer"}')
+    with pytest.raises(ModelNotFoundError, match="its tokenizer turns text into no tokens"):
+        weights.load_tokenizer(str(folder))
+
+
 def test_a_truncated_model_weights_file_is_named_as_damaged(tiny_pair, tmp_path, capsys):
     """safetensors' SafetensorError traceback before, naming neither the model nor the file."""
     folder = tmp_path / "cut"
