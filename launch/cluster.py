@@ -33,7 +33,9 @@ class Cluster:
 
     def __post_init__(self) -> None:
         if not 0 <= self.node_rank < len(self.node_ips):
-            raise ValueError(f"node rank {self.node_rank} outside the {len(self.node_ips)} nodes")
+            raise ValueError(
+                f"node rank {self.node_rank} outside the {len(self.node_ips)} nodes listed"
+            )
 
     @property
     def num_nodes(self) -> int:
@@ -67,8 +69,8 @@ def from_skypilot(environ: Mapping[str, str]) -> Cluster | None:
     ips = tuple(ip for ip in ips if ip) or ("127.0.0.1",)
     return Cluster(
         node_ips=ips,
-        node_rank=int(environ["SKYPILOT_NODE_RANK"]),
-        gpus_per_node=int(environ.get("SKYPILOT_NUM_GPUS_PER_NODE") or 0),
+        node_rank=count(environ, "SKYPILOT_NODE_RANK"),
+        gpus_per_node=count(environ, "SKYPILOT_NUM_GPUS_PER_NODE"),
     )
 
 
@@ -91,9 +93,18 @@ def from_condense_vars(environ: Mapping[str, str]) -> Cluster | None:
     ips = tuple(ip.strip() for ip in environ.get("CONDENSE_NODE_IPS", "").splitlines())
     return Cluster(
         node_ips=tuple(ip for ip in ips if ip) or ("127.0.0.1",),
-        node_rank=int(environ["CONDENSE_NODE_RANK"]),
-        gpus_per_node=int(environ.get("CONDENSE_GPUS_PER_NODE") or 0),
+        node_rank=count(environ, "CONDENSE_NODE_RANK"),
+        gpus_per_node=count(environ, "CONDENSE_GPUS_PER_NODE"),
     )
+
+
+def count(environ: Mapping[str, str], name: str, default: int = 0) -> int:
+    """The whole number 0 or more in the variable `name` (`default` where unset or empty);
+    a ValueError naming the variable otherwise (int()'s names only the text)."""
+    text = environ.get(name) or str(default)
+    if not text.strip().isdigit():
+        raise ValueError(f"{name}={text!r}: expected a whole number 0 or more")
+    return int(text)
 
 
 def detect(environ: Mapping[str, str]) -> Cluster | None:

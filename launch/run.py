@@ -91,9 +91,13 @@ def main(argv: list[str]) -> None:
     """Run a job on this node; exits 143 when stopped by SIGTERM (checkpoint saved)."""
     args, overrides = parse_args(argv)
     os.environ.update(node_environment(dict(os.environ), SPEC))
-    cluster = clusters.detect(os.environ)
-    # A MASTER_PORT of the user's own wins (another job on the same nodes holds the default).
-    master_port = int(os.environ.get("MASTER_PORT") or SPEC.master_port)
+    try:  # the cluster's variables, as a launcher or a user set them
+        cluster = clusters.detect(os.environ)
+        # A MASTER_PORT of the user's own wins (another job on the same nodes holds the
+        # default).
+        master_port = clusters.count(os.environ, "MASTER_PORT", SPEC.master_port)
+    except ValueError as err:
+        raise SystemExit(f"launch: error: {err}") from None
     if cluster is not None:
         os.environ.update(cluster.lightning_env(master_port))
     # A preemption notice may come as SIGINT (Modal) or SIGTERM (clouds, SkyPilot): both

@@ -135,6 +135,29 @@ def test_a_bad_flag_on_a_node_is_one_line_exit_2(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.parametrize(
+    "variable, value, message",
+    [
+        ("MASTER_PORT", "x", "MASTER_PORT='x': expected a whole number 0 or more"),
+        (
+            "SKYPILOT_NODE_RANK",
+            "abc",
+            "SKYPILOT_NODE_RANK='abc': expected a whole number 0 or more",
+        ),
+        ("SKYPILOT_NODE_RANK", "3", "node rank 3 outside the 1 nodes listed"),
+    ],
+)
+def test_a_bad_cluster_variable_is_one_line(variable, value, message, tmp_path):
+    # ValueError tracebacks before, int()'s naming only the text.
+    env = dict(os.environ, **{variable: value})
+    out = subprocess.run(
+        [sys.executable, "-m", "launch", "run", "test", "--checkpoint-dir", str(tmp_path)],
+        check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.stderr.strip() == f"launch: error: {message}"
+    assert out.returncode == 1 and not any(tmp_path.iterdir())
+
+
 def _launch(job: Path, checkpoint_dir: Path, log: Path, overrides=()) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline")
     # An in-process W&B run of an earlier test leaves its service's address here; a child
