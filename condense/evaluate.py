@@ -80,6 +80,13 @@ def eval_samples(
                 " (an imported checkpoint?): say what to score with --data (a file,"
                 " a dataset, or synthetic)"
             )
+        recorded = Path(config["train_data"])
+        # A data file recorded relative to the working folder training ran in.
+        if recorded.suffix in (".jsonl", ".json", ".parquet") and not recorded.is_file():
+            raise ConfigError(
+                f"this artifact's training data {recorded} is not found from here: give"
+                " --data to say what to score"
+            )
         every = _run_samples(config, cut, report)
         samples = split_train_val(every, config.get("val_size", 100), seed)[1]
     else:

@@ -12,6 +12,7 @@ import errno
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -146,4 +147,11 @@ def json_out(out: str | Path | None, example: str) -> Path | None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"--out {out}: cannot make its folder: {err.strerror or err}") from None
+    try:  # a folder that exists may still refuse files (read-only, /proc)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.probe-"):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"--out {out}: cannot write in its folder: {err.strerror or err}"
+        ) from None
     return path

@@ -21,7 +21,7 @@ from condense.artifact import save_artifact
 from condense.callbacks import LogGenerations
 from condense.checkpoint_io import AtomicCheckpointIO, BestAndLastCheckpoint
 from condense.config import ConfigError, TrainConfig
-from condense.data import CondenseDataModule
+from condense.data import CondenseDataModule, is_synthetic
 from condense.device import (
     cpu_training_precision,
     gpu_mixed_precision,
@@ -262,7 +262,7 @@ class ExportBest(Callback):
         self.extra = {
             "max_tokens": cfg.dataset.max_tokens,
             "max_characters": cfg.dataset.max_characters,
-            "train_data": cfg.data,
+            "train_data": _as_recorded(cfg.data),
             "seed": cfg.seed,
             "val_size": cfg.dataset.val_size,
             "synthetic_passages": cfg.dataset.synthetic_passages,
@@ -289,6 +289,13 @@ class ExportBest(Callback):
         if best is None or float(current) < float(best):
             self.extra.update(train_steps=trainer.global_step, val_loss=float(current))
             save_artifact(module.condenser, self.folder, self.extra)
+
+
+def _as_recorded(data: str) -> str:
+    """`data` as the artifact records it: a local file or folder by its absolute path, so
+    that eval rebuilds the validation split from any working folder."""
+    local = not is_synthetic(data) and Path(data).exists()
+    return str(Path(data).resolve()) if local else data
 
 
 def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDataModule]:

@@ -530,6 +530,22 @@ def test_skip_bad_rows_also_holds_for_the_runs_own_validation_split(tmp_path):
     assert report.rows_skipped == 1
 
 
+def test_a_runs_data_file_is_found_from_any_folder(tiny_pair, tmp_path, monkeypatch):
+    # The artifact recorded `--data d.jsonl` as given, and eval from another folder said
+    # "--data d.jsonl: no such file", naming a flag the user never gave.
+    from condense.config import ConfigError
+    from condense.train import ExportBest
+    from tests.conftest import tiny_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.jsonl").write_text("")
+    recorded = ExportBest(tmp_path / "artifact", tiny_config(*tiny_pair, tmp_path, data="d.jsonl"))
+    assert recorded.extra["train_data"] == str(tmp_path / "d.jsonl")
+    monkeypatch.chdir(tmp_path.parent)  # an artifact of before, from elsewhere
+    with pytest.raises(ConfigError, match="training data d.jsonl is not found from here"):
+        eval_samples({"train_data": "d.jsonl", "seed": 0}, None, None)
+
+
 def test_an_artifact_with_no_training_data_needs_data_to_score(tiny_pair, tmp_path, monkeypatch):
     import condense.evaluate
     from condense.config import ConfigError

@@ -71,3 +71,13 @@ def test_every_pickle_load_in_the_package_is_weights_only():
                 assert isinstance(only, ast.Constant) and only.value is True, (
                     f"{source.name}:{node.lineno}: torch.load without weights_only=True"
                 )
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
+def test_an_out_in_a_folder_that_takes_no_files_is_refused_before_the_work():
+    # eval scored every sample, then failed on its temporary file's name.
+    from condense.config import ConfigError
+    from condense.files import json_out
+
+    with pytest.raises(ConfigError, match=r"^--out /proc/x.json: cannot write in its folder"):
+        json_out("/proc/x.json", "eval.json")
