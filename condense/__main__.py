@@ -395,8 +395,8 @@ def sample_shape(cfg: TrainConfig, args: Namespace) -> tuple[int, int]:
 
 def run_plan(argv: list[str]) -> None:
     cfg, args = parse_job(plan_parser(), argv)
-    out = json_out(args.out, "plan.json")
     context, target = sample_shape(cfg, args)
+    out = json_out(args.out, "plan.json")  # last: it makes the folder
     from condense.plan import describe, plan, write
 
     result = plan(cfg, args.gpu, args.price, args.mfu, context, target)
@@ -411,10 +411,10 @@ def run_bench(argv: list[str]) -> None:
         raise ConfigError(
             f"--steps must be 1 or more and --warmup 0 or more, got {args.steps}, {args.warmup}"
         )
-    out = json_out(args.out, "bench.json")
     shape = sample_shape(cfg, args) if args.random_weights else None
     if shape is None and (args.context_tokens or args.target_tokens):
         raise ConfigError("--context-tokens and --target-tokens need --random-weights")
+    out = json_out(args.out, "bench.json")  # last: it makes the folder
     from condense.bench import describe, run_bench, write
 
     result = run_bench(cfg, args.steps, args.warmup, args.mode, args.threads, shape)
@@ -483,7 +483,7 @@ def prompt_notes(condenser, prompt: str, max_new_tokens: int) -> list[str]:
             " as in training"
         )
     # generate() stops every row at the decoder's last position, which said nothing.
-    limit = getattr(condenser.decoder.config, "max_position_embeddings", None)
+    limit = condenser.decoder_positions
     left = limit - condenser.num_condense_tokens - kept if limit else max_new_tokens
     if 0 < left < max_new_tokens:
         notes.append(

@@ -158,24 +158,29 @@ def load_condenser(
 
 
 def _model_config(folder: Path, config: dict[str, Any]) -> ModelConfig:
-    """The ModelConfig an artifact's (read_config-checked) config describes; a value
-    ModelConfig refuses (a negative count) is the artifact's fault, not the command line's,
-    so it is an ArtifactError naming the file."""
+    """The ModelConfig an artifact's (read_config-checked) config describes."""
     lora = config["lora"]
+    return _config_from_file(
+        folder / CONFIG_FILE,
+        encoder=config["encoder"],
+        decoder=config["decoder"],
+        num_condense_tokens=config["num_condense_tokens"],
+        n_last_hidden_states=config["n_last_hidden_states"],
+        lora_r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        lora_target_modules=lora["target_modules"],
+    )
+
+
+def _config_from_file(path: Path, **fields: Any) -> ModelConfig:
+    """The ModelConfig of `fields` read from the file `path`, for inference (no gradient
+    checkpointing); a value ModelConfig refuses (r: 0, a negative count) is that file's
+    fault, not the command line's, so it is an ArtifactError naming it."""
     try:
-        return ModelConfig(
-            encoder=config["encoder"],
-            decoder=config["decoder"],
-            num_condense_tokens=config["num_condense_tokens"],
-            n_last_hidden_states=config["n_last_hidden_states"],
-            lora_r=lora["r"],
-            lora_alpha=lora["alpha"],
-            lora_dropout=lora["dropout"],
-            lora_target_modules=lora["target_modules"],
-            gradient_checkpointing=False,
-        )
+        return ModelConfig(**fields, gradient_checkpointing=False)
     except ConfigError as err:
-        raise ArtifactError(f"{folder / CONFIG_FILE}: {err}") from None
+        raise ArtifactError(f"{path}: {err}") from None
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -395,20 +400,17 @@ def import_original(
     encoder = encoder or adapter_config.get("base_model_name_or_path") or ORIGINAL_ENCODER
     encoder_model = load_causal_lm(encoder)
     tokens = tokens.reshape(-1, tokens.shape[-1])  # the original stored (1, N, He)
-    try:
-        cfg = ModelConfig(
-            encoder=encoder,
-            decoder=decoder,
-            num_condense_tokens=tokens.shape[0],
-            n_last_hidden_states=norm["weight"].numel() // encoder_model.config.hidden_size,
-            lora_r=adapter_config["r"],
-            lora_alpha=adapter_config["lora_alpha"],
-            lora_dropout=adapter_config.get("lora_dropout") or 0.0,  # null: none
-            lora_target_modules=_sorted_targets(adapter_config["target_modules"]),
-            gradient_checkpointing=False,
-        )
-    except ConfigError as err:  # the checkpoint's values (r: 0), not the command line's
-        raise ArtifactError(f"{adapter_dir / 'adapter_config.json'}: {err}") from None
+    cfg = _config_from_file(
+        adapter_dir / "adapter_config.json",
+        encoder=encoder,
+        decoder=decoder,
+        num_condense_tokens=tokens.shape[0],
+        n_last_hidden_states=norm["weight"].numel() // encoder_model.config.hidden_size,
+        lora_r=adapter_config["r"],
+        lora_alpha=adapter_config["lora_alpha"],
+        lora_dropout=adapter_config.get("lora_dropout") or 0.0,  # null: none
+        lora_target_modules=_sorted_targets(adapter_config["target_modules"]),
+    )
     condenser = Condenser(encoder_model, load_causal_lm(decoder), cfg)
     tensors = {
         "condense_tokens": tokens,

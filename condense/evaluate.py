@@ -200,7 +200,7 @@ def _evaluate(
         truncation=True,
         max_length=max_tokens,
     )["input_ids"]
-    limit = getattr(condenser.decoder.config, "max_position_embeddings", None)
+    limit = condenser.decoder_positions
     context_ids, cut = _fit_full_context(context_ids, items, bos, limit)
     collate = Collator(enc_tok.pad_token_id or 0, dec_tok.pad_token_id or 0)
     device = condenser.condense_tokens.device
@@ -255,8 +255,9 @@ def _fit_full_context(
 
     The context and the prompt+completion are each up to max_tokens long, and training
     checks only max_tokens + N against the decoder: GPT-2's 1024 positions, trained on at
-    max_tokens 600, would be indexed past its position table by two 600-token halves. The cut keeps the context's
-    last tokens, those next to the prompt, as a text too long for a window is read."""
+    max_tokens 600, would be indexed past its position table by two 600-token halves. The
+    cut keeps the context's last tokens, those next to the prompt, as a text too long for
+    a window is read."""
     if limit is None:
         return [bos + ids for ids in context_ids], 0
     fitted, cut = [], 0

@@ -48,7 +48,7 @@ def generate(
         for prefix, prompt, budget in zip(prefixes, prompts, budgets)
     ]
     width = max(len(r) for r in rows)
-    limit = getattr(condenser.decoder.config, "max_position_embeddings", None)
+    limit = condenser.decoder_positions
     if limit is not None:
         budgets = [min(budget, limit - len(row)) for budget, row in zip(budgets, rows)]
         if min(budgets) < 1:

@@ -246,6 +246,12 @@ class Condenser(nn.Module):
         device = self.condense_tokens.device
         return self.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
 
+    @property
+    def decoder_positions(self) -> int | None:
+        """How many positions the decoder reads (its config's max_position_embeddings);
+        None when its config does not say. Generation and eval's full context stop there."""
+        return getattr(self.decoder.config, "max_position_embeddings", None)
+
     def autocast(self) -> AbstractContextManager:
         """Autocast to the frozen models' dtype where they are stored below fp32, as mixed
         precision training ran them (the trained tensors stay fp32); nothing where they are
