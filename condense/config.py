@@ -214,8 +214,9 @@ class TrainConfig:
         run_dir: Where checkpoints, logs and summary.json go; default runs/<name>-<time>.
         name: Job name, used in the default run_dir and as the W&B run name.
         resume: "auto" resumes from run_dir/checkpoints/last.ckpt when it exists, "never"
-            starts fresh, anything else is a checkpoint path to resume from. A fresh start
-            in a run_dir holding an earlier run moves that run's files to earlier-<time>/.
+            starts fresh, anything else is a checkpoint path to resume from (the same path
+            again continues the run in run_dir that started from it). A fresh start in a
+            run_dir holding an earlier run moves that run's files to earlier-<time>/.
         precision: Lightning precision (short names as Lightning reads them: bf16 is
             bf16-mixed); "auto" is bf16-mixed where the hardware has bf16 (frozen weights
             are then stored in bf16), 16-mixed on a GPU without it, 32-true elsewhere.

@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from condense.config import TrainConfig
+from condense.files import write_atomic
 
 RUN_DIR_ENV = "CONDENSE_RUN_DIR"
 MOVING = ".moving"  # in an earlier-* folder while a run's files are being moved into it
+# The checkpoint of another run that the run in a folder started from (`--resume PATH`).
+STARTED_FROM = "started_from"
 
 # What a run writes into its folder. W&B's offline wandb/ is left where it is: every start
 # logs into a subfolder of its own there.
@@ -24,6 +27,7 @@ RUN_FILES = (
     "config.yaml",
     "summary.json",
     "wandb_run_id",
+    STARTED_FROM,
 )
 
 
@@ -44,15 +48,36 @@ def resolve_run_dir(cfg: TrainConfig) -> Path:
 
 
 def resolve_resume(resume: str, run_dir: Path) -> str | None:
-    """Checkpoint to resume from: "never" -> None, "auto" -> last.ckpt if present, else a path."""
+    """Checkpoint to resume from: "never" -> None, "auto" -> last.ckpt if present, else a path.
+
+    A path to another run's checkpoint that the run in `run_dir` started from (the same
+    command again, after a stop or after it finished) gives run_dir's own last.ckpt: the
+    run goes on, or has nothing to train, instead of starting over from that checkpoint.
+    """
     if resume == "never":
         return None
+    last = run_dir / "checkpoints" / "last.ckpt"
     if resume == "auto":
-        last = run_dir / "checkpoints" / "last.ckpt"
         return str(last) if last.is_file() else None
     if not Path(resume).is_file():
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+    if last.is_file() and started_from(run_dir) == Path(resume).resolve():
+        return str(last)
     return resume
+
+
+def started_from(run_dir: Path) -> Path | None:
+    """The other run's checkpoint that the run in `run_dir` started from, if it did."""
+    try:
+        return Path((run_dir / STARTED_FROM).read_text().strip())
+    except OSError:
+        return None
+
+
+def record_start(run_dir: Path, resume_from: str | None) -> None:
+    """Note, in a run starting afresh in `run_dir`, the checkpoint it started from."""
+    if resume_from is not None:
+        write_atomic(run_dir / STARTED_FROM, str(Path(resume_from).resolve()))
 
 
 def set_aside_earlier_run(run_dir: Path) -> Path | None:

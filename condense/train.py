@@ -46,6 +46,7 @@ from condense.run_dir import (
     continues_run,
     is_finished,
     read_summary,
+    record_start,
     resolve_resume,
     resolve_run_dir,
     set_aside_earlier_run,
@@ -93,6 +94,12 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     module, datamodule = build(cfg, precision)
     resumed_step = module.check_checkpoint(resume_from) if resume_from is not None else 0
     continues = continues_run(resume_from, run_dir)
+    if resume_from is not None and not continues and resumed_step >= cfg.max_steps:
+        # Lightning would end at once, leaving this run with no checkpoint and no artifact.
+        raise ConfigError(
+            f"--resume {resume_from} is at step {resumed_step} and max_steps is"
+            f" {cfg.max_steps}: nothing to train (raise --max-steps to go on from it)"
+        )
     if continues:  # another run's checkpoint may start this one on other data
         saved = torch.load(resume_from, map_location="cpu", mmap=True, weights_only=True)
         datamodule.check_same_split(saved.get(type(datamodule).__qualname__), resume_from)
@@ -121,6 +128,7 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
             aside = set_aside_earlier_run(run_dir)
             if aside is not None:
                 print(f"condense: {run_dir} held an earlier run; its files are now in {aside}")
+            record_start(run_dir, resume_from)
         write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         keep_run_id(loggers, run_dir)
         for logger in loggers:

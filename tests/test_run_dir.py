@@ -8,7 +8,15 @@ import os
 
 import pytest
 
-from condense.run_dir import RUN_DIR_ENV, continues_run, resolve_resume, set_aside_earlier_run
+from condense.config import ConfigError
+from condense.run_dir import (
+    RUN_DIR_ENV,
+    continues_run,
+    record_start,
+    resolve_resume,
+    set_aside_earlier_run,
+    started_from,
+)
 from condense.samples import DataError
 from condense.train import train
 from tests.conftest import tiny_config
@@ -103,6 +111,35 @@ def test_a_fresh_run_in_a_used_folder_keeps_the_earlier_run_apart(tiny_pair, tmp
     assert third["steps"] == 6 and len(list(run.glob("earlier-*"))) == 2
     assert _steps(run / "metrics.csv") == [4, 5]
     assert third["wandb_run_id"] not in (first["wandb_run_id"], second["wandb_run_id"])
+
+    # The same command again continues the run it started: finished, it trains nothing.
+    again = train(tiny_config(*tiny_pair, run, max_steps=6, resume=resumed, wandb="offline"))
+    assert again == third and len(list(run.glob("earlier-*"))) == 2
+    more = train(tiny_config(*tiny_pair, run, max_steps=7, resume=resumed, wandb="offline"))
+    assert more["resumed_at_step"] == 6 and _steps(run / "metrics.csv") == [4, 5, 6]
+    assert more["wandb_run_id"] == third["wandb_run_id"]
+
+    # A checkpoint already at max_steps would start a run that trains nothing, writes no
+    # checkpoint and no artifact: refused before anything is written.
+    with pytest.raises(ConfigError, match="at step 4 and max_steps is 4: nothing to train"):
+        train(tiny_config(*tiny_pair, tmp_path / "new", max_steps=4, resume=resumed))
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_checkpoint_path_continues_the_run_that_started_from_it(tmp_path):
+    other = tmp_path / "other" / "last.ckpt"
+    other.parent.mkdir()
+    other.write_bytes(b"weights")
+    own = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"weights")
+    assert resolve_resume(str(other), tmp_path / "run") == str(other)  # another run's folder
+    record_start(tmp_path / "run", str(other))
+    assert resolve_resume(str(other), tmp_path / "run") == str(own)
+    # The record goes with the run when a fresh start sets its files aside.
+    aside = set_aside_earlier_run(tmp_path / "run")
+    assert started_from(aside) == other.resolve()
+    assert resolve_resume(str(other), tmp_path / "run") == str(other)
 
 
 def test_a_run_that_fails_leaves_no_folder_choice_behind(tiny_pair, tmp_path, monkeypatch):
