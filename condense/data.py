@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Sampler
 
 from condense.config import DatasetConfig
@@ -384,14 +385,41 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        """The epoch and how many of its batches all ranks together have trained on."""
-        replicas = self.batch_sampler.num_replicas
-        return {"epoch": self.epoch, "batches_trained": self.handed_out * replicas}
+        """The epoch, how many of its batches all ranks together have trained on, and the
+        size of a batch (each rank's)."""
+        sampler = self.batch_sampler
+        return {
+            "epoch": self.epoch,
+            "batches_trained": self.handed_out * sampler.num_replicas,
+            "batch_size": sampler.batch_size,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue from a `state_dict()`: the next batch is the first one not trained."""
-        replicas = self.batch_sampler.num_replicas
-        self.epoch, self.handed_out = state["epoch"], state["batches_trained"] // replicas
+        """Continue from a `state_dict()`: the next batch is the first one not trained.
+        Saved at another batch size, part-way through an epoch, it goes on from the next
+        epoch's start: an epoch's order depends on the batch size, so the rest of the epoch
+        in batches of the new size would hold samples already trained and miss others."""
+        sampler = self.batch_sampler
+        self.epoch = state["epoch"]
+        self.handed_out = state["batches_trained"] // sampler.num_replicas
+        saved_size = state.get("batch_size", sampler.batch_size)  # older checkpoints: the same
+        if saved_size != sampler.batch_size and self.handed_out:
+            rank_zero_info(
+                f"condense: the checkpoint trained in batches of {saved_size}, this run in"
+                f" batches of {sampler.batch_size}: training goes on from the start of the next"
+                f" epoch ({self.epoch + 1}); the rest of epoch {self.epoch} is not trained"
+            )
+            self.epoch, self.handed_out = self.epoch + 1, 0
+
+
+# Why check_same_split refuses a checkpoint, by the digest that differs.
+SPLIT_CHANGED = (
+    "split its data otherwise (another seed, data source or dataset setting: val_size,"
+    " tasks, max_characters, synthetic_*, skip_bad_rows)"
+)
+TARGETS_CHANGED = (
+    "read its validation samples otherwise (another dataset.max_tokens, or another tokenizer)"
+)
 
 
 class CondenseDataModule(L.LightningDataModule):
@@ -441,7 +469,7 @@ class CondenseDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, str]:
         # Kept in checkpoints for check_same_split, and only read there.
-        return {"split": self.split_digest()}
+        return {"split": self.split_digest(), "targets": self.targets_digest()}
 
     def split_digest(self) -> str:
         """A digest of the split: the seed, the training set's size and the validation
@@ -453,18 +481,33 @@ class CondenseDataModule(L.LightningDataModule):
                 digest.update(text.encode() + b"\0")
         return digest.hexdigest()
 
+    def targets_digest(self) -> str:
+        """A digest of the validation set as the models read it: token ids and labels,
+        which another max_tokens or tokenizer changes though the samples stay the same."""
+        digest = hashlib.blake2b(digest_size=8)
+        for item in self.val_set:
+            for ids in (item.context_ids, item.input_ids, item.labels):
+                digest.update(",".join(map(str, ids)).encode() + b";")
+        return digest.hexdigest()
+
     def check_same_split(self, saved: dict | None, path: str) -> None:
         """Refuse to continue a run from the checkpoint at `path` (its state of this module,
-        `saved`) on another split: its best val_loss, restored, would be compared with
-        losses over other samples, and samples it trained on would be validated on. A
-        checkpoint from before the digest was kept (no `saved`) is taken as it is."""
-        if saved and saved.get("split") != self.split_digest():
-            raise DataError(
-                f"{path}: this run split its data otherwise (another seed, data source or"
-                " dataset setting: val_size, tasks, max_characters, synthetic_*,"
-                " skip_bad_rows): resuming would compare val_loss over other samples with its"
-                " best; resume with the run's own settings, or start afresh with --resume never"
-            )
+        `saved`) on another split, or on the same samples tokenized otherwise: its best
+        val_loss, restored, would be compared with losses over other samples or targets,
+        and samples it trained on might be validated on. What a checkpoint does not hold
+        (it was saved before that digest was kept) is taken as it is."""
+        saved = saved or {}
+        if "split" in saved and saved["split"] != self.split_digest():
+            reason = SPLIT_CHANGED
+        elif "targets" in saved and saved["targets"] != self.targets_digest():
+            reason = TARGETS_CHANGED
+        else:
+            return
+        raise DataError(
+            f"{path}: this run {reason}: resuming would compare val_loss over other samples"
+            " or targets with its best; resume with the run's own settings, start afresh with"
+            " --resume never, or carry its weights into a new run (--run-dir NEW --resume PATH)"
+        )
 
     def train_dataloader(self) -> ResumableDataLoader:
         return self._loader(self.train_set, ResumableDataLoader, even=True)

@@ -52,6 +52,32 @@ class Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
+def test_a_resume_at_another_batch_size_goes_on_from_the_next_epoch(caplog):
+    lengths = [random.Random(i).randint(1, 50) for i in range(32)]
+
+    def loader(batch_size: int) -> ResumableDataLoader:
+        return ResumableDataLoader(list(range(32)), LengthGroupedBatchSampler(lengths, batch_size))
+
+    fours = loader(4)
+    it = iter(fours)
+    trained = [i for _ in range(3) for i in next(it).tolist()]
+    # In batches of 2, the rest of epoch 0 would repeat some of these 12 samples and leave
+    # out as many others; epoch 1 is whole, in its own order.
+    twos = loader(2)
+    twos.load_state_dict(fours.state_dict())
+    assert "goes on from the start of the next epoch (1)" in caplog.text
+    resumed = [b.tolist() for b in twos]
+    following = loader(2)
+    following.load_state_dict({"epoch": 1, "batches_trained": 0, "batch_size": 2})
+    assert resumed == [b.tolist() for b in following]
+    assert sorted(i for b in resumed for i in b) == list(range(32))
+    assert len(set(trained)) == 12
+    # At the same size, or saved before the size was kept, the epoch goes on where it was.
+    same = loader(4)
+    same.load_state_dict({"epoch": 0, "batches_trained": 3})
+    assert sorted(i for b in same for i in b.tolist()) == sorted(set(range(32)) - set(trained))
+
+
 def _loader(num_replicas: int = 1, rank: int = 0) -> ResumableDataLoader:
     lengths = [random.Random(i).randint(1, 50) for i in range(4 * BATCHES_PER_EPOCH)]
     sampler = LengthGroupedBatchSampler(lengths, 4, seed=3, window=2)
@@ -228,7 +254,7 @@ def test_position_is_kept_across_a_change_in_the_number_of_processes():
     it = iter(alone)
     trained = [next(it).tolist() for _ in range(4)]
     assert trained == whole_epoch[:4]
-    assert alone.state_dict() == {"epoch": 0, "batches_trained": 4}
+    assert alone.state_dict() == {"epoch": 0, "batches_trained": 4, "batch_size": 4}
     # Resumed on two processes: between them, exactly the four batches not trained yet.
     rest = []
     for rank in (0, 1):
@@ -323,7 +349,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights_bit_for_bit(tiny_pair
     state = _checkpoint(last)
     assert state["global_step"] == n
     assert state["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
-        {"epoch": 1, "batches_trained": n - 12}
+        {"epoch": 1, "batches_trained": n - 12, "batch_size": 4}
     ]
     # metrics.csv is written at every step: the killed process's rows are all there.
     with (killed / "metrics.csv").open() as f:

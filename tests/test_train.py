@@ -214,7 +214,7 @@ def test_a_checkpoint_of_another_shape_is_refused(tiny_pair, tmp_path):
         assert (tmp_path / "run" / "config.yaml").read_text() == saved_config
 
 
-@pytest.mark.parametrize("change", ["seed", "val_size"])
+@pytest.mark.parametrize("change", ["seed", "val_size", "max_tokens"])
 def test_resuming_on_another_split_is_refused_before_anything_is_written(
     change, tiny_pair, tmp_path
 ):
@@ -227,9 +227,12 @@ def test_resuming_on_another_split_is_refused_before_anything_is_written(
     other = tiny_config(*tiny_pair, tmp_path / "run", max_steps=4)
     if change == "seed":
         other.seed = 3
-    else:
+    elif change == "val_size":
         other.dataset.val_size = 8
-    with pytest.raises(DataError, match="split its data otherwise"):
+    else:  # the same samples, their targets cut elsewhere
+        other.dataset.max_tokens = 64
+    refusal = "read its validation samples otherwise" if change == "max_tokens" else "split its"
+    with pytest.raises(DataError, match=refusal):
         train(other)
     assert (tmp_path / "run" / "config.yaml").read_text() == saved_config
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith("earlier")]
