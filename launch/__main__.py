@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE, end="")
         raise SystemExit(0 if argv else 2)
     if argv[0] != "run":
-        raise SystemExit(f"launch: error: unknown command {argv[0]!r}\n{USAGE}")
+        print(f"launch: error: unknown command {argv[0]!r}\n{USAGE}", end="", file=sys.stderr)
+        raise SystemExit(2)  # a usage error, as argparse's
     from condense.__main__ import run_reporting_errors
     from launch.run import main as run
 

@@ -49,7 +49,17 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         default=os.environ.get("HUB_REPO") or None,
         help="Push the final artifact to this Hub model repo (private); default $HUB_REPO.",
     )
-    return parser.parse_known_args(argv)
+    args, overrides = parser.parse_known_args(argv)
+    for flag in overrides:
+        name = flag.split("=", 1)[0]
+        if name in ("--run-dir", "--run_dir", "--resume"):
+            # Training would write or resume elsewhere than the folder this entry resumes
+            # from and a restarted job looks in: its checkpoints would be lost to it.
+            parser.error(
+                f"{name} is this entry's to set: the run dir is --checkpoint-dir, and a"
+                " restart resumes from the newest checkpoint there"
+            )
+    return args, overrides
 
 
 def node_environment(environ: dict[str, str], spec: LaunchSpec) -> dict[str, str]:

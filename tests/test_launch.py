@@ -135,6 +135,27 @@ def test_a_bad_flag_on_a_node_is_one_line_exit_2(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.parametrize("flag", ["--run-dir", "--run_dir=/elsewhere", "--resume"])
+def test_the_run_dir_and_resume_are_the_entrys_own(flag, capsys):
+    from launch.run import parse_args
+
+    # Passed on, the run would write elsewhere than the folder a restart resumes from.
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["test", "--checkpoint-dir", "/ck", flag, "x"])
+    assert stop.value.code == 2
+    assert "the run dir is --checkpoint-dir" in capsys.readouterr().err
+    assert parse_args(["test", "--max-steps", "5"])[1] == ["--max-steps", "5"]
+
+
+def test_an_unknown_command_is_a_usage_error(capsys):
+    from launch.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["foo"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("launch: error: unknown command 'foo'\nusage:")
+
+
 @pytest.mark.parametrize(
     "variable, value, message",
     [
