@@ -143,6 +143,7 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     finally:
         finish_wandb(loggers)
 
+    where = run_dir.resolve()
     summary = {
         "steps": trainer.global_step,
         "wall_s": round(time.monotonic() - start, 1),
@@ -153,10 +154,11 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
         "best_checkpoint": checkpoints.best_model_path or None,
         "last_checkpoint": checkpoints.last_model_path or None,
         "wandb_run_id": wandb_run_id(loggers),
-        "artifact": str(run_dir / "artifact") if (run_dir / "artifact").is_dir() else None,
-        "run_dir": str(run_dir),
+        # Absolute, as Lightning gives the checkpoints': the summary is read from anywhere.
+        "artifact": str(where / "artifact") if (where / "artifact").is_dir() else None,
+        "run_dir": str(where),
         "precision": precision,
-        "resumed_from": resume_from,
+        "resumed_from": resume_from and str(Path(resume_from).resolve()),
         "resumed_at_step": resumed_step,  # wall_s is the time from there
         "world_size": trainer.world_size,
         "skipped_steps": module.skipped_steps,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -34,8 +35,12 @@ def test_run_writes_summary_csv_and_checkpoints(tiny_pair, tmp_path, monkeypatch
         "save_checkpoint",
         lambda self, ckpt, path, **kwargs: saved.append(path) or original_save(self, ckpt, path),
     )
-    summary = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=5))
+    monkeypatch.chdir(tmp_path)
+    summary = train(tiny_config(*tiny_pair, Path("run"), max_steps=5))
     assert saved  # checkpoints go through the atomic writer
+    # Every path in the summary is absolute, though the run dir was given relative.
+    paths = ("run_dir", "artifact", "best_checkpoint", "last_checkpoint")
+    assert all(Path(summary[key]).is_absolute() for key in paths)
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(on_disk) and on_disk == summary
     assert summary["steps"] == 5
@@ -61,7 +66,7 @@ def test_run_writes_summary_csv_and_checkpoints(tiny_pair, tmp_path, monkeypatch
     assert {p.name for p in (tmp_path / "run" / "artifact").iterdir()} == ARTIFACT_FILES
     exported = read_config(tmp_path / "run" / "artifact")
     assert exported["val_loss"] == pytest.approx(summary["val_loss_best"])
-    assert summary["artifact"] == str(tmp_path / "run" / "artifact")
+    assert summary["artifact"] == str((tmp_path / "run" / "artifact").resolve())
     assert exported["training_config"]["max_steps"] == 5
     card = (tmp_path / "run" / "artifact" / "README.md").read_text()
     assert "## Training configuration" in card and "max_steps: 5" in card
