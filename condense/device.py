@@ -102,6 +102,11 @@ def _levels_inside_condense() -> int:
     return level
 
 
+# Lightning's short precision names, spelled out as Lightning reads them: the weights'
+# dtype, autocast, loss scaling and bench's peak all go by the full name.
+PRECISION_ALIASES = {"64": "64-true", "32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+
+
 def precision_dtype(precision: str) -> torch.dtype:
     """The dtype a Lightning `precision` string computes in: the frozen models are stored
     in it, autocast runs in it under "-mixed", and every parameter is cast to it under

@@ -26,7 +26,7 @@ from torch import nn
 
 from condense import flops
 from condense.config import ConfigError, TrainConfig
-from condense.device import precision_dtype
+from condense.device import PRECISION_ALIASES, precision_dtype
 from condense.loss import CHUNK_LOGITS
 
 
@@ -165,11 +165,17 @@ def _adapters_per_block(model: nn.Module) -> int:
 
 
 def largest_batch(
-    condenser, context: int, text: int, labelled_per_row: int, budget: int, ckpt: bool
+    condenser,
+    context: int,
+    text: int,
+    labelled_per_row: int,
+    budget: int,
+    ckpt: bool,
+    precision: str = "bf16-mixed",
 ) -> int:
     """The most rows per step that fit in `budget` bytes (0 if not even one)."""
-    fixed = memory(condenser, 0, context, text, 0, ckpt)
-    one = memory(condenser, 1, context, text, labelled_per_row, ckpt)
+    fixed = memory(condenser, 0, context, text, 0, ckpt, precision)
+    one = memory(condenser, 1, context, text, labelled_per_row, ckpt, precision)
     per_row = one["total"] - fixed["total"]
     if ckpt:  # the one-block term grows with the batch like the rest
         per_row = max(per_row, 1)
@@ -193,6 +199,7 @@ def plan(
     if not 0 < mfu <= 1:
         raise ConfigError(f"--mfu must be in (0, 1], got {mfu}")
     spec = GPUS[name]
+    precision = gpu_precision(cfg.precision)
     condenser = meta_condenser(cfg)
     context = cfg.dataset.max_tokens if context is None else context
     batch, n = cfg.dataset.batch_size, cfg.model.num_condense_tokens
@@ -216,7 +223,7 @@ def plan(
             "condense_tokens": n,
             "batch_per_gpu": batch,
             "usable_memory_fraction": USABLE,
-            "precision": "bf16 frozen weights and compute, fp32 trainable weights and AdamW",
+            "precision": describe_precision(precision),
             "price_usd_per_gpu_hour": price,
         },
         "parameters": sum(p.numel() for p in condenser.parameters()),
@@ -226,9 +233,11 @@ def plan(
     }
     for ckpt in (False, True):
         key = "checkpointing" if ckpt else "no_checkpointing"
-        result[f"memory_{key}"] = memory(condenser, batch, context, target, batch * labelled, ckpt)
+        result[f"memory_{key}"] = memory(
+            condenser, batch, context, target, batch * labelled, ckpt, precision
+        )
         result[f"largest_batch_{key}"] = largest_batch(
-            condenser, context, target, labelled, budget, ckpt
+            condenser, context, target, labelled, budget, ckpt, precision
         )
     result["gpus"] = []
     for count in GPU_COUNTS:
@@ -245,6 +254,21 @@ def plan(
             }
         )
     return result
+
+
+def gpu_precision(precision: str | int) -> str:
+    """The Lightning precision a job trains in on the plan's GPUs: "auto" is bf16-mixed
+    there (every GPU in GPUS has bf16), a short name is spelled out."""
+    precision = str(precision)
+    return "bf16-mixed" if precision == "auto" else PRECISION_ALIASES.get(precision, precision)
+
+
+def describe_precision(precision: str) -> str:
+    """What `precision` stores and computes in, as the plan's assumptions say it."""
+    names = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
+    compute = names.get(precision_dtype(precision), "fp32")
+    stored = "fp32" if precision.endswith("-mixed") else compute
+    return f"{compute} frozen weights and compute, {stored} trainable weights and AdamW"
 
 
 def labelled_tokens(target: int) -> int:

@@ -23,6 +23,7 @@ from condense.checkpoint_io import AtomicCheckpointIO, BestAndLastCheckpoint
 from condense.config import ConfigError, TrainConfig
 from condense.data import CondenseDataModule, is_synthetic
 from condense.device import (
+    PRECISION_ALIASES,
     cpu_training_precision,
     gpu_mixed_precision,
     precision_dtype,
@@ -377,11 +378,6 @@ def check_positions(cfg: TrainConfig) -> None:
                 f"dataset.max_tokens + model.num_condense_tokens = {need} positions, more than"
                 f" the {role} {name!r} has ({limit})"
             )
-
-
-# Lightning's short precision names, spelled out as Lightning reads them: the weights'
-# dtype, autocast, loss scaling and bench's peak all go by the full name.
-PRECISION_ALIASES = {"64": "64-true", "32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

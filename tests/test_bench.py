@@ -310,6 +310,31 @@ def test_plan_of_a_small_job_shows_its_step_time_and_cost(tmp_path, capsys):
     assert usd == pytest.approx(one_gpu["usd_per_million_tokens"], rel=0.01)
 
 
+def test_plan_counts_the_widths_of_the_jobs_precision():
+    from condense.plan import plan
+
+    cfg = parse_train(["--test"])
+    plans = {}
+    for precision in ("auto", "bf16", "32"):
+        cfg.precision = precision
+        plans[precision] = plan(cfg)
+    # auto is bf16-mixed on every GPU in the table: the plan as before.
+    assert plans["auto"] == plans["bf16"]
+    assert plans["auto"]["assumptions"]["precision"].startswith("bf16 frozen weights")
+    # 32-true stores the frozen weights and computes in fp32: twice the bytes.
+    auto, fp32 = plans["auto"]["memory_no_checkpointing"], plans["32"]["memory_no_checkpointing"]
+    trainable = plans["auto"]["trainable_parameters"]
+    frozen = plans["auto"]["parameters"] - trainable
+    # Frozen weights take 2 more bytes each; the trainable ones lose autocast's bf16 copy.
+    assert fp32["weights"] - auto["weights"] == 2 * frozen - 2 * trainable
+    assert fp32["activations"] > 1.5 * auto["activations"]
+    assert (
+        plans["32"]["largest_batch_no_checkpointing"]
+        < plans["auto"]["largest_batch_no_checkpointing"]
+    )
+    assert plans["32"]["assumptions"]["precision"].startswith("fp32 frozen weights and compute")
+
+
 def test_long_synthetic_samples_are_shaped_like_the_originals():
     from condense.synthetic import long_synthetic_samples
 

@@ -111,7 +111,7 @@ def test_every_shipped_job_parses_and_sets_only_known_keys(job):
 def test_a_precision_written_as_a_number_in_a_job_file_is_read(written, read, tmp_path):
     # YAML reads `precision: 32` as a number, which was refused as "expected text"; the
     # README documents `--precision 32`.
-    from condense.train import PRECISION_ALIASES
+    from condense.device import PRECISION_ALIASES
 
     job = tmp_path / "job.yaml"
     job.write_text(f"precision: {written}\n")
