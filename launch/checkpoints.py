@@ -31,11 +31,12 @@ class Checkpoint:
 def read_checkpoint(path: Path) -> Checkpoint | None:
     """The checkpoint at `path`, or None when it does not load (cut short by a kill during
     an upload, say). Memory-mapped: the tensors are not read, only the file's index and
-    its small bookkeeping."""
+    its small bookkeeping. Tensors and plain values only, as training itself reads it: a
+    file in a shared bucket runs no code here."""
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         return Checkpoint(Path(path), int(state["global_step"]))
     # A cut-short zip, a stray file, a dict without the step: each is skipped.
     except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError):

@@ -93,6 +93,9 @@ def test_newest_valid_checkpoint_skips_a_cut_short_file(tmp_path):
     (tmp_path / "last.ckpt").write_bytes(data[: len(data) // 2])  # a kill mid-upload
     assert newest_valid_checkpoint(tmp_path).path.name == "best.ckpt"
     assert newest_valid_checkpoint(tmp_path / "none") is None
+    # A file that would run code when unpickled is not loaded, only passed over.
+    torch.save({"global_step": 30, "code": Path("x")}, tmp_path / "last.ckpt")
+    assert newest_valid_checkpoint(tmp_path).path.name == "best.ckpt"
 
 
 def test_a_run_is_finished_only_when_its_summary_is_of_the_last_checkpoint(tmp_path):
