@@ -32,9 +32,9 @@ class LaunchSpec:
             of the SkyPilot checkpoint bucket (bucket names are global: pick your own).
         secrets: Environment variables passed as secrets; both optional (no HF_TOKEN: only
             public models; no WANDB_API_KEY: W&B logs offline beside the checkpoints).
-        timeout_s: Longest run of one attempt (Modal's limit is 24 h).
-        retries: How many times a failed or preempted attempt is started again; each
-            resumes from the newest checkpoint.
+        timeout_s: Longest run of one attempt on Modal (Modal's limit is 24 h).
+        retries: How many times Modal starts a failed or preempted attempt again; each
+            resumes from the newest checkpoint. (SkyPilot: sky.yaml's job_recovery.)
         master_port: Port of the DDP rendezvous on the first node (multi-node only).
         app_name: Modal app name.
         python_version: Python of the Modal image.
