@@ -440,22 +440,26 @@ def run_generate(argv: list[str]) -> None:
 
 
 def read_context(path: Path) -> str:
-    """The text of a context file; a ConfigError (one line, naming the flag) for one that
-    cannot be read or is not UTF-8."""
+    """The text of a context file; a DataError (one line, naming the flag; exit status 1,
+    as for `eval --data`) for one that cannot be read or is not UTF-8."""
+    from condense.samples import DataError
+
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError(
+        raise DataError(
             f"--context-file {path}: not UTF-8 text (byte {err.start}: {err.reason})"
         ) from None
     except OSError as err:
-        raise ConfigError(f"--context-file {path}: {err.strerror or err}") from None
+        raise DataError(f"--context-file {path}: {err.strerror or err}") from None
 
 
 def context_notes(condenser, context: str) -> list[str]:
     """What the condenser will not read of `context`, as training would not have."""
     if not context.strip():
-        return ["the context file is empty: the decoder answers from no context"]
+        return [
+            "the context file is empty: the decoder answers from the condensed vectors of an empty text"
+        ]
     chars, tokens = condenser.max_context_characters, condenser.max_context_tokens
     if chars is not None and len(context) > chars:
         context = context[:chars]

@@ -159,7 +159,7 @@ FULL_CUT_NOTE = (
 # The smallest span from none to full, as a share of none's loss, that gap closed divides
 # by. Below it the full context barely helps, and a few hundredths of a nat in the condensed
 # loss (the size of the margins this project's evaluation sets resolve) move the ratio by
-# whole units: on the tiny random pair, spans of 0.03-0.5% read as 12.72 and -1.91.
+# whole units: on the tiny random pair, spans of 0.03-0.5% read as 12.72 and -3.84.
 MIN_SPAN_SHARE = 0.01
 
 

@@ -268,17 +268,21 @@ def test_generate_reads_the_context_as_training_cut_it_and_says_so(tiny_pair, tm
         "the context is cut to its first 60 characters (dataset.max_characters), then to 8" in err
     )
 
+    (tmp_path / "empty.txt").write_text("")
+    main([*argv, "--context-file", str(tmp_path / "empty.txt"), "--max-new-tokens", "2"])
+    assert "the condensed vectors of an empty text" in capsys.readouterr().err
+
     (tmp_path / "latin1.txt").write_bytes(b"caf\xe9 au lait")
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(SystemExit) as stop:  # data, as a bad `eval --data` file: status 1
         main([*argv, "--context-file", str(tmp_path / "latin1.txt")])
-    assert stop.value.code == 2
+    assert stop.value.code == 1
     said = f"--context-file {tmp_path / 'latin1.txt'}: not UTF-8 text (byte 3: invalid"
     assert capsys.readouterr().err.strip().splitlines() == [
         f"condense: error: {said} continuation byte)"
     ]
-    with pytest.raises(SystemExit) as stop:  # a mistyped path is an argument mistake too
+    with pytest.raises(SystemExit) as stop:  # a missing file, as everywhere: status 1
         main([*argv, "--context-file", str(tmp_path / "nowhere.txt")])
-    assert stop.value.code == 2
+    assert stop.value.code == 1
     assert capsys.readouterr().err.strip() == (
         f"condense: error: --context-file {tmp_path / 'nowhere.txt'}: No such file or directory"
     )
