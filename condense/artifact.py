@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from condense.config import ConfigError, ModelConfig
-from condense.files import swap_in_folder
+from condense.files import swap_in_folder, umask_modes
 from condense.model import Condenser
 
 FORMAT_VERSION = 1
@@ -82,6 +82,7 @@ def save_artifact(condenser: Condenser, out: Path, extra: dict[str, Any] | None 
         config = artifact_config(condenser, extra or {})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         (tmp / "README.md").write_text(model_card(config))
+        umask_modes(tmp)
         swap_in_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -68,6 +68,30 @@ def swap_in_folder(new: Path, path: Path) -> None:
     _fsync_folder(path.parent)
 
 
+def umask_modes(folder: Path) -> None:
+    """Give `folder` and its files the modes `mkdir` and `open` give (the umask's):
+    tempfile makes a folder for its owner only, and so do some writers (safetensors) their
+    files; swapped into place, no one else on a shared machine could read them."""
+    mask = _umask()
+    folder.chmod(0o777 & ~mask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~mask)
+
+
+def _umask() -> int:
+    # Read, not set and reset: os.umask changes it for every thread of the process.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def sync_folder(folder: Path) -> None:
     """Flush every file under `folder`, and the folder, to disk: a rename that makes
     them visible could otherwise reach the disk before their contents, and a machine that

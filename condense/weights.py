@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from condense.config import EMBEDDED_MODEL
+from condense.files import umask_modes
 from condense.network import reachable
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -104,6 +105,7 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     try:
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        umask_modes(tmp)
         os.replace(tmp, out)
     except OSError:
         if not (out / "config.json").is_file():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -68,6 +70,20 @@ def test_artifact_holds_exactly_its_files_and_no_frozen_weights(tiny_pair, tmp_p
     assert config["num_condense_tokens"] == 4 and config["max_tokens"] == 96
     assert "Condenser.from_pretrained" in (tmp_path / "artifact" / "README.md").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_an_artifact_has_the_modes_the_umask_gives(tiny_pair, tmp_path):
+    # Built in a tempfile folder (0700) with safetensors files (0600): other users of a
+    # shared machine could not read an artifact, or the converted model cache.
+    condenser = _trained_condenser(tiny_pair)
+    before = os.umask(0o027)
+    try:
+        condenser.save_pretrained(str(tmp_path / "artifact"), max_tokens=96)
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "artifact").stat().st_mode) == 0o750
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "artifact").iterdir()}
+    assert modes == {0o640}
 
 
 def test_a_failed_write_leaves_the_previous_artifact_intact(tiny_pair, tmp_path, monkeypatch):
