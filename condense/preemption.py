@@ -109,6 +109,7 @@ class SaveOnSigterm(Callback):
         if trainer.state.fn == TrainerFn.FITTING and at_end and validation_was_cut(checkpoint):
             self._max_steps = trainer.max_steps
             trainer.fit_loop.epoch_loop.max_steps = self._max_steps + 1
+        restore_log_step(checkpoint, trainer.val_check_interval)
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self._max_steps is not None:
@@ -121,6 +122,7 @@ class SaveOnSigterm(Callback):
             restart_validation(checkpoint)
         else:
             settle_validation(checkpoint)
+        keep_log_step(checkpoint, trainer.validating)
 
 
 def restart_validation(checkpoint: dict[str, Any]) -> None:
@@ -161,3 +163,37 @@ def settle_validation(checkpoint: dict[str, Any]) -> None:
     total = loop["epoch_loop.val_loop.batch_progress"]["total"]
     total.update(ready=total["completed"], started=total["completed"])
     total.update(processed=total["completed"])
+
+
+# The loggers' step the next training batch logs at, as a checkpoint keeps it.
+LOG_STEP = "condense_log_step"
+
+
+def keep_log_step(checkpoint: dict[str, Any], validating: bool) -> None:
+    """Keep in `checkpoint` the step the loggers' next row takes (metrics.csv's and W&B's
+    step column: Lightning's count of batches that stepped).
+
+    Lightning counts a batch after its validation, and on resume counts the checkpoint's
+    batch once more when that batch was one that validates, assuming the save came from
+    inside the validation. A save on SIGTERM after a validation came after the count, and
+    the final validation at max_steps is off the interval: resumed, their rows were one
+    step high or one step low for the rest of the run (and W&B drops a step that goes
+    back). A save inside a validation (validating) comes before the count.
+    """
+    state = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict")
+    if state is not None:  # None in a weights-only save
+        checkpoint[LOG_STEP] = state["_batches_that_stepped"] + int(validating)
+
+
+def restore_log_step(checkpoint: dict[str, Any], val_check_interval: Any) -> None:
+    """Set the count Lightning restores so that, after its own correction, the next row
+    takes the step keep_log_step kept. Checkpoints without it are left as they are."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    state, progress = loop.get("epoch_loop.state_dict"), loop.get("epoch_loop.batch_progress")
+    if LOG_STEP not in checkpoint or state is None or progress is None:
+        return
+    # Lightning's test (_should_check_val_fx, with check_val_every_n_epoch=None): the
+    # batches so far are a whole number of validation intervals.
+    batches = progress["total"]["ready"]
+    counted_again = isinstance(val_check_interval, int) and batches % val_check_interval == 0
+    state["_batches_that_stepped"] = checkpoint[LOG_STEP] - int(counted_again)

@@ -39,9 +39,11 @@ class Recorder(L.LightningModule):
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.seen: list[list[int]] = []
         self.validated: list[tuple[int, int]] = []  # (global step, batch index)
+        self.log_steps: list[int] = []  # the loggers' step of each training batch
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         self.seen.append(batch.tolist())
+        self.log_steps.append(self.trainer.fit_loop.epoch_loop._batches_that_stepped)
         return (self.weight * batch.float().mean() - 1).pow(2)
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
@@ -106,10 +108,11 @@ def _fit(
     ckpt_path=None,
     val_batches: int = 1,
     module: Recorder | None = None,
+    max_steps: int = MAX_STEPS,
 ) -> Recorder:
     module = module or Recorder()
     trainer = L.Trainer(
-        max_steps=MAX_STEPS,
+        max_steps=max_steps,
         val_check_interval=val_every,
         check_val_every_n_epoch=None,
         limit_val_batches=val_batches,
@@ -144,10 +147,30 @@ def test_a_resumed_run_trains_on_the_batches_an_uninterrupted_one_would(tmp_path
     assert straight[:BATCHES_PER_EPOCH] != straight[BATCHES_PER_EPOCH : 2 * BATCHES_PER_EPOCH]
 
     folder = tmp_path / how
-    stopped = _fit(folder, [StopAt(step, how)], val_every=step).seen
-    assert len(stopped) == step + (how == "sigkill")  # the killed step ran, unsaved
-    resumed = _fit(folder, [], val_every=step, ckpt_path=folder / "last.ckpt").seen
-    assert stopped[:step] + resumed == straight
+    stopped = _fit(folder, [StopAt(step, how)], val_every=step)
+    assert len(stopped.seen) == step + (how == "sigkill")  # the killed step ran, unsaved
+    resumed = _fit(folder, [], val_every=step, ckpt_path=folder / "last.ckpt")
+    assert stopped.seen[:step] + resumed.seen == straight
+    # The loggers' steps too: a SIGTERM just after a validation resumed one step high.
+    assert stopped.log_steps[:step] + resumed.log_steps == list(range(MAX_STEPS))
+
+
+class FinalValidation(Recorder):
+    """Validates at max_steps as CondenseModule does (off the interval too)."""
+
+    def on_train_batch_end(self, *_):
+        if self.trainer.global_step >= self.trainer.max_steps:
+            self.trainer.should_stop = True
+
+
+def test_more_steps_after_a_final_validation_log_at_the_steps_that_follow(tmp_path):
+    # Finished at step 3 with a final validation off the interval of 2, then given 6:
+    # the rows after it were one step low, step 2 twice (Lightning's count of batches
+    # that stepped is saved before it counts the batch it validated after).
+    first = _fit(tmp_path, [], val_every=2, module=FinalValidation(), max_steps=3)
+    assert first.validated[-1] == (3, 0)
+    more = _fit(tmp_path, [], val_every=2, ckpt_path=tmp_path / "last.ckpt", max_steps=6)
+    assert first.log_steps + more.log_steps == list(range(6))
 
 
 class StopInValidation(Callback):
@@ -171,6 +194,7 @@ def test_a_validation_cut_by_sigterm_runs_again_whole_on_resume(tmp_path):
     # with it the best checkpoint it might have made).
     assert resumed.validated == [v for v in straight.validated if v[0] >= 8]
     assert stopped.seen + resumed.seen == straight.seen
+    assert stopped.log_steps + resumed.log_steps == straight.log_steps
 
 
 def test_after_a_rerun_validation_a_later_checkpoint_resumes_without_another(tmp_path):
