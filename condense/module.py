@@ -55,6 +55,15 @@ class CondenseModule(L.LightningModule):
         # finds, so without this the encoder's own dropout ran only where gradient
         # checkpointing happened to call train(): on GPU, not on CPU.
         self.condenser.train()
+        # The optimizer's rates come back from a checkpoint as its schedule left them: a
+        # finished run given a higher max_steps would take its next step at the old
+        # schedule's last rate (0 at its end). Put them where this run's schedule is; in
+        # any other start they are there already.
+        for config in self.trainer.lr_scheduler_configs:
+            schedule = config.scheduler
+            lambdas = zip(schedule.optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas)
+            for group, base, factor in lambdas:
+                group["lr"] = base * factor(schedule.last_epoch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, tokens = self.condenser(batch)

@@ -159,8 +159,12 @@ def test_the_same_command_after_the_run_finished_keeps_its_summary(tiny_pair, tm
     assert (tmp_path / "run" / "summary.json").read_text() == written
     assert "already trained 2 of max_steps 2" in capsys.readouterr().out
     assert not list((tmp_path / "run").glob("earlier-*"))
+    at_2 = torch.load(first["last_checkpoint"], weights_only=True)["state_dict"]
     more = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=3))
     assert more["steps"] == 3  # a higher max_steps goes on from the checkpoint
+    # At the rate of the new schedule's step 3, not the old one's end (0): it trained.
+    at_3 = torch.load(more["last_checkpoint"], weights_only=True)["state_dict"]
+    assert not all(torch.equal(at_2[k], at_3[k]) for k in at_2)
     # A summary of another stretch than the checkpoint's (one of step 2 beside a step-3
     # checkpoint: stopped before writing its own) is not passed off as the run's.
     (tmp_path / "run" / "summary.json").write_text(written)
