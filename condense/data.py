@@ -412,6 +412,17 @@ class ResumableDataLoader(DataLoader):
             self.epoch, self.handed_out = self.epoch + 1, 0
 
 
+def split_digest(seed: int, train_count: int, val_samples: list[Sample]) -> str:
+    """A digest of a split: the seed, the training set's size and the validation samples
+    themselves, which another seed, data source (a Hub dataset's new revision too), edit
+    of a data file or dataset setting that picks or cuts samples changes."""
+    digest = hashlib.blake2b(f"{seed} {train_count}".encode(), digest_size=8)
+    for sample in val_samples:
+        for text in (sample.context, sample.prompt, sample.completion):
+            digest.update(text.encode() + b"\0")
+    return digest.hexdigest()
+
+
 # Why check_same_split refuses a checkpoint, by the digest that differs.
 SPLIT_CHANGED = (
     "split its data otherwise (another seed, data source or dataset setting: val_size,"
@@ -472,14 +483,8 @@ class CondenseDataModule(L.LightningDataModule):
         return {"split": self.split_digest(), "targets": self.targets_digest()}
 
     def split_digest(self) -> str:
-        """A digest of the split: the seed, the training set's size and the validation
-        samples themselves, which another seed, data source (a Hub dataset's new revision
-        too) or dataset setting that picks or cuts samples changes."""
-        digest = hashlib.blake2b(f"{self.seed} {len(self.train_samples)}".encode(), digest_size=8)
-        for sample in self.val_samples:
-            for text in (sample.context, sample.prompt, sample.completion):
-                digest.update(text.encode() + b"\0")
-        return digest.hexdigest()
+        """split_digest of this module's split."""
+        return split_digest(self.seed, len(self.train_samples), self.val_samples)
 
     def targets_digest(self) -> str:
         """A digest of the validation set as the models read it: token ids and labels,

@@ -35,13 +35,14 @@ from condense.data import (
     load_samples,
     other_context,
     passage_id,
+    split_digest,
     tokenize,
 )
 from condense.device import inference_device, load_for_inference
 from condense.files import json_out
 from condense.generate import generate
 from condense.model import IGNORE_INDEX, Condenser
-from condense.samples import DataReport, Sample, split_train_val
+from condense.samples import DataError, DataReport, Sample, split_train_val
 from condense.synthetic import QUESTION_ANSWERING, RECONSTRUCTION
 
 CONDITIONS = ("none", "wrong", "condensed", "full")
@@ -88,7 +89,14 @@ def eval_samples(
                 " --data to say what to score"
             )
         every = _run_samples(config, cut, report)
-        samples = split_train_val(every, config.get("val_size", 100), seed)[1]
+        trained, samples = split_train_val(every, config.get("val_size", 100), seed)
+        recorded_digest = config.get("split_digest")  # artifacts before it: not checked
+        if recorded_digest and recorded_digest != split_digest(seed, len(trained), samples):
+            raise DataError(
+                f"this artifact's training data {config['train_data']} has changed since the"
+                " run: what it splits off now is not the run's validation split (it may hold"
+                " samples the run trained on); give --data to score it as it is"
+            )
     else:
         samples = load_samples(data, cut, _data_seed(config, data), report)
         if is_synthetic(data) and data == config.get("train_data"):

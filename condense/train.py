@@ -299,6 +299,8 @@ class ExportBest(Callback):
         # stays at the earlier step, and so does the artifact.
         if best is None or float(current) < float(best):
             self.extra.update(train_steps=trainer.global_step, val_loss=float(current))
+            # For eval to tell the run's validation split from one its data gives now.
+            self.extra["split_digest"] = trainer.datamodule.split_digest()
             save_artifact(module.condenser, self.folder, self.extra)
 
 

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -528,6 +529,28 @@ def test_skip_bad_rows_also_holds_for_the_runs_own_validation_split(tmp_path):
     report = DataReport()
     assert len(eval_samples(config, None, None, skip_bad_rows=True, report=report)) == 2
     assert report.rows_skipped == 1
+
+
+def test_a_runs_data_file_changed_since_training_is_no_validation_split(tiny_pair, tmp_path):
+    # Rewritten after the run, its split was scored as "the validation split" all the
+    # same: other samples, some of them trained on.
+    from condense.artifact import read_config
+    from condense.train import train
+    from tests.conftest import tiny_config
+
+    rows = [
+        {"context": f"Passage {i} tells of item {i}.", "prompt": "Which?", "completion": f"{i}."}
+        for i in range(24)
+    ]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = train(tiny_config(*tiny_pair, tmp_path / "run", data=str(data), max_steps=1))
+    config = read_config(Path(summary["artifact"]))
+    assert len(eval_samples(config, None, None)) == 12  # unchanged: the run's own split
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows[:-1]))
+    with pytest.raises(DataError, match="has changed since the run"):
+        eval_samples(config, None, None)
+    assert len(eval_samples(config, str(data), None)) == 23  # --data scores it as it is
 
 
 def test_a_runs_data_file_is_found_from_any_folder(tiny_pair, tmp_path, monkeypatch):

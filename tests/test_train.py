@@ -376,6 +376,7 @@ def test_the_artifact_is_rewritten_only_where_best_ckpt_is(
         global_step=8,
         checkpoint_callback=SimpleNamespace(best_model_score=torch.tensor(4.0)),
         callback_metrics={"val_loss": torch.tensor(val_loss)},
+        datamodule=SimpleNamespace(split_digest=lambda: "0123"),
     )
     module = SimpleNamespace(condenser=None)
     ExportBest(tmp_path / "artifact", tiny_config(*tiny_pair, tmp_path)).on_validation_end(
