@@ -19,6 +19,7 @@ second one stops at once.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from pathlib import Path
@@ -30,6 +31,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+# The logger of Lightning's signal handlers.
+SIGNAL_LOG = "lightning.pytorch.trainer.connectors.signal_connector"
 # The exit status of a process ended by SIGTERM (128 + 15): a launcher or a shell sees
 # "terminated", not "finished", and a managed job is not marked as done.
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
@@ -81,7 +84,13 @@ class SaveOnSigterm(Callback):
             "\ncondense: Ctrl-C: stopping after this step with a checkpoint"
             " (Ctrl-C again stops at once, without one)"
         )
-        sigterm(signal.SIGTERM, frame)
+        # Lightning's handler logs "Received SIGTERM: 15", which the user did not send.
+        said = logging.getLogger(SIGNAL_LOG)
+        said.disabled = True
+        try:
+            sigterm(signal.SIGTERM, frame)
+        finally:
+            said.disabled = False
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: Any) -> None:
         # Only SIGTERM, raised by Lightning between steps, leaves a state worth saving;

@@ -312,6 +312,7 @@ def test_ctrl_c_stops_with_a_checkpoint_and_the_next_run_resumes_there(tiny_pair
     assert 0 < step < 1000  # saved where it stopped, before any validation could
     assert f"Ctrl-C: saved step {step}" in log.read_text()
     assert "`weights_only` was not set" not in log.read_text()  # Lightning's, on the save
+    assert "Received SIGTERM" not in log.read_text()  # Lightning's too: not what was sent
     # The same job, to end two steps later.
     tiny_job(*tiny_pair, job, max_steps=step + 2, val_every_n_steps=1000)
     _finished(_train(job, run, tmp_path / "resumed.log"), tmp_path / "resumed.log")
