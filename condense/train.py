@@ -56,6 +56,10 @@ from condense.weights import load_causal_lm, load_tokenizer, max_positions
 
 # The frozen decoder is in eval mode on purpose (no dropout); Lightning warns about it.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+# A resumed run's checkpoint folder holds its checkpoints, and one resumed from another
+# run's checkpoint starts its best score afresh, on purpose: Lightning warns of both.
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+warnings.filterwarnings("ignore", message=r"The dirpath has changed from .* will be reloaded")
 
 
 def train(cfg: TrainConfig, *, check_finished: bool = True) -> dict[str, Any]:
