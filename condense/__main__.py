@@ -17,6 +17,7 @@ arguments and config, 1 for the rest); `--debug` shows the full traceback instea
 
 from __future__ import annotations
 
+import difflib
 import signal
 import sys
 from collections.abc import Callable
@@ -507,6 +508,8 @@ commands:
   import     turn an original-trainer checkpoint into an artifact (condense import --help)
   bench      time training steps of a job on this machine (condense bench --help)
   plan       memory, time and cost of a job on GPUs, from configs alone (condense plan --help)
+
+condense --version prints the installed version.
 """
 
 
@@ -516,6 +519,11 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         raise SystemExit(0 if argv else 2)
+    if argv[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"condense {version('condense')}")
+        return
     command, rest = argv[0], argv[1:]
     commands = {
         "train": lambda: _train(parse_train(rest)),
@@ -527,7 +535,11 @@ def main(argv: list[str] | None = None) -> None:
         "plan": lambda: run_plan(rest),
     }
     if command not in commands:
-        print(f"condense: error: unknown command {command!r}\n{USAGE}", end="", file=sys.stderr)
+        near = difflib.get_close_matches(command, commands, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        print(
+            f"condense: error: unknown command {command!r}{hint}\n{USAGE}", end="", file=sys.stderr
+        )
         raise SystemExit(2)  # a bad argument, as argparse's own exit
     run_reporting_errors(commands[command], "condense", debug="--debug" in rest)
 

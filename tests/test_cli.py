@@ -165,7 +165,15 @@ def test_unknown_command_is_a_bad_argument(capsys):
         main(["trian"])
     assert err.value.code == 2  # as every other bad argument (README: Bad input)
     said = capsys.readouterr().err
-    assert said.startswith("condense: error: unknown command 'trian'") and "commands:" in said
+    assert said.startswith("condense: error: unknown command 'trian' (did you mean 'train'?)")
+    assert "commands:" in said
+
+
+def test_version_is_the_installed_packages(capsys):
+    from importlib.metadata import version
+
+    main(["--version"])
+    assert capsys.readouterr().out == f"condense {version('condense')}\n"
 
 
 def test_console_script_is_installed():
