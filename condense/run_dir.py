@@ -59,6 +59,11 @@ def resolve_resume(resume: str, run_dir: Path) -> str | None:
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume == "auto":
         return str(last) if last.is_file() else None
+    if Path(resume).is_dir():
+        raise FileNotFoundError(
+            f"--resume {resume} is a folder: give a checkpoint file in it"
+            f" ({Path(resume) / 'last.ckpt'}, say)"
+        )
     if not Path(resume).is_file():
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
     if last.is_file() and started_from(run_dir) == Path(resume).resolve():

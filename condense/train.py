@@ -126,7 +126,12 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     if written is not None and is_finished(written.get("steps"), resumed_step, cfg.max_steps):
         return _rerun_of_finished(written, cfg, run_dir, trainer.is_global_zero)
     if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(
+                f"run_dir {run_dir}: cannot make it ({err.strerror or err})"
+            ) from None
         if continues:
             drop_rows_from(run_dir / "metrics.csv", resumed_step)
         else:

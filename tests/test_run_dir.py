@@ -28,6 +28,18 @@ def test_resume_ignores_a_leftover_of_a_killed_save(tmp_path):
     assert resolve_resume("auto", tmp_path) is None
 
 
+def test_resume_names_a_folder_given_for_a_checkpoint(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"is a folder: give a checkpoint file in it"):
+        resolve_resume(str(tmp_path / "checkpoints"), tmp_path / "run")
+
+
+def test_a_run_dir_that_cannot_be_made_is_named(tiny_pair, tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"run_dir .*file/run: cannot make it \(Not a directory"):
+        train(tiny_config(*tiny_pair, tmp_path / "file" / "run"))
+
+
 def test_an_empty_or_unused_folder_has_nothing_to_set_aside(tmp_path):
     assert set_aside_earlier_run(tmp_path / "missing") is None
     (tmp_path / "notes.txt").write_text("mine")
