@@ -394,6 +394,8 @@ def import_original(
     from condense.weights import load_causal_lm
 
     folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: no such folder (a run folder of the original trainer)")
     check_replaceable(out)  # before the models load: minutes lost otherwise
     tokens, linear, norm = _original_modules(folder / "checkpoints" / "modules.pt")
     adapter_dir, adapter_config = _original_adapter_config(folder)

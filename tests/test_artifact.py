@@ -373,6 +373,19 @@ def test_import_without_its_required_flag_is_one_line(capsys):
     ]
 
 
+def test_import_of_a_missing_folder_says_so(tmp_path, capsys):
+    # It named the first file it looked for inside: "nope/checkpoints/modules.pt: not a
+    # readable original checkpoint ([Errno 2] ...)".
+    with pytest.raises(SystemExit) as stop:
+        main(["import", str(tmp_path / "nope"), "--out", str(tmp_path / "art")])
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"condense: error: {tmp_path / 'nope'}: no such folder (a run folder of the original"
+        " trainer)"
+    )
+    assert not (tmp_path / "art").exists()
+
+
 def _cut(path):
     path.write_bytes(path.read_bytes()[:100])
 
