@@ -52,6 +52,8 @@ class SaveOnSigterm(Callback):
         self.path = Path(path)
         self._cut_validation = False
         self._max_steps: int | None = None  # set while a cut final validation reruns
+        self._rerun_at: int | None = None  # the batch count a cut validation reruns at
+        self._val_check_batch: Any = None  # Lightning's interval, while it is set aside
         self._sigint: Any = None  # the SIGINT handler to put back after fit
         self._signal = "SIGTERM"  # what asked for the stop
 
@@ -62,6 +64,13 @@ class SaveOnSigterm(Callback):
         if threading.current_thread() is threading.main_thread():
             self._sigint = signal.signal(signal.SIGINT, self._on_ctrl_c)
         self._set_stop("SIGTERM", SIGTERM_EXIT_CODE)  # an earlier fit's Ctrl-C is over
+        if self._rerun_at is not None:
+            # Lightning reruns a cut validation only where its interval test passes at the
+            # restart: off the interval (the final validation at max_steps, or an interval
+            # changed since) it trained on instead, past max_steps at the end. The rerun's
+            # end (on_validation_end) puts the interval back.
+            self._val_check_batch, trainer.val_check_batch = trainer.val_check_batch, self._rerun_at
+            self._rerun_at = None
 
     def _set_stop(self, name: str, exit_code: int) -> None:
         global stop_exit_code
@@ -115,14 +124,19 @@ class SaveOnSigterm(Callback):
         # it the best checkpoint and artifact it could make. One step more lets the loop
         # in; on_validation_end takes it back before any training step could use it.
         at_end = trainer.max_steps != -1 and checkpoint.get("global_step", 0) >= trainer.max_steps
-        if trainer.state.fn == TrainerFn.FITTING and at_end and validation_was_cut(checkpoint):
+        cut = trainer.state.fn == TrainerFn.FITTING and validation_was_cut(checkpoint)
+        if cut and at_end:
             self._max_steps = trainer.max_steps
             trainer.fit_loop.epoch_loop.max_steps = self._max_steps + 1
-        restore_log_step(checkpoint, trainer.val_check_interval)
+        if cut:
+            self._rerun_at = batches_trained(checkpoint)
+        restore_log_step(checkpoint, trainer.val_check_interval, rerun=cut)
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self._max_steps is not None:
             trainer.fit_loop.epoch_loop.max_steps, self._max_steps = self._max_steps, None
+        if self._val_check_batch is not None:
+            trainer.val_check_batch, self._val_check_batch = self._val_check_batch, None
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]
@@ -194,15 +208,25 @@ def keep_log_step(checkpoint: dict[str, Any], validating: bool) -> None:
         checkpoint[LOG_STEP] = state["_batches_that_stepped"] + int(validating)
 
 
-def restore_log_step(checkpoint: dict[str, Any], val_check_interval: Any) -> None:
+def restore_log_step(checkpoint: dict[str, Any], val_check_interval: Any, rerun: bool) -> None:
     """Set the count Lightning restores so that, after its own correction, the next row
-    takes the step keep_log_step kept. Checkpoints without it are left as they are."""
-    loop = checkpoint.get("loops", {}).get("fit_loop", {})
-    state, progress = loop.get("epoch_loop.state_dict"), loop.get("epoch_loop.batch_progress")
-    if LOG_STEP not in checkpoint or state is None or progress is None:
+    takes the step keep_log_step kept. Checkpoints without it are left as they are.
+
+    Every checkpoint condense saves is one Lightning restarts "on last" (its batch
+    counters all equal): it then counts the batch again only where the batch validates
+    at the restart, on the interval or for a cut validation's rerun (`rerun`)."""
+    state = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict")
+    if LOG_STEP not in checkpoint or state is None:
         return
     # Lightning's test (_should_check_val_fx, with check_val_every_n_epoch=None): the
     # batches so far are a whole number of validation intervals.
-    batches = progress["total"]["ready"]
-    counted_again = isinstance(val_check_interval, int) and batches % val_check_interval == 0
-    state["_batches_that_stepped"] = checkpoint[LOG_STEP] - int(counted_again)
+    on_interval = isinstance(val_check_interval, int) and (
+        batches_trained(checkpoint) % val_check_interval == 0
+    )
+    state["_batches_that_stepped"] = checkpoint[LOG_STEP] - int(rerun or on_interval)
+
+
+def batches_trained(checkpoint: dict[str, Any]) -> int:
+    """The training batches a checkpoint's fit loop had taken, over all epochs."""
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    return progress["total"]["ready"]

@@ -231,6 +231,35 @@ def test_a_final_validation_cut_by_sigterm_runs_again_on_resume_and_trains_nothi
     assert again.validated == [] and again.seen == []
 
 
+def test_a_final_validation_off_the_interval_cut_by_sigterm_reruns_and_trains_nothing(tmp_path):
+    # Lightning reran a cut validation only where its interval test passed at the restart:
+    # off it, it trained step 8 of max_steps 7 and validated there.
+    def fit(folder, callbacks, ckpt_path=None):
+        module = FinalValidation()
+        _fit(folder, callbacks, 3, ckpt_path, val_batches=3, module=module, max_steps=7)
+        return module
+
+    straight = fit(tmp_path / "straight", [])
+    assert [v for v in straight.validated if v[0] == 7] == [(7, 0), (7, 1), (7, 2)]
+    folder = tmp_path / "stopped"
+    stopped = fit(folder, [StopInValidation(7)])
+    assert stopped.validated[-1] == (7, 0)
+    resumed = fit(folder, [], ckpt_path=folder / "last.ckpt")
+    assert resumed.seen == [] and resumed.validated == [(7, 0), (7, 1), (7, 2)]
+    assert torch.load(folder / "last.ckpt", weights_only=False)["global_step"] == 7
+
+
+def test_a_cut_validation_reruns_though_the_interval_changed(tmp_path):
+    straight = _fit(tmp_path / "straight", [], val_every=4, val_batches=3)
+    folder = tmp_path / "stopped"
+    _fit(folder, [StopInValidation(8)], val_every=4, val_batches=3)
+    # Resumed with validation every 3 steps: 8 is off it, and the cut one was dropped.
+    resumed = _fit(folder, [], val_every=3, ckpt_path=folder / "last.ckpt", val_batches=3)
+    assert resumed.validated[:3] == [(8, 0), (8, 1), (8, 2)]
+    assert [v[0] for v in resumed.validated[3::3]] == [9, 12, 15]
+    assert resumed.log_steps == straight.log_steps[8:]
+
+
 class Worsening(Recorder):
     """Validation loss = the step: only the first validation is a best."""
 
