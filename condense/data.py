@@ -429,7 +429,12 @@ SPLIT_CHANGED = (
     " tasks, max_characters, synthetic_*, skip_bad_rows)"
 )
 TARGETS_CHANGED = (
-    "read its validation samples otherwise (another dataset.max_tokens, or another tokenizer)"
+    "read its validation samples otherwise (another dataset.max_tokens or train_on_prompt,"
+    " or another tokenizer)"
+)
+VALIDATED_CHANGED = (
+    "validated other samples (another val_batches or dataset.batch_size: validation scores"
+    " the first val_batches batches of its order, which the batch size makes)"
 )
 
 
@@ -480,7 +485,11 @@ class CondenseDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, str]:
         # Kept in checkpoints for check_same_split, and only read there.
-        return {"split": self.split_digest(), "targets": self.targets_digest()}
+        return {
+            "split": self.split_digest(),
+            "targets": self.targets_digest(),
+            "validated": self.validated_digest(),
+        }
 
     def split_digest(self) -> str:
         """split_digest of this module's split."""
@@ -495,6 +504,17 @@ class CondenseDataModule(L.LightningDataModule):
                 digest.update(",".join(map(str, ids)).encode() + b";")
         return digest.hexdigest()
 
+    def validated_digest(self) -> str:
+        """A digest of the samples a validation scores: all of them, or with val_batches
+        the first batches of the validation order, which the batch size changes."""
+        # Over all ranks together, as the limit is (see val_dataloader).
+        keys, size = length_keys(self.val_set), self.val_batch_size
+        sampler = LengthGroupedBatchSampler(
+            keys, size, self.seed, even=False, limit=self.val_batches
+        )
+        scored = sorted(i for batch in sampler for i in batch)
+        return hashlib.blake2b(",".join(map(str, scored)).encode(), digest_size=8).hexdigest()
+
     def check_same_split(self, saved: dict | None, path: str) -> None:
         """Refuse to continue a run from the checkpoint at `path` (its state of this module,
         `saved`) on another split, or on the same samples tokenized otherwise: its best
@@ -506,6 +526,8 @@ class CondenseDataModule(L.LightningDataModule):
             reason = SPLIT_CHANGED
         elif "targets" in saved and saved["targets"] != self.targets_digest():
             reason = TARGETS_CHANGED
+        elif "validated" in saved and saved["validated"] != self.validated_digest():
+            reason = VALIDATED_CHANGED
         else:
             return
         raise DataError(
@@ -532,8 +554,13 @@ class CondenseDataModule(L.LightningDataModule):
                 f"val_batches={self.val_batches} is fewer than the processes ({replicas}),"
                 f" each of which validates at least one batch: set it to {replicas} or more"
             )
-        size = max(2, self.cfg.batch_size)
+        size = self.val_batch_size
         return self._loader(self.val_set, DataLoader, False, self.val_batches, size)
+
+    @property
+    def val_batch_size(self) -> int:
+        """Validation's batch size: training's, and at least 2 (see val_dataloader)."""
+        return max(2, self.cfg.batch_size)
 
     def _loader(
         self,

@@ -249,6 +249,24 @@ def test_resuming_on_another_split_is_refused_before_anything_is_written(
     assert train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=4))["resumed_at_step"] == 2
 
 
+def test_resuming_with_another_batch_size_is_refused_where_it_picks_the_validation(
+    tiny_pair, tmp_path
+):
+    # With val_batches, validation scores the first batches of its order, which the batch
+    # size makes: the restored best was over other samples. Without it, all are scored.
+    from condense.samples import DataError
+
+    train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, val_batches=2))
+    other = tiny_config(*tiny_pair, tmp_path / "run", max_steps=4, val_batches=2)
+    other.dataset.batch_size = 2
+    with pytest.raises(DataError, match="validated other samples"):
+        train(other)
+    train(tiny_config(*tiny_pair, tmp_path / "all", max_steps=2))
+    other = tiny_config(*tiny_pair, tmp_path / "all", max_steps=4)
+    other.dataset.batch_size = 2
+    assert train(other)["resumed_at_step"] == 2
+
+
 def test_each_epoch_has_a_new_batch_order(tiny_pair, tmp_path, monkeypatch):
     orders: dict[int, list] = {}
 
