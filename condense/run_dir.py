@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,11 @@ def resolve_run_dir(cfg: TrainConfig) -> Path:
 def resolve_resume(resume: str, run_dir: Path) -> str | None:
     """Checkpoint to resume from: "never" -> None, "auto" -> last.ckpt if present, else a path.
 
-    A path to another run's checkpoint that the run in `run_dir` started from (the same
-    command again, after a stop or after it finished) gives run_dir's own last.ckpt: the
-    run goes on, or has nothing to train, instead of starting over from that checkpoint.
+    A path to another run's checkpoint that the run in `run_dir` started from, still at
+    the step it started from (the same command again, after a stop or after it finished),
+    gives run_dir's own last.ckpt: the run goes on, or has nothing to train, instead of
+    starting over from that checkpoint. A checkpoint that has moved on since (its run
+    trained further) starts the run afresh from it.
     """
     if resume == "never":
         return None
@@ -66,23 +69,50 @@ def resolve_resume(resume: str, run_dir: Path) -> str | None:
         )
     if not Path(resume).is_file():
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
-    if last.is_file() and started_from(run_dir) == Path(resume).resolve():
+    start = started_from(run_dir)
+    if last.is_file() and start == (Path(resume).resolve(), checkpoint_step(resume)):
         return str(last)
     return resume
 
 
-def started_from(run_dir: Path) -> Path | None:
-    """The other run's checkpoint that the run in `run_dir` started from, if it did."""
+def started_from(run_dir: Path) -> tuple[Path, int | None] | None:
+    """The other run's checkpoint that the run in `run_dir` started from, and its step
+    then; None if it started otherwise."""
     try:
-        return Path((run_dir / STARTED_FROM).read_text().strip())
-    except OSError:
+        record = json.loads((run_dir / STARTED_FROM).read_text())
+        return Path(record["path"]), record["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def record_start(run_dir: Path, resume_from: str | None) -> None:
-    """Note, in a run starting afresh in `run_dir`, the checkpoint it started from."""
+def record_start(run_dir: Path, resume_from: str | None, step: int) -> None:
+    """Note, in a run starting afresh in `run_dir`, the checkpoint it started from and
+    that checkpoint's step."""
     if resume_from is not None:
-        write_atomic(run_dir / STARTED_FROM, str(Path(resume_from).resolve()))
+        record = {"path": str(Path(resume_from).resolve()), "global_step": step}
+        write_atomic(run_dir / STARTED_FROM, json.dumps(record))
+
+
+def checkpoint_step(path: str) -> int | None:
+    """The step a checkpoint was saved at (memory-mapped: its tensors are not read); None
+    for a file that does not load (resuming from it gives its own error)."""
+    import torch
+
+    try:
+        return int(
+            torch.load(path, map_location="cpu", mmap=True, weights_only=True)["global_step"]
+        )
+    # What check_checkpoint names later: a cut-short or stray file, one holding objects.
+    except (
+        RuntimeError,
+        OSError,
+        EOFError,
+        KeyError,
+        ValueError,
+        TypeError,
+        pickle.UnpicklingError,
+    ):
+        return None
 
 
 def set_aside_earlier_run(run_dir: Path) -> Path | None:

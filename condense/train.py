@@ -138,7 +138,7 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
             aside = set_aside_earlier_run(run_dir)
             if aside is not None:
                 print(f"condense: {run_dir} held an earlier run; its files are now in {aside}")
-            record_start(run_dir, resume_from)
+            record_start(run_dir, resume_from, resumed_step)
         write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         keep_run_id(loggers, run_dir)
         for logger in loggers:

@@ -7,6 +7,7 @@ import csv
 import os
 
 import pytest
+import torch
 
 from condense.config import ConfigError
 from condense.run_dir import (
@@ -141,16 +142,20 @@ def test_a_fresh_run_in_a_used_folder_keeps_the_earlier_run_apart(tiny_pair, tmp
 def test_a_checkpoint_path_continues_the_run_that_started_from_it(tmp_path):
     other = tmp_path / "other" / "last.ckpt"
     other.parent.mkdir()
-    other.write_bytes(b"weights")
+    torch.save({"global_step": 1000}, other)
     own = tmp_path / "run" / "checkpoints" / "last.ckpt"
     own.parent.mkdir(parents=True)
     own.write_bytes(b"weights")
     assert resolve_resume(str(other), tmp_path / "run") == str(other)  # another run's folder
-    record_start(tmp_path / "run", str(other))
+    record_start(tmp_path / "run", str(other), 1000)
     assert resolve_resume(str(other), tmp_path / "run") == str(own)
+    # The other run trained on and wrote its last.ckpt again: that is a new start.
+    torch.save({"global_step": 3000}, other)
+    assert resolve_resume(str(other), tmp_path / "run") == str(other)
+    torch.save({"global_step": 1000}, other)
     # The record goes with the run when a fresh start sets its files aside.
     aside = set_aside_earlier_run(tmp_path / "run")
-    assert started_from(aside) == other.resolve()
+    assert started_from(aside) == (other.resolve(), 1000)
     assert resolve_resume(str(other), tmp_path / "run") == str(other)
 
 
