@@ -49,17 +49,21 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         default=os.environ.get("HUB_REPO") or None,
         help="Push the final artifact to this Hub model repo (private); default $HUB_REPO.",
     )
-    args, overrides = parser.parse_known_args(argv)
-    for flag in overrides:
-        name = flag.split("=", 1)[0]
-        if name in ("--run-dir", "--run_dir", "--resume"):
-            # Training would write or resume elsewhere than the folder this entry resumes
-            # from and a restarted job looks in: its checkpoints would be lost to it.
-            parser.error(
-                f"{name} is this entry's to set: the run dir is --checkpoint-dir, and a"
-                " restart resumes from the newest checkpoint there"
-            )
-    return args, overrides
+    return parser.parse_known_args(argv)
+
+
+def check_own_settings(cfg, checkpoint_dir: Path, resume: str) -> None:
+    """Refuse overrides that moved the run dir or the checkpoint to resume from, however
+    they were spelt (--run-di, a --config file): training would write or resume elsewhere
+    than the folder a restarted job looks in, and its checkpoints would be lost to it."""
+    if cfg.run_dir != str(checkpoint_dir) or cfg.resume != resume:
+        print(
+            "launch: error: the overrides set run_dir or resume, which are this entry's:"
+            " the run dir is --checkpoint-dir, and a restart resumes from the newest"
+            " checkpoint there",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
 
 
 def node_environment(environ: dict[str, str], spec: LaunchSpec) -> dict[str, str]:
@@ -126,6 +130,7 @@ def main(argv: list[str]) -> None:
     cfg = parse_train(
         train_argv(job_path(args.job), checkpoint_dir, resume, cluster, overrides, args.hub_repo)
     )
+    check_own_settings(cfg, checkpoint_dir, resume)
     finished = state.finished(cfg.max_steps)
     if finished and not _first_process():
         # The first process re-reads the summary and says so (and retries a failed push).

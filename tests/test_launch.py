@@ -138,16 +138,24 @@ def test_a_bad_flag_on_a_node_is_one_line_exit_2(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-@pytest.mark.parametrize("flag", ["--run-dir", "--run_dir=/elsewhere", "--resume"])
-def test_the_run_dir_and_resume_are_the_entrys_own(flag, capsys):
-    from launch.run import parse_args
+@pytest.mark.parametrize(
+    "override", [["--run-dir", "x"], ["--run_dir=x"], ["--resume", "x"], ["--run-di", "x"], "job"]
+)
+def test_the_run_dir_and_resume_are_the_entrys_own(override, tmp_path, capsys):
+    from condense.__main__ import job_path, parse_train
+    from launch.run import check_own_settings, train_argv
 
+    if override == "job":  # a job file among the overrides, naming its own run_dir
+        (tmp_path / "other.yaml").write_text("run_dir: elsewhere\n")
+        override = ["--config", str(tmp_path / "other.yaml")]
     # Passed on, the run would write elsewhere than the folder a restart resumes from.
+    cfg = parse_train(train_argv(job_path("test"), Path("/ck"), "never", None, override))
     with pytest.raises(SystemExit) as stop:
-        parse_args(["test", "--checkpoint-dir", "/ck", flag, "x"])
+        check_own_settings(cfg, Path("/ck"), "never")
     assert stop.value.code == 2
     assert "the run dir is --checkpoint-dir" in capsys.readouterr().err
-    assert parse_args(["test", "--max-steps", "5"])[1] == ["--max-steps", "5"]
+    kept = parse_train(train_argv(job_path("test"), Path("/ck"), "never", None, ["--seed", "5"]))
+    check_own_settings(kept, Path("/ck"), "never")  # other overrides pass
 
 
 def test_an_unknown_command_is_a_usage_error(capsys):
