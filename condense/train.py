@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 import warnings
 from pathlib import Path
@@ -39,7 +40,7 @@ from condense.loggers import (
 )
 from condense.model import Condenser
 from condense.module import CondenseModule, NonFiniteLossError
-from condense.preemption import SaveOnSigterm
+from condense.preemption import SaveOnSigterm, validation_was_cut
 from condense.push import PushError, push_artifact, push_token
 from condense.rng import ResumeRandomState
 from condense.run_dir import (
@@ -96,15 +97,11 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run_dir {str(run_dir)!r} is a file, not a folder")
     resume_from = resolve_resume(cfg.resume, run_dir)
+    continues = continues_run(resume_from, run_dir)
+    if resume_from is not None and not continues:  # before the models load: minutes
+        check_something_to_train(resume_from, cfg.max_steps)
     module, datamodule = build(cfg, precision)
     resumed_step = module.check_checkpoint(resume_from) if resume_from is not None else 0
-    continues = continues_run(resume_from, run_dir)
-    if resume_from is not None and not continues and resumed_step >= cfg.max_steps:
-        # Lightning would end at once, leaving this run with no checkpoint and no artifact.
-        raise ConfigError(
-            f"--resume {resume_from} is at step {resumed_step} and max_steps is"
-            f" {cfg.max_steps}: nothing to train (raise --max-steps to go on from it)"
-        )
     if continues:  # another run's checkpoint may start this one on other data
         saved = torch.load(resume_from, map_location="cpu", mmap=True, weights_only=True)
         datamodule.check_same_split(saved.get(type(datamodule).__qualname__), resume_from)
@@ -215,6 +212,22 @@ def _rerun_of_finished(
         f" {cfg.max_steps}; nothing to train (raise --max-steps to go on)"
     )
     return _publish(summary, cfg, run_dir)
+
+
+def check_something_to_train(path: str, max_steps: int) -> None:
+    """Refuse another run's checkpoint that is at max_steps already, with no validation
+    left to rerun: Lightning would end at once, leaving the new run no checkpoint and no
+    artifact. A file that does not load is let through: check_checkpoint names why."""
+    try:
+        saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        step = int(saved["global_step"])
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError):
+        return
+    if step >= max_steps and not validation_was_cut(saved):
+        raise ConfigError(
+            f"--resume {path} is at step {step} and max_steps is {max_steps}: nothing to"
+            " train (raise --max-steps to go on from it)"
+        )
 
 
 def make_trainer(

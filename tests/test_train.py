@@ -267,6 +267,31 @@ def test_resuming_with_another_batch_size_is_refused_where_it_picks_the_validati
     assert train(other)["resumed_at_step"] == 2
 
 
+def test_a_finished_checkpoint_of_another_run_is_refused_before_the_models_load(
+    tiny_pair, tmp_path, monkeypatch
+):
+    import condense.train
+    from condense.config import ConfigError
+
+    class Loaded(Exception):
+        pass
+
+    def build(*_):
+        raise Loaded  # the models would load here: minutes for the default job's
+
+    monkeypatch.setattr(condense.train, "build", build)
+    other = tmp_path / "other.ckpt"
+    torch.save({"global_step": 4, "loops": {}}, other)
+    with pytest.raises(ConfigError, match="at step 4 and max_steps is 4: nothing to train"):
+        train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=4, resume=str(other)))
+    # One whose final validation a SIGTERM cut short has that validation still to run.
+    progress = {"total": {"ready": 3, "started": 3, "processed": 2, "completed": 2}}
+    loops = {"fit_loop": {"epoch_loop.val_loop.batch_progress": progress}}
+    torch.save({"global_step": 4, "loops": loops}, other)
+    with pytest.raises(Loaded):
+        train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=4, resume=str(other)))
+
+
 def test_each_epoch_has_a_new_batch_order(tiny_pair, tmp_path, monkeypatch):
     orders: dict[int, list] = {}
 
