@@ -520,9 +520,12 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE, end="")
         raise SystemExit(0 if argv else 2)
     if argv[0] == "--version":
-        from importlib.metadata import version
+        from importlib.metadata import PackageNotFoundError, version
 
-        print(f"condense {version('condense')}")
+        try:
+            print(f"condense {version('condense')}")
+        except PackageNotFoundError:  # run from a checkout that pip has not installed
+            print("condense (not installed: pip install -e .)")
         return
     command, rest = argv[0], argv[1:]
     commands = {

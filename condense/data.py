@@ -404,10 +404,14 @@ class ResumableDataLoader(DataLoader):
         self.handed_out = state["batches_trained"] // sampler.num_replicas
         saved_size = state.get("batch_size", sampler.batch_size)  # older checkpoints: the same
         if saved_size != sampler.batch_size and self.handed_out:
+            # The batches of the saved size in an epoch, on every rank together.
+            batches = math.ceil(len(sampler.lengths) / saved_size)
+            left = state["batches_trained"] < batches // sampler.num_replicas * sampler.num_replicas
             rank_zero_info(
                 f"condense: the checkpoint trained in batches of {saved_size}, this run in"
                 f" batches of {sampler.batch_size}: training goes on from the start of the next"
-                f" epoch ({self.epoch + 1}); the rest of epoch {self.epoch} is not trained"
+                f" epoch ({self.epoch + 1})"
+                + (f"; the rest of epoch {self.epoch} is not trained" if left else "")
             )
             self.epoch, self.handed_out = self.epoch + 1, 0
 

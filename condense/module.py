@@ -61,6 +61,8 @@ class CondenseModule(L.LightningModule):
         # any other start they are there already.
         for config in self.trainer.lr_scheduler_configs:
             schedule = config.scheduler
+            if not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
+                continue  # configure_optimizers makes one; another kind keeps its rates
             lambdas = zip(schedule.optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas)
             for group, base, factor in lambdas:
                 group["lr"] = base * factor(schedule.last_epoch)

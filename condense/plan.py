@@ -268,7 +268,10 @@ def describe_precision(precision: str) -> str:
     names = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
     compute = names.get(precision_dtype(precision), "fp32")
     stored = "fp32" if precision.endswith("-mixed") else compute
-    return f"{compute} frozen weights and compute, {stored} trainable weights and AdamW"
+    said = f"{compute} frozen weights and compute, {stored} trainable weights and AdamW"
+    if compute not in ("bf16", "fp16"):  # the table's peak is the bf16 tensor cores'
+        said += f"; step time at the bf16 peak, which {compute} compute falls far short of"
+    return said
 
 
 def labelled_tokens(target: int) -> int:

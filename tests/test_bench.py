@@ -333,6 +333,7 @@ def test_plan_counts_the_widths_of_the_jobs_precision():
         < plans["auto"]["largest_batch_no_checkpointing"]
     )
     assert plans["32"]["assumptions"]["precision"].startswith("fp32 frozen weights and compute")
+    assert "step time at the bf16 peak" in plans["32"]["assumptions"]["precision"]
 
 
 def test_long_synthetic_samples_are_shaped_like_the_originals():

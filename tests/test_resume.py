@@ -67,13 +67,17 @@ def test_a_resume_at_another_batch_size_goes_on_from_the_next_epoch(caplog):
     # out as many others; epoch 1 is whole, in its own order.
     twos = loader(2)
     twos.load_state_dict(fours.state_dict())
-    assert "goes on from the start of the next epoch (1)" in caplog.text
+    assert "goes on from the start of the next epoch (1); the rest of epoch 0" in caplog.text
     resumed = [b.tolist() for b in twos]
     following = loader(2)
     following.load_state_dict({"epoch": 1, "batches_trained": 0, "batch_size": 2})
     assert resumed == [b.tolist() for b in following]
     assert sorted(i for b in resumed for i in b) == list(range(32))
     assert len(set(trained)) == 12
+    # Saved at an epoch's end, nothing of it is left out, and the message does not say so.
+    caplog.clear()
+    loader(2).load_state_dict({"epoch": 0, "batches_trained": 8, "batch_size": 4})
+    assert "next epoch (1)" in caplog.text and "the rest of epoch" not in caplog.text
     # At the same size, or saved before the size was kept, the epoch goes on where it was.
     same = loader(4)
     same.load_state_dict({"epoch": 0, "batches_trained": 3})
