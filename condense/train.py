@@ -68,9 +68,10 @@ def train(cfg: TrainConfig, *, check_finished: bool = True) -> dict[str, Any]:
 
     With several processes (DDP) every process calls this; only global rank 0 writes
     files. On SIGTERM it saves last.ckpt and raises Lightning's `SIGTERMException`.
-    A resumed run whose summary.json says it has trained to max_steps trains nothing;
-    `check_finished=False` skips that look, for a caller that decided for every process
-    that the run is not finished (on several nodes each sees its own run dir).
+    A resumed run whose summary.json says it has trained to max_steps trains nothing, and
+    another run's checkpoint at max_steps is refused; `check_finished=False` skips both
+    looks, for a caller that decided for every process that the run is not finished (on
+    several nodes each sees its own run dir).
     """
     try:
         return _train(cfg, check_finished)
@@ -98,7 +99,10 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
         raise ConfigError(f"run_dir {str(run_dir)!r} is a file, not a folder")
     resume_from = resolve_resume(cfg.resume, run_dir)
     continues = continues_run(resume_from, run_dir)
-    if resume_from is not None and not continues:  # before the models load: minutes
+    # Before the models load (minutes). Not where a caller decided for every process that
+    # there is training to do: on several nodes, one whose storage lags resumes from the
+    # first node's checkpoint, outside its own folder, and must take part.
+    if resume_from is not None and not continues and check_finished:
         check_something_to_train(resume_from, cfg.max_steps)
     module, datamodule = build(cfg, precision)
     resumed_step = module.check_checkpoint(resume_from) if resume_from is not None else 0
