@@ -291,6 +291,13 @@ class TrainConfig:
             self.accelerator,
         )
         _require(bool(self.name.strip()), "name", "must not be empty", self.name)
+        # It names the default run folder, runs/<name>-<time>: a slash made nested folders.
+        _require(
+            "/" not in self.name and "\\" not in self.name and self.name not in (".", ".."),
+            "name",
+            "must be a folder name (no / or \\)",
+            self.name,
+        )
         if self.hub_repo is not None:
             check_hub_repo(self.hub_repo, "hub_repo")
         # N condensed embeddings stand for at most max_tokens context tokens: more slots than

@@ -186,6 +186,8 @@ CASES = [
     ("seed-over-32-bits", flags("--seed", "5000000000"), CONFIG,
      r"seed must be 0 to 4294967295, got 5000000000"),
     ("zero-nodes", flags("--num-nodes", "0"), CONFIG, r"num_nodes must be positive"),
+    ("name-with-a-slash", flags("--name", "a/b"), CONFIG,
+     r"name must be a folder name \(no / or \\\), got 'a/b'"),
     ("devices-not-a-count", flags("--devices", "foo"), CONFIG, r"devices='foo', strategy="),
     ("devices-zero", flags("--devices", "0"), CONFIG, r"devices=0, strategy="),
     ("unknown-strategy", flags("--strategy", "foo"), CONFIG, r"strategy='foo'.*invalid strategy"),
