@@ -315,8 +315,8 @@ def describe(r: dict[str, Any]) -> str:
             f" batch {a['batch_per_gpu']} per GPU, {a['precision']}"
         ),
         (
-            f"  parameters: {r['parameters'] / 1e9:.3f}B, trainable {r['trainable_parameters'] / 1e6:.1f}M;"
-            f" {r['flops_per_token'] / 1e9:.1f} GFLOP per token (forward + backward)"
+            f"  parameters: {_count(r['parameters'])}, trainable {_count(r['trainable_parameters'])};"
+            f" {_figures(r['flops_per_token'] / 1e9, 3)} GFLOP per token (forward + backward)"
         ),
         "  memory per GPU (GiB)   weights  grads  AdamW  activations  total  largest batch",
     ]
@@ -341,6 +341,13 @@ def describe(r: dict[str, Any]) -> str:
             f"  {_figures(g['gpu_hours_per_million_tokens']):>18}  {usd:>16}"
         )
     return "\n".join(lines)
+
+
+def _count(n: int) -> str:
+    """A parameter count as 8.586B, 108.0M or 149.3K: a small job's read 0.000B."""
+    if n >= 1e9:
+        return f"{n / 1e9:.3f}B"
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
 
 def _figures(value: float, digits: int = 3) -> str:
