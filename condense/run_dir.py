@@ -70,7 +70,7 @@ def resolve_resume(resume: str, run_dir: Path) -> str | None:
     if not Path(resume).is_file():
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
     start = started_from(run_dir)
-    if last.is_file() and start == (Path(resume).resolve(), checkpoint_step(resume)):
+    if last.is_file() and start == (Path(resume).resolve(), step_of(read_checkpoint(resume))):
         return str(last)
     return resume
 
@@ -93,26 +93,23 @@ def record_start(run_dir: Path, resume_from: str | None, step: int) -> None:
         write_atomic(run_dir / STARTED_FROM, json.dumps(record))
 
 
-def checkpoint_step(path: str) -> int | None:
-    """The step a checkpoint was saved at (memory-mapped: its tensors are not read); None
-    for a file that does not load (resuming from it gives its own error)."""
+def read_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """A checkpoint's contents, memory-mapped (its tensors are not read) and weights-only
+    (tensors and plain values: no code runs); None for a file that does not load so (cut
+    short by a kill, a stray file, one holding objects). Whoever resumes from it names
+    what is wrong (CondenseModule.check_checkpoint)."""
     import torch
 
     try:
-        return int(
-            torch.load(path, map_location="cpu", mmap=True, weights_only=True)["global_step"]
-        )
-    # What check_checkpoint names later: a cut-short or stray file, one holding objects.
-    except (
-        RuntimeError,
-        OSError,
-        EOFError,
-        KeyError,
-        ValueError,
-        TypeError,
-        pickle.UnpicklingError,
-    ):
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError):
         return None
+
+
+def step_of(checkpoint: dict[str, Any] | None) -> int | None:
+    """The step a read_checkpoint() result was saved at; None without one."""
+    step = checkpoint.get("global_step") if isinstance(checkpoint, dict) else None
+    return step if isinstance(step, int) else None
 
 
 def set_aside_earlier_run(run_dir: Path) -> Path | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import time
 import warnings
 from pathlib import Path
@@ -47,11 +46,13 @@ from condense.run_dir import (
     RUN_DIR_ENV,
     continues_run,
     is_finished,
+    read_checkpoint,
     read_summary,
     record_start,
     resolve_resume,
     resolve_run_dir,
     set_aside_earlier_run,
+    step_of,
 )
 from condense.weights import load_causal_lm, load_tokenizer, max_positions
 
@@ -107,7 +108,7 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     module, datamodule = build(cfg, precision)
     resumed_step = module.check_checkpoint(resume_from) if resume_from is not None else 0
     if continues:  # another run's checkpoint may start this one on other data
-        saved = torch.load(resume_from, map_location="cpu", mmap=True, weights_only=True)
+        saved = read_checkpoint(resume_from) or {}  # check_checkpoint has read it whole
         datamodule.check_same_split(saved.get(type(datamodule).__qualname__), resume_from)
     if cfg.hub_repo:
         push_token(cfg.hub_repo)  # the push comes at the end: no token, no hours of training
@@ -222,12 +223,9 @@ def check_something_to_train(path: str, max_steps: int) -> None:
     """Refuse another run's checkpoint that is at max_steps already, with no validation
     left to rerun: Lightning would end at once, leaving the new run no checkpoint and no
     artifact. A file that does not load is let through: check_checkpoint names why."""
-    try:
-        saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        step = int(saved["global_step"])
-    except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError):
-        return
-    if step >= max_steps and not validation_was_cut(saved):
+    saved = read_checkpoint(path)
+    step = step_of(saved)
+    if step is not None and step >= max_steps and not validation_was_cut(saved):
         raise ConfigError(
             f"--resume {path} is at step {step} and max_steps is {max_steps}: nothing to"
             " train (raise --max-steps to go on from it)"

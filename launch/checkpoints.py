@@ -4,7 +4,6 @@ already finished, and on several nodes what the first node saw."""
 from __future__ import annotations
 
 import json
-import pickle
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,14 +32,11 @@ def read_checkpoint(path: Path) -> Checkpoint | None:
     an upload, say). Memory-mapped: the tensors are not read, only the file's index and
     its small bookkeeping. Tensors and plain values only, as training itself reads it: a
     file in a shared bucket runs no code here."""
-    import torch
+    from condense.run_dir import read_checkpoint, step_of
 
-    try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        return Checkpoint(Path(path), int(state["global_step"]))
     # A cut-short zip, a stray file, a dict without the step: each is skipped.
-    except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError):
-        return None
+    step = step_of(read_checkpoint(path))
+    return None if step is None else Checkpoint(Path(path), step)
 
 
 @dataclass(frozen=True)
