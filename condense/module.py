@@ -55,17 +55,42 @@ class CondenseModule(L.LightningModule):
         # finds, so without this the encoder's own dropout ran only where gradient
         # checkpointing happened to call train(): on GPU, not on CPU.
         self.condenser.train()
-        # The optimizer's rates come back from a checkpoint as its schedule left them: a
-        # finished run given a higher max_steps would take its next step at the old
-        # schedule's last rate (0 at its end). Put them where this run's schedule is; in
-        # any other start they are there already.
+        # The optimizer comes back from a checkpoint as the earlier run left it: its rates
+        # where that run's schedule ended (0 at its end, so a finished run given a higher
+        # max_steps would not train), its base rates and weight decay that run's. Put this
+        # run's settings in and the rates where this run's schedule is; in any other start
+        # they are there already.
+        settings = self._group_settings()
+        changed: set[str] = set()
         for config in self.trainer.lr_scheduler_configs:
             schedule = config.scheduler
             if not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
                 continue  # configure_optimizers makes one; another kind keeps its rates
-            lambdas = zip(schedule.optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas)
-            for group, base, factor in lambdas:
-                group["lr"] = base * factor(schedule.last_epoch)
+            groups = schedule.optimizer.param_groups
+            for i, (group, factor) in enumerate(zip(groups, schedule.lr_lambdas)):
+                if group.get("name") in settings:
+                    lr, decay = settings[group["name"]]
+                    if group.get("initial_lr", lr) != lr:
+                        changed.add(f"optim.lr_{group['name']}")
+                    if group["weight_decay"] != decay:
+                        changed.add("optim.weight_decay")
+                    group["weight_decay"] = decay
+                    schedule.base_lrs[i] = group["initial_lr"] = lr
+                group["lr"] = schedule.base_lrs[i] * factor(schedule.last_epoch)
+        if changed:
+            self.print(
+                f"condense: resumed with a new {', '.join(sorted(changed))}: the schedule goes"
+                " on from its step with the new settings"
+            )
+
+    def _group_settings(self) -> dict[str, tuple[float, float]]:
+        """(base learning rate, weight decay) of each optimizer group, by group name."""
+        lrs = {
+            "condense": self.optim.lr_condense,
+            "projection": self.optim.lr_projection,
+            "lora": self.optim.lr_lora,
+        }
+        return {name: (lr, self.optim.weight_decay) for name, lr in lrs.items()}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, tokens = self.condenser(batch)
@@ -159,13 +184,9 @@ class CondenseModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self.condenser.parameter_groups()
-        lrs = {
-            "condense": self.optim.lr_condense,
-            "projection": self.optim.lr_projection,
-            "lora": self.optim.lr_lora,
-        }
+        settings = self._group_settings()
         params = [
-            {"params": groups[name], "lr": lrs[name], "name": name}
+            {"params": groups[name], "lr": settings[name][0], "name": name}
             for name in groups
             if groups[name]
         ]

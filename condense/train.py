@@ -12,7 +12,12 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    Callback,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    TQDMProgressBar,
+)
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
@@ -248,6 +253,7 @@ def make_trainer(
         ExportBest(run_dir / "artifact", cfg),
         SaveOnSigterm(run_dir / "checkpoints" / "last.ckpt"),
         ResumeRandomState(),
+        LearningRateMonitor(logging_interval="step"),
         *(extra_callbacks or []),
         TQDMProgressBar(refresh_rate=1),
     ]

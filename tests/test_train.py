@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -46,8 +47,8 @@ def test_run_writes_summary_csv_and_checkpoints(tiny_pair, tmp_path, monkeypatch
     assert summary["steps"] == 5
     assert summary["wandb_run_id"] is None  # wandb="off"
     # Validated before the first step, at steps 2 and 4, and at the last step (5).
-    csv = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
-    val_steps = [line.split(",")[1] for line in csv[1:] if line.split(",")[-1]]
+    with (tmp_path / "run" / "metrics.csv").open() as f:
+        val_steps = [row["step"] for row in csv.DictReader(f) if row["val_loss"]]
     assert val_steps == ["0", "1", "3", "4"]  # Lightning's step column is 0-based
     assert summary["val_loss_final"] is not None and summary["val_loss_initial"] is not None
     assert summary["val_loss_best"] <= summary["val_loss_final"]
@@ -148,6 +149,28 @@ def test_resume_from_last_continues_the_global_step(tiny_pair, tmp_path, monkeyp
     header = rows[0].split(",")
     train_rows = [r for r in rows[1:] if r.split(",")[header.index("train_loss")]]
     assert len(train_rows) == 6
+
+
+def test_a_resume_with_new_rates_trains_at_them(tiny_pair, tmp_path, capsys):
+    """The optimizer's base rates and weight decay come back from the checkpoint; a resume
+    whose config changes them goes on at the new ones, on the same schedule, and says so."""
+    train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=3))
+    cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=6)
+    cfg.optim.lr_lora = cfg.optim.lr_condense / 5
+    cfg.optim.weight_decay = 0.25
+    summary = train(cfg)
+    assert "resumed with a new optim.lr_lora, optim.weight_decay" in capsys.readouterr().out
+    with (tmp_path / "run" / "metrics.csv").open() as f:
+        rates = {
+            int(row["step"]): (float(row["lr-AdamW/lora"]), float(row["lr-AdamW/condense"]))
+            for row in csv.DictReader(f)
+            if row["lr-AdamW/lora"]
+        }
+    assert sorted(rates) == [0, 1, 2, 3, 4, 5]  # one rate row per step, across both runs
+    assert all(lora == condense for lora, condense in (rates[1], rates[2]))
+    assert all(lora == pytest.approx(condense / 5) for lora, condense in (rates[3], rates[5]))
+    saved = torch.load(summary["last_checkpoint"], weights_only=True)["optimizer_states"][0]
+    assert {group["weight_decay"] for group in saved["param_groups"]} == {0.25}
 
 
 def test_the_same_command_after_the_run_finished_keeps_its_summary(tiny_pair, tmp_path, capsys):
