@@ -24,6 +24,10 @@ class NonFiniteLossError(RuntimeError):
     """Too many steps in a row had a NaN or infinite loss; training stopped."""
 
 
+# A validation batch's (input_ids, attention_mask), labels and its one passage id.
+Unpaired = tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]
+
+
 class CondenseModule(L.LightningModule):
     """Trains a `Condenser`; the Trainer owns the loop, devices and precision.
 
@@ -49,6 +53,10 @@ class CondenseModule(L.LightningModule):
         self.skipped_steps = 0  # steps skipped for a non-finite loss, over the whole run
         self.bad_in_a_row = 0
         self._loss_finite: torch.Tensor | None = None
+        # Validation: the last batch's condensed contexts and passage ids, and batches of
+        # one passage still waiting for another passage's contexts (validation_step).
+        self._previous: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._unpaired: list[Unpaired] = []
 
     def on_train_start(self) -> None:
         # from_pretrained returns models in eval mode and Lightning keeps the modes it
@@ -158,23 +166,65 @@ class CondenseModule(L.LightningModule):
         self._totals[0] += torch.stack([loss.detach().float() * targets, targets])
         # The same targets behind another passage's condensed context: a val_loss that falls
         # while val_loss_wrong falls with it has learned the task's format, not its content.
-        partner, has_partner = other_context(batch["group"])
+        groups = batch["group"]
+        partner, has_partner = other_context(groups)
         if has_partner.any():
-            labels = batch["labels"].masked_fill(~has_partner[:, None], IGNORE_INDEX)
-            wrong, counted = self.condenser.decoder_loss(condensed[partner], *text, labels)
-            self._totals[1] += torch.stack([wrong.detach().float() * counted, counted])
+            self._score_wrong(condensed[partner], text, batch["labels"], has_partner)
+        # A batch of one passage (at validation's batch of 2, a passage's question and its
+        # reconstruction often are) stands behind another batch's contexts instead: the one
+        # before, or the next that differs. Otherwise its targets would be missing from
+        # val_loss_wrong alone, and the gap would compare two sets of targets.
+        waiting = self._unpaired
+        if not has_partner.any():
+            waiting = [*waiting, (text, batch["labels"], groups[0])]
+        pools = [p for p in (self._previous, (condensed.detach(), groups)) if p is not None]
+        self._unpaired = [w for w in waiting if not self._pair_across(w, pools)]
+        self._previous = (condensed.detach(), groups)
+
+    def _score_wrong(
+        self,
+        condensed: torch.Tensor,
+        text: tuple[torch.Tensor, torch.Tensor],
+        labels: torch.Tensor,
+        scored: torch.Tensor,
+    ) -> None:
+        """Add the decoder's loss on `text` behind `condensed` (B, N, D), over the rows in
+        `scored`, to val_loss_wrong's totals."""
+        labels = labels.masked_fill(~scored[:, None], IGNORE_INDEX)
+        wrong, counted = self.condenser.decoder_loss(condensed, *text, labels)
+        self._totals[1] += torch.stack([wrong.detach().float() * counted, counted])
+
+    def _pair_across(
+        self,
+        unpaired: Unpaired,
+        pools: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> bool:
+        """Score a batch of one passage behind the first of `pools` (condensed contexts and
+        their passage ids) that holds another passage, its rows in turn; whether one did."""
+        text, labels, group = unpaired
+        for condensed, groups in pools:
+            others = (groups != group).nonzero()[:, 0]
+            if len(others):
+                rows = others[torch.arange(labels.shape[0], device=others.device) % len(others)]
+                every = torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device)
+                self._score_wrong(condensed[rows], text, labels, every)
+                return True
+        return False
 
     def on_validation_epoch_start(self) -> None:
         # Rows: the right context, a wrong one; columns: summed loss, target tokens.
         self._totals = torch.zeros(2, 2, device=self.device)
+        self._previous = None
+        self._unpaired = []
 
     def on_validation_epoch_end(self) -> None:
         # Summed here rather than logged per batch. Lightning syncs a logged mean as the
         # ranks' averages of its sum and of its count, the count as an integer, which
         # truncates when the ranks' token counts add up to an odd number: the tiny job's
-        # val_loss on two processes came out 0.25% high. And a batch of one has no wrong
-        # partner: under DDP a metric that some ranks log and others do not would hang
-        # the reduction. One reduction for both.
+        # val_loss on two processes came out 0.25% high. And a rank whose samples are all
+        # one passage has no wrong partner: under DDP a metric that some ranks log and
+        # others do not would hang the reduction. One reduction for both.
+        self._previous, self._unpaired = None, []  # nothing left to pair; free the memory
         (loss_sum, count), (wrong_sum, wrong_count) = self.trainer.strategy.reduce(
             self._totals, reduce_op="sum"
         )

@@ -12,9 +12,12 @@ import torch
 import yaml
 
 from condense.__main__ import main
+from condense.data import Collator, tokenize
 from condense.model import Condenser
 from condense.module import CondenseModule
-from condense.train import train
+from condense.synthetic import synthetic_samples
+from condense.train import build, train
+from condense.weights import load_tokenizer
 from tests.conftest import tiny_config
 
 
@@ -148,3 +151,32 @@ def test_the_encoder_trains_in_train_mode_with_or_without_checkpointing(
     cfg.model.gradient_checkpointing = checkpointing
     train(cfg)
     assert modes == [True] * 3  # after a validation too
+
+
+def test_batches_of_one_passage_are_scored_behind_another_batch(tiny_pair, tmp_path):
+    """At validation's batch of 2, both samples are often one passage's: they stand behind
+    the previous batch's contexts, or the next one's, so val_loss_wrong scores every target
+    val_loss does, not a subset."""
+    cfg = tiny_config(*tiny_pair, tmp_path / "run")
+    module, _ = build(cfg, "32-true")
+    enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
+    samples = tokenize(synthetic_samples(3), enc_tok, dec_tok, cfg.dataset)
+    collate = Collator(enc_tok.pad_token_id, dec_tok.pad_token_id)
+    # Three passages of three samples each; each batch holds one passage only.
+    batches = [collate(samples[i : i + 3]) for i in (0, 3, 6)]
+    assert all(len(set(b["group"].tolist())) == 1 for b in batches)
+
+    def validate(batches) -> torch.Tensor:
+        module.on_validation_epoch_start()
+        with torch.no_grad():
+            for i, batch in enumerate(batches):
+                module.validation_step(batch, i)
+        return module._totals
+
+    totals = validate(batches)
+    assert totals[1, 1] == totals[0, 1] > 0  # every target scored behind a wrong context too
+    assert totals[1, 0] != totals[0, 0]
+    # The first batch, with none before it, waits for the next one's contexts.
+    two = validate(batches[:2])
+    assert two[1, 1] == two[0, 1] < totals[0, 1]
+    assert validate(batches[:1])[1, 1] == 0  # one passage in all: nothing to stand behind
