@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from transformers import GenerationConfig
 
 from condense.config import ConfigError
 from condense.data import bos_added, cut_prompt, prompt_ids, prompt_room
@@ -114,15 +115,27 @@ def _greedy(condenser: Condenser, rows: list[torch.Tensor], budgets: list[int]) 
     # every new length, so they would recompile up to torch's limit (8), warning each time,
     # before falling back to eager (the test job's compiled model on a 2-core CPU, first
     # condense + generate: 61.5 s, 14.9 s with eager decoding).
-    with condenser.autocast(), torch.compiler.set_stance("force_eager"):
-        out = condenser.decoder.generate(
-            inputs_embeds=embeds,  # (B, width, Hd); the output holds only the new tokens
-            attention_mask=mask,
-            max_new_tokens=max(budgets),
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
+    # Plain greedy decoding: generate() fills whatever a config leaves unset from the
+    # decoder's own generation_config, whose repetition penalty, banned n-grams or minimum
+    # length (chat models ship such settings) would make exact match and ROUGE-L score
+    # something other than the decoder's most likely answer. Swapped out meanwhile.
+    decoder = condenser.decoder
+    greedy = GenerationConfig(
+        max_new_tokens=max(budgets),
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    own, decoder.generation_config = decoder.generation_config, greedy
+    try:
+        with condenser.autocast(), torch.compiler.set_stance("force_eager"):
+            out = decoder.generate(
+                inputs_embeds=embeds,  # (B, width, Hd); the output holds only the new tokens
+                attention_mask=mask,
+                generation_config=greedy,
+            )
+    finally:
+        decoder.generation_config = own
     texts = tokenizer.batch_decode(
         [ids[:budget] for ids, budget in zip(out, budgets)], skip_special_tokens=True
     )

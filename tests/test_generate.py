@@ -81,6 +81,18 @@ def test_no_row_runs_past_the_decoders_positions(tiny_pair, tmp_path):
         generate(condenser, condensed, ["word " * 300], max_new_tokens=8)
 
 
+def test_decoding_is_greedy_whatever_the_decoders_generation_config_says(tiny_pair, tmp_path):
+    """Chat decoders ship repetition penalties and the like in their generation_config;
+    eval's exact match and ROUGE-L score the decoder's most likely answer, not those."""
+    condenser = _loaded(tiny_pair, tmp_path)
+    condensed = condenser.condense([synthetic_samples(1, seed=31)[0].context])
+    plain = generate(condenser, condensed, ["Who?\n"], max_new_tokens=8)
+    own = condenser.decoder.generation_config
+    own.repetition_penalty, own.no_repeat_ngram_size, own.min_new_tokens = 100.0, 1, 8
+    assert generate(condenser, condensed, ["Who?\n"], max_new_tokens=8) == plain
+    assert condenser.decoder.generation_config is own  # given back as it was
+
+
 def test_budgets_must_be_one_per_prompt_and_positive(tiny_pair, tmp_path):
     condenser = _loaded(tiny_pair, tmp_path)
     condensed = condenser.condense(["One.", "Two."])
