@@ -394,10 +394,16 @@ def sample_shape(cfg: TrainConfig, args: Namespace) -> tuple[int, int]:
     return shape["--context-tokens"], shape["--target-tokens"]
 
 
+def job_files(cfg: TrainConfig, args: Namespace) -> list[tuple[str, str]]:
+    """The files a job command reads (its data and job YAMLs), with their options, for
+    json_out."""
+    return [("--data", cfg.data)] + [("--config", str(c)) for c in args.get("config") or []]
+
+
 def run_plan(argv: list[str]) -> None:
     cfg, args = parse_job(plan_parser(), argv)
     context, target = sample_shape(cfg, args)
-    out = json_out(args.out, "plan.json")  # last: it makes the folder
+    out = json_out(args.out, "plan.json", job_files(cfg, args))  # last: it makes the folder
     from condense.plan import describe, plan, write
 
     result = plan(cfg, args.gpu, args.price, args.mfu, context, target)
@@ -415,7 +421,7 @@ def run_bench(argv: list[str]) -> None:
     shape = sample_shape(cfg, args) if args.random_weights else None
     if shape is None and (args.context_tokens or args.target_tokens):
         raise ConfigError("--context-tokens and --target-tokens need --random-weights")
-    out = json_out(args.out, "bench.json")  # last: it makes the folder
+    out = json_out(args.out, "bench.json", job_files(cfg, args))  # last: it makes the folder
     from condense.bench import describe, run_bench, write
 
     result = run_bench(cfg, args.steps, args.warmup, args.mode, args.threads, shape)

@@ -545,13 +545,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_beside(out: Path) -> Path:
+def plot_beside(out: Path, data: str | None = None) -> Path:
     """Where the plot of JSON results written to `out` goes (NAME.png beside it), with
     `out`'s folder made; a ConfigError for an `out` the results cannot go to, before an
     evaluation that would end there: a .png the plot would overwrite, a file in an
     artifact folder, which the next save of that artifact (a new best in training, an
     import) replaces whole, results and all, or what files.json_out refuses (a folder, a
-    path under a file)."""
+    path under a file, the `data` file itself)."""
     if out.suffix.lower() == ".png":
         raise ConfigError(
             f"--out {out}: give the JSON file's path (eval.json); the plot goes beside it"
@@ -561,7 +561,7 @@ def plot_beside(out: Path) -> Path:
             f"--out {out} is in an artifact folder, which its next save replaces whole:"
             f" write the results beside it ({out.parent.parent / out.name})"
         )
-    json_out(out, "eval.json")
+    json_out(out, "eval.json", [("--data", data)])
     return out.with_suffix(".png")
 
 
@@ -585,7 +585,7 @@ def run_eval(
     from condense.artifact import add_evaluation, local_folder, read_config
     from condense.files import write_atomic
 
-    plot_path = plot_beside(out)
+    plot_path = plot_beside(out, data)
     inference_device(device)
     # A Hub artifact's config comes from its download: without it, the validation split
     # and the fresh seed would be rebuilt from defaults, not from the run's settings.

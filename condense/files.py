@@ -154,15 +154,24 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def json_out(out: str | Path | None, example: str) -> Path | None:
+def json_out(
+    out: str | Path | None, example: str, reads: list[tuple[str, str | Path | None]] = ()
+) -> Path | None:
     """--out as a file the results can be written to, its folder made: checked before the
     work (minutes for bench or eval) that would end in failing to write it. `example` is a
-    file name to suggest where --out names a folder."""
+    file name to suggest where --out names a folder; `reads` are the files the command reads,
+    with the options that name them (--data, --config), which --out must not overwrite."""
     if out is None:
         return None
     path = Path(out)
     if path.is_dir():
         raise ConfigError(f"--out {out} is a folder: give the JSON file's path ({path / example})")
+    for option, read in reads:
+        if read is not None and path.is_file() and Path(read).is_file() and path.samefile(read):
+            raise ConfigError(
+                f"--out {out} is the {option} file this command reads: give the results"
+                f" another name ({path.with_name(example)})"
+            )
     # exists() is False below a file (NotADirectoryError): the first file up the path is it.
     blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:

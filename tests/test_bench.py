@@ -130,27 +130,39 @@ def test_the_shape_flags_help_states_the_default_the_job_gets(command, capsys):
 
 
 @pytest.mark.parametrize("command", ["bench", "plan"])
-@pytest.mark.parametrize("kind", ["folder", "under a file"])
+@pytest.mark.parametrize("kind", ["folder", "under a file", "the job", "the data"])
 def test_an_out_that_cannot_be_written_is_refused_before_any_work(
     tiny_pair, tmp_path, capsys, command, kind
 ):
     """bench timed every step, then stopped at `[Errno 21] Is a directory` (or `[Errno 17]
-    File exists` for a path under a file); plan stopped at the raw error too."""
+    File exists` for a path under a file); plan stopped at the raw error too. The job's
+    own YAML or data file as --out was overwritten with the results."""
     job = tiny_job(*tiny_pair, tmp_path / "job.yaml")
     afile = tmp_path / "afile"
     afile.write_text("")
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"context": "A cat sat.", "prompt": "Who sat?", "completion": "A cat."}\n')
+    kept = job.read_text(), data.read_text()
     if kind == "folder":
         out = tmp_path
         problem = f"--out {out} is a folder: give the JSON file's path ({out}/{command}.json)"
-    else:
+    elif kind == "under a file":
         out = afile / "b.json"
         problem = f"--out {out}: {afile} is a file, not a folder"
+    else:
+        out, option = (job, "--config") if kind == "the job" else (data, "--data")
+        problem = (
+            f"--out {out} is the {option} file this command reads: give the results another"
+            f" name ({tmp_path / command}.json)"
+        )
     steps = ["--steps", "1"] if command == "bench" else []
+    steps += ["--data", str(data)] if kind == "the data" else []
     with pytest.raises(SystemExit) as exit_:
         main([command, "--config", str(job), *steps, "--out", str(out)])
     assert exit_.value.code == 2
     # One line and nothing before it: no step ran (each would have drawn a progress bar).
     assert capsys.readouterr().err.splitlines() == [f"condense: error: {problem}"]
+    assert (job.read_text(), data.read_text()) == kept
 
 
 def test_an_out_mistake_costs_no_torch_import(tiny_pair, tmp_path):
