@@ -22,7 +22,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from condense.config import ConfigError, ModelConfig
+from condense.config import ConfigError, ModelConfig, model_name
 from condense.files import swap_in_folder, umask_modes
 from condense.model import Condenser
 
@@ -400,7 +400,9 @@ def import_original(
     tokens, linear, norm = _original_modules(folder / "checkpoints" / "modules.pt")
     adapter_dir, adapter_config = _original_adapter_config(folder)
     adapter = _original_adapter(adapter_dir)
-    encoder = encoder or adapter_config.get("base_model_name_or_path") or ORIGINAL_ENCODER
+    encoder = model_name(
+        encoder or adapter_config.get("base_model_name_or_path") or ORIGINAL_ENCODER
+    )
     encoder_model = load_causal_lm(encoder)
     tokens = tokens.reshape(-1, tokens.shape[-1])  # the original stored (1, N, He)
     cfg = _config_from_file(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 EMBEDDED_MODEL = "embedded"
@@ -64,6 +65,16 @@ def _positive(prefix: str, obj: object, *names: str) -> None:
         _require(value is not None and value > 0, f"{prefix}.{name}", "must be positive", value)
 
 
+def model_name(name: str) -> str:
+    """A model name as runs and artifacts record it: a local folder by its absolute path,
+    anything else (a Hub id, the embedded model) as given. The artifact, config.yaml and
+    the LoRA adapter keep the name, and a relative folder broke them from any other working
+    folder, where it read as a Hub id."""
+    if name != EMBEDDED_MODEL and Path(name).is_dir():
+        return str(Path(name).resolve())
+    return name
+
+
 @dataclass
 class ModelConfig:
     """Which two models to pair and how the condenser between them is shaped.
@@ -105,6 +116,7 @@ class ModelConfig:
         for name in ("encoder", "decoder"):
             value = getattr(self, name)
             _require(bool(str(value).strip()), f"model.{name}", "must name a model", value)
+            setattr(self, name, model_name(value))
         _positive("model", self, "num_condense_tokens", "n_last_hidden_states", "lora_r")
         _positive("model", self, "lora_alpha")
         dropout = self.lora_dropout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -317,6 +318,25 @@ def test_an_original_checkpoint_imports_and_condenses(tiny_pair, tmp_path, capsy
         ours = condenser.encoder(input_ids=ids, output_hidden_states=True).hidden_states[-1]
     torch.testing.assert_close(ours, theirs)
     assert condenser.condense(TEXTS).shape == (2, 6, 48)
+
+
+def test_an_import_from_relative_model_folders_loads_from_any_folder(
+    tiny_pair, tmp_path, monkeypatch
+):
+    """The artifact recorded the folders as typed, so from another working folder it
+    failed to load (and the names read as Hub ids); now it records them absolute."""
+    _original_checkpoint(tiny_pair, tmp_path / "original")
+    base = Path(tiny_pair[0]).parent.parent
+    encoder, decoder = (str(Path(name).relative_to(base)) for name in tiny_pair)
+    monkeypatch.chdir(base)
+    main(["import", str(tmp_path / "original"), "--out", str(tmp_path / "artifact"),
+          "--encoder", encoder, "--decoder", decoder])  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    config = read_config(tmp_path / "artifact")
+    adapter = json.loads((tmp_path / "artifact" / "adapter_config.json").read_text())
+    assert (config["encoder"], config["decoder"]) == tuple(tiny_pair)
+    assert adapter["base_model_name_or_path"] == tiny_pair[0]
+    assert Condenser.from_pretrained(str(tmp_path / "artifact")).condense(TEXTS).shape[0] == 2
 
 
 def test_an_original_adapter_with_a_null_dropout_imports_without_dropout(tiny_pair, tmp_path):

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from condense.model import Condenser
 from condense.module import CheckpointMismatchError, CondenseModule
 from condense.train import ExportBest, build, describe, train
 from tests.conftest import tiny_config
@@ -195,6 +196,21 @@ def test_the_same_command_after_the_run_finished_keeps_its_summary(tiny_pair, tm
     assert last["steps"] == 3 and last != first
     # Its last validation's loss is read back from the checkpoint, not lost.
     assert last["val_loss_final"] == more["val_loss_final"] is not None
+
+
+def test_a_run_on_relative_model_folders_records_them_absolute(tiny_pair, tmp_path, monkeypatch):
+    """Its artifact and config.yaml named the folders as typed: from any other working
+    folder the artifact failed to load, the names read as Hub ids."""
+    base = Path(tiny_pair[0]).parent.parent
+    monkeypatch.chdir(base)
+    relative = [str(Path(name).relative_to(base)) for name in tiny_pair]
+    summary = train(tiny_config(*relative, tmp_path / "run", max_steps=1))
+    monkeypatch.chdir(tmp_path)
+    config = json.loads((tmp_path / "run" / "artifact" / "condense_config.json").read_text())
+    assert (config["encoder"], config["decoder"]) == tuple(tiny_pair)
+    assert f"encoder: {tiny_pair[0]}" in (tmp_path / "run" / "config.yaml").read_text()
+    condenser = Condenser.from_pretrained(str(tmp_path / "run" / "artifact"))
+    assert condenser.condense(["A cat sat."]).shape[0] == 1 and summary["steps"] == 1
 
 
 def test_wandb_offline_records_a_run_id(tiny_pair, tmp_path):
