@@ -18,6 +18,7 @@ arguments and config, 1 for the rest); `--debug` shows the full traceback instea
 from __future__ import annotations
 
 import difflib
+import shlex
 import signal
 import sys
 from collections.abc import Callable
@@ -310,7 +311,7 @@ def run_eval(argv: list[str]) -> None:
     args = parse(eval_parser(), argv)
     from condense.evaluate import run_eval as evaluate
 
-    command = " ".join(["condense eval", *argv])
+    command = shlex.join(["condense", "eval", *argv])  # quoted, to be run again as it stands
     evaluate(
         args.artifact,
         args.data,
@@ -425,7 +426,7 @@ def run_bench(argv: list[str]) -> None:
     from condense.bench import describe, run_bench, write
 
     result = run_bench(cfg, args.steps, args.warmup, args.mode, args.threads, shape)
-    result["command"] = " ".join(["condense bench", *argv])
+    result["command"] = shlex.join(["condense", "bench", *argv])
     if out:
         write(result, out)
     print(describe(result))

@@ -14,6 +14,7 @@ margin smaller than the evaluation set can resolve reads as such.
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -609,7 +610,14 @@ def run_eval(
     table = markdown_table(results)
     print(table)
     if Path(artifact).is_dir():
-        add_evaluation(
-            Path(artifact), table, command or "condense eval", f"{where}, precision {precision}"
-        )
+        try:
+            add_evaluation(
+                Path(artifact), table, command or "condense eval", f"{where}, precision {precision}"
+            )
+        except OSError as err:  # a read-only artifact: the results are written all the same
+            print(
+                f"condense: note: could not put the table into {Path(artifact) / 'README.md'}"
+                f" ({err.strerror or err}); the results are in {out}",
+                file=sys.stderr,
+            )
     return results

@@ -501,6 +501,37 @@ def test_eval_out_into_a_missing_folder_makes_it_and_keeps_json_and_png(tiny_pai
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_an_artifact_whose_card_cannot_be_written_still_evaluates(
+    tiny_pair, tmp_path, monkeypatch, capsys
+):
+    """A read-only artifact: eval did all its work and wrote the results, then exited 1 on
+    the model card. The card is a courtesy: a note, exit 0. The command it quotes is
+    quoted too, so that a path with a space runs again as it stands."""
+    import condense.artifact
+    from condense.__main__ import main
+
+    _untrained_artifact(tiny_pair, tmp_path / "art")
+    rows = [{"context": c, "prompt": "Who?", "completion": "Ka."} for c in ("Ka.", "Lo.")]
+    data = tmp_path / "my data.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    argv = ["eval", "--artifact", str(tmp_path / "art"), "--data", str(data)]
+    main([*argv, "--out", str(tmp_path / "first.json")])
+    card = (tmp_path / "art" / "README.md").read_text()
+    assert f"--data '{data}' --out" in card
+
+    def read_only(*_):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(condense.artifact, "add_evaluation", read_only)
+    capsys.readouterr()
+    main([*argv, "--out", str(tmp_path / "eval.json")])  # no SystemExit: it succeeded
+    assert json.loads((tmp_path / "eval.json").read_text())["samples"] == 2
+    notes = [line for line in capsys.readouterr().err.splitlines() if "condense:" in line]
+    card, out = tmp_path / "art" / "README.md", tmp_path / "eval.json"
+    note = f"could not put the table into {card} (Operation not permitted); the results are in"
+    assert notes == [f"condense: note: {note} {out}"]
+
+
 def test_eval_skips_bad_rows_when_asked_and_says_how_many(tiny_pair, tmp_path, capsys):
     # Its error told eval users to set dataset.skip_bad_rows, which eval had no way to.
     from condense.__main__ import main
