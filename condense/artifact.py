@@ -12,6 +12,7 @@ The frozen encoder base and decoder are referred to by id, never copied.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from condense.config import ConfigError, ModelConfig, model_name
-from condense.files import swap_in_folder, umask_modes
+from condense.files import file_above, swap_in_folder, umask_modes
 from condense.model import Condenser
 
 FORMAT_VERSION = 1
@@ -91,18 +92,25 @@ def save_artifact(condenser: Condenser, out: Path, extra: dict[str, Any] | None 
 
 def check_replaceable(out: Path) -> None:
     """Raise ArtifactError unless `out` is free for an artifact: missing, an empty folder,
-    or an artifact already. Writing one replaces the whole folder, so a folder of anything
-    else (a checkpoint being imported, a user's documents) is kept."""
+    or an artifact already, in a folder that takes new files. Writing one replaces the
+    whole folder, so a folder of anything else (a checkpoint being imported, a user's
+    documents) is kept."""
     out = Path(out)
-    if not out.exists():
-        return
-    if not out.is_dir():
+    if out.exists() and not out.is_dir():
         raise ArtifactError(f"{out} is a file: an artifact is a folder")
-    if any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
+    if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
         raise ArtifactError(
             f"{out} is a folder of other files, not an artifact: not replacing it;"
             " choose another folder"
         )
+    blocking = file_above(out)
+    if blocking is not None:
+        raise ArtifactError(f"{out}: {blocking} is a file, not a folder")
+    try:  # the artifact is written beside `out` first (save_artifact)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(prefix=f".{out.name}.probe-", dir=out.parent).cleanup()
+    except OSError as err:
+        raise ArtifactError(f"{out}: cannot write there ({err.strerror or err})") from None
 
 
 def artifact_config(condenser: Condenser, extra: dict[str, Any]) -> dict[str, Any]:
@@ -438,7 +446,17 @@ def _original_modules(path: Path) -> tuple[torch.Tensor, dict, dict]:
             modules["linear_state_dict"],
             modules["norm_state_dict"],
         )
-    except (pickle.UnpicklingError, RuntimeError, OSError, KeyError, TypeError) as err:
+    except pickle.UnpicklingError as err:
+        if "weights_only" not in str(err):
+            raise ArtifactError(f"{path}: not a readable original checkpoint ({err})") from None
+        # torch's own message opens with how to load it anyway, not with what it refused.
+        named = re.search(r"GLOBAL (\S+)", str(err))
+        what = f": {named.group(1)}" if named else ""
+        raise ArtifactError(
+            f"{path}: refused: it holds more than tensors, which loading would run as code"
+            f"{what}; import reads weights only"
+        ) from None
+    except (RuntimeError, OSError, KeyError, TypeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ArtifactError(
             f"{path}: not a readable original checkpoint ({reason[:200]})"

@@ -154,6 +154,12 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def file_above(path: Path) -> Path | None:
+    """The file among `path`'s parents, where one is a file: nothing can be made there."""
+    # exists() is False below a file (NotADirectoryError): the first file up the path is it.
+    return next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+
+
 def json_out(
     out: str | Path | None, example: str, reads: list[tuple[str, str | Path | None]] = ()
 ) -> Path | None:
@@ -172,8 +178,7 @@ def json_out(
                 f"--out {out} is the {option} file this command reads: give the results"
                 f" another name ({path.with_name(example)})"
             )
-    # exists() is False below a file (NotADirectoryError): the first file up the path is it.
-    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    blocking = file_above(path)
     if blocking is not None:
         raise ConfigError(f"--out {out}: {blocking} is a file, not a folder")
     try:

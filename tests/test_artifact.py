@@ -377,11 +377,39 @@ def test_an_original_checkpoint_is_read_without_unpickling_code(tiny_pair, tmp_p
             return (print, ("pwned",))
 
     torch.save({"modules": Evil()}, tmp_path / "original" / "checkpoints" / "modules.pt")
-    with pytest.raises(ArtifactError, match="modules.pt"):
+    with pytest.raises(ArtifactError) as refused:
         import_original(
             tmp_path / "original", tmp_path / "artifact", encoder=tiny_pair[0], decoder=tiny_pair[1]
         )
     assert not (tmp_path / "artifact").exists()
+    # Why, not torch's advice to load it with weights_only=False (cut off before its warning).
+    message = str(refused.value)
+    assert message.startswith(f"{tmp_path / 'original' / 'checkpoints' / 'modules.pt'}: refused")
+    assert message.endswith("which loading would run as code: print; import reads weights only")
+    assert "weights_only` set to `False" not in message
+
+
+@pytest.mark.parametrize("out", ["a-file/artifact", "/proc/artifact"])
+def test_import_to_where_nothing_can_be_written_is_one_line_before_the_models_load(
+    out, tiny_pair, tmp_path, monkeypatch, capsys
+):
+    """It loaded both models (minutes for real ones), then failed on a raw errno."""
+    import condense.weights
+
+    _original_checkpoint(tiny_pair, tmp_path / "original")
+    (tmp_path / "a-file").write_text("")
+    out = out if out.startswith("/") else str(tmp_path / out)
+
+    def load(*_):
+        raise AssertionError("a model loaded")
+
+    monkeypatch.setattr(condense.weights, "load_causal_lm", load)
+    capsys.readouterr()  # the original's making
+    with pytest.raises(SystemExit) as stop:
+        main(["import", str(tmp_path / "original"), "--out", out, "--decoder", tiny_pair[1]])
+    assert stop.value.code == 1
+    expected = f"{tmp_path / 'a-file'} is a file, not a folder" if "a-file" in out else "cannot"
+    assert capsys.readouterr().err.startswith(f"condense: error: {out}: {expected}")
 
 
 def test_import_without_its_required_flag_is_one_line(capsys):
