@@ -218,9 +218,11 @@ class TrainConfig:
     """A training job: data, models, optimizer, and how the run is checked and logged.
 
     Args:
-        data: "synthetic" (embedded, no network), a local .jsonl/.json/.parquet file, or a
-            Hugging Face dataset id in the original's columns (task, context,
-            activation_prompt, expected_completion).
+        data: "synthetic" (embedded, no network); a local .jsonl/.json/.parquet file, or a
+            folder of them (or one from datasets' save_to_disk), in columns context,
+            prompt, completion (optional task) or the original's (task, context,
+            activation_prompt, expected_completion); or a Hugging Face dataset id with
+            either set of columns.
         max_steps: Optimizer steps to train.
         seed: Seed for data generation, splits, batch order and initialisation.
         run_dir: Where checkpoints, logs and summary.json go; default runs/<name>-<time>.

@@ -23,6 +23,7 @@ from condense.samples import (
     Sample,
     passage_key,
     read_file,
+    read_folder,
     read_hub,
     split_train_val,
 )
@@ -41,8 +42,8 @@ def is_synthetic(source: str) -> bool:
 def load_samples(
     source: str, cfg: DatasetConfig, seed: int, report: DataReport | None = None
 ) -> list[Sample]:
-    """Samples from "synthetic", a local .jsonl/.json/.parquet file, or a Hub dataset id,
-    with contexts cut to `max_characters` and only the configured tasks kept.
+    """Samples from "synthetic", a local .jsonl/.json/.parquet file or folder of them (see
+    samples.read_folder), or a Hub dataset id, with contexts cut to `max_characters` and only the configured tasks kept.
 
     An unusable row raises DataError unless `cfg.skip_bad_rows`; skipped rows and cut
     contexts are counted in `report`.
@@ -61,8 +62,7 @@ def load_samples(
             samples = long_synthetic_samples(cfg.synthetic_passages, seed)
         report.rows_read += len(samples)  # each made sample stands for a row of a file
     elif Path(source).is_dir():
-        # A dataset folder in the Hub's layout, read the same way.
-        samples = read_hub(source, skip_bad=skip, report=report)
+        samples = read_folder(Path(source), skip, report)
     elif Path(source).suffix in (".jsonl", ".json", ".parquet") or Path(source).exists():
         if not Path(source).is_file():
             raise DataError(f"--data {source}: no such file")

@@ -14,6 +14,7 @@ from typing import Any
 # The original trainer's column names, mapped to ours.
 ORIGINAL_COLUMNS = {"activation_prompt": "prompt", "expected_completion": "completion"}
 FIELDS = ("context", "prompt", "completion")
+SUFFIXES = (".jsonl", ".json", ".parquet")  # the data files read_file reads
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class DataReport:
     contexts_cut_to_max_characters: int = 0
     contexts_cut_to_max_tokens: int = 0
     targets_cut_to_max_tokens: int = 0
+    files_left_out: list[str] = field(default_factory=list)  # of a --data folder
 
     def skip(self, problem: str) -> None:
         self.rows_skipped += 1
@@ -57,6 +59,8 @@ class DataReport:
     def notes(self) -> list[str]:
         """One line per thing a user should know happened to the data."""
         notes = []
+        if self.files_left_out:
+            notes.append(f"--data folder files left out: {', '.join(self.files_left_out)}")
         if self.rows_skipped:
             notes.append(
                 f"{self.rows_skipped} of {self.rows_read} rows skipped as unusable"
@@ -106,9 +110,16 @@ def from_rows(
     a string saying why that row could not even be read.
 
     A row that cannot be used raises DataError naming `origin`, the row and the problem,
-    unless `skip_bad`: then it is counted in `report`.
+    unless `skip_bad`: then it is counted in `report`. No usable row at all is a DataError.
     """
     report = report if report is not None else DataReport()
+    return some_samples(_samples(rows, origin, unit, skip_bad, report), origin, report)
+
+
+def _samples(
+    rows: Iterable[tuple[int, Any]], origin: str, unit: str, skip_bad: bool, report: DataReport
+) -> list[Sample]:
+    """from_rows without its check that some row was usable."""
     samples = []
     for number, row in rows:
         report.rows_read += 1
@@ -126,16 +137,30 @@ def from_rows(
         samples.append(
             Sample(row["context"], row["prompt"], row["completion"], str(task or "unknown"))
         )
+    return samples
+
+
+def some_samples(samples: list[Sample], origin: str, report: DataReport) -> list[Sample]:
+    """`samples`, or a DataError where `origin` gave none: no rows, or no usable one."""
     if report.rows_read == 0:
         raise DataError(f"{origin}: no rows")
     if not samples:
-        raise DataError(f"{origin}: none of its {report.rows_read} rows is usable")
+        raise DataError(
+            f"{origin}: none of its {report.rows_read} rows is usable"
+            f" (first: {report.skipped_examples[0]})"
+        )
     return samples
 
 
 def read_file(path: Path, skip_bad: bool = False, report: DataReport | None = None) -> list[Sample]:
     """Samples from a local .jsonl, .json (one object a line, or one array of objects) or
     .parquet file; see `from_rows` for bad rows."""
+    report = report if report is not None else DataReport()
+    return some_samples(_file_samples(path, skip_bad, report), str(path), report)
+
+
+def _file_samples(path: Path, skip_bad: bool, report: DataReport) -> list[Sample]:
+    """read_file without its check that some row was usable."""
     try:
         if path.suffix == ".json" and _holds_an_array(path):
             rows, unit = enumerate(_json_array_rows(path), start=1), "row"
@@ -147,9 +172,87 @@ def read_file(path: Path, skip_bad: bool = False, report: DataReport | None = No
             raise DataError(
                 f"{path}: unsupported file type {path.suffix!r} (use .jsonl, .json or .parquet)"
             )
-        return from_rows(rows, str(path), unit, skip_bad, report)
+        return _samples(rows, str(path), unit, skip_bad, report)
     except OSError as err:  # unreadable: permissions, a folder, a disk error
         raise DataError(f"{path}: cannot read it ({err.strerror or type(err).__name__})") from None
+
+
+def read_folder(
+    folder: Path, skip_bad: bool = False, report: DataReport | None = None
+) -> list[Sample]:
+    """Samples from a local folder: one `datasets` saved with save_to_disk, or data files
+    laid out as on the Hub. There, files that `datasets` puts in another split than train
+    (test.jsonl, validation/...) and files of other types are left out, and named in
+    `report`; the training files are read one by one as `read_file` reads one, so a bad row
+    is named by its file and line."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+    from datasets.exceptions import DataFilesNotFoundError
+
+    report = report if report is not None else DataReport()
+    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+        return _saved_samples(folder, skip_bad, report)
+    try:
+        splits = DataFilesDict.from_patterns(get_data_patterns(str(folder)), str(folder))
+    except (FileNotFoundError, DataFilesNotFoundError):  # EmptyDatasetError is the first
+        splits = DataFilesDict()
+    # As the user named the folder: datasets gives absolute, resolved paths.
+    files = {
+        folder / Path(f).relative_to(folder.resolve()): str(split)
+        for split, found in splits.items()
+        for f in found
+    }
+    # With files named for splits, datasets puts a file named for none in no split at all.
+    files |= {
+        f: "no"
+        for f in folder.rglob("*")
+        if f.suffix in SUFFIXES and f not in files and not _hidden(f.relative_to(folder))
+    }
+    train = sorted(f for f, split in files.items() if split == "train" and f.suffix in SUFFIXES)
+    why = {
+        "train": "not .jsonl, .json or .parquet",
+        "no": "named for no split, beside ones that are",
+    }
+    left_out = [
+        f"{f.relative_to(folder)} ({why.get(split, f'{split} split')})"
+        for f, split in sorted(files.items())
+        if f not in train
+    ]
+    if not train:
+        found = f": it holds {', '.join(left_out)}" if left_out else ""
+        raise DataError(
+            f"--data {folder}: no training files (.jsonl, .json or .parquet, not named for"
+            f" another split){found}; give a file itself to train on it"
+        )
+    report.files_left_out += left_out
+    samples = [s for f in train for s in _file_samples(f, skip_bad, report)]
+    return some_samples(samples, str(folder), report)
+
+
+def _hidden(path: Path) -> bool:
+    """Whether a path inside a folder is hidden, or inside a hidden folder (.git, .cache)."""
+    return any(part.startswith(".") for part in path.parts)
+
+
+def _saved_samples(folder: Path, skip_bad: bool, report: DataReport) -> list[Sample]:
+    """Samples from a folder written by `datasets`' save_to_disk (its train split, where it
+    holds several)."""
+    import datasets
+
+    try:
+        saved = datasets.load_from_disk(str(folder))
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise DataError(
+            f"--data {folder}: cannot load it as a saved dataset ({first_line(err)})"
+        ) from err
+    if isinstance(saved, datasets.DatasetDict):
+        if "train" not in saved:
+            raise DataError(
+                f"--data {folder}: a saved dataset without a train split (it has"
+                f" {', '.join(saved)})"
+            )
+        saved = saved["train"]
+    rows = enumerate(saved.to_list(), start=1)
+    return some_samples(_samples(rows, str(folder), "row", skip_bad, report), str(folder), report)
 
 
 def _holds_an_array(path: Path) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pyarrow as pa
@@ -149,12 +150,75 @@ def test_unknown_hub_dataset_offline_is_one_clear_line():
     assert "\n" not in str(err.value)
 
 
-def test_a_folder_of_files_datasets_cannot_read_is_a_data_error(tmp_path):
-    (tmp_path / "x.json").write_text("garbage {{{")
-    # The reason is the parser's, not datasets' "An error occurred while generating".
-    with pytest.raises(DataError, match=r"cannot load it as a dataset \(JSON parse error") as err:
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _rows(tag: str, n: int = 3) -> list[dict]:
+    return [
+        {"context": f"{tag} {i}.", "prompt": "Who?", "completion": f"{tag}{i}"} for i in range(n)
+    ]
+
+
+def test_a_folder_reads_every_data_file_and_names_those_it_leaves_out(tmp_path):
+    """A .jsonl beside a .parquet trained on one of them, with no word of the other."""
+    _jsonl(tmp_path / "a.jsonl", _rows("a"))
+    pq.write_table(pa.Table.from_pylist(_rows("b")), tmp_path / "b.parquet")
+    (tmp_path / "sub").mkdir()
+    _jsonl(tmp_path / "sub" / "c.json", _rows("c"))
+    (tmp_path / "notes.csv").write_text("x,y\n")
+    report = DataReport()
+    samples = load_samples(str(tmp_path), DatasetConfig(), seed=0, report=report)
+    assert sorted(s.completion for s in samples) == sorted(
+        f"{tag}{i}" for tag in "abc" for i in range(3)
+    )
+    assert report.notes() == [
+        "--data folder files left out: notes.csv (not .jsonl, .json or .parquet)"
+    ]
+
+
+def test_a_folder_with_split_files_trains_on_its_train_files_alone(tmp_path):
+    """As datasets reads such a folder: a test.jsonl is not trained on (it was left out
+    silently, and so was a file named for no split)."""
+    _jsonl(tmp_path / "train.jsonl", _rows("t"))
+    _jsonl(tmp_path / "test.jsonl", _rows("s"))
+    _jsonl(tmp_path / "extra.jsonl", _rows("e"))
+    report = DataReport()
+    samples = load_samples(str(tmp_path), DatasetConfig(), seed=0, report=report)
+    assert sorted(s.completion for s in samples) == ["t0", "t1", "t2"]
+    left_out = "extra.jsonl (named for no split, beside ones that are), test.jsonl (test split)"
+    assert report.notes() == [f"--data folder files left out: {left_out}"]
+    (tmp_path / "train.jsonl").unlink()
+    (tmp_path / "extra.jsonl").unlink()
+    with pytest.raises(
+        DataError, match=r"no training files .*: it holds test.jsonl \(test split\)"
+    ):
         load_samples(str(tmp_path), DatasetConfig(), seed=0)
-    assert "\n" not in str(err.value)
+
+
+def test_a_bad_row_in_a_folder_is_named_by_its_file_and_line(tmp_path):
+    """It was "row 24" of all the files together, or a parser's message naming neither."""
+    _jsonl(tmp_path / "a.jsonl", _rows("a"))
+    (tmp_path / "b.jsonl").write_text(json.dumps(_rows("b")[0]) + "\n{not json\n")
+    with pytest.raises(DataError, match=r"b.jsonl: line 2: not a JSON object"):
+        load_samples(str(tmp_path), DatasetConfig(), seed=0)
+    report = DataReport()
+    kept = load_samples(str(tmp_path), DatasetConfig(skip_bad_rows=True), seed=0, report=report)
+    assert len(kept) == 4 and report.rows_skipped == 1
+
+
+def test_a_folder_saved_with_save_to_disk_loads(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list(_rows("d")).save_to_disk(str(tmp_path / "saved"))
+    samples = load_samples(str(tmp_path / "saved"), DatasetConfig(), seed=0)
+    assert [s.completion for s in samples] == ["d0", "d1", "d2"]
+
+
+def test_a_folder_without_data_files_says_so(tmp_path):
+    (tmp_path / "README.md").write_text("my data")
+    with pytest.raises(DataError, match=r"no training files"):
+        load_samples(str(tmp_path), DatasetConfig(), seed=0)
 
 
 def test_a_line_that_is_not_json_is_named(tmp_path):
