@@ -165,6 +165,12 @@ FULL_CUT_NOTE = (
 )
 
 
+NO_GENERATION_NOTE = (
+    "exact match and ROUGE-L: none, as they are scored for samples whose task is"
+    f" {QUESTION_ANSWERING} or {RECONSTRUCTION}, and this data's tasks are {{tasks}}"
+)
+
+
 # The smallest span from none to full, as a share of none's loss, that gap closed divides
 # by. Below it the full context barely helps, and a few hundredths of a nat in the condensed
 # loss (the size of the margins this project's evaluation sets resolve) move the ratio by
@@ -248,6 +254,8 @@ def _evaluate(
     after = dict.fromkeys(CONDITIONS, prompts) | {"full": [p[len(bos) :] for p in prompts]}
     examples = _generated_scores(condenser, samples, prefixes, after, report, batch_size)
     notes = [] if partners is not None else [ONE_PASSAGE_NOTE]
+    if not examples:  # a user's own task names: "qa" scored losses alone, silently
+        notes.append(NO_GENERATION_NOTE.format(tasks=", ".join(sorted(report))))
     if cut:
         notes.append(FULL_CUT_NOTE.format(cut=cut, samples=len(samples), limit=limit))
     if any(scores["gap_closed"] is None for scores in report.values()):

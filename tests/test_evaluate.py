@@ -268,6 +268,20 @@ def test_a_batch_scores_what_each_sample_scores_alone(tiny_pair, tmp_path):
     assert [e["output"] for e in batched["examples"]] == [e["output"] for e in alone["examples"]]
 
 
+def test_tasks_of_other_names_are_told_why_they_get_no_generation_scores(tiny_pair, tmp_path):
+    """Rows of task "qa" scored losses alone, and nothing said why exact match was missing."""
+    condenser = _loaded(tiny_pair, tmp_path / "art")
+    samples = [replace(s, task="qa") for s in synthetic_samples(2, seed=5)]
+    results = evaluate(condenser, samples, max_tokens=64)
+    assert set(results["by_task"]) == {"qa"} and results["examples"] == []
+    assert (
+        "exact match and ROUGE-L: none, as they are scored for samples whose task is"
+        " question_answering or reconstruction, and this data's tasks are qa"
+    ) in results["notes"]
+    named = evaluate(condenser, synthetic_samples(2, seed=5), max_tokens=64)
+    assert not any("ROUGE-L" in note for note in named["notes"])
+
+
 def test_full_context_is_the_contexts_tokens_read_before_the_prompt(tiny_pair, tmp_path):
     condenser = _loaded(tiny_pair, tmp_path / "art")
     sample = synthetic_samples(1, seed=6)[1]  # question answering
