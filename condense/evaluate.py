@@ -144,6 +144,21 @@ def data_description(config: dict[str, Any], data: str | None) -> str:
     return data
 
 
+def trained_on_note(config: dict[str, Any], data: str | None) -> list[str]:
+    """A note where `data` is the very file or folder the artifact trained on: its samples
+    are mostly training samples, and the scores say how well it learned them."""
+    trained = config.get("train_data")
+    if data is None or is_synthetic(data) or not trained or not Path(data).exists():
+        return []
+    if Path(data).resolve() != Path(trained):
+        return []
+    note = (
+        f"--data {data} is what this artifact trained on: most of these samples were trained"
+        " on; without --data, eval scores the run's validation split alone"
+    )
+    return [note]
+
+
 def wrong_partners(samples: list[Sample]) -> list[int] | None:
     """For each sample, the next one (cyclically) from another passage, as validation picks
     them (data.other_context); None when every sample is of one passage, so that none has
@@ -612,7 +627,7 @@ def run_eval(
     results |= evaluate(condenser, samples, config.get("max_tokens") or 4096, batch_size)
     if report.rows_skipped:
         results["rows_skipped"] = report.rows_skipped
-        results["notes"].insert(0, report.notes()[0])
+    results["notes"][:0] = report.reading_notes() + trained_on_note(config, data)
     write_atomic(out, json.dumps(results, indent=2))
     plot(results, plot_path)
     table = markdown_table(results)

@@ -58,6 +58,15 @@ class DataReport:
 
     def notes(self) -> list[str]:
         """One line per thing a user should know happened to the data."""
+        cuts = {
+            "contexts cut to dataset.max_characters": self.contexts_cut_to_max_characters,
+            "contexts cut to dataset.max_tokens": self.contexts_cut_to_max_tokens,
+            "prompt+completion cut to dataset.max_tokens": self.targets_cut_to_max_tokens,
+        }
+        return self.reading_notes() + [f"{count} {what}" for what, count in cuts.items() if count]
+
+    def reading_notes(self) -> list[str]:
+        """The notes on reading the data: files left out, rows skipped."""
         notes = []
         if self.files_left_out:
             notes.append(f"--data folder files left out: {', '.join(self.files_left_out)}")
@@ -66,12 +75,7 @@ class DataReport:
                 f"{self.rows_skipped} of {self.rows_read} rows skipped as unusable"
                 f" (first: {self.skipped_examples[0]})"
             )
-        cuts = {
-            "contexts cut to dataset.max_characters": self.contexts_cut_to_max_characters,
-            "contexts cut to dataset.max_tokens": self.contexts_cut_to_max_tokens,
-            "prompt+completion cut to dataset.max_tokens": self.targets_cut_to_max_tokens,
-        }
-        return notes + [f"{count} {what}" for what, count in cuts.items() if count]
+        return notes
 
 
 def row_problem(row: Any) -> str | None:

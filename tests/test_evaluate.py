@@ -565,6 +565,36 @@ def test_eval_skips_bad_rows_when_asked_and_says_how_many(tiny_pair, tmp_path, c
     assert results["notes"][0].startswith("1 of 4 rows skipped as unusable (first: ")
 
 
+def test_eval_notes_a_folders_left_out_files_and_the_artifacts_own_training_data(
+    tiny_pair, tmp_path
+):
+    """Scoring the very data it trained on gave inflated numbers without a word; and with
+    a bad row skipped, only that note reached the results."""
+    from condense.__main__ import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"context": c, "prompt": "Who?", "completion": "Ka."} for c in ("Ka.", "Lo.", "Mo.")]
+    rows.insert(1, {"context": "Bo.", "prompt": "Who?", "completion": None})
+    (data / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (data / "test.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    _untrained_artifact(tiny_pair, tmp_path / "art", train_data=str(data.resolve()))
+    main(["eval", "--artifact", str(tmp_path / "art"), "--data", str(data), "--skip-bad-rows",
+          "--out", str(tmp_path / "eval.json")])  # fmt: skip
+    notes = json.loads((tmp_path / "eval.json").read_text())["notes"]
+    assert notes[:3] == [
+        "--data folder files left out: test.jsonl (test split)",
+        (
+            f"1 of 4 rows skipped as unusable (first: {data / 'train.jsonl'}: line 2: field"
+            " 'completion' is null)"
+        ),
+        (
+            f"--data {data} is what this artifact trained on: most of these samples were trained"
+            " on; without --data, eval scores the run's validation split alone"
+        ),
+    ]
+
+
 def test_skip_bad_rows_also_holds_for_the_runs_own_validation_split(tmp_path):
     # Without --data, the run's own setting replaced the flag, and the error then named it.
     from condense.samples import DataReport
