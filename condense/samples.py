@@ -168,6 +168,11 @@ def _file_samples(path: Path, skip_bad: bool, report: DataReport) -> list[Sample
     try:
         if path.suffix == ".json" and _holds_an_array(path):
             rows, unit = enumerate(_json_array_rows(path), start=1), "row"
+        elif path.suffix == ".json" and (keys := _one_object_keys(path)) is not None:
+            raise DataError(
+                f"{path}: one JSON object over several lines (keys: {', '.join(keys) or 'none'}),"
+                " not rows: give one object a line, or one array of objects"
+            )
         elif path.suffix in (".jsonl", ".json"):
             rows, unit = _jsonl_rows(path), "line"
         elif path.suffix == ".parquet":
@@ -266,6 +271,24 @@ def _holds_an_array(path: Path) -> bool:
     with path.open("rb") as f:
         head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
     return head.startswith(b"[")
+
+
+def _one_object_keys(path: Path) -> list[str] | None:
+    """The keys of the one JSON object a .json file holds over several lines (indented, or
+    a wrapper such as {"data": [...]}), or None where its first line is JSON of its own
+    (one object a line). Only read whole where that first line is not."""
+    with path.open("rb") as f:
+        first = next((line for line in f if line.strip()), b"")
+    try:
+        json.loads(first.decode("utf-8-sig"))
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None  # the line-by-line reading names what is wrong, and where
+    return list(value)[:8] if isinstance(value, dict) else None
 
 
 def _json_array_rows(path: Path) -> list[Any]:

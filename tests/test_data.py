@@ -221,6 +221,23 @@ def test_a_folder_without_data_files_says_so(tmp_path):
         load_samples(str(tmp_path), DatasetConfig(), seed=0)
 
 
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_json_file_of_one_indented_object_says_so(tmp_path, skip):
+    """It read as lines: "line 1: not a JSON object (Expecting property name ...)", and
+    with skipping, "none of its 6 rows is usable", counting the object's lines as rows."""
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps({"data": _rows("a"), "version": 1}, indent=2))
+    with pytest.raises(DataError) as err:
+        load_samples(str(path), DatasetConfig(skip_bad_rows=skip), seed=0)
+    assert str(err.value) == (
+        f"{path}: one JSON object over several lines (keys: data, version), not rows: give"
+        " one object a line, or one array of objects"
+    )
+    path.write_text("{broken\n" + json.dumps(_rows("a")[0]) + "\n")  # still named by line
+    with pytest.raises(DataError, match=r"data.json: line 1: not a JSON object"):
+        load_samples(str(path), DatasetConfig(), seed=0)
+
+
 def test_a_line_that_is_not_json_is_named(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text(json.dumps(ORIGINAL_ROWS[0]) + "\n{not json\n")
