@@ -108,7 +108,8 @@ def check_replaceable(out: Path) -> None:
         raise ArtifactError(f"{out}: {blocking} is a file, not a folder")
     try:  # the artifact is written beside `out` first (save_artifact)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryDirectory(prefix=f".{out.name}.probe-", dir=out.parent).cleanup()
+        # Named as a writer's temporary folder: one a kill leaves is removed with those.
+        tempfile.TemporaryDirectory(prefix=f".{out.name}-probe-", dir=out.parent).cleanup()
     except OSError as err:
         raise ArtifactError(f"{out}: cannot write there ({err.strerror or err})") from None
 

@@ -178,6 +178,14 @@ def json_out(
                 f"--out {out} is the {option} file this command reads: give the results"
                 f" another name ({path.with_name(example)})"
             )
+        # In a data folder the results would be read as data next time (and "eval.json"
+        # would even make it a folder of splits).
+        folder = read is not None and Path(read).is_dir()
+        if folder and path.resolve().is_relative_to(Path(read).resolve()):
+            raise ConfigError(
+                f"--out {out} is inside the {option} folder this command reads: write the"
+                f" results outside it ({Path(read).parent / example})"
+            )
     blocking = file_above(path)
     if blocking is not None:
         raise ConfigError(f"--out {out}: {blocking} is a file, not a folder")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import random
@@ -166,16 +167,17 @@ def read_file(path: Path, skip_bad: bool = False, report: DataReport | None = No
 def _file_samples(path: Path, skip_bad: bool, report: DataReport) -> list[Sample]:
     """read_file without its check that some row was usable."""
     try:
-        if path.suffix == ".json" and _holds_an_array(path):
+        suffix = path.suffix.lower()
+        if suffix == ".json" and _holds_an_array(path):
             rows, unit = enumerate(_json_array_rows(path), start=1), "row"
-        elif path.suffix == ".json" and (keys := _one_object_keys(path)) is not None:
+        elif suffix == ".json" and (keys := _one_object_keys(path)) is not None:
             raise DataError(
                 f"{path}: one JSON object over several lines (keys: {', '.join(keys) or 'none'}),"
                 " not rows: give one object a line, or one array of objects"
             )
-        elif path.suffix in (".jsonl", ".json"):
+        elif suffix in (".jsonl", ".json"):
             rows, unit = _jsonl_rows(path), "line"
-        elif path.suffix == ".parquet":
+        elif suffix == ".parquet":
             rows, unit = enumerate(_parquet_rows(path), start=1), "row"
         else:
             raise DataError(
@@ -191,35 +193,43 @@ def read_folder(
 ) -> list[Sample]:
     """Samples from a local folder: one `datasets` saved with save_to_disk, or data files
     laid out as on the Hub. There, files that `datasets` puts in another split than train
-    (test.jsonl, validation/...) and files of other types are left out, and named in
-    `report`; the training files are read one by one as `read_file` reads one, so a bad row
-    is named by its file and line."""
+    (test.jsonl, validation/...) or leaves out (metadata files, __special__ folders) and
+    files of other types are left out, and named in `report`; the training files are read
+    one by one as `read_file` reads one, so a bad row is named by its file and line."""
     from datasets.data_files import DataFilesDict, get_data_patterns
     from datasets.exceptions import DataFilesNotFoundError
 
     report = report if report is not None else DataReport()
-    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+    if (folder / "dataset_dict.json").is_file() or all(
+        (folder / name).is_file() for name in ("state.json", "dataset_info.json")
+    ):
         return _saved_samples(folder, skip_bad, report)
+    # datasets globs under the path as given, unnormalised: `..`, a symlink or a `[` in it
+    # gave paths that are not under the folder, or none at all.
+    base = glob.escape(str(folder.resolve()))
     try:
-        splits = DataFilesDict.from_patterns(get_data_patterns(str(folder)), str(folder))
+        patterns = get_data_patterns(base)
+        splits = DataFilesDict.from_patterns(patterns, base)
     except (FileNotFoundError, DataFilesNotFoundError):  # EmptyDatasetError is the first
-        splits = DataFilesDict()
-    # As the user named the folder: datasets gives absolute, resolved paths.
-    files = {
+        patterns, splits = {}, DataFilesDict()
+    files = {  # as the user named the folder
         folder / Path(f).relative_to(folder.resolve()): str(split)
         for split, found in splits.items()
         for f in found
     }
-    # With files named for splits, datasets puts a file named for none in no split at all.
+    # Data files datasets put in no split: beside files named for splits, those named for
+    # none; otherwise those its own rules leave out.
+    named = any(p != "**" for found in patterns.values() for p in found)
     files |= {
-        f: "no"
-        for f in folder.rglob("*")
-        if f.suffix in SUFFIXES and f not in files and not _hidden(f.relative_to(folder))
+        f: "no" if named else "ignored"
+        for f in sorted(folder.rglob("*"))
+        if _is_data(f) and f not in files and not _hidden(f.relative_to(folder))
     }
-    train = sorted(f for f, split in files.items() if split == "train" and f.suffix in SUFFIXES)
+    train = [f for f, split in sorted(files.items()) if split == "train" and _is_data(f)]
     why = {
         "train": "not .jsonl, .json or .parquet",
         "no": "named for no split, beside ones that are",
+        "ignored": "left out by datasets' folder rules: a metadata name or a __folder__",
     }
     left_out = [
         f"{f.relative_to(folder)} ({why.get(split, f'{split} split')})"
@@ -235,6 +245,11 @@ def read_folder(
     report.files_left_out += left_out
     samples = [s for f in train for s in _file_samples(f, skip_bad, report)]
     return some_samples(samples, str(folder), report)
+
+
+def _is_data(path: Path) -> bool:
+    """Whether `path` is a file of a type read_file reads (any case: .JSONL too)."""
+    return path.suffix.lower() in SUFFIXES and path.is_file()
 
 
 def _hidden(path: Path) -> bool:

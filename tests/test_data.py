@@ -207,6 +207,32 @@ def test_a_bad_row_in_a_folder_is_named_by_its_file_and_line(tmp_path):
     assert len(kept) == 4 and report.rows_skipped == 1
 
 
+@pytest.mark.parametrize("given", ["relative with ..", "a symlink", "a [ in its name"])
+def test_a_folder_is_read_however_it_is_named(tmp_path, monkeypatch, given):
+    """datasets globs under the path as given: `..` and symlinks gave paths outside the
+    folder (a traceback), and a `[` globbed no file at all."""
+    real = tmp_path / ("data[1]" if given == "a [ in its name" else "data")
+    real.mkdir()
+    _jsonl(real / "a.jsonl", _rows("a"))
+    _jsonl(real / "B.JSONL", _rows("b"))  # any case
+    (real / "__pycache__").mkdir()
+    _jsonl(real / "__pycache__" / "c.jsonl", _rows("c"))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    if given == "a symlink":
+        (tmp_path / "link").symlink_to(real)
+        name = str(tmp_path / "link")
+    else:
+        name = str(Path("..") / real.name)
+    report = DataReport()
+    samples = load_samples(name, DatasetConfig(), seed=0, report=report)
+    assert sorted(s.completion for s in samples) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+    assert report.files_left_out == [
+        str(Path("__pycache__") / "c.jsonl")
+        + " (left out by datasets' folder rules: a metadata name or a __folder__)"
+    ]
+
+
 def test_a_folder_saved_with_save_to_disk_loads(tmp_path):
     import datasets
 

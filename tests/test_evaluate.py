@@ -472,10 +472,13 @@ def _untrained_artifact(tiny_pair, folder, **config) -> None:
 
 
 # In the artifact: a resumed run's next best replaced the folder and deleted the results.
-# The data file itself: it was overwritten with the results (a CLI tester's find).
+# The data file itself: it was overwritten with the results (a CLI tester's find). Inside
+# a data folder: read as data next time, and "eval.json" made it a folder of splits.
 @pytest.mark.parametrize(
-    "out", ["eval.png", "existing-folder", "art/eval.json", "a-file/eval.json", "data.jsonl"]
-)
+    "out",
+    ["eval.png", "existing-folder", "art/eval.json", "a-file/eval.json", "data.jsonl",
+     "folder/eval.json"],
+)  # fmt: skip
 def test_an_out_the_results_cannot_go_to_is_one_line_before_anything_loads(
     out, tiny_pair, tmp_path, capsys, monkeypatch
 ):
@@ -492,16 +495,20 @@ def test_an_out_the_results_cannot_go_to_is_one_line_before_anything_loads(
     monkeypatch.setattr(condense.evaluate, "load_for_inference", load)
     capsys.readouterr()
     rows = [{"context": "A cat sat.", "prompt": "Who sat?", "completion": "A cat."}]
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    argv = ["eval", "--artifact", str(tmp_path / "art"), "--data", str(data)]
+    (tmp_path / "folder").mkdir()
+    for data in (tmp_path / "data.jsonl", tmp_path / "folder" / "data.jsonl"):
+        data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    given = tmp_path / "folder" if out.startswith("folder/") else tmp_path / "data.jsonl"
+    argv = ["eval", "--artifact", str(tmp_path / "art"), "--data", str(given)]
     with pytest.raises(SystemExit) as exit_:
         main([*argv, "--out", str(tmp_path / out)])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"condense: error: --out {tmp_path / out}")
     assert not (tmp_path / "eval.png").exists()
-    assert [json.loads(line) for line in data.read_text().splitlines()] == rows
+    assert sorted(p.name for p in (tmp_path / "folder").iterdir()) == ["data.jsonl"]
+    for data in (tmp_path / "data.jsonl", tmp_path / "folder" / "data.jsonl"):
+        assert [json.loads(line) for line in data.read_text().splitlines()] == rows
 
 
 def test_eval_out_into_a_missing_folder_makes_it_and_keeps_json_and_png(tiny_pair, tmp_path):
