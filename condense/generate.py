@@ -105,6 +105,14 @@ def _input_row(
     return torch.cat([prefix.to(tokens.device, tokens.dtype), tokens])  # (n + t, Hd)
 
 
+def stop_ids(eos: int | None, model_eos: int | list[int] | None) -> list[int]:
+    """The tokens that end an answer: the EOS training put after each completion, then any
+    other the decoder's generation_config stops at (Llama-3-Instruct's <|eot_id|> and
+    <|end_of_text|>), so an answer that ends in another of them stops there too."""
+    others = model_eos if isinstance(model_eos, list) else [model_eos]
+    return list(dict.fromkeys(i for i in (eos, *others) if i is not None))
+
+
 def _greedy(condenser: Condenser, rows: list[torch.Tensor], budgets: list[int]) -> list[str]:
     """Greedy decoding of left-padded, masked rows, each cut to its own budget."""
     tokenizer = condenser.decoder_tokenizer
@@ -120,13 +128,14 @@ def _greedy(condenser: Condenser, rows: list[torch.Tensor], budgets: list[int]) 
     # length (chat models ship such settings) would make exact match and ROUGE-L score
     # something other than the decoder's most likely answer. Swapped out meanwhile.
     decoder = condenser.decoder
+    own = decoder.generation_config
     greedy = GenerationConfig(
         max_new_tokens=max(budgets),
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stop_ids(tokenizer.eos_token_id, own.eos_token_id),
     )
-    own, decoder.generation_config = decoder.generation_config, greedy
+    decoder.generation_config = greedy
     try:
         with condenser.autocast(), torch.compiler.set_stance("force_eager"):
             out = decoder.generate(

@@ -93,6 +93,20 @@ def test_decoding_is_greedy_whatever_the_decoders_generation_config_says(tiny_pa
     assert condenser.decoder.generation_config is own  # given back as it was
 
 
+def test_decoding_also_stops_at_the_decoders_own_stop_tokens(tiny_pair, tmp_path):
+    """Llama-3-Instruct stops at <|eot_id|> and <|end_of_text|> alike (its generation_config
+    lists both); stopping at the tokenizer's EOS alone ran past the other to the budget."""
+    condenser = _loaded(tiny_pair, tmp_path)
+    condensed = condenser.condense([synthetic_samples(1, seed=31)[0].context])
+    prompt = ["Repeat the passage above word for word.\n"]
+    plain = generate(condenser, condensed, prompt, max_new_tokens=8)[0]
+    # Every token a stop token: the answer ends at its first.
+    vocab = condenser.decoder.get_input_embeddings().num_embeddings
+    condenser.decoder.generation_config.eos_token_id = list(range(vocab))
+    first = generate(condenser, condensed, prompt, max_new_tokens=8)[0]
+    assert plain.startswith(first) and len(first) < len(plain)
+
+
 def test_budgets_must_be_one_per_prompt_and_positive(tiny_pair, tmp_path):
     condenser = _loaded(tiny_pair, tmp_path)
     condensed = condenser.condense(["One.", "Two."])
