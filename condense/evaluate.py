@@ -44,7 +44,7 @@ from condense.files import json_out
 from condense.generate import generate
 from condense.model import IGNORE_INDEX, Condenser
 from condense.samples import DataError, DataReport, Sample, split_train_val
-from condense.synthetic import QUESTION_ANSWERING, RECONSTRUCTION
+from condense.synthetic import CONTINUATION, QUESTION_ANSWERING, RECONSTRUCTION
 
 CONDITIONS = ("none", "wrong", "condensed", "full")
 
@@ -181,8 +181,8 @@ FULL_CUT_NOTE = (
 
 
 NO_GENERATION_NOTE = (
-    "exact match and ROUGE-L: none, as they are scored for samples whose task is"
-    f" {QUESTION_ANSWERING} or {RECONSTRUCTION}, and this data's tasks are {{tasks}}"
+    "exact match and ROUGE-L: none for {tasks}, as they are scored for samples whose task"
+    f" is {QUESTION_ANSWERING} or {RECONSTRUCTION}"
 )
 
 
@@ -269,8 +269,10 @@ def _evaluate(
     after = dict.fromkeys(CONDITIONS, prompts) | {"full": [p[len(bos) :] for p in prompts]}
     examples = _generated_scores(condenser, samples, prefixes, after, report, batch_size)
     notes = [] if partners is not None else [ONE_PASSAGE_NOTE]
-    if not examples:  # a user's own task names: "qa" scored losses alone, silently
-        notes.append(NO_GENERATION_NOTE.format(tasks=", ".join(sorted(report))))
+    # A user's own task names: "qa" scored losses alone, silently.
+    unnamed = sorted(set(report) - {QUESTION_ANSWERING, RECONSTRUCTION, CONTINUATION})
+    if unnamed:
+        notes.append(NO_GENERATION_NOTE.format(tasks=", ".join(unnamed)))
     if cut:
         notes.append(FULL_CUT_NOTE.format(cut=cut, samples=len(samples), limit=limit))
     if any(scores["gap_closed"] is None for scores in report.values()):

@@ -274,12 +274,15 @@ def test_tasks_of_other_names_are_told_why_they_get_no_generation_scores(tiny_pa
     samples = [replace(s, task="qa") for s in synthetic_samples(2, seed=5)]
     results = evaluate(condenser, samples, max_tokens=64)
     assert set(results["by_task"]) == {"qa"} and results["examples"] == []
-    assert (
-        "exact match and ROUGE-L: none, as they are scored for samples whose task is"
-        " question_answering or reconstruction, and this data's tasks are qa"
-    ) in results["notes"]
-    named = evaluate(condenser, synthetic_samples(2, seed=5), max_tokens=64)
-    assert not any("ROUGE-L" in note for note in named["notes"])
+    note = (
+        "exact match and ROUGE-L: none for qa, as they are scored for samples whose task is"
+        " question_answering or reconstruction"
+    )
+    assert note in results["notes"]
+    named = synthetic_samples(2, seed=5)  # and beside tasks of those names
+    mixed = evaluate(condenser, [*named, *samples], max_tokens=64)
+    assert note in mixed["notes"] and "exact_match" in mixed["by_task"]["question_answering"]
+    assert not any("ROUGE-L" in n for n in evaluate(condenser, named, max_tokens=64)["notes"])
 
 
 def test_full_context_is_the_contexts_tokens_read_before_the_prompt(tiny_pair, tmp_path):
