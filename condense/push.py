@@ -7,6 +7,7 @@ that says what to do, and never touches the local artifact, which is only read.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from condense.artifact import read_config
@@ -39,7 +40,7 @@ def push_artifact(folder: Path, repo: str, public: bool = False) -> str:
 
     folder = Path(folder)
     check_hub_repo(repo, "--repo")
-    read_config(folder)  # refuse anything that is not an artifact before any network call
+    config = read_config(folder)  # refuse anything but an artifact before any network call
     if hub_offline():
         raise PushError(f"cannot push to {repo}: HF_HUB_OFFLINE is set; {folder} is unchanged")
     token = push_token(repo)
@@ -60,4 +61,17 @@ def push_artifact(folder: Path, repo: str, public: bool = False) -> str:
         raise PushError(
             f"push to {repo} failed ({type(err).__name__}); {folder} is unchanged"
         ) from None
+    local = [f"{role} {config[role]}" for role in ("encoder", "decoder") if _local(config[role])]
+    if local:
+        # Recorded by their absolute paths (config.model_name), they load only where they are.
+        print(
+            f"condense: note: the artifact names local model folders ({', '.join(local)}):"
+            " it loads only where those exist; train on Hub ids for one that loads anywhere",
+            file=sys.stderr,
+        )
     return f"{constants.ENDPOINT}/{repo}"
+
+
+def _local(name: str) -> bool:
+    """Whether an artifact's model name is a local folder's path, not a Hub id."""
+    return Path(name).is_absolute()

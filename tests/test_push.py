@@ -138,7 +138,7 @@ def test_training_refuses_a_bad_hub_repo_before_it_trains():
         parse_train(["--test", "--hub_repo", "me/bad name"])
 
 
-def test_push_creates_a_private_repo_unless_public(artifact, monkeypatch):
+def test_push_creates_a_private_repo_unless_public(artifact, monkeypatch, capsys):
     from huggingface_hub import HfApi
 
     calls = {}
@@ -154,6 +154,12 @@ def test_push_creates_a_private_repo_unless_public(artifact, monkeypatch):
     assert calls["upload"]["folder_path"] == str(artifact)
     push_artifact(artifact, "someone/condenser", public=True)
     assert calls["create"][1]["private"] is False
+    # Made from local folders, it loads only where they are: the push says so.
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .startswith("condense: note: the artifact names local model folders (encoder /")
+    )
 
 
 def test_training_pushes_its_best_artifact_when_a_repo_is_configured(
