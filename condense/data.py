@@ -71,9 +71,15 @@ def load_samples(
     else:
         samples = read_hub(source, skip_bad=skip, report=report)
     if cfg.tasks:
+        present = sorted({s.task for s in samples})
+        # A misspelt name silently trained without that task.
+        absent = [task for task in cfg.tasks if task not in present]
+        if absent:
+            raise DataError(
+                f"dataset.tasks: no sample of {', '.join(map(repr, absent))} in --data {source}"
+                f" (its tasks: {', '.join(present)})"
+            )
         samples = [s for s in samples if s.task in cfg.tasks]
-    if not samples:
-        raise DataError(f"--data {source}: no samples of the tasks {cfg.tasks}")
     cut = [_cut(s, cfg.max_characters) for s in samples]
     report.contexts_cut_to_max_characters += sum(a is not b for a, b in zip(samples, cut))
     return cut

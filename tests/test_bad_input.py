@@ -129,7 +129,11 @@ CASES = [
      r"2 training samples .* fewer than one batch \(dataset.batch_size=4\)"),
     ("too-few-rows-to-split", jsonl(GOOD), DATA, r"cannot make both a training and a validation"),
     ("no-rows-of-the-tasks", lambda f: jsonl(*rows(30))(f) + ["--dataset.tasks", "[qa]"], DATA,
-     r"no samples of the tasks \['qa'\]"),
+     r"dataset.tasks: no sample of 'qa' in --data .*data.jsonl \(its tasks: unknown\)"),
+    # A misspelt task beside a right one trained without it, silently.
+    ("a-task-misspelt", flags("--data", "synthetic", "--dataset.tasks",
+                              "[reconstruction, question_answring]"), DATA,
+     r"no sample of 'question_answring' in --data synthetic \(its tasks: continuation, .*\)"),
     ("parquet-null", parquet([GOOD, {**GOOD, "completion": None}]), DATA,
      r"data.parquet: row 2: field 'completion' is null"),
     ("parquet-corrupt", file("data.parquet", b"PAR1 not really"), DATA,
