@@ -13,11 +13,11 @@ from typing import Literal
 
 EMBEDDED_MODEL = "embedded"
 # Lightning's precision values (Trainer(precision=...)), kept here so that checking a config
-# does not import Lightning; "auto" is ours (see TrainConfig.precision).
+# does not import Lightning; "auto" is ours (see TrainConfig.precision). Not Lightning's
+# transformer-engine ones: they need a package this project does not install, and were
+# let through to a 40-line ModuleNotFoundError.
 PRECISIONS = (
     "auto",
-    "transformer-engine",
-    "transformer-engine-float16",
     "16-true",
     "16-mixed",
     "bf16-true",

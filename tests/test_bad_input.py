@@ -186,6 +186,8 @@ CASES = [
     ("max-bad-steps-zero", flags("--optim.max_bad_steps", "0"), CONFIG,
      r"optim.max_bad_steps must be positive"),
     ("unknown-precision", flags("--precision", "fp8"), CONFIG, r"precision must be one of"),
+    ("transformer-engine", flags("--precision", "transformer-engine"), CONFIG,
+     r"precision must be one of"),
     ("seed-negative", flags("--seed=-5"), CONFIG, r"seed must be 0 to 4294967295, got -5"),
     ("seed-over-32-bits", flags("--seed", "5000000000"), CONFIG,
      r"seed must be 0 to 4294967295, got 5000000000"),
