@@ -70,7 +70,18 @@ def _job_or_given(name: str) -> str:
     try:
         found = job_path(name)
     except ConfigError:
-        return name  # the parser says that the file does not exist
+        if Path(name).parent not in (Path("."), Path("jobs")):
+            return name  # a path elsewhere: the parser says that the file does not exist
+        # A bare name that is no file is meant for a shipped job: `defualt` said only
+        # "File does not exist", naming none of them.
+        folders = (PACKAGE_DIR / "jobs", PACKAGE_DIR.parent / "jobs")  # as job_path looks
+        shipped = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
+        stem = Path(name).name.removesuffix(".yaml")
+        near = difflib.get_close_matches(stem, shipped, n=1)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        raise ConfigError(
+            f"--config {name}: no such file, and no job of that name ({', '.join(shipped)}){hint}"
+        ) from None
     check_job_file(found)
     return str(found)
 

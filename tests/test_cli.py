@@ -47,6 +47,22 @@ def test_config_takes_a_job_name_from_any_folder(command, given, tmp_path, monke
         assert cfg.name == "default" and cfg.model.num_condense_tokens == 512
 
 
+@pytest.mark.parametrize(
+    "given, hint", [("defualt", "; did you mean default?"), ("jobs/tset.yaml", "; did you mean test?"),
+                    ("nothing-like-it", "")],
+)  # fmt: skip
+def test_a_misspelt_job_name_is_told_the_shipped_ones(given, hint, tmp_path, monkeypatch, capsys):
+    """It said only "--config: File does not exist: '.../defualt'"."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--config", given])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        f"condense: error: --config {given}: no such file, and no job of that name"
+        f" (bench, default, test){hint}\n"
+    )
+
+
 def test_test_and_config_together_are_refused(capsys):
     """--test used to load jobs/test.yaml and then let --config's job silently win."""
     with pytest.raises(SystemExit) as exit_:
