@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import warnings
@@ -67,6 +68,22 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 # run's checkpoint starts its best score afresh, on purpose: Lightning warns of both.
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 warnings.filterwarnings("ignore", message=r"The dirpath has changed from .* will be reloaded")
+# Lightning's: it counts logging by batches of an epoch, but logs by global step, so the
+# rows it says would be missing are there. And one from torch inside Lightning's own code.
+warnings.filterwarnings("ignore", message=r"The number of training batches .* logging interval")
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+class _NoAdvert(logging.Filter):
+    """Drops Lightning's "Tip: try installing litlogger" line, printed on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+# rank_zero_info logs through one of these, whichever Lightning module was imported last.
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_NoAdvert())
 
 
 def train(cfg: TrainConfig, *, check_finished: bool = True) -> dict[str, Any]:

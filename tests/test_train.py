@@ -465,3 +465,17 @@ def test_the_artifact_is_rewritten_only_where_best_ckpt_is(
         trainer, module
     )
     assert [extra["train_steps"] for extra in saved] == ([8] if exported else [])
+
+
+def test_lightnings_advert_is_dropped_and_its_other_lines_kept(caplog):
+    """Every run printed "💡 Tip: ... try installing [litlogger] ..."."""
+    import logging
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    import condense.train  # noqa: F401  (installs the filter)
+
+    with caplog.at_level(logging.INFO):
+        rank_zero_info("💡 Tip: For seamless cloud logging, try installing [litlogger](...)")
+        rank_zero_info("condense: resumed at step 3")
+    assert "litlogger" not in caplog.text and "condense: resumed at step 3" in caplog.text
