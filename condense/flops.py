@@ -76,7 +76,8 @@ def step_flops(
     slots: int,
     logits: int,
 ) -> dict[str, int]:
-    """FLOPs of one training step (forward + backward), by part.
+    """FLOPs of one training step (forward + backward), by part, and in "recompute" what
+    gradient checkpointing adds to them.
 
     Args:
         encoder, decoder: The two models' shapes.
@@ -104,4 +105,7 @@ def step_flops(
         "logits": 2 * logits_fwd,
     }
     parts["total"] = sum(parts.values())
+    # Not in the total (model FLOPs, which MFU counts): what gradient checkpointing adds,
+    # the blocks' forward run again in backward.
+    parts["recompute"] = enc_linear + enc_attention + lora_fwd + dec_linear + dec_attention
     return parts

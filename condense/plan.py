@@ -206,7 +206,15 @@ def plan(
     labelled = labelled_tokens(target)
     budget = int(spec.memory_gib * 2**30 * USABLE)
     per_sample = _flops_per_sample(condenser, context, target, labelled)
-    step_s = batch * per_sample / (spec.peak_tflops * 1e12 * mfu)
+    # As train decides it on this GPU (train._use_checkpointing), and what it costs: the
+    # step time was the no-checkpointing one even where training turns checkpointing on.
+    checkpointing = cfg.model.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = largest_batch_memory(condenser, cfg, False, precision) > budget
+    computed = per_sample
+    if checkpointing:
+        computed += _flops_per_sample(condenser, context, target, labelled, "recompute")
+    step_s = batch * computed / (spec.peak_tflops * 1e12 * mfu)
     tokens = batch * (context + target)  # per GPU per step
     result: dict[str, Any] = {
         "job": cfg.name,
@@ -222,6 +230,7 @@ def plan(
             "labelled_tokens_per_sample": labelled,
             "condense_tokens": n,
             "batch_per_gpu": batch,
+            "gradient_checkpointing": checkpointing,
             "usable_memory_fraction": USABLE,
             "precision": describe_precision(precision),
             "price_usd_per_gpu_hour": price,
@@ -280,7 +289,9 @@ def labelled_tokens(target: int) -> int:
     return max(1, target * 3 // 4)
 
 
-def _flops_per_sample(condenser, context: int, target: int, labelled: int) -> int:
+def _flops_per_sample(
+    condenser, context: int, target: int, labelled: int, part: str = "total"
+) -> int:
     n = condenser.num_condense_tokens
     return flops.step_flops(
         flops.dims(condenser.encoder),
@@ -291,12 +302,18 @@ def _flops_per_sample(condenser, context: int, target: int, labelled: int) -> in
         [target + n],
         n,
         labelled,
-    )["total"]
+    )[part]
 
 
 def write(result: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
+
+
+def _checkpointing(on: bool) -> str:
+    if on:
+        return "on, as training turns it on here (the step time includes its recompute)"
+    return "off, as training leaves it here"
 
 
 def describe(r: dict[str, Any]) -> str:
@@ -312,7 +329,8 @@ def describe(r: dict[str, Any]) -> str:
             f"  assumptions: MFU {a['mfu']}, {a['context_tokens_per_sample']} context +"
             f" {a['target_tokens_per_sample']} prompt+completion tokens per sample"
             f" ({a['labelled_tokens_per_sample']} labelled), N={a['condense_tokens']},"
-            f" batch {a['batch_per_gpu']} per GPU, {a['precision']}"
+            f" batch {a['batch_per_gpu']} per GPU, {a['precision']}; gradient checkpointing"
+            f" {_checkpointing(a['gradient_checkpointing'])}"
         ),
         (
             f"  parameters: {_count(r['parameters'])}, trainable {_count(r['trainable_parameters'])};"

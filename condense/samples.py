@@ -359,8 +359,8 @@ def _parquet_rows(path: Path) -> list[dict]:
 def read_hub(
     dataset_id: str, split: str = "train", skip_bad: bool = False, report: DataReport | None = None
 ) -> list[Sample]:
-    """Samples from a Hugging Face dataset (a Hub id or a local dataset folder) in the
-    original's columns."""
+    """Samples from a Hugging Face Hub dataset, in either set of columns (a local folder
+    is read_folder's)."""
     import datasets
     from datasets.exceptions import DatasetGenerationError
 

@@ -287,6 +287,25 @@ def test_plan_of_the_default_job_on_h100(tmp_path, capsys):
     assert "USD per M tokens" in capsys.readouterr().out
 
 
+def test_plans_step_time_counts_the_checkpointing_training_would_turn_on(tmp_path, capsys):
+    """On an L40S training turns checkpointing on for the default job (4096 + 4096 tokens
+    do not fit without it), and its recompute costs time: plan quoted the step time
+    without it, and did not say which training would use."""
+    out = tmp_path / "plan.json"
+
+    def plan(gpu: str, *flags: str) -> dict:
+        main(["plan", "--config", "default", "--gpu", gpu, *flags, "--out", str(out)])
+        return json.loads(out.read_text())
+
+    chosen, off = plan("L40S"), plan("L40S", "--model.gradient_checkpointing", "false")
+    assert chosen["assumptions"]["gradient_checkpointing"] is True
+    assert off["assumptions"]["gradient_checkpointing"] is False
+    ratio = chosen["gpus"][0]["step_s"] / off["gpus"][0]["step_s"]
+    assert 1.3 < ratio < 1.5  # the blocks' forward again: about half of their forward+backward
+    assert "gradient checkpointing on, as training turns it on here" in capsys.readouterr().out
+    assert plan("H100")["assumptions"]["gradient_checkpointing"] is False  # it fits there
+
+
 def test_plan_refuses_an_unknown_gpu(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["plan", "--config", str(job_path("default")), "--gpu", "B300X"])
