@@ -493,6 +493,9 @@ class CondenseDataModule(L.LightningDataModule):
             tokenize(part, self.encoder_tok, self.decoder_tok, self.cfg, self.report)
             for part in (self.train_samples, self.val_samples)
         )
+        # val_loss_wrong needs another passage to stand behind; without one it is missing
+        # from metrics.csv, and this says why.
+        self.report.one_validation_passage = len(set(map(passage_key, self.val_samples))) < 2
 
     def state_dict(self) -> dict[str, str]:
         # Kept in checkpoints for check_same_split, and only read there.

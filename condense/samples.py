@@ -48,6 +48,7 @@ class DataReport:
     contexts_cut_to_max_tokens: int = 0
     targets_cut_to_max_tokens: int = 0
     files_left_out: list[str] = field(default_factory=list)  # of a --data folder
+    one_validation_passage: bool = False  # so no val_loss_wrong
 
     def skip(self, problem: str) -> None:
         self.rows_skipped += 1
@@ -64,7 +65,13 @@ class DataReport:
             "contexts cut to dataset.max_tokens": self.contexts_cut_to_max_tokens,
             "prompt+completion cut to dataset.max_tokens": self.targets_cut_to_max_tokens,
         }
-        return self.reading_notes() + [f"{count} {what}" for what, count in cuts.items() if count]
+        notes = self.reading_notes() + [f"{count} {what}" for what, count in cuts.items() if count]
+        if self.one_validation_passage:
+            notes.append(
+                "val_loss_wrong: none, as every validation sample is of one passage, with no"
+                " other passage's context to stand behind (a larger dataset.val_size takes more)"
+            )
+        return notes
 
     def reading_notes(self) -> list[str]:
         """The notes on reading the data: files left out, rows skipped."""

@@ -566,6 +566,18 @@ def test_datamodule_serves_padded_batches_with_workers(tiny_pair):
     assert len(dm.val_set) >= 6
 
 
+@pytest.mark.parametrize("val_size, noted", [(1, True), (6, False)])
+def test_a_validation_of_one_passage_says_why_it_has_no_wrong_context_loss(
+    tiny_pair, val_size, noted
+):
+    """val_loss_wrong was missing from metrics.csv without a word."""
+    enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
+    cfg = DatasetConfig(val_size=val_size, synthetic_passages=10)
+    dm = CondenseDataModule("synthetic", cfg, enc_tok, dec_tok)
+    dm.setup()
+    assert any(n.startswith("val_loss_wrong: none") for n in dm.report.notes()) is noted
+
+
 def test_too_few_samples_for_a_split_is_a_clear_error(tiny_pair):
     enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
     dm = CondenseDataModule(
