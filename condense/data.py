@@ -41,13 +41,20 @@ def is_synthetic(source: str) -> bool:
 
 
 def load_samples(
-    source: str, cfg: DatasetConfig, seed: int, report: DataReport | None = None
+    source: str,
+    cfg: DatasetConfig,
+    seed: int,
+    report: DataReport | None = None,
+    every_task: bool = True,
 ) -> list[Sample]:
     """Samples from "synthetic", a local .jsonl/.json/.parquet file or folder of them (see
-    samples.read_folder), or a Hub dataset id, with contexts cut to `max_characters` and only the configured tasks kept.
+    samples.read_folder), or a Hub dataset id, with contexts cut to `max_characters` and
+    only the configured tasks kept.
 
     An unusable row raises DataError unless `cfg.skip_bad_rows`; skipped rows and cut
-    contexts are counted in `report`.
+    contexts are counted in `report`. So does a task in `cfg.tasks` that no sample has,
+    unless not `every_task` (eval rebuilding a run's split from the tasks it recorded, as
+    the run kept them).
     """
     report = report if report is not None else DataReport()
     skip = cfg.skip_bad_rows
@@ -74,12 +81,14 @@ def load_samples(
         present = sorted({s.task for s in samples})
         # A misspelt name silently trained without that task.
         absent = [task for task in cfg.tasks if task not in present]
-        if absent:
+        if absent and every_task:
             raise DataError(
                 f"dataset.tasks: no sample of {', '.join(map(repr, absent))} in --data {source}"
                 f" (its tasks: {', '.join(present)})"
             )
         samples = [s for s in samples if s.task in cfg.tasks]
+        if not samples:
+            raise DataError(f"--data {source}: no samples of the tasks {cfg.tasks}")
     cut = [_cut(s, cfg.max_characters) for s in samples]
     report.contexts_cut_to_max_characters += sum(a is not b for a, b in zip(samples, cut))
     return cut

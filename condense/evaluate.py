@@ -125,7 +125,8 @@ def _run_samples(
         # Or eval's --skip-bad-rows: a run's data may have gained a bad row since.
         skip_bad_rows=trained.get("skip_bad_rows", False) or cut.skip_bad_rows,
     )
-    return load_samples(config["train_data"], sized, config.get("seed", 0), report)
+    # A run from before a misspelt task was refused kept the tasks it found: so does this.
+    return load_samples(config["train_data"], sized, config.get("seed", 0), report, False)
 
 
 def _data_seed(config: dict[str, Any], data: str) -> int:

@@ -157,6 +157,10 @@ def test_the_default_eval_data_is_the_validation_split_of_a_task_filtered_run():
     config = {"seed": 3, "train_data": "synthetic", "val_size": 20, "synthetic_passages": 60}
     config["training_config"] = {"dataset": {"tasks": [QUESTION_ANSWERING]}}
     assert eval_samples(config, None, limit=None) == trained
+    # A run from before a task no sample has was refused trained on the ones it found;
+    # its artifact still evaluates, on that split.
+    config["training_config"] = {"dataset": {"tasks": [QUESTION_ANSWERING, "qa_misspelt"]}}
+    assert eval_samples(config, None, limit=None) == trained
 
 
 def test_markdown_table_has_a_row_per_task_and_metric():
