@@ -18,6 +18,7 @@ arguments and config, 1 for the rest); `--debug` shows the full traceback instea
 from __future__ import annotations
 
 import difflib
+import re
 import shlex
 import signal
 import sys
@@ -66,17 +67,22 @@ def resolve_configs(argv: list[str]) -> list[str]:
     return out
 
 
+JOB_NAME = re.compile(r"(jobs/)?[\w.-]+")  # what may name a shipped job, not inline YAML
+
+
 def _job_or_given(name: str) -> str:
     try:
         found = job_path(name)
     except ConfigError:
-        if Path(name).parent not in (Path("."), Path("jobs")):
-            return name  # a path elsewhere: the parser says that the file does not exist
+        # A path elsewhere, or YAML given inline (`--config '{max_steps: 7}'`, which the
+        # parser takes): the parser reads it, or says that the file does not exist.
+        if Path(name).parent not in (Path("."), Path("jobs")) or not JOB_NAME.fullmatch(name):
+            return name
         # A bare name that is no file is meant for a shipped job: `defualt` said only
         # "File does not exist", naming none of them.
         folders = (PACKAGE_DIR / "jobs", PACKAGE_DIR.parent / "jobs")  # as job_path looks
         shipped = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
-        stem = Path(name).name.removesuffix(".yaml")
+        stem = Path(name).name.removesuffix(".yaml").removesuffix(".yml")
         near = difflib.get_close_matches(stem, shipped, n=1)
         hint = f"; did you mean {near[0]}?" if near else ""
         raise ConfigError(

@@ -63,6 +63,12 @@ def test_a_misspelt_job_name_is_told_the_shipped_ones(given, hint, tmp_path, mon
     )
 
 
+def test_config_takes_inline_yaml_as_the_parser_does():
+    """A check for misspelt job names took `{max_steps: 7}` for one."""
+    assert parse_train(["--config", "{max_steps: 7}"]).max_steps == 7
+    assert parse_train(["--config=max_steps: 8"]).max_steps == 8
+
+
 def test_test_and_config_together_are_refused(capsys):
     """--test used to load jobs/test.yaml and then let --config's job silently win."""
     with pytest.raises(SystemExit) as exit_:
