@@ -209,8 +209,9 @@ def plan(
     # As train decides it on this GPU (train._use_checkpointing), and what it costs: the
     # step time was the no-checkpointing one even where training turns checkpointing on.
     checkpointing = cfg.model.gradient_checkpointing
+    worst = largest_batch_memory(condenser, cfg, False, precision)
     if checkpointing is None:
-        checkpointing = largest_batch_memory(condenser, cfg, False, precision) > budget
+        checkpointing = worst > budget
     computed = per_sample
     if checkpointing:
         computed += _flops_per_sample(condenser, context, target, labelled, "recompute")
@@ -231,6 +232,8 @@ def plan(
             "condense_tokens": n,
             "batch_per_gpu": batch,
             "gradient_checkpointing": checkpointing,
+            # What train weighs it by: a batch of max_tokens on both sides, without it.
+            "largest_batch_bytes_no_checkpointing": worst,
             "usable_memory_fraction": USABLE,
             "precision": describe_precision(precision),
             "price_usd_per_gpu_hour": price,
@@ -239,6 +242,7 @@ def plan(
         "trainable_parameters": sum(p.numel() for p in condenser.parameters() if p.requires_grad),
         "flops_per_token": per_sample / (context + target),
         "flops_per_sample": per_sample,
+        "max_tokens": cfg.dataset.max_tokens,
     }
     for ckpt in (False, True):
         key = "checkpointing" if ckpt else "no_checkpointing"
@@ -310,10 +314,16 @@ def write(result: dict[str, Any], out: Path) -> None:
     out.write_text(json.dumps(result, indent=2))
 
 
-def _checkpointing(on: bool) -> str:
-    if on:
-        return "on, as training turns it on here (the step time includes its recompute)"
-    return "off, as training leaves it here"
+def _checkpointing(r: dict[str, Any]) -> str:
+    """Which gradient checkpointing the plan assumes, and why training would choose it."""
+    a = r["assumptions"]
+    need = (
+        f"a batch of {a['batch_per_gpu']} x {r['max_tokens']} tokens on each side needs"
+        f" {a['largest_batch_bytes_no_checkpointing'] / 2**30:.1f} GiB without it"
+    )
+    if a["gradient_checkpointing"]:
+        return f"gradient checkpointing on ({need}; the step time includes its recompute)"
+    return f"gradient checkpointing off ({need})"
 
 
 def describe(r: dict[str, Any]) -> str:
@@ -329,8 +339,7 @@ def describe(r: dict[str, Any]) -> str:
             f"  assumptions: MFU {a['mfu']}, {a['context_tokens_per_sample']} context +"
             f" {a['target_tokens_per_sample']} prompt+completion tokens per sample"
             f" ({a['labelled_tokens_per_sample']} labelled), N={a['condense_tokens']},"
-            f" batch {a['batch_per_gpu']} per GPU, {a['precision']}; gradient checkpointing"
-            f" {_checkpointing(a['gradient_checkpointing'])}"
+            f" batch {a['batch_per_gpu']} per GPU, {a['precision']}; {_checkpointing(r)}"
         ),
         (
             f"  parameters: {_count(r['parameters'])}, trainable {_count(r['trainable_parameters'])};"
