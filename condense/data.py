@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader, Sampler
 from condense.config import DatasetConfig
 from condense.model import IGNORE_INDEX
 from condense.samples import (
-    SUFFIXES,
     DataError,
     DataReport,
     Sample,
+    data_suffix,
     passage_key,
     read_file,
     read_folder,
@@ -71,7 +71,7 @@ def load_samples(
         report.rows_read += len(samples)  # each made sample stands for a row of a file
     elif Path(source).is_dir():
         samples = read_folder(Path(source), skip, report)
-    elif Path(source).suffix.lower() in SUFFIXES or Path(source).exists():
+    elif data_suffix(Path(source)) or Path(source).exists():
         if not Path(source).is_file():
             raise DataError(f"--data {source}: no such file")
         samples = read_file(Path(source), skip, report)

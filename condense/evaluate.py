@@ -43,7 +43,7 @@ from condense.device import inference_device, load_for_inference
 from condense.files import json_out
 from condense.generate import generate
 from condense.model import IGNORE_INDEX, Condenser
-from condense.samples import DataError, DataReport, Sample, split_train_val
+from condense.samples import DataError, DataReport, Sample, data_suffix, split_train_val
 from condense.synthetic import CONTINUATION, QUESTION_ANSWERING, RECONSTRUCTION
 
 CONDITIONS = ("none", "wrong", "condensed", "full")
@@ -84,7 +84,7 @@ def eval_samples(
             )
         recorded = Path(config["train_data"])
         # A data file recorded relative to the working folder training ran in.
-        if recorded.suffix in (".jsonl", ".json", ".parquet") and not recorded.is_file():
+        if data_suffix(recorded) and not recorded.is_file():
             raise ConfigError(
                 f"this artifact's training data {recorded} is not found from here: give"
                 " --data to say what to score"

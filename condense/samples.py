@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import bz2
 import glob
+import gzip
 import hashlib
 import json
+import lzma
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 # The original trainer's column names, mapped to ours.
 ORIGINAL_COLUMNS = {"activation_prompt": "prompt", "expected_completion": "completion"}
 FIELDS = ("context", "prompt", "completion")
 SUFFIXES = (".jsonl", ".json", ".parquet")  # the data files read_file reads
+# How a .jsonl or .json file may be compressed, as datasets reads it (a local copy of a
+# Hub dataset often holds train.jsonl.gz): parquet compresses inside the file.
+COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+KINDS = ".jsonl, .json, .parquet, or .jsonl/.json in .gz, .bz2 or .xz"
 
 
 @dataclass(frozen=True)
@@ -174,7 +181,7 @@ def read_file(path: Path, skip_bad: bool = False, report: DataReport | None = No
 def _file_samples(path: Path, skip_bad: bool, report: DataReport) -> list[Sample]:
     """read_file without its check that some row was usable."""
     try:
-        suffix = path.suffix.lower()
+        suffix = data_suffix(path)
         if suffix == ".json" and _holds_an_array(path):
             rows, unit = enumerate(_json_array_rows(path), start=1), "row"
         elif suffix == ".json" and (keys := _one_object_keys(path)) is not None:
@@ -188,11 +195,27 @@ def _file_samples(path: Path, skip_bad: bool, report: DataReport) -> list[Sample
             rows, unit = enumerate(_parquet_rows(path), start=1), "row"
         else:
             raise DataError(
-                f"{path}: unsupported file type {path.suffix!r} (use .jsonl, .json or .parquet)"
+                f"{path}: unsupported file type {''.join(path.suffixes)!r} (use {KINDS})"
             )
         return _samples(rows, str(path), unit, skip_bad, report)
-    except OSError as err:  # unreadable: permissions, a folder, a disk error
-        raise DataError(f"{path}: cannot read it ({err.strerror or type(err).__name__})") from None
+    except (OSError, EOFError, lzma.LZMAError) as err:  # permissions, a folder, bad archive
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else first_line(err)
+        raise DataError(f"{path}: cannot read it ({reason})") from None
+
+
+def data_suffix(path: Path) -> str | None:
+    """The type of data file a name says (".jsonl" for train.JSONL.gz), None for another."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes.pop()
+        return suffixes[-1] if suffixes and suffixes[-1] in (".jsonl", ".json") else None
+    return suffixes[-1] if suffixes and suffixes[-1] in SUFFIXES else None
+
+
+def _open(path: Path) -> IO[bytes]:
+    """A data file's bytes, decompressed where its name says it is compressed."""
+    opener = COMPRESSIONS.get(path.suffix.lower())
+    return opener(path, "rb") if opener else path.open("rb")
 
 
 def read_folder(
@@ -234,7 +257,7 @@ def read_folder(
     }
     train = [f for f, split in sorted(files.items()) if split == "train" and _is_data(f)]
     why = {
-        "train": "not .jsonl, .json or .parquet",
+        "train": f"not {KINDS}",
         "no": "named for no split, beside ones that are",
         "ignored": "left out by datasets' folder rules: a metadata name or a __folder__",
     }
@@ -245,9 +268,12 @@ def read_folder(
     ]
     if not train:
         found = f": it holds {', '.join(left_out)}" if left_out else ""
+        # Where it holds data files of other splits, one can still be trained on.
+        other = any(split not in ("train", "ignored") for split in files.values())
+        hint = "; give a file itself to train on it" if other else ""
         raise DataError(
-            f"--data {folder}: no training files (.jsonl, .json or .parquet, not named for"
-            f" another split){found}; give a file itself to train on it"
+            f"--data {folder}: no training files ({KINDS}, not named for another split)"
+            f"{found}{hint}"
         )
     report.files_left_out += left_out
     samples = [s for f in train for s in _file_samples(f, skip_bad, report)]
@@ -256,7 +282,7 @@ def read_folder(
 
 def _is_data(path: Path) -> bool:
     """Whether `path` is a file of a type read_file reads (any case: .JSONL too)."""
-    return path.suffix.lower() in SUFFIXES and path.is_file()
+    return data_suffix(path) is not None and path.is_file()
 
 
 def _hidden(path: Path) -> bool:
@@ -290,7 +316,7 @@ def _holds_an_array(path: Path) -> bool:
     """Whether a .json file's first character (after any BOM and blank space) opens an
     array: what `json.dump(rows)`, pandas' orient="records" and `datasets`' to_json with
     lines=False write, where a .jsonl file holds one object a line."""
-    with path.open("rb") as f:
+    with _open(path) as f:
         head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
     return head.startswith(b"[")
 
@@ -299,7 +325,7 @@ def _one_object_keys(path: Path) -> list[str] | None:
     """The keys of the one JSON object a .json file holds over several lines (indented, or
     a wrapper such as {"data": [...]}), or None where its first line is JSON of its own
     (one object a line). Only read whole where that first line is not."""
-    with path.open("rb") as f:
+    with _open(path) as f:
         first = next((line for line in f if line.strip()), b"")
     try:
         json.loads(first.decode("utf-8-sig"))
@@ -307,7 +333,8 @@ def _one_object_keys(path: Path) -> list[str] | None:
     except (UnicodeDecodeError, json.JSONDecodeError):
         pass
     try:
-        value = json.loads(path.read_bytes().decode("utf-8-sig"))
+        with _open(path) as f:
+            value = json.loads(f.read().decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None  # the line-by-line reading names what is wrong, and where
     return list(value)[:8] if isinstance(value, dict) else None
@@ -316,7 +343,8 @@ def _one_object_keys(path: Path) -> list[str] | None:
 def _json_array_rows(path: Path) -> list[Any]:
     """The elements of a file holding one JSON array; a file that is not valid UTF-8 or
     not valid JSON is named with where it goes wrong."""
-    raw = path.read_bytes()
+    with _open(path) as f:
+        raw = f.read()
     try:
         return json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as err:
@@ -335,7 +363,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
     Read as bytes and decoded a line at a time, so that bytes that are not UTF-8 are
     named by their line instead of failing the whole file.
     """
-    with path.open("rb") as f:
+    with _open(path) as f:
         for number, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")

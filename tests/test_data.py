@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -172,9 +175,8 @@ def test_a_folder_reads_every_data_file_and_names_those_it_leaves_out(tmp_path):
     assert sorted(s.completion for s in samples) == sorted(
         f"{tag}{i}" for tag in "abc" for i in range(3)
     )
-    assert report.notes() == [
-        "--data folder files left out: notes.csv (not .jsonl, .json or .parquet)"
-    ]
+    kinds = ".jsonl, .json, .parquet, or .jsonl/.json in .gz, .bz2 or .xz"
+    assert report.notes() == [f"--data folder files left out: notes.csv (not {kinds})"]
 
 
 def test_a_folder_with_split_files_trains_on_its_train_files_alone(tmp_path):
@@ -191,7 +193,8 @@ def test_a_folder_with_split_files_trains_on_its_train_files_alone(tmp_path):
     (tmp_path / "train.jsonl").unlink()
     (tmp_path / "extra.jsonl").unlink()
     with pytest.raises(
-        DataError, match=r"no training files .*: it holds test.jsonl \(test split\)"
+        DataError,
+        match=r"no training files .*: it holds test.jsonl \(test split\); give a file itself",
     ):
         load_samples(str(tmp_path), DatasetConfig(), seed=0)
 
@@ -243,8 +246,41 @@ def test_a_folder_saved_with_save_to_disk_loads(tmp_path):
 
 def test_a_folder_without_data_files_says_so(tmp_path):
     (tmp_path / "README.md").write_text("my data")
-    with pytest.raises(DataError, match=r"no training files"):
+    (tmp_path / "train.csv").write_text("context,prompt,completion\n")
+    with pytest.raises(DataError, match=r"no training files") as err:
         load_samples(str(tmp_path), DatasetConfig(), seed=0)
+    # A file of its own is refused as well: no advice to give one.
+    assert "train.csv (not .jsonl" in str(err.value) and "give a file" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "opener"),
+    [("train.jsonl.gz", gzip.open), ("train.JSON.bz2", bz2.open), ("train.jsonl.xz", lzma.open)],
+)
+def test_compressed_json_files_are_read_alone_and_in_a_folder(name, opener, tmp_path):
+    """A local copy of a Hub dataset often holds train.jsonl.gz: a folder of them was
+    refused as holding no training files, and the file itself as of type '.gz'."""
+    rows = _rows("z")
+    with opener(tmp_path / name, "wt") as f:
+        if ".json." in name.lower():
+            json.dump(rows, f)  # one array
+        else:
+            f.write("".join(json.dumps(row) + "\n" for row in rows))
+    for source in (tmp_path / name, tmp_path):
+        samples = load_samples(str(source), DatasetConfig(), seed=0)
+        assert [s.completion for s in samples] == ["z0", "z1", "z2"]
+
+
+def test_a_damaged_compressed_file_is_named_in_one_line(tmp_path):
+    good = tmp_path / "good.jsonl.gz"
+    with gzip.open(good, "wt") as f:
+        f.write("".join(json.dumps(row) + "\n" for row in _rows("z", 200)))
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "plain.jsonl.gz").write_text(json.dumps(_rows("p")[0]) + "\n")  # no gzip
+    for path in (cut, tmp_path / "plain.jsonl.gz"):
+        with pytest.raises(DataError, match=rf"^{path}: cannot read it \(.+\)$"):
+            load_samples(str(path), DatasetConfig(), seed=0)
 
 
 @pytest.mark.parametrize("skip", [False, True])
