@@ -32,20 +32,27 @@ from condense.loss import CHUNK_LOGITS
 
 @dataclass(frozen=True)
 class Gpu:
-    """A GPU model: memory and dense bf16 tensor peak (the vendor's figure, no sparsity)."""
+    """A GPU model: its memory as sold (GB) and as CUDA reports it to torch (GiB, what
+    train weighs batches against), and its dense bf16 tensor peak (the vendor's figure,
+    no sparsity)."""
 
+    memory_gb: int
     memory_gib: float
     peak_tflops: float
 
 
+# memory_gib: torch.cuda's total_memory as out-of-memory errors print it ("a total
+# capacity of ..."): 80 GB reads as ~79.1 GiB, not 80, and a 48 GB L40S as 44.4. Taking
+# the sold figure for GiB let plan call a batch of 40-43 GiB fit on an L40S where training
+# turned checkpointing on. H200's is the 139 GiB its cloud machines state.
 GPUS = {
-    "H100": Gpu(80, 989),  # SXM
-    "H100-PCIE": Gpu(80, 756),
-    "H200": Gpu(141, 989),
-    "A100-80GB": Gpu(80, 312),
-    "A100": Gpu(40, 312),
-    "L40S": Gpu(48, 362),
-    "A10G": Gpu(24, 70),
+    "H100": Gpu(80, 79.1, 989),  # SXM
+    "H100-PCIE": Gpu(80, 79.1, 756),
+    "H200": Gpu(141, 139.0, 989),
+    "A100-80GB": Gpu(80, 79.2, 312),
+    "A100": Gpu(40, 39.5, 312),
+    "L40S": Gpu(48, 44.4, 362),
+    "A10G": Gpu(24, 22.2, 70),
 }
 GPU_COUNTS = (1, 8, 16)
 USABLE = 0.9  # of a GPU's memory: the CUDA context, the allocator's fragmentation
@@ -222,6 +229,7 @@ def plan(
         "encoder": cfg.model.encoder,
         "decoder": cfg.model.decoder,
         "gpu": name,
+        "gpu_memory_gb": spec.memory_gb,
         "gpu_memory_gib": spec.memory_gib,
         "gpu_peak_bf16_tflops": spec.peak_tflops,
         "assumptions": {
@@ -232,6 +240,8 @@ def plan(
             "condense_tokens": n,
             "batch_per_gpu": batch,
             "gradient_checkpointing": checkpointing,
+            # Whether the job set it, or training would choose it by memory (null).
+            "gradient_checkpointing_set_by_job": cfg.model.gradient_checkpointing is not None,
             # What train weighs it by: a batch of max_tokens on both sides, without it.
             "largest_batch_bytes_no_checkpointing": worst,
             "usable_memory_fraction": USABLE,
@@ -321,6 +331,8 @@ def _checkpointing(r: dict[str, Any]) -> str:
         f"a batch of {a['batch_per_gpu']} x {r['max_tokens']} tokens on each side needs"
         f" {a['largest_batch_bytes_no_checkpointing'] / 2**30:.1f} GiB without it"
     )
+    if a["gradient_checkpointing_set_by_job"]:
+        need = f"as model.gradient_checkpointing sets it; {need}"
     if a["gradient_checkpointing"]:
         return f"gradient checkpointing on ({need}; the step time includes its recompute)"
     return f"gradient checkpointing off ({need})"
@@ -333,7 +345,8 @@ def describe(r: dict[str, Any]) -> str:
     lines = [
         (
             f"condense plan: {r['job']} ({r['encoder']} -> {r['decoder']}) on {r['gpu']}"
-            f" ({r['gpu_memory_gib']:.0f} GB, {r['gpu_peak_bf16_tflops']:.0f} TFLOP/s dense bf16)"
+            f" ({r['gpu_memory_gb']} GB: {r['gpu_memory_gib']:.1f} GiB,"
+            f" {r['gpu_peak_bf16_tflops']:.0f} TFLOP/s dense bf16)"
         ),
         (
             f"  assumptions: MFU {a['mfu']}, {a['context_tokens_per_sample']} context +"

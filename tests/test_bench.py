@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from conftest import main_in_a_fresh_process, tiny_job
 
 from condense.__main__ import job_path, main, parse_train
+from condense.plan import GPUS, gpu_precision, meta_condenser
 
 
 def test_bench_times_both_modes_on_the_same_samples(tiny_pair, tmp_path, capsys):
@@ -284,7 +289,13 @@ def test_plan_of_the_default_job_on_h100(tmp_path, capsys):
     assert plan["largest_batch_checkpointing"] > plan["largest_batch_no_checkpointing"] >= 1
     assert [g["gpus"] for g in plan["gpus"]] == [1, 8, 16]
     assert plan["gpus"][2]["tokens_per_s"] == pytest.approx(16 * plan["gpus"][0]["tokens_per_s"])
-    assert "USD per M tokens" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "USD per M tokens" in printed
+    # The README quotes this output whole.
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    command = "$ condense plan --config jobs/default.yaml --gpu H100 --price 2.5\n"
+    quoted = readme.split(command, 1)[1].split("```", 1)[0]
+    assert quoted == printed.replace(f"; plan written to {out}", "")
 
 
 def test_plans_step_time_counts_the_checkpointing_training_would_turn_on(tmp_path, capsys):
@@ -307,6 +318,28 @@ def test_plans_step_time_counts_the_checkpointing_training_would_turn_on(tmp_pat
         " without it; the step time includes its recompute)"
     ) in capsys.readouterr().out
     assert plan("H100")["assumptions"]["gradient_checkpointing"] is False  # it fits there
+
+
+@pytest.mark.parametrize("gpu", ["L40S", "A100", "H100"])
+def test_plan_and_training_choose_checkpointing_alike(gpu, tmp_path, monkeypatch):
+    """plan took an L40S's 48 GB for 48 GiB, where CUDA reports 44.4: a job needing 40-43
+    GiB without checkpointing was planned without it, and trained with it."""
+    flags = ["--config", "default", "--dataset.max_tokens", "3400"]  # ~41.9 GiB without it
+    out = tmp_path / "plan.json"
+    main(["plan", *flags, "--gpu", gpu, "--out", str(out)])
+    planned = json.loads(out.read_text())["assumptions"]["gradient_checkpointing"]
+    # Training on that GPU, as CUDA reports its memory (the module: `condense.train` is
+    # also the function the package exports).
+    train = importlib.import_module("condense.train")
+    monkeypatch.setattr(train, "_on_gpu", lambda accelerator: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    gib = GPUS[gpu].memory_gib
+    props = SimpleNamespace(total_memory=int(gib * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    cfg = parse_train(flags)
+    chosen = train._use_checkpointing(cfg, meta_condenser(cfg), gpu_precision(cfg.precision))
+    assert chosen == planned
+    assert planned == (gpu != "H100")  # on the two smaller cards: the case is not vacuous
 
 
 def test_plan_refuses_an_unknown_gpu(capsys):
