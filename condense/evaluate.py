@@ -146,12 +146,15 @@ def data_description(config: dict[str, Any], data: str | None) -> str:
 
 
 def trained_on_note(config: dict[str, Any], data: str | None) -> list[str]:
-    """A note where `data` is the very file or folder the artifact trained on: its samples
-    are mostly training samples, and the scores say how well it learned them."""
+    """A note where `data` is the very file, folder or Hub dataset the artifact trained
+    on: its samples are mostly training samples, and the scores say how well it learned
+    them."""
     trained = config.get("train_data")
-    if data is None or is_synthetic(data) or not trained or not Path(data).exists():
+    if data is None or is_synthetic(data) or not trained:
         return []
-    if Path(data).resolve() != Path(trained):
+    # A local path is recorded absolute (config.model_name); a Hub id as it was given.
+    same = Path(data).resolve() == Path(trained) if Path(data).exists() else data == trained
+    if not same:
         return []
     note = (
         f"--data {data} is what this artifact trained on: most of these samples were trained"

@@ -84,7 +84,7 @@ class DataReport:
         """The notes on reading the data: files left out, rows skipped."""
         notes = []
         if self.files_left_out:
-            notes.append(f"--data folder files left out: {', '.join(self.files_left_out)}")
+            notes.append(f"files left out of the data folder: {', '.join(self.files_left_out)}")
         if self.rows_skipped:
             notes.append(
                 f"{self.rows_skipped} of {self.rows_read} rows skipped as unusable"

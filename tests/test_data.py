@@ -176,7 +176,7 @@ def test_a_folder_reads_every_data_file_and_names_those_it_leaves_out(tmp_path):
         f"{tag}{i}" for tag in "abc" for i in range(3)
     )
     kinds = ".jsonl, .json, .parquet, or .jsonl/.json in .gz, .bz2 or .xz"
-    assert report.notes() == [f"--data folder files left out: notes.csv (not {kinds})"]
+    assert report.notes() == [f"files left out of the data folder: notes.csv (not {kinds})"]
 
 
 def test_a_folder_with_split_files_trains_on_its_train_files_alone(tmp_path):
@@ -189,7 +189,7 @@ def test_a_folder_with_split_files_trains_on_its_train_files_alone(tmp_path):
     samples = load_samples(str(tmp_path), DatasetConfig(), seed=0, report=report)
     assert sorted(s.completion for s in samples) == ["t0", "t1", "t2"]
     left_out = "extra.jsonl (named for no split, beside ones that are), test.jsonl (test split)"
-    assert report.notes() == [f"--data folder files left out: {left_out}"]
+    assert report.notes() == [f"files left out of the data folder: {left_out}"]
     (tmp_path / "train.jsonl").unlink()
     (tmp_path / "extra.jsonl").unlink()
     with pytest.raises(

@@ -597,7 +597,7 @@ def test_eval_notes_a_folders_left_out_files_and_the_artifacts_own_training_data
           "--out", str(tmp_path / "eval.json")])  # fmt: skip
     notes = json.loads((tmp_path / "eval.json").read_text())["notes"]
     assert notes[:3] == [
-        "--data folder files left out: test.jsonl (test split)",
+        "files left out of the data folder: test.jsonl (test split)",
         (
             f"1 of 4 rows skipped as unusable (first: {data / 'train.jsonl'}: line 2: field"
             " 'completion' is null)"
@@ -607,6 +607,15 @@ def test_eval_notes_a_folders_left_out_files_and_the_artifacts_own_training_data
             " on; without --data, eval scores the run's validation split alone"
         ),
     ]
+
+
+def test_a_hub_dataset_the_artifact_trained_on_is_noted_too():
+    """The default job trains on a Hub dataset: scoring it again said nothing."""
+    from condense.evaluate import trained_on_note
+
+    config = {"train_data": "Condense-AI/benchmark-condense-v0.1"}
+    assert "is what this artifact trained on" in trained_on_note(config, config["train_data"])[0]
+    assert trained_on_note(config, "Condense-AI/other-set") == []
 
 
 def test_skip_bad_rows_also_holds_for_the_runs_own_validation_split(tmp_path):
