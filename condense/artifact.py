@@ -451,11 +451,12 @@ def _original_modules(path: Path) -> tuple[torch.Tensor, dict, dict]:
         if "weights_only" not in str(err):
             raise ArtifactError(f"{path}: not a readable original checkpoint ({err})") from None
         # torch's own message opens with how to load it anyway, not with what it refused.
+        # A file cut short names a half-read global too: code is not the only cause.
         named = re.search(r"GLOBAL (\S+)", str(err))
-        what = f": {named.group(1)}" if named else ""
+        what = f" {named.group(1)}," if named else ""
         raise ArtifactError(
-            f"{path}: refused: it holds more than tensors, which loading would run as code"
-            f"{what}; import reads weights only"
+            f"{path}: refused: not weights alone: it names{what} which weights-only loading"
+            " does not allow (code to run, or a damaged file); import reads weights only"
         ) from None
     except (RuntimeError, OSError, KeyError, TypeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -175,7 +175,7 @@ def json_out(
     for option, read in reads:
         if read is not None and path.is_file() and Path(read).is_file() and path.samefile(read):
             raise ConfigError(
-                f"--out {out} is the {option} file this command reads: give the results"
+                f"--out {out} is the {option} file: give the results"
                 f" another name ({path.with_name(example)})"
             )
         # In a data folder the results would be read as data next time (and "eval.json"
@@ -183,7 +183,7 @@ def json_out(
         folder = read is not None and Path(read).is_dir()
         if folder and path.resolve().is_relative_to(Path(read).resolve()):
             raise ConfigError(
-                f"--out {out} is inside the {option} folder this command reads: write the"
+                f"--out {out} is inside the {option} folder: write the"
                 f" results outside it ({Path(read).parent / example})"
             )
     blocking = file_above(path)

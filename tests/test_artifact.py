@@ -385,7 +385,10 @@ def test_an_original_checkpoint_is_read_without_unpickling_code(tiny_pair, tmp_p
     # Why, not torch's advice to load it with weights_only=False (cut off before its warning).
     message = str(refused.value)
     assert message.startswith(f"{tmp_path / 'original' / 'checkpoints' / 'modules.pt'}: refused")
-    assert message.endswith("which loading would run as code: print; import reads weights only")
+    assert message.endswith(
+        "it names print, which weights-only loading does not allow (code to run,"
+        " or a damaged file); import reads weights only"
+    )
     assert "weights_only` set to `False" not in message
 
 

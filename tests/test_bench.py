@@ -157,7 +157,7 @@ def test_an_out_that_cannot_be_written_is_refused_before_any_work(
     else:
         out, option = (job, "--config") if kind == "the job" else (data, "--data")
         problem = (
-            f"--out {out} is the {option} file this command reads: give the results another"
+            f"--out {out} is the {option} file: give the results another"
             f" name ({tmp_path / command}.json)"
         )
     steps = ["--steps", "1"] if command == "bench" else []
