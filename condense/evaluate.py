@@ -621,6 +621,8 @@ def run_eval(
     # and the fresh seed would be rebuilt from defaults, not from the run's settings.
     folder = local_folder(artifact)
     config = read_config(folder)
+    if data is None:  # the run's own data: results written into its folder would join it
+        json_out(out, "eval.json", [("run's training-data", config.get("train_data"))])
     report = DataReport()
     samples = eval_samples(config, data, limit, skip_bad_rows, report)
     condenser, where, precision = load_for_inference(str(folder), device, precision)

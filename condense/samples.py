@@ -9,6 +9,7 @@ import hashlib
 import json
 import lzma
 import random
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -198,7 +199,8 @@ def _file_samples(path: Path, skip_bad: bool, report: DataReport) -> list[Sample
                 f"{path}: unsupported file type {''.join(path.suffixes)!r} (use {KINDS})"
             )
         return _samples(rows, str(path), unit, skip_bad, report)
-    except (OSError, EOFError, lzma.LZMAError) as err:  # permissions, a folder, bad archive
+    # Unreadable: permissions, a folder; a cut or damaged archive (zlib: a gzip one's data).
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else first_line(err)
         raise DataError(f"{path}: cannot read it ({reason})") from None
 

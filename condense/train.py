@@ -120,6 +120,12 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     run_dir = resolve_run_dir(cfg)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run_dir {str(run_dir)!r} is a file, not a folder")
+    data = Path(cfg.data or "")
+    if data.is_dir() and run_dir.resolve().is_relative_to(data.resolve()):
+        # Its artifact's JSON files would be read as training data by the next run.
+        raise ConfigError(
+            f"run_dir {run_dir} is inside the --data folder {cfg.data}: give a run dir outside it"
+        )
     resume_from = resolve_resume(cfg.resume, run_dir)
     continues = continues_run(resume_from, run_dir)
     # Before the models load (minutes). Not where a caller decided for every process that

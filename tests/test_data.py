@@ -278,7 +278,10 @@ def test_a_damaged_compressed_file_is_named_in_one_line(tmp_path):
     cut = tmp_path / "cut.jsonl.gz"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     (tmp_path / "plain.jsonl.gz").write_text(json.dumps(_rows("p")[0]) + "\n")  # no gzip
-    for path in (cut, tmp_path / "plain.jsonl.gz"):
+    flipped = bytearray(good.read_bytes())  # damaged inside: zlib's own error, a traceback
+    flipped[200:260] = bytes(b ^ 0xFF for b in flipped[200:260])
+    (tmp_path / "flipped.jsonl.gz").write_bytes(flipped)
+    for path in (cut, tmp_path / "plain.jsonl.gz", tmp_path / "flipped.jsonl.gz"):
         with pytest.raises(DataError, match=rf"^{path}: cannot read it \(.+\)$"):
             load_samples(str(path), DatasetConfig(), seed=0)
 

@@ -478,6 +478,25 @@ def _untrained_artifact(tiny_pair, folder, **config) -> None:
     )
 
 
+def test_an_out_inside_the_runs_own_data_folder_is_refused_without_data(
+    tiny_pair, tmp_path, capsys
+):
+    """Without --data the check looked at no folder: the results went into the one the
+    run trained on, and its next eval or training read them as a row-less data file."""
+    from condense.__main__ import main
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    row = {"context": "A cat sat.", "prompt": "Who sat?", "completion": "A cat."}
+    (folder / "train.jsonl").write_text(json.dumps(row) + "\n")
+    _untrained_artifact(tiny_pair, tmp_path / "art", train_data=str(folder))
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--artifact", str(tmp_path / "art"), "--out", str(folder / "res.json")])
+    assert exit_.value.code == 2
+    assert "is inside the run's training-data folder" in capsys.readouterr().err
+    assert [p.name for p in folder.iterdir()] == ["train.jsonl"]
+
+
 # In the artifact: a resumed run's next best replaced the folder and deleted the results.
 # The data file itself: it was overwritten with the results (a CLI tester's find). Inside
 # a data folder: read as data next time, and "eval.json" made it a folder of splits.

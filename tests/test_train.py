@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from condense.config import ConfigError
 from condense.model import Condenser
 from condense.module import CheckpointMismatchError, CondenseModule
 from condense.train import ExportBest, build, describe, train
@@ -479,3 +480,18 @@ def test_lightnings_advert_is_dropped_and_its_other_lines_kept(caplog):
         rank_zero_info("💡 Tip: For seamless cloud logging, try installing [litlogger](...)")
         rank_zero_info("condense: resumed at step 3")
     assert "litlogger" not in caplog.text and "condense: resumed at step 3" in caplog.text
+
+
+def test_a_run_dir_inside_its_data_folder_is_refused_before_anything_is_written(
+    tiny_pair, tmp_path
+):
+    """The run's artifact/*.json files were read as training data by the same command
+    run again, which the README says resumes."""
+    data = tmp_path / "data"
+    data.mkdir()
+    row = {"context": "A cat sat.", "prompt": "Who sat?", "completion": "A cat."}
+    (data / "train.jsonl").write_text(json.dumps(row) + "\n")
+    cfg = tiny_config(*tiny_pair, data / "runs" / "tiny", data=str(data))
+    with pytest.raises(ConfigError, match=r"run_dir .* is inside the --data folder"):
+        train(cfg)
+    assert [p.name for p in data.iterdir()] == ["train.jsonl"]
