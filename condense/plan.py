@@ -219,6 +219,9 @@ def plan(
     worst = largest_batch_memory(condenser, cfg, False, precision)
     if checkpointing is None:
         checkpointing = worst > budget
+    # A job whose largest batch overflows even so stops at its first long batch: say so,
+    # rather than price a run that cannot happen.
+    chosen = largest_batch_memory(condenser, cfg, True, precision) if checkpointing else worst
     computed = per_sample
     if checkpointing:
         computed += _flops_per_sample(condenser, context, target, labelled, "recompute")
@@ -253,6 +256,9 @@ def plan(
         "flops_per_token": per_sample / (context + target),
         "flops_per_sample": per_sample,
         "max_tokens": cfg.dataset.max_tokens,
+        "usable_memory_bytes": budget,
+        "largest_batch_bytes": chosen,  # with the checkpointing assumed
+        "fits": chosen <= budget,
     }
     for ckpt in (False, True):
         key = "checkpointing" if ckpt else "no_checkpointing"
@@ -338,6 +344,19 @@ def _checkpointing(r: dict[str, Any]) -> str:
     return f"gradient checkpointing off ({need})"
 
 
+def _does_not_fit(r: dict[str, Any]) -> str:
+    a = r["assumptions"]
+    on = "on" if a["gradient_checkpointing"] else "off"
+    way = "" if a["gradient_checkpointing"] else "model.gradient_checkpointing true, "
+    return (
+        f"  DOES NOT FIT: a batch of {a['batch_per_gpu']} x {r['max_tokens']} tokens on each"
+        f" side needs {r['largest_batch_bytes'] / 2**30:.1f} GiB with gradient checkpointing"
+        f" {on}, of the {r['usable_memory_bytes'] / 2**30:.1f} GiB usable"
+        f" ({a['usable_memory_fraction']:.0%}): training would run out of memory: {way}a lower"
+        " dataset.batch_size or dataset.max_tokens (times below assume it fit)"
+    )
+
+
 def describe(r: dict[str, Any]) -> str:
     """The plan as a table."""
     a = r["assumptions"]
@@ -360,6 +379,8 @@ def describe(r: dict[str, Any]) -> str:
         ),
         "  memory per GPU (GiB)   weights  grads  AdamW  activations  total  largest batch",
     ]
+    if not r["fits"]:
+        lines.insert(1, _does_not_fit(r))
     for key, label in (
         ("no_checkpointing", "no checkpointing"),
         ("checkpointing", "checkpointing"),

@@ -342,6 +342,18 @@ def test_plan_and_training_choose_checkpointing_alike(gpu, tmp_path, monkeypatch
     assert planned == (gpu != "H100")  # on the two smaller cards: the case is not vacuous
 
 
+def test_plan_says_when_the_job_does_not_fit(tmp_path, capsys):
+    """It priced a batch of 8 on an A10G, which needs 34.6 GiB of its 20, without a word."""
+    out = tmp_path / "plan.json"
+    main(["plan", "--config", "default", "--gpu", "A10G", "--dataset.batch_size", "8",
+          "--out", str(out)])  # fmt: skip
+    assert json.loads(out.read_text())["fits"] is False
+    assert "DOES NOT FIT: a batch of 8 x 4096 tokens on each side needs" in capsys.readouterr().out
+    main(["plan", "--config", "default", "--gpu", "H100", "--out", str(out)])
+    assert json.loads(out.read_text())["fits"] is True
+    assert "DOES NOT FIT" not in capsys.readouterr().out
+
+
 def test_plan_refuses_an_unknown_gpu(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["plan", "--config", str(job_path("default")), "--gpu", "B300X"])
