@@ -390,6 +390,12 @@ def describe(r: dict[str, Any]) -> str:
             f"  {label:<22} {m['weights'] / gib:7.1f}  {m['grads'] / gib:5.2f}  {m['optimizer'] / gib:5.2f}"
             f"  {m['activations'] / gib:11.1f}  {m['total'] / gib:5.1f}  {r[f'largest_batch_{key}']:13d}"
         )
+    # Not the batch the checkpointing line weighs (max_tokens on both sides): they read as
+    # a contradiction where the two differ.
+    lines.append(
+        f"  (largest batch: of the samples assumed above, {a['context_tokens_per_sample']} +"
+        f" {a['target_tokens_per_sample']} tokens)"
+    )
     lines.append("  GPUs  step s  tokens/s  GPU-h per M tokens  USD per M tokens")
     for g in r["gpus"]:
         usd = (
