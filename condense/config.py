@@ -220,8 +220,8 @@ class TrainConfig:
     Args:
         data: "synthetic" (embedded, no network); a local .jsonl/.json/.parquet file
             (.jsonl and .json also as .gz/.bz2/.xz), or a folder of them (its train
-            split's files where names mark splits; or one from datasets' save_to_disk), in columns context,
-            prompt, completion (optional task) or the original's (task, context,
+            split's files where names mark splits; or one from datasets' save_to_disk),
+            in columns context, prompt, completion (optional task) or the original's (task, context,
             activation_prompt, expected_completion); or a Hugging Face dataset id with
             either set of columns.
         max_steps: Optimizer steps to train.

@@ -152,7 +152,7 @@ def trained_on_note(config: dict[str, Any], data: str | None) -> list[str]:
     trained = config.get("train_data")
     if data is None or is_synthetic(data) or not trained:
         return []
-    # A local path is recorded absolute (config.model_name); a Hub id as it was given.
+    # A local path is recorded absolute (train._as_recorded); a Hub id as it was given.
     same = Path(data).resolve() == Path(trained) if Path(data).exists() else data == trained
     if not same:
         return []

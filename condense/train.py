@@ -120,8 +120,9 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     run_dir = resolve_run_dir(cfg)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run_dir {str(run_dir)!r} is a file, not a folder")
-    data = Path(cfg.data or "")
-    if data.is_dir() and run_dir.resolve().is_relative_to(data.resolve()):
+    # Not Path(""): that is the working folder, where `--data ""` is refused for itself.
+    data = Path(cfg.data) if isinstance(cfg.data, str) and cfg.data.strip() else None
+    if data and data.is_dir() and run_dir.resolve().is_relative_to(data.resolve()):
         # Its artifact's JSON files would be read as training data by the next run.
         raise ConfigError(
             f"run_dir {run_dir} is inside the --data folder {cfg.data}: give a run dir outside it"

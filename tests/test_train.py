@@ -495,3 +495,15 @@ def test_a_run_dir_inside_its_data_folder_is_refused_before_anything_is_written(
     with pytest.raises(ConfigError, match=r"run_dir .* is inside the --data folder"):
         train(cfg)
     assert [p.name for p in data.iterdir()] == ["train.jsonl"]
+
+
+def test_an_empty_data_is_not_taken_for_the_working_folder(tiny_pair, tmp_path, monkeypatch):
+    """Path("") is the working folder, which holds the default run dir: `--data ""` was
+    told its run dir lay inside the --data folder, not that it names no data."""
+    from condense.samples import DataError
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(*tiny_pair, tmp_path / "unused", data="")
+    cfg.run_dir = None
+    with pytest.raises(DataError, match="no data source"):
+        train(cfg)
