@@ -28,13 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
-from jsonargparse.typing import PositiveFloat, PositiveInt
+from jsonargparse.typing import PositiveFloat, PositiveInt, restricted_string_type
 
 from condense.cli_errors import check_groups, check_job_file, parse
 from condense.config import ConfigError, TrainConfig, check_hub_repo
 from condense.files import json_out
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# What `datasets` accepts as a split's name.
+SplitName = restricted_string_type("SplitName", r"^\w+(\.\w+)*\Z")
 
 
 def job_path(name: str) -> Path:
@@ -271,6 +273,13 @@ def eval_parser() -> ArgumentParser:
         " artifact has none: give --data).",
     )
     parser.add_argument(
+        "--split",
+        type=SplitName,
+        default="train",
+        help="The split of a --data folder or Hub dataset to score: test scores its"
+        " test.jsonl, test/ or test split (default: train).",
+    )
+    parser.add_argument(
         "--limit", type=PositiveInt | None, default=None, help="Score only the first N samples."
     )
     parser.add_argument(
@@ -339,6 +348,7 @@ def run_eval(argv: list[str]) -> None:
         args.precision,
         args.batch_size,
         args.skip_bad_rows,
+        args.split,
     )
 
 

@@ -46,6 +46,7 @@ def load_samples(
     seed: int,
     report: DataReport | None = None,
     every_task: bool = True,
+    split: str | None = None,
 ) -> list[Sample]:
     """Samples from "synthetic", a local .jsonl/.json/.parquet file or folder of them (see
     samples.read_folder), or a Hub dataset id, with contexts cut to `max_characters` and
@@ -55,6 +56,9 @@ def load_samples(
     contexts are counted in `report`. So does a task in `cfg.tasks` that no sample has,
     unless not `every_task` (eval rebuilding a run's split from the tasks it recorded, as
     the run kept them).
+
+    `split` is eval's --split, read from a folder or Hub dataset; None is their train
+    split, as training reads it.
     """
     report = report if report is not None else DataReport()
     skip = cfg.skip_bad_rows
@@ -63,6 +67,12 @@ def load_samples(
             f"--data {source!r}: no data source: give a .jsonl, .json or .parquet file, a"
             " dataset folder or Hub id, or synthetic"
         )
+    if split not in (None, "train") and (
+        is_synthetic(source) or data_suffix(Path(source)) or Path(source).is_file()
+    ):
+        raise DataError(
+            f"--split {split}: --data {source} has no splits (a folder or Hub dataset has)"
+        )
     if is_synthetic(source):
         if source == SYNTHETIC:
             samples = synthetic_samples(cfg.synthetic_passages, seed, cfg.synthetic_facts)
@@ -70,13 +80,13 @@ def load_samples(
             samples = long_synthetic_samples(cfg.synthetic_passages, seed)
         report.rows_read += len(samples)  # each made sample stands for a row of a file
     elif Path(source).is_dir():
-        samples = read_folder(Path(source), skip, report)
+        samples = read_folder(Path(source), skip, report, split)
     elif data_suffix(Path(source)) or Path(source).exists():
         if not Path(source).is_file():
             raise DataError(f"--data {source}: no such file")
         samples = read_file(Path(source), skip, report)
     else:
-        samples = read_hub(source, skip_bad=skip, report=report)
+        samples = read_hub(source, split or "train", skip, report)
     if cfg.tasks:
         present = sorted({s.task for s in samples})
         # A misspelt name silently trained without that task.

@@ -55,8 +55,9 @@ def eval_samples(
     limit: int | None,
     skip_bad_rows: bool = False,
     report: DataReport | None = None,
+    split: str = "train",
 ) -> list[Sample]:
-    """`data`'s samples, or by default the validation split the artifact was trained
+    """`data`'s samples (its `split`, where it is a folder or Hub dataset), or by default the validation split the artifact was trained
     against (rebuilt from the data source, seed and sizes its config records); a
     ConfigError for no `data` where the config records no training data (an imported
     checkpoint of the original trainer). A bad row of `data` stops it, or with
@@ -73,6 +74,10 @@ def eval_samples(
         skip_bad_rows=skip_bad_rows,
     )
     seed = config.get("seed", 0)
+    if data is None and split != "train":
+        raise ConfigError(
+            f"--split {split} needs --data: without it, eval scores the run's validation split"
+        )
     if data is None:
         if config.get("train_data") is None:
             # Default synthetic passages would be no validation split of anything it
@@ -99,7 +104,7 @@ def eval_samples(
                 " samples the run trained on); give --data to score it as it is"
             )
     else:
-        samples = load_samples(data, cut, _data_seed(config, data), report)
+        samples = load_samples(data, cut, _data_seed(config, data), report, split=split)
         if is_synthetic(data) and data == config.get("train_data"):
             # Another seed's passages can still repeat a trained context word for word:
             # one-fact passages share sentences ("Their house had a red door and 5
@@ -136,21 +141,21 @@ def _data_seed(config: dict[str, Any], data: str) -> int:
     return seed + 1 if is_synthetic(data) else seed
 
 
-def data_description(config: dict[str, Any], data: str | None) -> str:
+def data_description(config: dict[str, Any], data: str | None, split: str = "train") -> str:
     """What `eval_samples` scored, in words, for the results and the model card."""
     if data is None:
         return f"{config.get('train_data')} (validation split)"
     if is_synthetic(data):
         return f"{data} (fresh passages, seed {_data_seed(config, data)})"
-    return data
+    return data if split == "train" else f"{data} ({split} split)"
 
 
-def trained_on_note(config: dict[str, Any], data: str | None) -> list[str]:
-    """A note where `data` is the very file, folder or Hub dataset the artifact trained
-    on: its samples are mostly training samples, and the scores say how well it learned
-    them."""
+def trained_on_note(config: dict[str, Any], data: str | None, split: str = "train") -> list[str]:
+    """A note where `data` (its train split) is the very file, folder or Hub dataset the
+    artifact trained on: its samples are mostly training samples, and the scores say how
+    well it learned them."""
     trained = config.get("train_data")
-    if data is None or is_synthetic(data) or not trained:
+    if data is None or is_synthetic(data) or not trained or split != "train":
         return []
     # A local path is recorded absolute (train._as_recorded); a Hub id as it was given.
     same = Path(data).resolve() == Path(trained) if Path(data).exists() else data == trained
@@ -605,8 +610,9 @@ def run_eval(
     precision: str = "auto",
     batch_size: int = 8,
     skip_bad_rows: bool = False,
+    split: str = "train",
 ) -> dict[str, Any]:
-    """Load an artifact, evaluate it, write JSON and a PNG beside it, print the table, and
+    """Load an artifact, evaluate it (`data`'s `split`, where it has splits), write JSON and a PNG beside it, print the table, and
     put the table into a local artifact's model card (`command` is quoted there).
     `device` and `precision` as condense.device picks them ("auto": a GPU in bf16-mixed
     where there is one, else the CPU in fp32). A mistake in `out`, `device` or `data`
@@ -624,18 +630,18 @@ def run_eval(
     if data is None:  # the run's own data: results written into its folder would join it
         json_out(out, "eval.json", [("run's training-data", config.get("train_data"))])
     report = DataReport()
-    samples = eval_samples(config, data, limit, skip_bad_rows, report)
+    samples = eval_samples(config, data, limit, skip_bad_rows, report, split)
     condenser, where, precision = load_for_inference(str(folder), device, precision)
     results = {
         "artifact": artifact,
-        "data": data_description(config, data),
+        "data": data_description(config, data, split),
         "device": str(where),
         "precision": precision,
     }
     results |= evaluate(condenser, samples, config.get("max_tokens") or 4096, batch_size)
     if report.rows_skipped:
         results["rows_skipped"] = report.rows_skipped
-    results["notes"][:0] = report.reading_notes() + trained_on_note(config, data)
+    results["notes"][:0] = report.reading_notes() + trained_on_note(config, data, split)
     write_atomic(out, json.dumps(results, indent=2))
     plot(results, plot_path)
     table = markdown_table(results)

@@ -217,17 +217,24 @@ def data_suffix(path: Path) -> str | None:
 def _open(path: Path) -> IO[bytes]:
     """A data file's bytes, decompressed where its name says it is compressed."""
     opener = COMPRESSIONS.get(path.suffix.lower())
-    return opener(path, "rb") if opener else path.open("rb")
+    # An empty file holds no rows, compressed or not: bz2 and xz take it for a cut archive.
+    if opener is None or path.stat().st_size == 0:
+        return path.open("rb")
+    return opener(path, "rb")
 
 
 def read_folder(
-    folder: Path, skip_bad: bool = False, report: DataReport | None = None
+    folder: Path,
+    skip_bad: bool = False,
+    report: DataReport | None = None,
+    split: str | None = None,
 ) -> list[Sample]:
-    """Samples from a local folder: one `datasets` saved with save_to_disk, or data files
-    laid out as on the Hub. There, files that `datasets` puts in another split than train
-    (test.jsonl, validation/...) or leaves out (metadata files, __special__ folders) and
-    files of other types are left out, and named in `report`; the training files are read
-    one by one as `read_file` reads one, so a bad row is named by its file and line."""
+    """Samples of one split from a local folder: one `datasets` saved with save_to_disk,
+    or data files laid out as on the Hub. There, files that `datasets` puts in another
+    split (test.jsonl, validation/...) or leaves out (metadata files, __special__
+    folders) and files of other types are left out, and named in `report`; the split's
+    files are read one by one as `read_file` reads one, so a bad row is named by its file
+    and line. `split` is eval's --split; None is train, as training reads it."""
     from datasets.data_files import DataFilesDict, get_data_patterns
     from datasets.exceptions import DataFilesNotFoundError
 
@@ -235,7 +242,7 @@ def read_folder(
     if (folder / "dataset_dict.json").is_file() or all(
         (folder / name).is_file() for name in ("state.json", "dataset_info.json")
     ):
-        return _saved_samples(folder, skip_bad, report)
+        return _saved_samples(folder, skip_bad, report, split or "train")
     # datasets globs under the path as given, unnormalised: `..`, a symlink or a `[` in it
     # gave paths that are not under the folder, or none at all.
     base = glob.escape(str(folder.resolve()))
@@ -257,28 +264,34 @@ def read_folder(
         for f in sorted(folder.rglob("*"))
         if _is_data(f) and f not in files and not _hidden(f.relative_to(folder))
     }
-    train = [f for f, split in sorted(files.items()) if split == "train" and _is_data(f)]
+    wanted = split or "train"
+    chosen = [f for f, found in sorted(files.items()) if found == wanted and _is_data(f)]
     why = {
-        "train": f"not {KINDS}",
+        wanted: f"not {KINDS}",
         "no": "named for no split, beside ones that are",
         "ignored": "left out by datasets' folder rules: a metadata name or a __folder__",
     }
     left_out = [
-        f"{f.relative_to(folder)} ({why.get(split, f'{split} split')})"
-        for f, split in sorted(files.items())
-        if f not in train
+        f"{f.relative_to(folder)} ({why.get(found, f'{found} split')})"
+        for f, found in sorted(files.items())
+        if f not in chosen
     ]
-    if not train:
-        found = f": it holds {', '.join(left_out)}" if left_out else ""
-        # Where it holds data files of other splits, one can still be trained on.
-        other = any(split not in ("train", "ignored") for split in files.values())
-        hint = "; give a file itself to train on it" if other else ""
+    if not chosen:
+        held = f": it holds {', '.join(left_out)}" if left_out else ""
+        # Where it holds data files of other splits, one of them can still be read.
+        others = sorted({found for found in files.values() if found not in (wanted, "ignored")})
+        if split is None:
+            hint = "; give a file itself to train on it" if others else ""
+            what = "training files"
+        else:
+            named = [s for s in others if s != "no"]
+            hint = f"; --split {' or '.join(named)} reads one" if named else ""
+            what = f"{split}-split files"
         raise DataError(
-            f"--data {folder}: no training files ({KINDS}, not named for another split)"
-            f"{found}{hint}"
+            f"--data {folder}: no {what} ({KINDS}, not named for another split){held}{hint}"
         )
     report.files_left_out += left_out
-    samples = [s for f in train for s in _file_samples(f, skip_bad, report)]
+    samples = [s for f in chosen for s in _file_samples(f, skip_bad, report)]
     return some_samples(samples, str(folder), report)
 
 
@@ -292,8 +305,8 @@ def _hidden(path: Path) -> bool:
     return any(part.startswith(".") for part in path.parts)
 
 
-def _saved_samples(folder: Path, skip_bad: bool, report: DataReport) -> list[Sample]:
-    """Samples from a folder written by `datasets`' save_to_disk (its train split, where it
+def _saved_samples(folder: Path, skip_bad: bool, report: DataReport, split: str) -> list[Sample]:
+    """Samples from a folder written by `datasets`' save_to_disk (its `split`, where it
     holds several)."""
     import datasets
 
@@ -304,12 +317,14 @@ def _saved_samples(folder: Path, skip_bad: bool, report: DataReport) -> list[Sam
             f"--data {folder}: cannot load it as a saved dataset ({first_line(err)})"
         ) from err
     if isinstance(saved, datasets.DatasetDict):
-        if "train" not in saved:
+        if split not in saved:
             raise DataError(
-                f"--data {folder}: a saved dataset without a train split (it has"
+                f"--data {folder}: a saved dataset without a {split} split (it has"
                 f" {', '.join(saved)})"
             )
-        saved = saved["train"]
+        saved = saved[split]
+    elif split != "train":
+        raise DataError(f"--split {split}: --data {folder} is a saved dataset of one split")
     rows = enumerate(saved.to_list(), start=1)
     return some_samples(_samples(rows, str(folder), "row", skip_bad, report), str(folder), report)
 

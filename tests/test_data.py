@@ -199,6 +199,35 @@ def test_a_folder_with_split_files_trains_on_its_train_files_alone(tmp_path):
         load_samples(str(tmp_path), DatasetConfig(), seed=0)
 
 
+def test_a_split_other_than_train_is_read_where_one_is_asked_for(tmp_path):
+    """eval --data FOLDER scored train.jsonl alone, and a folder of test files was refused
+    with advice to train on a file."""
+    import datasets
+
+    _jsonl(tmp_path / "train.jsonl", _rows("t"))
+    _jsonl(tmp_path / "test.jsonl", _rows("s", 2))
+    report = DataReport()
+    samples = load_samples(str(tmp_path), DatasetConfig(), seed=0, report=report, split="test")
+    assert [s.completion for s in samples] == ["s0", "s1"]
+    assert report.files_left_out == ["train.jsonl (train split)"]
+    (tmp_path / "train.jsonl").unlink()
+    with pytest.raises(DataError, match=r"no train-split files .*; --split test reads one$"):
+        load_samples(str(tmp_path), DatasetConfig(), seed=0, split="train")
+    with pytest.raises(
+        DataError, match=r"no validation-split files .*test.jsonl \(test split\); --split test"
+    ):
+        load_samples(str(tmp_path), DatasetConfig(), seed=0, split="validation")
+    for source in (str(tmp_path / "test.jsonl"), "synthetic"):
+        with pytest.raises(DataError, match=rf"^--split test: --data {source} has no splits"):
+            load_samples(source, DatasetConfig(), seed=0, split="test")
+    saved = datasets.DatasetDict(
+        train=datasets.Dataset.from_list(_rows("t")), test=datasets.Dataset.from_list(_rows("s"))
+    )
+    saved.save_to_disk(str(tmp_path / "saved"))
+    samples = load_samples(str(tmp_path / "saved"), DatasetConfig(), seed=0, split="test")
+    assert [s.completion for s in samples] == ["s0", "s1", "s2"]
+
+
 def test_a_bad_row_in_a_folder_is_named_by_its_file_and_line(tmp_path):
     """It was "row 24" of all the files together, or a parser's message naming neither."""
     _jsonl(tmp_path / "a.jsonl", _rows("a"))
@@ -269,6 +298,16 @@ def test_compressed_json_files_are_read_alone_and_in_a_folder(name, opener, tmp_
     for source in (tmp_path / name, tmp_path):
         samples = load_samples(str(source), DatasetConfig(), seed=0)
         assert [s.completion for s in samples] == ["z0", "z1", "z2"]
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+def test_an_empty_compressed_file_has_no_rows(suffix, tmp_path):
+    """bz2 and xz took an empty file for a cut archive: "cannot read it (Compressed file
+    ended before the end-of-stream marker was reached)"."""
+    path = tmp_path / f"train.jsonl{suffix}"
+    path.write_bytes(b"")
+    with pytest.raises(DataError, match=rf"^{path}: no rows$"):
+        load_samples(str(path), DatasetConfig(), seed=0)
 
 
 def test_a_damaged_compressed_file_is_named_in_one_line(tmp_path):

@@ -628,6 +628,33 @@ def test_eval_notes_a_folders_left_out_files_and_the_artifacts_own_training_data
     ]
 
 
+def test_eval_scores_a_folders_test_split_where_asked(tiny_pair, tmp_path, capsys):
+    """eval --data FOLDER could score only its train files: the ones the run trained on."""
+    from condense.__main__ import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"context": c, "prompt": "Who?", "completion": "Ka."} for c in ("Ka.", "Lo.", "Mo.")]
+    (data / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (data / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[:2]))
+    _untrained_artifact(tiny_pair, tmp_path / "art", train_data=str(data.resolve()))
+    argv = ["eval", "--artifact", str(tmp_path / "art"), "--out", str(tmp_path / "eval.json")]
+    main([*argv, "--data", str(data), "--split", "test"])
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert results["data"] == f"{data} (test split)"
+    assert results["samples"] == 2
+    assert results["notes"][0] == "files left out of the data folder: train.jsonl (train split)"
+    assert not any("trained on" in note for note in results["notes"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--split", "test"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        "condense: error: --split test needs --data: without it, eval scores the run's"
+        " validation split\n"
+    )
+
+
 def test_a_hub_dataset_the_artifact_trained_on_is_noted_too():
     """The default job trains on a Hub dataset: scoring it again said nothing."""
     from condense.evaluate import trained_on_note
