@@ -78,7 +78,9 @@ def _job_or_given(name: str) -> str:
     except ConfigError:
         # A path elsewhere, or YAML given inline (`--config '{max_steps: 7}'`, which the
         # parser takes): the parser reads it, or says that the file does not exist.
-        if Path(name).parent not in (Path("."), Path("jobs")) or not JOB_NAME.fullmatch(name):
+        if Path(name).parent not in (Path("."), Path("jobs")) or not JOB_NAME.fullmatch(
+            Path(name).as_posix()
+        ):
             return name
         # A bare name that is no file is meant for a shipped job: `defualt` said only
         # "File does not exist", naming none of them.

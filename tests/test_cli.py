@@ -49,7 +49,7 @@ def test_config_takes_a_job_name_from_any_folder(command, given, tmp_path, monke
 
 @pytest.mark.parametrize(
     "given, hint", [("defualt", "; did you mean default?"), ("jobs/tset.yaml", "; did you mean test?"),
-                    ("nothing-like-it", "")],
+                    ("nothing-like-it", ""), ("./defualt", "; did you mean default?")],
 )  # fmt: skip
 def test_a_misspelt_job_name_is_told_the_shipped_ones(given, hint, tmp_path, monkeypatch, capsys):
     """It said only "--config: File does not exist: '.../defualt'"."""
