@@ -453,12 +453,13 @@ def _original_modules(path: Path) -> tuple[torch.Tensor, dict, dict]:
         # torch's own message opens with how to load it anyway, not with what it refused.
         # A file cut short names a half-read global too: code is not the only cause.
         named = re.search(r"GLOBAL (\S+)", str(err))
-        what = f" {named.group(1)}," if named else ""
+        what = f"names {named.group(1)}, which" if named else "holds what"
         raise ArtifactError(
-            f"{path}: refused: not weights alone: it names{what} which weights-only loading"
-            " does not allow (code to run, or a damaged file); import reads weights only"
+            f"{path}: refused: not weights alone: it {what} weights-only loading does not"
+            " allow (code to run, or a damaged file); import reads weights only"
         ) from None
-    except (RuntimeError, OSError, KeyError, TypeError) as err:
+    # EOFError: an empty file, or one cut short before its first record.
+    except (RuntimeError, OSError, KeyError, TypeError, EOFError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ArtifactError(
             f"{path}: not a readable original checkpoint ({reason[:200]})"

@@ -458,10 +458,18 @@ def _edit_json(path, **changes):
          "{folder}/adapter_model.safetensors: damaged or incomplete ("),
         (lambda f: _edit_json(f / "adapter_config.json", r=0),
          "{folder}/adapter_config.json: model.lora_r must be positive, got 0"),
+        # A traceback: EOFError, with no message at all.
+        (lambda f: (f / "checkpoints" / "modules.pt").write_bytes(b""),
+         "{folder}/checkpoints/modules.pt: not a readable original checkpoint (EOFError)"),
+        # "it names which weights-only loading ...": torch named no global to quote.
+        (lambda f: (f / "checkpoints" / "modules.pt").write_bytes(b"\x80\x02P0\n."),
+         ("{folder}/checkpoints/modules.pt: refused: not weights alone: it holds what"
+          " weights-only loading does not allow")),
     ],
-    ids=["config-not-json", "no-config", "no-weights", "weights-cut", "r-zero"],
+    ids=["config-not-json", "no-config", "no-weights", "weights-cut", "r-zero", "modules-empty",
+         "modules-no-global"],
 )  # fmt: skip
-def test_import_of_a_damaged_original_adapter_is_one_line_naming_it(
+def test_import_of_a_damaged_original_is_one_line_naming_the_file(
     damage, message, tiny_pair, tmp_path, capsys
 ):
     """A JSONDecodeError traceback, a bare "[Errno 2]" naming checkpoints/adapter_config.json,
