@@ -53,9 +53,9 @@ def load_samples(
     only the configured tasks kept.
 
     An unusable row raises DataError unless `cfg.skip_bad_rows`; skipped rows and cut
-    contexts are counted in `report`. So does a task in `cfg.tasks` that no sample has,
-    unless not `every_task` (eval rebuilding a run's split from the tasks it recorded, as
-    the run kept them).
+    contexts are counted in `report`. A task in `cfg.tasks` that no sample has raises
+    DataError too, unless not `every_task` (eval rebuilding a run's split from the tasks it
+    recorded, as the run kept them: then only where none of them is left).
 
     `split` is eval's --split, read from a folder or Hub dataset; None is their train
     split, as training reads it.
@@ -98,7 +98,11 @@ def load_samples(
             )
         samples = [s for s in samples if s.task in cfg.tasks]
         if not samples:
-            raise DataError(f"--data {source}: no samples of the tasks {cfg.tasks}")
+            # Only eval's rebuild of a run's split reaches this: its --data was not given.
+            raise DataError(
+                f"{source}: no sample of the tasks the run kept ({', '.join(cfg.tasks)});"
+                f" its tasks now: {', '.join(present)}"
+            )
     cut = [_cut(s, cfg.max_characters) for s in samples]
     report.contexts_cut_to_max_characters += sum(a is not b for a, b in zip(samples, cut))
     return cut

@@ -580,13 +580,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_beside(out: Path, data: str | None = None) -> Path:
+def plot_beside(out: Path, data: str | None = None, make: bool = True) -> Path:
     """Where the plot of JSON results written to `out` goes (NAME.png beside it), with
     `out`'s folder made; a ConfigError for an `out` the results cannot go to, before an
     evaluation that would end there: a .png the plot would overwrite, a file in an
     artifact folder, which the next save of that artifact (a new best in training, an
     import) replaces whole, results and all, or what files.json_out refuses (a folder, a
-    path under a file, the `data` file itself)."""
+    path under a file, the `data` file itself). Without `make`, `out`'s folder is not made
+    yet (see files.json_out)."""
     if out.suffix.lower() == ".png":
         raise ConfigError(
             f"--out {out}: give the JSON file's path (eval.json); the plot goes beside it"
@@ -596,7 +597,7 @@ def plot_beside(out: Path, data: str | None = None) -> Path:
             f"--out {out} is in an artifact folder, which its next save replaces whole:"
             f" write the results beside it ({out.parent.parent / out.name})"
         )
-    json_out(out, "eval.json", [("--data", data)])
+    json_out(out, "eval.json", [("--data", data)], make)
     return out.with_suffix(".png")
 
 
@@ -621,14 +622,18 @@ def run_eval(
     from condense.artifact import add_evaluation, local_folder, read_config
     from condense.files import write_atomic
 
-    plot_path = plot_beside(out, data)
+    # Without --data, the data it reads is known from the artifact's config: its folder
+    # must not be made inside that data before that check.
+    plot_path = plot_beside(out, data, make=data is not None)
     inference_device(device)
     # A Hub artifact's config comes from its download: without it, the validation split
     # and the fresh seed would be rebuilt from defaults, not from the run's settings.
     folder = local_folder(artifact)
     config = read_config(folder)
     if data is None:  # the run's own data: results written into its folder would join it
-        json_out(out, "eval.json", [("run's training-data", config.get("train_data"))])
+        trained = config.get("train_data")
+        local = None if trained is None or is_synthetic(trained) else trained
+        json_out(out, "eval.json", [("run's training-data", local)])
     report = DataReport()
     samples = eval_samples(config, data, limit, skip_bad_rows, report, split)
     condenser, where, precision = load_for_inference(str(folder), device, precision)

@@ -160,13 +160,24 @@ def file_above(path: Path) -> Path | None:
     return next((p for p in path.parents if p.exists() and not p.is_dir()), None)
 
 
+def inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether `path` is `folder` or lies under it, `folder` being a folder that exists
+    (through symlinks and `..` alike)."""
+    return Path(folder).is_dir() and Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
 def json_out(
-    out: str | Path | None, example: str, reads: list[tuple[str, str | Path | None]] = ()
+    out: str | Path | None,
+    example: str,
+    reads: list[tuple[str, str | Path | None]] = (),
+    make: bool = True,
 ) -> Path | None:
     """--out as a file the results can be written to, its folder made: checked before the
     work (minutes for bench or eval) that would end in failing to write it. `example` is a
     file name to suggest where --out names a folder; `reads` are the files the command reads,
-    with the options that name them (--data, --config), which --out must not overwrite."""
+    with the options that name them (--data, --config), which --out must not overwrite.
+    Without `make`, the folder is neither made nor tried: a first check, for a command that
+    learns what else it reads later."""
     if out is None:
         return None
     path = Path(out)
@@ -180,8 +191,7 @@ def json_out(
             )
         # In a data folder the results would be read as data next time (and "eval.json"
         # would even make it a folder of splits).
-        folder = read is not None and Path(read).is_dir()
-        if folder and path.resolve().is_relative_to(Path(read).resolve()):
+        if read is not None and inside(path, read):
             raise ConfigError(
                 f"--out {out} is inside the {option} folder: write the"
                 f" results outside it ({Path(read).parent / example})"
@@ -189,6 +199,8 @@ def json_out(
     blocking = file_above(path)
     if blocking is not None:
         raise ConfigError(f"--out {out}: {blocking} is a file, not a folder")
+    if not make:
+        return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -195,9 +195,7 @@ def _file_samples(path: Path, skip_bad: bool, report: DataReport) -> list[Sample
         elif suffix == ".parquet":
             rows, unit = enumerate(_parquet_rows(path), start=1), "row"
         else:
-            raise DataError(
-                f"{path}: unsupported file type {''.join(path.suffixes)!r} (use {KINDS})"
-            )
+            raise DataError(f"{path}: unsupported file type {_file_type(path)} (use {KINDS})")
         return _samples(rows, str(path), unit, skip_bad, report)
     # Unreadable: permissions, a folder; a cut or damaged archive (zlib: a gzip one's data).
     except (OSError, EOFError, lzma.LZMAError, zlib.error) as err:
@@ -212,6 +210,14 @@ def data_suffix(path: Path) -> str | None:
         suffixes.pop()
         return suffixes[-1] if suffixes and suffixes[-1] in (".jsonl", ".json") else None
     return suffixes[-1] if suffixes and suffixes[-1] in SUFFIXES else None
+
+
+def _file_type(path: Path) -> str:
+    """A file's type as its name gives it: '.csv' for squad_v1.1.csv, '.txt.gz' for a
+    compressed text file."""
+    compressed = path.suffix.lower() in COMPRESSIONS
+    kind = "".join(path.suffixes[-2:] if compressed else path.suffixes[-1:])
+    return repr(kind) if kind else "(no suffix)"
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -279,7 +285,13 @@ def read_folder(
     if not chosen:
         held = f": it holds {', '.join(left_out)}" if left_out else ""
         # Where it holds data files of other splits, one of them can still be read.
-        others = sorted({found for found in files.values() if found not in (wanted, "ignored")})
+        others = sorted(
+            {
+                found
+                for f, found in files.items()
+                if found not in (wanted, "ignored") and _is_data(f)
+            }
+        )
         if split is None:
             hint = "; give a file itself to train on it" if others else ""
             what = "training files"

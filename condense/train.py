@@ -35,7 +35,7 @@ from condense.device import (
     precision_dtype,
     warn_if_bf16_is_emulated,
 )
-from condense.files import write_atomic
+from condense.files import inside, write_atomic
 from condense.loggers import (
     drop_rows_from,
     finish_wandb,
@@ -120,9 +120,10 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     run_dir = resolve_run_dir(cfg)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run_dir {str(run_dir)!r} is a file, not a folder")
-    # Not Path(""): that is the working folder, where `--data ""` is refused for itself.
-    data = Path(cfg.data) if isinstance(cfg.data, str) and cfg.data.strip() else None
-    if data and data.is_dir() and run_dir.resolve().is_relative_to(data.resolve()):
+    # Not "": that is the working folder, where `--data ""` is refused for itself; nor
+    # synthetic, made whatever folder of that name there is.
+    local = isinstance(cfg.data, str) and cfg.data.strip() and not is_synthetic(cfg.data)
+    if local and inside(run_dir, cfg.data):
         # Its artifact's JSON files would be read as training data by the next run.
         raise ConfigError(
             f"run_dir {run_dir} is inside the --data folder {cfg.data}: give a run dir outside it"

@@ -140,6 +140,11 @@ CASES = [
      r"data.parquet: not a readable parquet file"),
     ("unsupported-file-type", file("data.csv", b"context,prompt\n"), DATA,
      r"unsupported file type '.csv'"),
+    # The type was every suffix: '.1.csv', and '.v2.txt.gz'.
+    ("unsupported-dotted-name", file("squad_v1.1.csv", b"context,prompt\n"), DATA,
+     r"squad_v1.1.csv: unsupported file type '.csv' \(use"),
+    ("unsupported-compressed-type", file("notes.v2.txt.gz", b""), DATA,
+     r"notes.v2.txt.gz: unsupported file type '.txt.gz' \(use"),
     ("missing-file", flags("--data", "/no/such/data.jsonl"), DATA, r"no such file"),
     ("data-empty", flags("--data", ""), DATA, r"--data '': no data source"),
     ("data-null-in-job-file", job_file("data: null\n"), DATA, r"--data None: no data source"),

@@ -280,6 +280,11 @@ def test_a_folder_without_data_files_says_so(tmp_path):
         load_samples(str(tmp_path), DatasetConfig(), seed=0)
     # A file of its own is refused as well: no advice to give one.
     assert "train.csv (not .jsonl" in str(err.value) and "give a file" not in str(err.value)
+    # Nor where it is of another split: a test.csv is read no better.
+    (tmp_path / "train.csv").rename(tmp_path / "test.csv")
+    for split in (None, "train"):
+        with pytest.raises(DataError, match=r"it holds test.csv \(test split\)$"):
+            load_samples(str(tmp_path), DatasetConfig(), seed=0, split=split)
 
 
 @pytest.mark.parametrize(

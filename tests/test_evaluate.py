@@ -161,6 +161,14 @@ def test_the_default_eval_data_is_the_validation_split_of_a_task_filtered_run():
     # its artifact still evaluates, on that split.
     config["training_config"] = {"dataset": {"tasks": [QUESTION_ANSWERING, "qa_misspelt"]}}
     assert eval_samples(config, None, limit=None) == trained
+    # With none of them left, it named a --data that was not given, and a Python list.
+    config["training_config"] = {"dataset": {"tasks": ["qa_misspelt"]}}
+    with pytest.raises(DataError) as err:
+        eval_samples(config, None, limit=None)
+    assert str(err.value) == (
+        "synthetic: no sample of the tasks the run kept (qa_misspelt); its tasks now:"
+        " continuation, question_answering, reconstruction"
+    )
 
 
 def test_markdown_table_has_a_row_per_task_and_metric():
@@ -490,11 +498,13 @@ def test_an_out_inside_the_runs_own_data_folder_is_refused_without_data(
     row = {"context": "A cat sat.", "prompt": "Who sat?", "completion": "A cat."}
     (folder / "train.jsonl").write_text(json.dumps(row) + "\n")
     _untrained_artifact(tiny_pair, tmp_path / "art", train_data=str(folder))
-    with pytest.raises(SystemExit) as exit_:
-        main(["eval", "--artifact", str(tmp_path / "art"), "--out", str(folder / "res.json")])
-    assert exit_.value.code == 2
-    assert "is inside the run's training-data folder" in capsys.readouterr().err
-    assert [p.name for p in folder.iterdir()] == ["train.jsonl"]
+    # A folder of its own: it was made before the refusal, and left there.
+    for out in (folder / "res.json", folder / "sub" / "res.json"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["eval", "--artifact", str(tmp_path / "art"), "--out", str(out)])
+        assert exit_.value.code == 2
+        assert "is inside the run's training-data folder" in capsys.readouterr().err
+        assert [p.name for p in folder.iterdir()] == ["train.jsonl"]
 
 
 # In the artifact: a resumed run's next best replaced the folder and deleted the results.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -495,6 +496,22 @@ def test_a_run_dir_inside_its_data_folder_is_refused_before_anything_is_written(
     with pytest.raises(ConfigError, match=r"run_dir .* is inside the --data folder"):
         train(cfg)
     assert [p.name for p in data.iterdir()] == ["train.jsonl"]
+
+
+def test_synthetic_data_is_not_taken_for_a_folder_of_that_name(tiny_pair, tmp_path, monkeypatch):
+    """A run dir under ./synthetic/ was refused as inside the --data folder, though
+    synthetic data is made, not read from there."""
+    train_module = importlib.import_module("condense.train")
+
+    def past_the_check(*_):
+        raise RuntimeError("past the check")
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "synthetic").mkdir()
+    monkeypatch.setattr(train_module, "resolve_resume", past_the_check)
+    cfg = tiny_config(*tiny_pair, Path("synthetic") / "runs" / "tiny", data="synthetic")
+    with pytest.raises(RuntimeError, match="past the check"):
+        train(cfg)
 
 
 def test_an_empty_data_is_not_taken_for_the_working_folder(tiny_pair, tmp_path, monkeypatch):
