@@ -472,6 +472,22 @@ VALIDATED_CHANGED = (
 )
 
 
+def no_split_reason(samples: list[Sample], val_size: int) -> str:
+    """Why split_train_val left one side empty: a passage is never in both splits, so
+    rows that all share one context (30 questions on one document) cannot be split."""
+    n, passages = len(samples), len(set(map(passage_key, samples)))
+    if passages < 2:
+        return (
+            f"{n} sample{'s' if n != 1 else ''} of one passage (context) cannot make both a"
+            " training and a validation split: a passage is never in both; give two or more"
+        )
+    return (
+        f"{n} samples of {passages} passages cannot make both a training and a validation"
+        f" split: validation takes whole passages, up to dataset.val_size={val_size} samples;"
+        " give more passages or a smaller val_size"
+    )
+
+
 class CondenseDataModule(L.LightningDataModule):
     """Loads, splits and tokenizes samples once; serves length-grouped padded batches."""
 
@@ -502,10 +518,7 @@ class CondenseDataModule(L.LightningDataModule):
             samples, self.cfg.val_size, self.seed
         )
         if not self.train_samples or not self.val_samples:
-            raise DataError(
-                f"--data {self.source}: {len(samples)} samples cannot make both a training and a"
-                f" validation split (dataset.val_size={self.cfg.val_size})"
-            )
+            raise DataError(f"--data {self.source}: {no_split_reason(samples, self.cfg.val_size)}")
         if len(self.train_samples) < self.cfg.batch_size:
             raise DataError(
                 f"--data {self.source}: {len(self.train_samples)} training samples (after"

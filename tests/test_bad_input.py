@@ -127,7 +127,14 @@ CASES = [
     ("blank-lines-only", file("data.jsonl", b"\n\n  \n"), DATA, r"data.jsonl: no rows"),
     ("fewer-rows-than-a-batch", jsonl(*rows(14)), DATA,
      r"2 training samples .* fewer than one batch \(dataset.batch_size=4\)"),
-    ("too-few-rows-to-split", jsonl(GOOD), DATA, r"cannot make both a training and a validation"),
+    ("too-few-rows-to-split", jsonl(GOOD), DATA,
+     r"1 sample of one passage \(context\) cannot make both a training and a validation split"),
+    # Questions on one document: the same error, without the reason.
+    ("rows-of-one-passage", jsonl(*[{**GOOD, "prompt": f"Q{i}?"} for i in range(30)]), DATA,
+     r"30 samples of one passage \(context\) .*: a passage is never in both; give two or more"),
+    ("val-size-takes-every-passage",
+     lambda f: jsonl(*rows(30))(f) + ["--dataset.val_size", "100"], DATA,
+     r"30 samples of 30 passages .*: validation takes whole passages, up to dataset.val_size=100"),
     ("no-rows-of-the-tasks", lambda f: jsonl(*rows(30))(f) + ["--dataset.tasks", "[qa]"], DATA,
      r"dataset.tasks: no sample of 'qa' in --data .*data.jsonl \(its tasks: unknown\)"),
     # A misspelt task beside a right one trained without it, silently.
