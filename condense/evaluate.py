@@ -43,7 +43,14 @@ from condense.device import inference_device, load_for_inference
 from condense.files import json_out
 from condense.generate import generate
 from condense.model import IGNORE_INDEX, Condenser
-from condense.samples import DataError, DataReport, Sample, data_suffix, split_train_val
+from condense.samples import (
+    DataError,
+    DataReport,
+    Sample,
+    data_suffix,
+    files_read,
+    split_train_val,
+)
 from condense.synthetic import CONTINUATION, QUESTION_ANSWERING, RECONSTRUCTION
 
 CONDITIONS = ("none", "wrong", "condensed", "full")
@@ -151,21 +158,28 @@ def data_description(config: dict[str, Any], data: str | None, split: str = "tra
 
 
 def trained_on_note(config: dict[str, Any], data: str | None, split: str = "train") -> list[str]:
-    """A note where `data` (its train split) is the very file, folder or Hub dataset the
-    artifact trained on: its samples are mostly training samples, and the scores say how
-    well it learned them."""
+    """A note where `data` (its `split`) is the very file, folder or Hub dataset the
+    artifact trained on, or holds some of the files it trained on: those samples are mostly
+    training samples, and the scores say how well it learned them."""
     trained = config.get("train_data")
-    if data is None or is_synthetic(data) or not trained or split != "train":
+    if data is None or is_synthetic(data) or not trained:
         return []
-    # A local path is recorded absolute (train._as_recorded); a Hub id as it was given.
-    same = Path(data).resolve() == Path(trained) if Path(data).exists() else data == trained
-    if not same:
-        return []
-    note = (
-        f"--data {data} is what this artifact trained on: most of these samples were trained"
-        " on; without --data, eval scores the run's validation split alone"
-    )
-    return [note]
+    if Path(data).exists() and Path(trained).exists():
+        # A local path is recorded absolute (train._as_recorded). The same files may be
+        # named another way: a file of the folder it trained on, or the other way round.
+        scored, read = files_read(Path(data), split), files_read(Path(trained))
+        same, shared = bool(read) and scored == read, sorted(scored & read)
+    else:  # a Hub id, recorded as it was given
+        same, shared = data == trained and split == "train", []
+    after = "without --data, eval scores the run's validation split alone"
+    if same:
+        note = f"--data {data} is what this artifact trained on: most of these samples were"
+        return [f"{note} trained on; {after}"]
+    if shared:
+        names = ", ".join(f.name for f in shared[:3]) + (", ..." if len(shared) > 3 else "")
+        note = f"--data {data} holds {len(shared)} of the files this artifact trained on"
+        return [f"{note} ({names}): most of their samples were trained on; {after}"]
+    return []
 
 
 def wrong_partners(samples: list[Sample]) -> list[int] | None:

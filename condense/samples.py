@@ -241,35 +241,10 @@ def read_folder(
     folders) and files of other types are left out, and named in `report`; the split's
     files are read one by one as `read_file` reads one, so a bad row is named by its file
     and line. `split` is eval's --split; None is train, as training reads it."""
-    from datasets.data_files import DataFilesDict, get_data_patterns
-    from datasets.exceptions import DataFilesNotFoundError
-
     report = report if report is not None else DataReport()
-    if (folder / "dataset_dict.json").is_file() or all(
-        (folder / name).is_file() for name in ("state.json", "dataset_info.json")
-    ):
+    if is_saved_dataset(folder):
         return _saved_samples(folder, skip_bad, report, split or "train")
-    # datasets globs under the path as given, unnormalised: `..`, a symlink or a `[` in it
-    # gave paths that are not under the folder, or none at all.
-    base = glob.escape(str(folder.resolve()))
-    try:
-        patterns = get_data_patterns(base)
-        splits = DataFilesDict.from_patterns(patterns, base)
-    except (FileNotFoundError, DataFilesNotFoundError):  # EmptyDatasetError is the first
-        patterns, splits = {}, DataFilesDict()
-    files = {  # as the user named the folder
-        folder / Path(f).relative_to(folder.resolve()): str(split)
-        for split, found in splits.items()
-        for f in found
-    }
-    # Data files datasets put in no split: beside files named for splits, those named for
-    # none; otherwise those its own rules leave out.
-    named = any(p != "**" for found in patterns.values() for p in found)
-    files |= {
-        f: "no" if named else "ignored"
-        for f in sorted(folder.rglob("*"))
-        if _is_data(f) and f not in files and not _hidden(f.relative_to(folder))
-    }
+    files = folder_splits(folder)
     wanted = split or "train"
     chosen = [f for f, found in sorted(files.items()) if found == wanted and _is_data(f)]
     why = {
@@ -305,6 +280,53 @@ def read_folder(
     report.files_left_out += left_out
     samples = [s for f in chosen for s in _file_samples(f, skip_bad, report)]
     return some_samples(samples, str(folder), report)
+
+
+def is_saved_dataset(folder: Path) -> bool:
+    """Whether `folder` was written by `datasets`' save_to_disk (one dataset or several)."""
+    return (folder / "dataset_dict.json").is_file() or all(
+        (folder / name).is_file() for name in ("state.json", "dataset_info.json")
+    )
+
+
+def folder_splits(folder: Path) -> dict[Path, str]:
+    """The split `datasets` puts each file of a folder of data files in, by its path as
+    `folder` names it: "train", "test", ...; "no" for a data file named for no split
+    beside files that are, "ignored" for one its folder rules leave out. Hidden files and
+    files of other types that it puts in no split are not listed."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+    from datasets.exceptions import DataFilesNotFoundError
+
+    # datasets globs under the path as given, unnormalised: `..`, a symlink or a `[` in it
+    # gave paths that are not under the folder, or none at all.
+    base = glob.escape(str(folder.resolve()))
+    try:
+        patterns = get_data_patterns(base)
+        splits = DataFilesDict.from_patterns(patterns, base)
+    except (FileNotFoundError, DataFilesNotFoundError):  # EmptyDatasetError is the first
+        patterns, splits = {}, DataFilesDict()
+    files = {  # as the user named the folder
+        folder / Path(f).relative_to(folder.resolve()): str(split)
+        for split, found in splits.items()
+        for f in found
+    }
+    # Data files datasets put in no split: beside files named for splits, those named for
+    # none; otherwise those its own rules leave out.
+    named = any(p != "**" for found in patterns.values() for p in found)
+    return files | {
+        f: "no" if named else "ignored"
+        for f in sorted(folder.rglob("*"))
+        if _is_data(f) and f not in files and not _hidden(f.relative_to(folder))
+    }
+
+
+def files_read(source: Path, split: str = "train") -> set[Path]:
+    """The files, resolved, that samples of a local `source` come from: the file itself,
+    a folder's data files of `split`, or a saved dataset's folder as one."""
+    if not source.is_dir() or is_saved_dataset(source):
+        return {source.resolve()}
+    found = folder_splits(source).items()
+    return {f.resolve() for f, kind in found if kind == split and _is_data(f)}
 
 
 def _is_data(path: Path) -> bool:

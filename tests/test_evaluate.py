@@ -665,6 +665,29 @@ def test_eval_scores_a_folders_test_split_where_asked(tiny_pair, tmp_path, capsy
     )
 
 
+def test_data_trained_on_is_noted_however_it_is_named(tmp_path):
+    """A file of the folder it trained on, or the folder of the file it trained on, was
+    scored as if unseen."""
+    from condense.evaluate import trained_on_note
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in ("train-0.jsonl", "train-1.jsonl", "test.jsonl"):
+        (folder / name).write_text(json.dumps({"context": "a", "prompt": "b", "completion": "c"}))
+    config = {"train_data": str(folder.resolve())}
+    part = trained_on_note(config, str(folder / "train-1.jsonl"))
+    assert part[0].startswith(
+        f"--data {folder / 'train-1.jsonl'} holds 1 of the files this artifact trained on"
+        " (train-1.jsonl): most of their samples were trained on"
+    )
+    assert trained_on_note(config, str(folder / "test.jsonl")) == []
+    assert trained_on_note(config, str(folder), split="test") == []
+    (folder / "train-1.jsonl").unlink()
+    for data, trained in ((folder / "train-0.jsonl", folder), (folder, folder / "train-0.jsonl")):
+        note = trained_on_note({"train_data": str(trained.resolve())}, str(data))
+        assert "is what this artifact trained on" in note[0]
+
+
 def test_a_hub_dataset_the_artifact_trained_on_is_noted_too():
     """The default job trains on a Hub dataset: scoring it again said nothing."""
     from condense.evaluate import trained_on_note
