@@ -106,10 +106,12 @@ def check_replaceable(out: Path) -> None:
     blocking = file_above(out)
     if blocking is not None:
         raise ArtifactError(f"{out}: {blocking} is a file, not a folder")
-    try:  # the artifact is written beside `out` first (save_artifact)
-        out.parent.mkdir(parents=True, exist_ok=True)
+    # The artifact is written beside `out` first (save_artifact), which makes the folders
+    # missing above it: tried in the nearest that exists, so that a refusal leaves none.
+    there = next(p for p in out.absolute().parents if p.is_dir())
+    try:
         # Named as a writer's temporary folder: one a kill leaves is removed with those.
-        tempfile.TemporaryDirectory(prefix=f".{out.name}-probe-", dir=out.parent).cleanup()
+        tempfile.TemporaryDirectory(prefix=f".{out.name}-probe-", dir=there).cleanup()
     except OSError as err:
         raise ArtifactError(f"{out}: cannot write there ({err.strerror or err})") from None
 

@@ -302,11 +302,11 @@ def _original_checkpoint(tiny_pair, folder):
 def test_an_original_checkpoint_imports_and_condenses(tiny_pair, tmp_path, capsys):
     lora_encoder, tokens, linear, norm = _original_checkpoint(tiny_pair, tmp_path / "original")
     main(
-        ["import", str(tmp_path / "original"), "--out", str(tmp_path / "artifact")]
+        ["import", str(tmp_path / "original"), "--out", str(tmp_path / "new" / "artifact")]
         + ["--encoder", tiny_pair[0], "--decoder", tiny_pair[1]]
     )
     assert "imported" in capsys.readouterr().out
-    condenser = Condenser.from_pretrained(str(tmp_path / "artifact"))
+    condenser = Condenser.from_pretrained(str(tmp_path / "new" / "artifact"))
     assert condenser.num_condense_tokens == 6 and condenser.n_last == 2
     assert torch.equal(condenser.condense_tokens, tokens[0])
     assert torch.equal(condenser.projection.weight, linear.weight)
@@ -478,9 +478,10 @@ def test_import_of_a_damaged_original_is_one_line_naming_the_file(
     _original_checkpoint(tiny_pair, folder)
     damage(folder)
     with pytest.raises(SystemExit) as exit_:
-        main(["import", str(folder), "--out", str(tmp_path / "artifact"),
+        main(["import", str(folder), "--out", str(tmp_path / "new" / "artifact"),
               "--encoder", tiny_pair[0], "--decoder", tiny_pair[1]])  # fmt: skip
     assert exit_.value.code == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("condense: error: " + message.format(folder=folder))
-    assert not (tmp_path / "artifact").exists()
+    # Its folder was made before the checkpoint was read, and left behind empty.
+    assert not (tmp_path / "new").exists()
