@@ -150,8 +150,8 @@ class DatasetConfig:
             its sentence.
         tasks: Keep only these tasks (null keeps all).
         skip_bad_rows: Skip rows that cannot be used (a missing, null or non-text field, an
-            empty context or completion, invalid unicode, a line that is not JSON) instead of
-            stopping before training; they are counted in summary.json. Off by default: a
+            empty context or completion, invalid unicode, a line that is not JSON, a CSV row
+            of more or fewer cells than its header) instead of stopping before training; they are counted in summary.json. Off by default: a
             bad row stops the run with its file, row and what is wrong.
     """
 
@@ -218,8 +218,8 @@ class TrainConfig:
     """A training job: data, models, optimizer, and how the run is checked and logged.
 
     Args:
-        data: "synthetic" (embedded, no network); a local .jsonl/.json/.parquet file
-            (.jsonl and .json also as .gz/.bz2/.xz), or a folder of them (its train
+        data: "synthetic" (embedded, no network); a local .jsonl/.json/.csv/.tsv/.parquet
+            file (all but .parquet also as .gz/.bz2/.xz), or a folder of them (its train
             split's files where names mark splits; or one from datasets' save_to_disk),
             in columns context, prompt, completion (optional task) or the original's (task, context,
             activation_prompt, expected_completion); or a Hugging Face dataset id with

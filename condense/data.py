@@ -48,7 +48,7 @@ def load_samples(
     every_task: bool = True,
     split: str | None = None,
 ) -> list[Sample]:
-    """Samples from "synthetic", a local .jsonl/.json/.parquet file or folder of them (see
+    """Samples from "synthetic", a local data file or folder of them (samples.KINDS; see
     samples.read_folder), or a Hub dataset id, with contexts cut to `max_characters` and
     only the configured tasks kept.
 
@@ -64,7 +64,7 @@ def load_samples(
     skip = cfg.skip_bad_rows
     if not isinstance(source, str) or not source.strip():  # `data: null`, `--data ""`
         raise DataError(
-            f"--data {source!r}: no data source: give a .jsonl, .json or .parquet file, a"
+            f"--data {source!r}: no data source: give a .jsonl, .json, .csv or .parquet file, a"
             " dataset folder or Hub id, or synthetic"
         )
     if split not in (None, "train") and (

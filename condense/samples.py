@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import bz2
+import csv
 import glob
 import gzip
 import hashlib
+import io
 import json
 import lzma
 import random
@@ -19,11 +21,16 @@ from typing import IO, Any
 # The original trainer's column names, mapped to ours.
 ORIGINAL_COLUMNS = {"activation_prompt": "prompt", "expected_completion": "completion"}
 FIELDS = ("context", "prompt", "completion")
-SUFFIXES = (".jsonl", ".json", ".parquet")  # the data files read_file reads
-# How a .jsonl or .json file may be compressed, as datasets reads it (a local copy of a
-# Hub dataset often holds train.jsonl.gz): parquet compresses inside the file.
+TEXT_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
+SUFFIXES = (*TEXT_SUFFIXES, ".parquet")  # the data files read_file reads
+DELIMITERS = {".csv": ",", ".tsv": "\t"}
+# How a text file may be compressed, as datasets reads it (a local copy of a Hub dataset
+# often holds train.jsonl.gz): parquet compresses inside the file.
 COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
-KINDS = ".jsonl, .json, .parquet, or .jsonl/.json in .gz, .bz2 or .xz"
+KINDS = ".jsonl, .json, .csv, .tsv, .parquet, or any but .parquet in .gz, .bz2 or .xz"
+# A context is often longer than the csv module's default cell limit of 131,072
+# characters; a C long's largest value on every platform.
+CSV_CELL_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -173,8 +180,9 @@ def some_samples(samples: list[Sample], origin: str, report: DataReport) -> list
 
 
 def read_file(path: Path, skip_bad: bool = False, report: DataReport | None = None) -> list[Sample]:
-    """Samples from a local .jsonl, .json (one object a line, or one array of objects) or
-    .parquet file; see `from_rows` for bad rows."""
+    """Samples from a local .jsonl, .json (one object a line, or one array of objects),
+    .csv or .tsv (a header row naming the columns) or .parquet file; see `from_rows` for
+    bad rows."""
     report = report if report is not None else DataReport()
     return some_samples(_file_samples(path, skip_bad, report), str(path), report)
 
@@ -192,6 +200,8 @@ def _file_samples(path: Path, skip_bad: bool, report: DataReport) -> list[Sample
             )
         elif suffix in (".jsonl", ".json"):
             rows, unit = _jsonl_rows(path), "line"
+        elif suffix in DELIMITERS:
+            rows, unit = _csv_rows(path, DELIMITERS[suffix]), "line"
         elif suffix == ".parquet":
             rows, unit = enumerate(_parquet_rows(path), start=1), "row"
         else:
@@ -208,7 +218,7 @@ def data_suffix(path: Path) -> str | None:
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in COMPRESSIONS:
         suffixes.pop()
-        return suffixes[-1] if suffixes and suffixes[-1] in (".jsonl", ".json") else None
+        return suffixes[-1] if suffixes and suffixes[-1] in TEXT_SUFFIXES else None
     return suffixes[-1] if suffixes and suffixes[-1] in SUFFIXES else None
 
 
@@ -430,6 +440,33 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
                 yield number, json.loads(line)
             except json.JSONDecodeError as err:
                 yield number, f"not a JSON object ({err.msg})"
+
+
+def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, Any]]:
+    """(the line a record starts on, its cells by the header's names, or what is wrong
+    with it), blank lines left out. Every cell stays text as written: a completion "4"
+    is not made a number, as a type-guessing reader would."""
+    csv.field_size_limit(CSV_CELL_LIMIT)
+    with _open(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+        reader = csv.reader(text, delimiter=delimiter)
+        end = 0
+        try:
+            header = next(reader, None)
+            end = reader.line_num
+            for cells in reader if header else ():
+                start, end = end + 1, reader.line_num
+                if not cells:
+                    continue
+                if len(cells) != len(header):
+                    yield start, f"{len(cells)} cells, where the header has {len(header)}"
+                    continue
+                yield start, dict(zip(header, cells))
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"{path}: not valid UTF-8 (byte {err.object[err.start]:#04x}, past line {end})"
+            ) from None
+        except csv.Error as err:
+            raise DataError(f"{path}: line {end + 1}: not readable as CSV ({err})") from None
 
 
 def _parquet_rows(path: Path) -> list[dict]:

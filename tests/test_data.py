@@ -169,14 +169,14 @@ def test_a_folder_reads_every_data_file_and_names_those_it_leaves_out(tmp_path):
     pq.write_table(pa.Table.from_pylist(_rows("b")), tmp_path / "b.parquet")
     (tmp_path / "sub").mkdir()
     _jsonl(tmp_path / "sub" / "c.json", _rows("c"))
-    (tmp_path / "notes.csv").write_text("x,y\n")
+    (tmp_path / "notes.txt").write_text("x,y\n")
     report = DataReport()
     samples = load_samples(str(tmp_path), DatasetConfig(), seed=0, report=report)
     assert sorted(s.completion for s in samples) == sorted(
         f"{tag}{i}" for tag in "abc" for i in range(3)
     )
-    kinds = ".jsonl, .json, .parquet, or .jsonl/.json in .gz, .bz2 or .xz"
-    assert report.notes() == [f"files left out of the data folder: notes.csv (not {kinds})"]
+    kinds = ".jsonl, .json, .csv, .tsv, .parquet, or any but .parquet in .gz, .bz2 or .xz"
+    assert report.notes() == [f"files left out of the data folder: notes.txt (not {kinds})"]
 
 
 def test_a_folder_with_split_files_trains_on_its_train_files_alone(tmp_path):
@@ -275,15 +275,15 @@ def test_a_folder_saved_with_save_to_disk_loads(tmp_path):
 
 def test_a_folder_without_data_files_says_so(tmp_path):
     (tmp_path / "README.md").write_text("my data")
-    (tmp_path / "train.csv").write_text("context,prompt,completion\n")
+    (tmp_path / "train.txt").write_text("context,prompt,completion\n")
     with pytest.raises(DataError, match=r"no training files") as err:
         load_samples(str(tmp_path), DatasetConfig(), seed=0)
     # A file of its own is refused as well: no advice to give one.
-    assert "train.csv (not .jsonl" in str(err.value) and "give a file" not in str(err.value)
-    # Nor where it is of another split: a test.csv is read no better.
-    (tmp_path / "train.csv").rename(tmp_path / "test.csv")
+    assert "train.txt (not .jsonl" in str(err.value) and "give a file" not in str(err.value)
+    # Nor where it is of another split: a test.txt is read no better.
+    (tmp_path / "train.txt").rename(tmp_path / "test.txt")
     for split in (None, "train"):
-        with pytest.raises(DataError, match=r"it holds test.csv \(test split\)$"):
+        with pytest.raises(DataError, match=r"it holds test.txt \(test split\)$"):
             load_samples(str(tmp_path), DatasetConfig(), seed=0, split=split)
 
 
@@ -303,6 +303,28 @@ def test_compressed_json_files_are_read_alone_and_in_a_folder(name, opener, tmp_
     for source in (tmp_path / name, tmp_path):
         samples = load_samples(str(source), DatasetConfig(), seed=0)
         assert [s.completion for s in samples] == ["z0", "z1", "z2"]
+
+
+def test_csv_and_tsv_files_are_read_with_every_cell_as_text(tmp_path):
+    """A folder of CSV files, the form many hand-made sets come in, was refused."""
+    (tmp_path / "train.csv").write_text(
+        'prompt,context,completion,task\n"Who?","Line one.\nLine two, a comma.",4,qa\n\n'
+        "Where?,Paris is big.,Paris,\n"
+    )
+    with gzip.open(tmp_path / "train_more.tsv.gz", "wt") as f:
+        f.write("context\tprompt\tcompletion\nA\tB\tC\n")
+    samples = load_samples(str(tmp_path), DatasetConfig(), seed=0)
+    assert [(s.context, s.prompt, s.completion, s.task) for s in samples] == [
+        ("Line one.\nLine two, a comma.", "Who?", "4", "qa"),  # "4" is no number
+        ("Paris is big.", "Where?", "Paris", "unknown"),
+        ("A", "B", "C", "unknown"),
+    ]
+    (tmp_path / "train.csv").write_text("context,prompt,completion\na,b,c\n\nd,e\n")
+    with pytest.raises(DataError, match=r"train.csv: line 4: 2 cells, where the header has 3"):
+        load_samples(str(tmp_path / "train.csv"), DatasetConfig(), seed=0)
+    (tmp_path / "train.csv").write_text("context,prompt,completion\n")
+    with pytest.raises(DataError, match=r"train.csv: no rows$"):
+        load_samples(str(tmp_path / "train.csv"), DatasetConfig(), seed=0)
 
 
 @pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
