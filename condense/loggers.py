@@ -99,17 +99,20 @@ def make_loggers(
     id_file = run_dir / RUN_ID_FILE
     resumable = not fresh and id_file.is_file()
     run_id = id_file.read_text().strip() if resumable else uuid.uuid4().hex[:8]
-    loggers.append(
-        WandbLogger(
-            project=project,
-            name=name,
-            id=run_id,
-            resume="allow",
-            save_dir=str(run_dir),
-            offline=mode == "offline",
-            settings=wandb.Settings(init_timeout=90, silent=True),
-        )
+    logger = WandbLogger(
+        project=project,
+        name=name,
+        id=run_id,
+        resume="allow",
+        save_dir=str(run_dir),
+        offline=mode == "offline",
+        settings=wandb.Settings(init_timeout=90, silent=True),
     )
+    # Lightning passes anonymous=None whatever it is given, and wandb (0.31 here) prints "The
+    # anonymous setting has no effect" for any value: a warning in every run that no user
+    # can act on. Absent, wandb's default is the same.
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+    loggers.append(logger)
     return loggers
 
 

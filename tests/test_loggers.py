@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from condense.loggers import (
     ResumableCSVLogger,
     drop_rows_from,
@@ -65,3 +67,22 @@ def test_a_resumed_run_continues_its_wandb_run_and_a_fresh_one_does_not(tmp_path
     fresh = make_loggers("offline", "condense", "tiny", tmp_path, fresh=True)
     assert wandb_run_id(resumed) == "abcd1234"
     assert wandb_run_id(fresh) not in (None, "abcd1234")
+
+
+def test_wandb_is_started_without_the_setting_it_warns_about(tmp_path, monkeypatch):
+    """Every run with W&B printed "wandb: WARNING The anonymous setting has no effect and
+    will be removed": Lightning passes it, and no user can act on it."""
+    import wandb
+
+    given = {}
+
+    def init(**kwargs):
+        given.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.setattr(wandb, "run", None)
+    logger = make_loggers("offline", "condense", "tiny", tmp_path)[1]
+    with pytest.raises(RuntimeError, match="stop here"):
+        _ = logger.experiment  # wandb.init, on first use
+    assert given["project"] == "condense" and "anonymous" not in given
