@@ -84,17 +84,37 @@ def save_artifact(condenser: Condenser, out: Path, extra: dict[str, Any] | None 
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         (tmp / "README.md").write_text(model_card(config))
         umask_modes(tmp)
+        _carry_over(out, tmp)
         swap_in_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
+# What an artifact saved by an older peft held instead of what a save writes now.
+REPLACED_FILES = ("adapter_model.bin",)
+
+
+def _carry_over(out: Path, new: Path) -> None:
+    """Copy into `new` what a user added to the artifact folder `out` (their notes, a
+    results folder): `new` replaces it whole, and those went with the old weights. A
+    writer killed while copying leaves `out` as it was."""
+    if not out.is_dir():
+        return
+    for entry in out.iterdir():
+        if (new / entry.name).exists() or entry.name in REPLACED_FILES:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, new / entry.name, symlinks=True)
+        else:
+            shutil.copy2(entry, new / entry.name, follow_symlinks=False)
+
+
 def check_replaceable(out: Path) -> None:
     """Raise ArtifactError unless `out` is free for an artifact: missing, an empty folder,
-    or an artifact already, in a folder that takes new files. Writing one replaces the
-    whole folder, so a folder of anything else (a checkpoint being imported, a user's
-    documents) is kept."""
+    or an artifact already (what else it holds is carried over), in a folder that takes
+    new files. Writing one replaces the whole folder, so a folder of anything else (a
+    checkpoint being imported, a user's documents) is kept."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"{out} is a file: an artifact is a folder")

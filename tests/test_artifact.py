@@ -104,6 +104,26 @@ def test_a_failed_write_leaves_the_previous_artifact_intact(tiny_pair, tmp_path,
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_a_new_save_keeps_what_a_user_put_in_the_artifact_folder(tiny_pair, tmp_path):
+    """A run's next best, or an import into the same folder, replaced the folder whole:
+    notes and results put there were deleted without a word."""
+    condenser = _trained_condenser(tiny_pair)
+    artifact = tmp_path / "artifact"
+    condenser.save_pretrained(str(artifact))
+    (artifact / "notes.txt").write_text("precious")
+    (artifact / "results").mkdir()
+    (artifact / "results" / "eval.json").write_text("{}")
+    (artifact / "adapter_model.bin").write_bytes(b"an older peft's weights")
+    with torch.no_grad():
+        condenser.projection.weight.add_(1.0)
+    condenser.save_pretrained(str(artifact))
+    assert {p.name for p in artifact.iterdir()} == ARTIFACT_FILES | {"notes.txt", "results"}
+    assert (artifact / "notes.txt").read_text() == "precious"
+    assert (artifact / "results" / "eval.json").read_text() == "{}"
+    loaded = Condenser.from_pretrained(str(artifact))
+    assert torch.equal(loaded.projection.weight, condenser.projection.weight)
+
+
 def test_the_next_write_removes_what_killed_writers_left(tiny_pair, tmp_path):
     condenser = _trained_condenser(tiny_pair)
     # A writer killed mid-export, and one killed between moving the old folder aside and
@@ -483,5 +503,5 @@ def test_import_of_a_damaged_original_is_one_line_naming_the_file(
     assert exit_.value.code == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("condense: error: " + message.format(folder=folder))
-    # Its folder was made before the checkpoint was read, and left behind empty.
+    # A refused import left new/ behind, empty: made before the checkpoint was read.
     assert not (tmp_path / "new").exists()
