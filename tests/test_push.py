@@ -15,7 +15,7 @@ from condense.__main__ import parse_train
 from condense.artifact import ArtifactError
 from condense.config import ConfigError, ModelConfig
 from condense.model import Condenser
-from condense.push import PushError, push_artifact
+from condense.push import PushError, push_artifact, push_token
 from condense.weights import load_causal_lm
 from tests.conftest import main_in_a_fresh_process
 
@@ -65,11 +65,28 @@ def test_push_of_no_folder_says_so(given, tmp_path):
         push_artifact(tmp_path / given, "someone/condenser")
 
 
-def test_push_without_a_token_says_how_to_give_one(artifact, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+def _no_saved_token(monkeypatch, tmp_path) -> None:
+    from huggingface_hub import constants
+
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    with pytest.raises(PushError, match="set HF_TOKEN"):
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+
+
+def test_push_without_a_token_says_how_to_give_one(artifact, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    _no_saved_token(monkeypatch, tmp_path)
+    with pytest.raises(PushError, match="set HF_TOKEN .*, or log in with `hf auth login`$"):
         push_artifact(artifact, "someone/condenser")
+
+
+def test_push_uses_the_token_a_login_saved(monkeypatch, tmp_path):
+    """It asked for HF_TOKEN of a user who had logged in with `hf auth login`."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    (tmp_path / "token").write_text("hf_saved_by_login\n")
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "token"))
+    assert push_token("someone/condenser") == "hf_saved_by_login"
 
 
 def test_push_to_an_unreachable_hub_fails_fast(artifact, monkeypatch):
@@ -221,7 +238,7 @@ def test_a_job_that_would_push_without_a_token_stops_before_it_trains(
     from condense.train import train
     from tests.conftest import tiny_config
 
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+    _no_saved_token(monkeypatch, tmp_path)
     cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, hub_repo="me/condenser")
     with pytest.raises(PushError, match="set HF_TOKEN"):
         train(cfg)
