@@ -278,8 +278,8 @@ def eval_parser() -> ArgumentParser:
         "--split",
         type=SplitName,
         default="train",
-        help="The split of a --data folder or Hub dataset to score: test scores its"
-        " test.jsonl, test/ or test split (default: train).",
+        help="The split of a --data folder or Hub dataset to score: test scores a folder's"
+        " test.* files or test/ folder, or a dataset's test split (default: train).",
     )
     parser.add_argument(
         "--limit", type=PositiveInt | None, default=None, help="Score only the first N samples."

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Sampler
 from condense.config import DatasetConfig
 from condense.model import IGNORE_INDEX
 from condense.samples import (
+    KINDS,
     DataError,
     DataReport,
     Sample,
@@ -64,16 +65,16 @@ def load_samples(
     skip = cfg.skip_bad_rows
     if not isinstance(source, str) or not source.strip():  # `data: null`, `--data ""`
         raise DataError(
-            f"--data {source!r}: no data source: give a .jsonl, .json, .csv or .parquet file, a"
-            " dataset folder or Hub id, or synthetic"
+            f"--data {source!r}: no data source: give a data file ({KINDS}), a dataset"
+            " folder or Hub id, or synthetic"
         )
-    if split not in (None, "train") and (
-        is_synthetic(source) or data_suffix(Path(source)) or Path(source).is_file()
-    ):
-        raise DataError(
-            f"--split {split}: --data {source} has no splits (a folder or Hub dataset has)"
-        )
+    # A file or synthetic data is one set: none of its samples is of another split.
+    unsplit = DataError(
+        f"--split {split}: --data {source} has no splits (a folder or Hub dataset has)"
+    )
     if is_synthetic(source):
+        if split not in (None, "train"):
+            raise unsplit
         if source == SYNTHETIC:
             samples = synthetic_samples(cfg.synthetic_passages, seed, cfg.synthetic_facts)
         else:
@@ -84,6 +85,8 @@ def load_samples(
     elif data_suffix(Path(source)) or Path(source).exists():
         if not Path(source).is_file():
             raise DataError(f"--data {source}: no such file")
+        if split not in (None, "train"):
+            raise unsplit
         samples = read_file(Path(source), skip, report)
     else:
         samples = read_hub(source, split or "train", skip, report)

@@ -81,10 +81,7 @@ def eval_samples(
         skip_bad_rows=skip_bad_rows,
     )
     seed = config.get("seed", 0)
-    if data is None and split != "train":
-        raise ConfigError(
-            f"--split {split} needs --data: without it, eval scores the run's validation split"
-        )
+    check_split(data, split)
     if data is None:
         if config.get("train_data") is None:
             # Default synthetic passages would be no validation split of anything it
@@ -119,6 +116,14 @@ def eval_samples(
             seen = {s.context for s in _run_samples(config, cut)}
             samples = [s for s in samples if s.context not in seen]
     return samples[:limit] if limit else samples
+
+
+def check_split(data: str | None, split: str) -> None:
+    """A ConfigError for a split asked of no --data."""
+    if data is None and split != "train":
+        raise ConfigError(
+            f"--split {split} needs --data: without it, eval scores the run's validation split"
+        )
 
 
 def _run_samples(
@@ -192,8 +197,17 @@ def wrong_partners(samples: list[Sample]) -> list[int] | None:
 
 ONE_PASSAGE_NOTE = (
     "wrong: n/a, every sample is of one passage, so none has another passage's context to"
-    " read; score samples of two passages or more (a larger --limit) to compare with it"
+    " read; score samples of two passages or more to compare with it"
 )
+
+
+def one_passage_hint(data: str | None, limit: int | None) -> str:
+    """How eval's user gets samples of two passages, where those scored are all of one."""
+    if limit is not None:
+        return " (a larger --limit)"
+    if data is None:
+        return " (the run's validation split holds one passage: give --data)"
+    return f" (--data {data} holds one)"
 
 
 FULL_CUT_NOTE = (
@@ -597,19 +611,22 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def plot_beside(out: Path, data: str | None = None, make: bool = True) -> Path:
     """Where the plot of JSON results written to `out` goes (NAME.png beside it), with
     `out`'s folder made; a ConfigError for an `out` the results cannot go to, before an
-    evaluation that would end there: a .png the plot would overwrite, a file in an
-    artifact folder, which the next save of that artifact (a new best in training, an
-    import) replaces whole, results and all, or what files.json_out refuses (a folder, a
-    path under a file, the `data` file itself). Without `make`, `out`'s folder is not made
-    yet (see files.json_out)."""
+    evaluation that would end there: a .png the plot would overwrite, the folder of an
+    artifact or a path in one, or what files.json_out refuses (a folder, a path under a
+    file, the `data` file itself). Without `make`, `out`'s folder is not made yet (see
+    files.json_out)."""
     if out.suffix.lower() == ".png":
         raise ConfigError(
             f"--out {out}: give the JSON file's path (eval.json); the plot goes beside it"
         )
-    if (out.parent / CONFIG_FILE).is_file():
+    # Results in an artifact would be pushed with it, and outlive the weights they score
+    # at its next save (a new best in training, an import), which keeps what it finds.
+    artifact = next((p for p in (out, *out.parents) if (p / CONFIG_FILE).is_file()), None)
+    if artifact is not None:
+        beside = artifact.parent / (out.name if artifact != out else "eval.json")
         raise ConfigError(
-            f"--out {out} is in an artifact folder, which its next save replaces whole:"
-            f" write the results beside it ({out.parent.parent / out.name})"
+            f"--out {out} is {'an artifact' if artifact == out else 'in the artifact'} folder"
+            f" {artifact}, which holds the artifact alone: write the results beside it ({beside})"
         )
     json_out(out, "eval.json", [("--data", data)], make)
     return out.with_suffix(".png")
@@ -636,6 +653,7 @@ def run_eval(
     from condense.artifact import add_evaluation, local_folder, read_config
     from condense.files import write_atomic
 
+    check_split(data, split)
     # Without --data, the data it reads is known from the artifact's config: its folder
     # must not be made inside that data before that check.
     plot_path = plot_beside(out, data, make=data is not None)
@@ -660,7 +678,10 @@ def run_eval(
     results |= evaluate(condenser, samples, config.get("max_tokens") or 4096, batch_size)
     if report.rows_skipped:
         results["rows_skipped"] = report.rows_skipped
-    results["notes"][:0] = report.reading_notes() + trained_on_note(config, data, split)
+    notes = results["notes"]
+    if ONE_PASSAGE_NOTE in notes:
+        notes[notes.index(ONE_PASSAGE_NOTE)] += one_passage_hint(data, limit)
+    notes[:0] = report.reading_notes() + trained_on_note(config, data, split)
     write_atomic(out, json.dumps(results, indent=2))
     plot(results, plot_path)
     table = markdown_table(results)

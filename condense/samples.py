@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import contextlib
 import csv
 import glob
 import gzip
@@ -17,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from condense.network import hub_offline, hub_reachable
 
 # The original trainer's column names, mapped to ours.
 ORIGINAL_COLUMNS = {"activation_prompt": "prompt", "expected_completion": "completion"}
@@ -258,12 +261,13 @@ def read_folder(
     wanted = split or "train"
     chosen = [f for f, found in sorted(files.items()) if found == wanted and _is_data(f)]
     why = {
-        wanted: f"not {KINDS}",
         "no": "named for no split, beside ones that are",
         "ignored": "left out by datasets' folder rules: a metadata name or a __folder__",
     }
     left_out = [
-        f"{f.relative_to(folder)} ({why.get(found, f'{found} split')})"
+        f"{f.relative_to(folder)} ("
+        + (why.get(found, f"{found} split") if _is_data(f) else f"not {KINDS}")
+        + ")"
         for f, found in sorted(files.items())
         if f not in chosen
     ]
@@ -332,7 +336,10 @@ def folder_splits(folder: Path) -> dict[Path, str]:
 
 def files_read(source: Path, split: str = "train") -> set[Path]:
     """The files, resolved, that samples of a local `source` come from: the file itself,
-    a folder's data files of `split`, or a saved dataset's folder as one."""
+    a folder's data files of `split`, or a saved dataset's folder as one (for a saved
+    DatasetDict, its `split`'s folder)."""
+    if (source / "dataset_dict.json").is_file():
+        return {(source / split).resolve()}
     if not source.is_dir() or is_saved_dataset(source):
         return {source.resolve()}
     found = folder_splits(source).items()
@@ -445,28 +452,45 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
 def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, Any]]:
     """(the line a record starts on, its cells by the header's names, or what is wrong
     with it), blank lines left out. Every cell stays text as written: a completion "4"
-    is not made a number, as a type-guessing reader would."""
+    is not made a number, as a type-guessing reader would. Header names are stripped of
+    blank space ("context, prompt"); a name given twice is refused."""
     csv.field_size_limit(CSV_CELL_LIMIT)
-    with _open(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+    # Bytes that are not UTF-8 are kept as escapes, to be named in their row: decoding a
+    # chunk ahead of the parser would stop the whole file, and name no line.
+    with (
+        _open(path) as raw,
+        io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="") as text,
+    ):
         reader = csv.reader(text, delimiter=delimiter)
         end = 0
         try:
-            header = next(reader, None)
+            header = next((cells for cells in reader if cells), None)
             end = reader.line_num
-            for cells in reader if header else ():
+            if header is None:
+                return
+            header = [name.strip() for name in header]
+            twice = sorted({name for name in header if header.count(name) > 1})
+            if twice:
+                raise DataError(f"{path}: line {end}: columns named twice: {', '.join(twice)}")
+            for cells in reader:
                 start, end = end + 1, reader.line_num
-                if not cells:
-                    continue
-                if len(cells) != len(header):
-                    yield start, f"{len(cells)} cells, where the header has {len(header)}"
-                    continue
-                yield start, dict(zip(header, cells))
-        except UnicodeDecodeError as err:
-            raise DataError(
-                f"{path}: not valid UTF-8 (byte {err.object[err.start]:#04x}, past line {end})"
-            ) from None
+                if cells:
+                    yield start, _csv_row(header, cells)
         except csv.Error as err:
             raise DataError(f"{path}: line {end + 1}: not readable as CSV ({err})") from None
+
+
+def _csv_row(header: list[str], cells: list[str]) -> dict[str, str] | str:
+    """A CSV record's cells by name, or what is wrong with it."""
+    if len(cells) != len(header):
+        return f"{len(cells)} cells, where the header has {len(header)}"
+    for name, cell in zip(header, cells):
+        try:
+            cell.encode("utf-8")
+        except UnicodeEncodeError as err:
+            byte = ord(cell[err.start]) - 0xDC00  # surrogateescape's code for the byte
+            return f"field {name!r} is not valid UTF-8 (byte {byte:#04x})"
+    return dict(zip(header, cells))
 
 
 def _parquet_rows(path: Path) -> list[dict]:
@@ -487,16 +511,42 @@ def read_hub(
     import datasets
     from datasets.exceptions import DatasetGenerationError
 
+    # Without the Hub, datasets retries it for ~30 s, printing each try, before it fails:
+    # asked once here, and where it does not answer, the dataset cache alone is read.
+    offline = not hub_reachable()
     try:
-        rows = datasets.load_dataset(dataset_id, split=split).to_list()
+        with _cache_only() if offline else contextlib.nullcontext():
+            rows = datasets.load_dataset(dataset_id, split=split).to_list()
     # DatasetGenerationError: a folder of files the dataset builders cannot read.
     except (FileNotFoundError, ConnectionError, ValueError, DatasetGenerationError) as err:
+        if offline:
+            why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hub does not answer"
+            raise DataError(
+                f"--data {dataset_id}: no such file or folder, and not a dataset in the cache"
+                f" ({why})"
+            ) from err
         # A DatasetGenerationError says only that generating failed; its cause says why.
         reason = err.__cause__ if isinstance(err, DatasetGenerationError) and err.__cause__ else err
         raise DataError(
             f"--data {dataset_id}: cannot load it as a dataset ({first_line(reason)})"
         ) from err
     return from_rows(enumerate(rows, start=1), dataset_id, "row", skip_bad, report)
+
+
+@contextlib.contextmanager
+def _cache_only() -> Iterator[None]:
+    """datasets and huggingface_hub as HF_HUB_OFFLINE=1 makes them, which both read once,
+    at import: a dataset is read from the cache, and the network never tried."""
+    from unittest import mock
+
+    import datasets
+    from huggingface_hub import constants
+
+    with (
+        mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True),
+        mock.patch.object(constants, "HF_HUB_OFFLINE", True),
+    ):
+        yield
 
 
 def first_line(err: BaseException) -> str:

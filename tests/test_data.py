@@ -6,6 +6,7 @@ import bz2
 import gzip
 import json
 import lzma
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -153,6 +154,27 @@ def test_unknown_hub_dataset_offline_is_one_clear_line():
     assert "\n" not in str(err.value)
 
 
+def test_a_hub_dataset_without_the_hub_fails_at_once(monkeypatch):
+    """datasets retried an unreachable Hub for ~30 s, printing ten lines, before failing."""
+    import datasets
+    from huggingface_hub import constants
+
+    import condense.samples
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(condense.samples, "hub_reachable", lambda: False)
+    before = (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE)
+    start = time.monotonic()
+    with pytest.raises(DataError) as err:
+        load_samples("someone/dataset", DatasetConfig(), seed=0)
+    assert time.monotonic() - start < 10
+    assert str(err.value) == (
+        "--data someone/dataset: no such file or folder, and not a dataset in the cache"
+        " (the Hub does not answer)"
+    )
+    assert (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE) == before
+
+
 def _jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
@@ -220,6 +242,13 @@ def test_a_split_other_than_train_is_read_where_one_is_asked_for(tmp_path):
     for source in (str(tmp_path / "test.jsonl"), "synthetic"):
         with pytest.raises(DataError, match=rf"^--split test: --data {source} has no splits"):
             load_samples(source, DatasetConfig(), seed=0, split="test")
+    # Told of a name alone: a folder called x.json had "no splits", a missing file too.
+    with pytest.raises(DataError, match=r"^--data .*gone.csv: no such file$"):
+        load_samples(str(tmp_path / "gone.csv"), DatasetConfig(), seed=0, split="test")
+    (tmp_path / "set.json").mkdir()
+    (tmp_path / "test.jsonl").rename(tmp_path / "set.json" / "test.jsonl")
+    samples = load_samples(str(tmp_path / "set.json"), DatasetConfig(), seed=0, split="test")
+    assert [s.completion for s in samples] == ["s0", "s1"]
     saved = datasets.DatasetDict(
         train=datasets.Dataset.from_list(_rows("t")), test=datasets.Dataset.from_list(_rows("s"))
     )
@@ -280,10 +309,11 @@ def test_a_folder_without_data_files_says_so(tmp_path):
         load_samples(str(tmp_path), DatasetConfig(), seed=0)
     # A file of its own is refused as well: no advice to give one.
     assert "train.txt (not .jsonl" in str(err.value) and "give a file" not in str(err.value)
-    # Nor where it is of another split: a test.txt is read no better.
+    # Nor where it is of another split: a test.txt is read no better (and was called a
+    # file of the test split).
     (tmp_path / "train.txt").rename(tmp_path / "test.txt")
     for split in (None, "train"):
-        with pytest.raises(DataError, match=r"it holds test.txt \(test split\)$"):
+        with pytest.raises(DataError, match=r"it holds test.txt \(not \.jsonl[^)]*\)$"):
             load_samples(str(tmp_path), DatasetConfig(), seed=0, split=split)
 
 
@@ -325,6 +355,16 @@ def test_csv_and_tsv_files_are_read_with_every_cell_as_text(tmp_path):
     (tmp_path / "train.csv").write_text("context,prompt,completion\n")
     with pytest.raises(DataError, match=r"train.csv: no rows$"):
         load_samples(str(tmp_path / "train.csv"), DatasetConfig(), seed=0)
+    # Blank lines before the header read as no rows; " prompt" was no 'prompt'; a byte
+    # that is not UTF-8 stopped the file, "past line 0", though bad rows were skipped.
+    (tmp_path / "train.csv").write_bytes(b"\n\ncontext, prompt ,completion\na,b,c\nd\xff,e,f\n")
+    report = DataReport()
+    cfg = DatasetConfig(skip_bad_rows=True)
+    samples = load_samples(str(tmp_path / "train.csv"), cfg, seed=0, report=report)
+    assert [(s.context, s.prompt, s.completion) for s in samples] == [("a", "b", "c")]
+    assert report.skipped_examples == [
+        f"{tmp_path / 'train.csv'}: line 5: field 'context' is not valid UTF-8 (byte 0xff)"
+    ]
 
 
 @pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])

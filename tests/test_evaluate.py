@@ -15,6 +15,7 @@ import torch
 from condense.config import DatasetConfig, ModelConfig
 from condense.data import load_samples, tokenize
 from condense.evaluate import (
+    ONE_PASSAGE_NOTE,
     _task_scores,
     eval_samples,
     evaluate,
@@ -476,6 +477,19 @@ def test_wrong_context_is_n_a_when_every_sample_is_of_one_passage(tiny_pair, tmp
     assert results["notes"] and "one passage" in results["notes"][0]
 
 
+def test_the_one_passage_note_says_what_to_change(tiny_pair, tmp_path):
+    """It advised "a larger --limit" where no --limit was given."""
+    from condense.evaluate import run_eval
+
+    _untrained_artifact(tiny_pair, tmp_path / "art")
+    data = tmp_path / "one.jsonl"
+    rows = [{"context": "Ka sat.", "prompt": p, "completion": "Ka."} for p in ("Who?", "What?")]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for limit, hint in ((None, f" (--data {data} holds one)"), (1, " (a larger --limit)")):
+        results = run_eval(str(tmp_path / "art"), str(data), limit, tmp_path / "eval.json")
+        assert results["notes"][0] == ONE_PASSAGE_NOTE + hint
+
+
 def _untrained_artifact(tiny_pair, folder, **config) -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(
@@ -498,7 +512,7 @@ def test_an_out_inside_the_runs_own_data_folder_is_refused_without_data(
     row = {"context": "A cat sat.", "prompt": "Who sat?", "completion": "A cat."}
     (folder / "train.jsonl").write_text(json.dumps(row) + "\n")
     _untrained_artifact(tiny_pair, tmp_path / "art", train_data=str(folder))
-    # A folder of its own: it was made before the refusal, and left there.
+    # A folder of its own too: a refusal left it behind, made before the check.
     for out in (folder / "res.json", folder / "sub" / "res.json"):
         with pytest.raises(SystemExit) as exit_:
             main(["eval", "--artifact", str(tmp_path / "art"), "--out", str(out)])
@@ -507,13 +521,14 @@ def test_an_out_inside_the_runs_own_data_folder_is_refused_without_data(
         assert [p.name for p in folder.iterdir()] == ["train.jsonl"]
 
 
-# In the artifact: a resumed run's next best replaced the folder and deleted the results.
+# In the artifact: a resumed run's next best replaced the folder and deleted the results;
+# in a folder inside it, the same; the artifact folder: told to write into it instead.
 # The data file itself: it was overwritten with the results (a CLI tester's find). Inside
 # a data folder: read as data next time, and "eval.json" made it a folder of splits.
 @pytest.mark.parametrize(
     "out",
     ["eval.png", "existing-folder", "art/eval.json", "a-file/eval.json", "data.jsonl",
-     "folder/eval.json"],
+     "folder/eval.json", "art/sub/eval.json", "art"],
 )  # fmt: skip
 def test_an_out_the_results_cannot_go_to_is_one_line_before_anything_loads(
     out, tiny_pair, tmp_path, capsys, monkeypatch
@@ -541,6 +556,9 @@ def test_an_out_the_results_cannot_go_to_is_one_line_before_anything_loads(
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"condense: error: --out {tmp_path / out}")
+    if out.startswith("art"):  # and the path it suggests is not refused in turn
+        name = "eval.json" if out == "art" else Path(out).name
+        assert err[0].endswith(f"write the results beside it ({tmp_path / name})")
     assert not (tmp_path / "eval.png").exists()
     assert sorted(p.name for p in (tmp_path / "folder").iterdir()) == ["data.jsonl"]
     for data in (tmp_path / "data.jsonl", tmp_path / "folder" / "data.jsonl"):
@@ -656,9 +674,9 @@ def test_eval_scores_a_folders_test_split_where_asked(tiny_pair, tmp_path, capsy
     assert results["notes"][0] == "files left out of the data folder: train.jsonl (train split)"
     assert not any("trained on" in note for note in results["notes"])
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        main([*argv, "--split", "test"])
-    assert exit_.value.code == 2
+    with pytest.raises(SystemExit) as exit_:  # before --out's folder is made
+        main([*argv[:-1], str(tmp_path / "new" / "eval.json"), "--split", "test"])
+    assert exit_.value.code == 2 and not (tmp_path / "new").exists()
     assert capsys.readouterr().err == (
         "condense: error: --split test needs --data: without it, eval scores the run's"
         " validation split\n"
@@ -686,6 +704,18 @@ def test_data_trained_on_is_noted_however_it_is_named(tmp_path):
     for data, trained in ((folder / "train-0.jsonl", folder), (folder, folder / "train-0.jsonl")):
         note = trained_on_note({"train_data": str(trained.resolve())}, str(data))
         assert "is what this artifact trained on" in note[0]
+    # A saved DatasetDict: its test split was taken for what it trained on, its train/
+    # folder for something else.
+    import datasets
+
+    saved = tmp_path / "saved"
+    rows = [{"context": "a", "prompt": "b", "completion": "c"}]
+    parts = {name: datasets.Dataset.from_list(rows) for name in ("train", "test")}
+    datasets.DatasetDict(parts).save_to_disk(str(saved))
+    for data, trained in ((saved / "train", saved), (saved, saved / "train")):
+        note = trained_on_note({"train_data": str(trained.resolve())}, str(data))
+        assert "is what this artifact trained on" in note[0]
+    assert trained_on_note({"train_data": str(saved.resolve())}, str(saved), split="test") == []
 
 
 def test_a_hub_dataset_the_artifact_trained_on_is_noted_too():
