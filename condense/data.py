@@ -475,14 +475,20 @@ VALIDATED_CHANGED = (
 )
 
 
-def no_split_reason(samples: list[Sample], val_size: int) -> str:
-    """Why split_train_val left one side empty: a passage is never in both splits, so
-    rows that all share one context (30 questions on one document) cannot be split."""
+def no_split_reason(samples: list[Sample], val_size: int, validated: int) -> str:
+    """Why split_train_val left one side empty (`validated`: the samples it held out): a
+    passage is never in both splits, so rows that all share one context (30 questions on
+    one document) cannot be split."""
     n, passages = len(samples), len(set(map(passage_key, samples)))
     if passages < 2:
         return (
             f"{n} sample{'s' if n != 1 else ''} of one passage (context) cannot make both a"
             " training and a validation split: a passage is never in both; give two or more"
+        )
+    if not validated:  # synthetic passages whose contexts repeat one another's
+        return (
+            f"none of {n} samples of {passages} passages can be held out for validation: each"
+            " passage shares a context with another, and a context is never in both splits"
         )
     return (
         f"{n} samples of {passages} passages cannot make both a training and a validation"
@@ -521,7 +527,8 @@ class CondenseDataModule(L.LightningDataModule):
             samples, self.cfg.val_size, self.seed
         )
         if not self.train_samples or not self.val_samples:
-            raise DataError(f"--data {self.source}: {no_split_reason(samples, self.cfg.val_size)}")
+            reason = no_split_reason(samples, self.cfg.val_size, len(self.val_samples))
+            raise DataError(f"--data {self.source}: {reason}")
         if len(self.train_samples) < self.cfg.batch_size:
             raise DataError(
                 f"--data {self.source}: {len(self.train_samples)} training samples (after"

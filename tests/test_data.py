@@ -21,6 +21,7 @@ from condense.data import (
     CondenseDataModule,
     LengthGroupedBatchSampler,
     load_samples,
+    no_split_reason,
     other_context,
     tokenize,
 )
@@ -761,3 +762,14 @@ def test_validation_batches_hold_two_where_training_takes_one(tiny_pair):
     assert {len(b["labels"]) for b in dm.train_dataloader()} == {1}
     sizes = [len(b["labels"]) for b in dm.val_dataloader()]
     assert max(sizes) == 2 and sum(sizes) == len(dm.val_set)
+
+
+def test_passages_that_share_their_contexts_are_told_why_none_is_held_out():
+    """The error blamed dataset.val_size, which no value of could help."""
+    samples = [Sample("One sentence.", "Who?", "Ka.", "qa", group=g) for g in ("a", "b")]
+    _, val = split_train_val(samples, 10, seed=0)
+    assert val == []
+    assert no_split_reason(samples, 10, len(val)) == (
+        "none of 2 samples of 2 passages can be held out for validation: each passage shares"
+        " a context with another, and a context is never in both splits"
+    )
