@@ -272,28 +272,31 @@ def read_folder(
         if f not in chosen
     ]
     if not chosen:
-        held = f": it holds {', '.join(left_out)}" if left_out else ""
-        # Where it holds data files of other splits, one of them can still be read.
-        others = sorted(
-            {
-                found
-                for f, found in files.items()
-                if found not in (wanted, "ignored") and _is_data(f)
-            }
-        )
-        if split is None:
-            hint = "; give a file itself to train on it" if others else ""
-            what = "training files"
-        else:
-            named = [s for s in others if s != "no"]
-            hint = f"; --split {' or '.join(named)} reads one" if named else ""
-            what = f"{split}-split files"
-        raise DataError(
-            f"--data {folder}: no {what} ({KINDS}, not named for another split){held}{hint}"
-        )
+        raise _no_files_of(split, folder, files, left_out)
     report.files_left_out += left_out
     samples = [s for f in chosen for s in _file_samples(f, skip_bad, report)]
     return some_samples(samples, str(folder), report)
+
+
+def _no_files_of(
+    split: str | None, folder: Path, files: dict[Path, str], left_out: list[str]
+) -> DataError:
+    """read_folder's error for a folder with no data file of `split` (None: training's
+    train split): what it holds, and where data files of other splits can still be read,
+    how."""
+    held = f": it holds {', '.join(left_out)}" if left_out else ""
+    skipped = (split or "train", "ignored")
+    others = sorted({found for f, found in files.items() if found not in skipped and _is_data(f)})
+    if split is None:
+        what = "training files"
+        hint = "; give a file itself to train on it" if others else ""
+    else:
+        named = [s for s in others if s != "no"]
+        what = f"{split}-split files"
+        hint = f"; --split {' or '.join(named)} reads one" if named else ""
+    return DataError(
+        f"--data {folder}: no {what} ({KINDS}, not named for another split){held}{hint}"
+    )
 
 
 def is_saved_dataset(folder: Path) -> bool:
