@@ -46,10 +46,13 @@ class SaveOnSigterm(Callback):
 
     Args:
         path: Where to write it; the run's last.ckpt, so `--resume auto` picks it up.
+        resume_hint: How to resume, said after the save: "run the same command again"
+            where the command names its run dir, else with the `--run-dir` it would need.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, resume_hint: str = "run the same command again"):
         self.path = Path(path)
+        self.resume_hint = resume_hint
         self._cut_validation = False
         self._max_steps: int | None = None  # set while a cut final validation reruns
         self._rerun_at: int | None = None  # the batch count a cut validation reruns at
@@ -113,7 +116,7 @@ class SaveOnSigterm(Callback):
         trainer.save_checkpoint(self.path, weights_only=False)
         rank_zero_info(
             f"condense: {self._signal}: saved step {trainer.global_step} to {self.path};"
-            " run the same command again to resume"
+            f" {self.resume_hint} to resume"
         )
 
     def on_load_checkpoint(

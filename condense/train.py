@@ -133,8 +133,10 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     # Before the models load (minutes). Not where a caller decided for every process that
     # there is training to do: on several nodes, one whose storage lags resumes from the
     # first node's checkpoint, outside its own folder, and must take part.
-    if resume_from is not None and not continues and check_finished:
-        check_something_to_train(resume_from, cfg.max_steps)
+    # A finished run's own last step is the same command again: told below, not refused.
+    rerun = continues and _finished(run_dir, resume_from, cfg.max_steps)
+    if resume_from is not None and check_finished and not rerun:
+        check_something_to_train(resume_from, cfg.max_steps, own=continues)
     module, datamodule = build(cfg, precision)
     resumed_step = module.check_checkpoint(resume_from) if resume_from is not None else 0
     if continues:  # another run's checkpoint may start this one on other data
@@ -249,17 +251,38 @@ def _rerun_of_finished(
     return _publish(summary, cfg, run_dir)
 
 
-def check_something_to_train(path: str, max_steps: int) -> None:
-    """Refuse another run's checkpoint that is at max_steps already, with no validation
-    left to rerun: Lightning would end at once, leaving the new run no checkpoint and no
-    artifact. A file that does not load is let through: check_checkpoint names why."""
+def _finished(run_dir: Path, last: str, max_steps: int) -> bool:
+    """Whether the run in `run_dir`, whose last checkpoint is `last`, ended at max_steps
+    with a summary of that step: `_rerun_of_finished` says so."""
+    written = read_summary(run_dir)
+    step = step_of(read_checkpoint(last))
+    return written is not None and is_finished(written.get("steps"), step, max_steps)
+
+
+def check_something_to_train(path: str, max_steps: int, own: bool = False) -> None:
+    """Refuse a checkpoint that is at max_steps already, with no validation left to rerun:
+    Lightning would end at once, leaving no new checkpoint, no artifact and a summary of
+    nothing. `own`: the run dir's own last checkpoint, which --resume did not name; it is
+    refused only past max_steps (a lower --max-steps than the run got to): at max_steps,
+    its run ended before writing its summary, which this run writes. A file that does not
+    load is let through: check_checkpoint names why."""
     saved = read_checkpoint(path)
     step = step_of(saved)
-    if step is not None and step >= max_steps and not validation_was_cut(saved):
+    past = step is not None and (step > max_steps if own else step >= max_steps)
+    if past and not validation_was_cut(saved):
+        named = f"this run dir's last checkpoint {path}" if own else f"--resume {path}"
         raise ConfigError(
-            f"--resume {path} is at step {step} and max_steps is {max_steps}: nothing to"
+            f"{named} is at step {step} and max_steps is {max_steps}: nothing to"
             " train (raise --max-steps to go on from it)"
         )
+
+
+def resume_hint(cfg: TrainConfig, run_dir: Path) -> str:
+    """How a stopped run goes on: the same command, where it names its run dir; without
+    one, the same command would start a new runs/<name>-<time>."""
+    if cfg.run_dir:
+        return "run the same command again"
+    return f"run the same command again with --run-dir {run_dir}"
 
 
 def make_trainer(
@@ -276,7 +299,7 @@ def make_trainer(
     callbacks = [
         checkpoints,
         ExportBest(run_dir / "artifact", cfg),
-        SaveOnSigterm(run_dir / "checkpoints" / "last.ckpt"),
+        SaveOnSigterm(run_dir / "checkpoints" / "last.ckpt", resume_hint(cfg, run_dir)),
         ResumeRandomState(),
         LearningRateMonitor(logging_interval="step"),
         *(extra_callbacks or []),

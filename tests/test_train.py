@@ -333,6 +333,41 @@ def test_a_finished_checkpoint_of_another_run_is_refused_before_the_models_load(
         train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=4, resume=str(other)))
 
 
+def test_a_stopped_run_past_a_lower_max_steps_is_refused_before_the_models_load(
+    tiny_pair, tmp_path, monkeypatch
+):
+    """Stopped at step 9 and run again with --max-steps 5, it "finished" at once: a
+    summary of nothing, no checkpoint named, exit 0, and config.yaml said 5."""
+    import condense.train
+    from condense.config import ConfigError
+
+    def build(*_):
+        raise AssertionError("the models loaded")
+
+    monkeypatch.setattr(condense.train, "build", build)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    torch.save({"global_step": 9, "loops": {}}, last)
+    with pytest.raises(ConfigError) as err:
+        train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=5))
+    assert str(err.value) == (
+        f"this run dir's last checkpoint {last} is at step 9 and max_steps is 5: nothing to"
+        " train (raise --max-steps to go on from it)"
+    )
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]
+
+
+def test_a_stopped_run_says_how_to_resume_it(tiny_pair, tmp_path):
+    """Without --run-dir, "run the same command again" started a new runs/<name>-<time>."""
+    from condense.train import resume_hint
+
+    named = tiny_config(*tiny_pair, tmp_path / "run")
+    assert resume_hint(named, tmp_path / "run") == "run the same command again"
+    named.run_dir = None
+    chosen = Path("runs") / "tiny-20261207-154858"
+    assert resume_hint(named, chosen) == f"run the same command again with --run-dir {chosen}"
+
+
 def test_each_epoch_has_a_new_batch_order(tiny_pair, tmp_path, monkeypatch):
     orders: dict[int, list] = {}
 
