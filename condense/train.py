@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import warnings
@@ -115,6 +116,12 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
             "precision 16-mixed runs on a GPU only: torch's CPU autocast to float16 fails in"
             " the encoder; on a CPU use bf16-mixed or 32"
         )
+    if precision == "16-true" and not _on_gpu(cfg.accelerator):
+        # The tiny test pair validated at nan by step 4, with no word but "final nan".
+        raise ConfigError(
+            "precision 16-true runs on a GPU only: on a CPU its float16 losses become nan;"
+            " on a CPU use bf16-mixed or 32"
+        )
     # The run dir, the checkpoint to resume from, the data and the weights are all checked
     # before anything is written, so a bad input costs nothing but its error message.
     run_dir = resolve_run_dir(cfg)
@@ -188,13 +195,14 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
         finish_wandb(loggers)
 
     where = run_dir.resolve()
+    # The last validation's loss: this process's own, or its checkpoint's.
+    final = trainer.callback_metrics.get("val_loss", checkpoints.last_score)
     summary = {
         "steps": trainer.global_step,
         "wall_s": round(time.monotonic() - start, 1),
-        "val_loss_initial": module.val_loss_initial,
+        "val_loss_initial": _float(module.val_loss_initial),
         "val_loss_best": _float(checkpoints.best_model_score),
-        # The last validation's loss: this process's own, or its checkpoint's.
-        "val_loss_final": _float(trainer.callback_metrics.get("val_loss", checkpoints.last_score)),
+        "val_loss_final": _float(final),
         "best_checkpoint": checkpoints.best_model_path or None,
         "last_checkpoint": checkpoints.last_model_path or None,
         "wandb_run_id": wandb_run_id(loggers),
@@ -207,7 +215,8 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
         "world_size": trainer.world_size,
         "skipped_steps": module.skipped_steps,
         "data": datamodule.report.as_dict(),
-        "notes": datamodule.report.notes(),
+        "notes": datamodule.report.notes()
+        + _null_loss_notes(val_loss_initial=module.val_loss_initial, val_loss_final=final),
         "pushed_to": None,
     }
     if not trainer.is_global_zero:
@@ -504,7 +513,17 @@ def _use_checkpointing(cfg: TrainConfig, condenser: Condenser, precision: str) -
 
 
 def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
+    """A loss for summary.json: nan and infinities are null, as JSON has neither."""
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def _null_loss_notes(**losses: Any) -> list[str]:
+    """Which of summary.json's losses are null for being nan or infinite."""
+    return [
+        f"{name} is null: the loss was {float(value)}"
+        for name, value in losses.items()
+        if value is not None and not math.isfinite(float(value))
+    ]
 
 
 def describe(summary: dict[str, Any]) -> str:

@@ -247,6 +247,10 @@ if not torch.cuda.is_available():
             r"16-mixed runs on a GPU only",
         )
     )
+    # It trained, validated at nan, and wrote NaN into summary.json, which is no JSON.
+    CASES.append(
+        ("float16-true-on-a-cpu", flags("--precision", "16-true"), CONFIG, r"16-true runs on a GPU")
+    )
 
 
 @pytest.fixture(scope="session")

@@ -368,6 +368,16 @@ def test_a_stopped_run_says_how_to_resume_it(tiny_pair, tmp_path):
     assert resume_hint(named, chosen) == f"run the same command again with --run-dir {chosen}"
 
 
+def test_a_loss_that_is_not_a_number_is_null_in_summary_json_and_said_why():
+    """summary.json held NaN, which JSON parsers refuse."""
+    from condense.train import _float, _null_loss_notes
+
+    assert _float(torch.tensor(float("nan"))) is None and _float(float("inf")) is None
+    assert _float(torch.tensor(2.5)) == 2.5 and _float(None) is None
+    notes = _null_loss_notes(val_loss_initial=5.0, val_loss_final=torch.tensor(float("nan")))
+    assert notes == ["val_loss_final is null: the loss was nan"]
+
+
 def test_each_epoch_has_a_new_batch_order(tiny_pair, tmp_path, monkeypatch):
     orders: dict[int, list] = {}
 
