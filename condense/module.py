@@ -28,6 +28,16 @@ class NonFiniteLossError(RuntimeError):
 Unpaired = tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]
 
 
+def _shaped_by(name: str) -> str:
+    """The setting that gives the trainable tensor `name` its shape, in words."""
+    if "lora_" in name:
+        return "model.lora_r, or encoder"
+    if "condense_tokens" in name:
+        return "model.num_condense_tokens, or encoder"
+    # Norm and projection read n_last_hidden_states encoder layers side by side.
+    return "model.n_last_hidden_states, encoder or decoder"
+
+
 class CondenseModule(L.LightningModule):
     """Trains a `Condenser`; the Trainer owns the loop, devices and precision.
 
@@ -272,6 +282,8 @@ class CondenseModule(L.LightningModule):
         }
         checkpoint["val_loss_initial"] = self.val_loss_initial
         checkpoint["skipped_steps"] = self.skipped_steps
+        # Not in any tensor's shape, but the scale of every LoRA update: see check_checkpoint.
+        checkpoint["lora_alpha"] = self.condenser.cfg.lora_alpha
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Loading is non-strict (the frozen weights are left out on purpose), so check here
@@ -298,8 +310,8 @@ class CondenseModule(L.LightningModule):
             raise CheckpointMismatchError(
                 f"checkpoint does not match this model: {len(resized)} trainable tensors of"
                 f" another shape (e.g. {name}: {tuple(found[name].shape)} in the checkpoint,"
-                f" {tuple(expected[name].shape)} here); was it trained with other"
-                " num_condense_tokens or LoRA settings?"
+                f" {tuple(expected[name].shape)} here); was it trained with another"
+                f" {_shaped_by(name)}?"
             )
 
     def check_checkpoint(self, path: str) -> int:
@@ -314,4 +326,11 @@ class CondenseModule(L.LightningModule):
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointMismatchError(f"{path}: not a readable checkpoint ({reason})") from None
         self.check_checkpoint_state(checkpoint.get("state_dict", {}))
+        alpha, here = checkpoint.get("lora_alpha"), self.condenser.cfg.lora_alpha
+        if alpha is not None and alpha != here:  # checkpoints from before it was kept: taken
+            raise CheckpointMismatchError(
+                f"{path} was trained with model.lora_alpha {alpha}, not {here}: its LoRA"
+                f" updates would be scaled {here / alpha:g}x; give --model.lora_alpha {alpha}"
+                " to go on with it"
+            )
         return int(checkpoint.get("global_step", 0))

@@ -252,7 +252,15 @@ def test_a_checkpoint_of_another_shape_is_refused(tiny_pair, tmp_path):
             "lora_r": 8
         },
         r"another shape \(e\.g\. condenser\.condense_tokens: \(4, \d+\) in the checkpoint,"
-        r" \(3, \d+\) here": {"num_condense_tokens": 3},
+        r" \(3, \d+\) here\); was it trained with another model.num_condense_tokens, or"
+        r" encoder\?": {"num_condense_tokens": 3},
+        # It asked about num_condense_tokens or LoRA settings.
+        r"condenser.norm.weight: .*another model.n_last_hidden_states, encoder or decoder\?": {
+            "n_last_hidden_states": 1
+        },
+        # No shape changes, but every LoRA update is scaled 8x: it resumed without a word.
+        r"was trained with model.lora_alpha 8, not 64: its LoRA updates would be scaled 8x;"
+        r" give --model.lora_alpha 8 to go on with it": {"lora_alpha": 64},
     }
     for refusal, change in changes.items():
         other = tiny_config(*tiny_pair, tmp_path / "run", max_steps=4)
