@@ -146,11 +146,21 @@ def parse_job(parser: ArgumentParser, argv: list[str]) -> tuple[TrainConfig, Nam
             raise ConfigError("--test and --config both name a job: give one of them")
         # The job file goes first, so flags given on the line override it wherever they stand.
         argv = ["--config", str(job_path("test"))] + argv
+    elif _file_asks_for_test(parser, argv):
+        argv = ["--config", str(job_path("test"))] + argv
     parsed = parse(parser, argv)
     check_groups(parsed, ["model", "dataset", "optim"])
     # The config's own checks (__post_init__) run here, the nested groups' first.
     parsed = parser.instantiate(parsed)
     return TrainConfig(**{f.name: getattr(parsed, f.name) for f in fields(TrainConfig)}), parsed
+
+
+def _file_asks_for_test(parser: ArgumentParser, argv: list[str]) -> bool:
+    """Whether a job file sets `test: true`, as --print_config of a --test job writes it:
+    parsed and ignored, it ran the default job. It asks for the test job under the file's
+    settings, as --test does. Parsed once without --print_config, which would print and
+    exit before the test job is put in."""
+    return bool(parse(parser, [a for a in argv if not a.startswith("--print_config")]).test)
 
 
 def job_parser(prog: str, description: str) -> ArgumentParser:

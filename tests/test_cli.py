@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,22 @@ def test_config_takes_inline_yaml_as_the_parser_does():
     """A check for misspelt job names took `{max_steps: 7}` for one."""
     assert parse_train(["--config", "{max_steps: 7}"]).max_steps == 7
     assert parse_train(["--config=max_steps: 8"]).max_steps == 8
+
+
+def test_a_job_file_saying_test_is_the_test_job_under_it(tmp_path, capsys):
+    """`test: true`, as --print_config of a --test job writes it, was parsed and ignored:
+    such a file, given back with --config, ran the default job (Llama-3.2-1B, 512 tokens)."""
+    job = tmp_path / "job.yaml"
+    job.write_text("test: true\nmax_steps: 5\n")
+    cfg = parse_train(["--config", str(job)])
+    assert (cfg.name, cfg.max_steps) == ("test", 5)
+    assert cfg.model == parse_train(["--test"]).model
+    with pytest.raises(SystemExit):
+        main(["train", "--test", "--print_config"])
+    job.write_text(capsys.readouterr().out)
+    assert parse_train(["--config", str(job), "--max-steps", "7"]) == replace(
+        parse_train(["--test"]), max_steps=7
+    )
 
 
 def test_test_and_config_together_are_refused(capsys):
