@@ -26,6 +26,8 @@ TYPE_WORDS = {
     "list": "a list",
     "dict": "a mapping",
     "NoneType": "null",
+    "PositiveFloat": "a number above 0",
+    "PositiveInt": "an integer above 0",
 }
 # How jsonargparse spells a restricted type's bound ("restriction v>0").
 BOUND_WORDS = {">": "more than", ">=": "at least", "<": "less than", "<=": "at most"}
@@ -126,7 +128,8 @@ def _bad_value(key: str, detail: str) -> str:
     if literal:
         expected = "one of " + literal.group(1).replace("'", "")
     else:
-        kinds = re.findall(r"<class '(\w+)'>|\b(list)\[", expected_part)
+        # Named by module too (jsonargparse.typing.PositiveFloat): it read "expected null".
+        kinds = re.findall(r"<class '(?:[\w.]+\.)?(\w+)'>|\b(list)\[", expected_part)
         words = dict.fromkeys(TYPE_WORDS.get(a or b, a or b) for a, b in kinds)
         expected = " or ".join(words) or "another type"
     return f"--{key}: expected {expected}, got {given.group(1).strip()!r}"

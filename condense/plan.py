@@ -346,14 +346,26 @@ def _checkpointing(r: dict[str, Any]) -> str:
 
 def _does_not_fit(r: dict[str, Any]) -> str:
     a = r["assumptions"]
+    usable = f"of the {r['usable_memory_bytes'] / 2**30:.1f} GiB usable"
+    usable += f" ({a['usable_memory_fraction']:.0%})"
+    held = r["memory_checkpointing"]  # weights, gradients, optimizer: the same for any batch
+    fixed = held["weights"] + held["grads"] + held["optimizer"]
+    if fixed > r["usable_memory_bytes"]:
+        # No batch or max_tokens can help: they were advised all the same.
+        return (
+            f"  DOES NOT FIT: the weights, gradients and optimizer state alone need"
+            f" {fixed / 2**30:.1f} GiB {usable}: no batch fits; a GPU with more memory, or"
+            " smaller models (times below assume it fit)"
+        )
     on = "on" if a["gradient_checkpointing"] else "off"
-    way = "" if a["gradient_checkpointing"] else "model.gradient_checkpointing true, "
+    ways = [] if a["gradient_checkpointing"] else ["model.gradient_checkpointing true"]
+    ways += ["a lower dataset.batch_size"] if a["batch_per_gpu"] > 1 else []
+    ways += ["a lower dataset.max_tokens"]
     return (
         f"  DOES NOT FIT: a batch of {a['batch_per_gpu']} x {r['max_tokens']} tokens on each"
         f" side needs {r['largest_batch_bytes'] / 2**30:.1f} GiB with gradient checkpointing"
-        f" {on}, of the {r['usable_memory_bytes'] / 2**30:.1f} GiB usable"
-        f" ({a['usable_memory_fraction']:.0%}): training would run out of memory: {way}a lower"
-        " dataset.batch_size or dataset.max_tokens (times below assume it fit)"
+        f" {on}, {usable}: training would run out of memory: {', '.join(ways[:-1])}"
+        f"{' or ' if len(ways) > 1 else ''}{ways[-1]} (times below assume it fit)"
     )
 
 

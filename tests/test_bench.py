@@ -352,6 +352,13 @@ def test_plan_says_when_the_job_does_not_fit(tmp_path, capsys):
     main(["plan", "--config", "default", "--gpu", "H100", "--out", str(out)])
     assert json.loads(out.read_text())["fits"] is True
     assert "DOES NOT FIT" not in capsys.readouterr().out
+    # Mistral-7B as the encoder too: its weights alone exceed an A10G, and a batch of 1
+    # was told to lower dataset.batch_size.
+    mistral = ["--model.encoder", "mistralai/Mistral-7B-Instruct-v0.2"]
+    main(["plan", "--config", "default", "--gpu", "A10G", *mistral, "--out", str(out)])
+    said = capsys.readouterr().out
+    assert "DOES NOT FIT: the weights, gradients and optimizer state alone need" in said
+    assert "no batch fits" in said and "dataset.batch_size" not in said
 
 
 def test_plan_refuses_an_unknown_gpu(capsys):
@@ -373,6 +380,16 @@ def test_plan_refuses_counts_and_prices_below_one(flag, value, capsys):
     name = flag[2:].replace("-", "_")
     assert capsys.readouterr().err.splitlines() == [
         f"condense: error: --{name}: expected more than 0, got {value}"
+    ]
+
+
+def test_plan_asks_for_a_number_where_a_price_is_not_one(capsys):
+    """It said "--price: expected null, got 'abc'"."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "--test", "--price", "abc"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "condense: error: --price: expected a number above 0 or null, got 'abc'"
     ]
 
 
