@@ -176,7 +176,9 @@ def bench_parser() -> ArgumentParser:
         "Time training steps of a job on this machine: step time, tokens/s, padding, peak"
         " memory, FLOP/s and MFU against a matmul peak measured in the same run, in the"
         " dtype the job computes in (bf16; fp16 under 16-mixed, fp32 under 32-true). Takes"
-        " every option of `condense train`.",
+        " the options of `condense train` that shape a step (model, data, optimizer,"
+        " precision, seed); those of a run (run dir, resume, devices, validation, logging,"
+        " push) are refused.",
     )
     parser.add_argument("--steps", type=int, default=10, help="Timed steps (after warm-up).")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed steps first.")
@@ -452,7 +454,37 @@ def run_plan(argv: list[str]) -> None:
     print(describe(result))
 
 
+# Options of `condense train` that no bench step reads, and why: given on the command
+# line they were accepted and ignored (`--devices 2` timed one process). A job file may
+# set them: it is a training job.
+NOT_BENCHED = {
+    "max_steps": "--steps and --warmup set its steps",
+    "run_dir": "it writes no run",
+    "resume": "it starts from the job's models",
+    "devices": "it times one process",
+    "num_nodes": "it times one process",
+    "strategy": "it times one process",
+    "val_every_n_steps": "it does not validate",
+    "val_batches": "it does not validate",
+    "log_every_n_steps": "it logs nothing",
+    "wandb": "it logs nothing",
+    "wandb_project": "it logs nothing",
+    "hub_repo": "it pushes nothing",
+    "hub_public": "it pushes nothing",
+}
+
+
+def check_benched(argv: list[str]) -> None:
+    """A ConfigError for a `condense train` option on the line that bench would ignore."""
+    given = [arg.partition("=")[0][2:] for arg in normalize_flags(argv) if arg.startswith("--")]
+    ignored = [name for name in given if name in NOT_BENCHED]
+    if ignored:
+        name = ignored[0]
+        raise ConfigError(f"condense bench does not use --{name}: {NOT_BENCHED[name]}")
+
+
 def run_bench(argv: list[str]) -> None:
+    check_benched(argv)
     cfg, args = parse_job(bench_parser(), argv)
     if args.steps < 1 or args.warmup < 0:
         raise ConfigError(

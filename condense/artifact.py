@@ -24,11 +24,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from condense.config import ConfigError, ModelConfig, model_name
-from condense.files import file_above, swap_in_folder, umask_modes
+from condense.files import ARTIFACT_CONFIG_FILE, file_above, swap_in_folder, umask_modes
 from condense.model import Condenser
 
 FORMAT_VERSION = 1
-CONFIG_FILE = "condense_config.json"
+CONFIG_FILE = ARTIFACT_CONFIG_FILE
 WEIGHTS_FILE = "condenser.safetensors"
 ADAPTER_FILE = "adapter_model.safetensors"
 ARTIFACT_FILES = {"adapter_config.json", ADAPTER_FILE, WEIGHTS_FILE, CONFIG_FILE, "README.md"}
@@ -381,6 +381,8 @@ def local_folder(path_or_id: str) -> Path:
     """The artifact folder itself, or the Hub repo's files downloaded (or already cached)."""
     if Path(path_or_id).is_dir():
         return Path(path_or_id)
+    if Path(path_or_id).exists():  # a checkpoint, a text file: it said "no such folder"
+        raise ArtifactError(f"{path_or_id}: a file, not an artifact folder")
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 

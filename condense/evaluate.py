@@ -26,7 +26,6 @@ from torchmetrics.functional.text import squad
 from torchmetrics.functional.text.rouge import rouge_score
 from tqdm import tqdm
 
-from condense.artifact import CONFIG_FILE
 from condense.config import ConfigError, DatasetConfig
 from condense.data import (
     Collator,
@@ -611,22 +610,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def plot_beside(out: Path, data: str | None = None, make: bool = True) -> Path:
     """Where the plot of JSON results written to `out` goes (NAME.png beside it), with
     `out`'s folder made; a ConfigError for an `out` the results cannot go to, before an
-    evaluation that would end there: a .png the plot would overwrite, the folder of an
-    artifact or a path in one, or what files.json_out refuses (a folder, a path under a
-    file, the `data` file itself). Without `make`, `out`'s folder is not made yet (see
-    files.json_out)."""
+    evaluation that would end there: a .png the plot would overwrite, or what
+    files.json_out refuses (a folder, a path in an artifact or under a file, the `data`
+    file itself). Without `make`, `out`'s folder is not made yet (see files.json_out)."""
     if out.suffix.lower() == ".png":
         raise ConfigError(
             f"--out {out}: give the JSON file's path (eval.json); the plot goes beside it"
-        )
-    # Results in an artifact would be pushed with it, and outlive the weights they score
-    # at its next save (a new best in training, an import), which keeps what it finds.
-    artifact = next((p for p in (out, *out.parents) if (p / CONFIG_FILE).is_file()), None)
-    if artifact is not None:
-        beside = artifact.parent / (out.name if artifact != out else "eval.json")
-        raise ConfigError(
-            f"--out {out} is {'an artifact' if artifact == out else 'in the artifact'} folder"
-            f" {artifact}, which holds the artifact alone: write the results beside it ({beside})"
         )
     json_out(out, "eval.json", [("--data", data)], make)
     return out.with_suffix(".png")

@@ -19,6 +19,10 @@ from typing import BinaryIO
 
 from condense.config import ConfigError
 
+# The file that makes a folder an artifact (artifact.CONFIG_FILE): --out checks find it
+# without loading the artifact module, which loads torch.
+ARTIFACT_CONFIG_FILE = "condense_config.json"
+
 
 def temporary_sibling(path: Path) -> Path:
     """The hidden name `path` is written under before it is renamed into place."""
@@ -166,6 +170,12 @@ def inside(path: str | Path, folder: str | Path) -> bool:
     return Path(folder).is_dir() and Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 
+def _artifact_holding(path: Path) -> Path | None:
+    """The artifact folder that `path` is, or lies in; None where there is none."""
+    folders = (path, *path.absolute().parents)
+    return next((p for p in folders if (p / ARTIFACT_CONFIG_FILE).is_file()), None)
+
+
 def json_out(
     out: str | Path | None,
     example: str,
@@ -181,6 +191,15 @@ def json_out(
     if out is None:
         return None
     path = Path(out)
+    artifact = _artifact_holding(path)
+    if artifact is not None:
+        # Results there would be pushed with it, and outlive the weights they were of at its
+        # next save (a new best in training, an import), which keeps what it finds.
+        beside = artifact.parent / (path.name if artifact != path else example)
+        raise ConfigError(
+            f"--out {out} is {'an artifact' if artifact == path else 'in the artifact'} folder"
+            f" {artifact}, which holds the artifact alone: write the results beside it ({beside})"
+        )
     if path.is_dir():
         raise ConfigError(f"--out {out} is a folder: give the JSON file's path ({path / example})")
     for option, read in reads:

@@ -219,6 +219,13 @@ def test_a_missing_artifact_path_is_named_as_a_missing_folder(given):
         Condenser.from_pretrained(given)
 
 
+def test_an_artifact_path_to_a_file_says_it_is_a_file(tmp_path):
+    """A checkpoint or a text file given as --artifact was "no such folder"."""
+    (tmp_path / "best.ckpt").write_bytes(b"")
+    with pytest.raises(ArtifactError, match=r"best.ckpt: a file, not an artifact folder$"):
+        Condenser.from_pretrained(str(tmp_path / "best.ckpt"))
+
+
 def test_an_incomplete_folder_is_refused_in_one_line(tmp_path):
     (tmp_path / "condense_config.json").write_text(json.dumps({"format_version": 1}))
     with pytest.raises(ArtifactError, match="not a condense artifact") as err:

@@ -383,6 +383,19 @@ def test_plan_refuses_counts_and_prices_below_one(flag, value, capsys):
     ]
 
 
+@pytest.mark.parametrize("flag", ["--devices=2", "--run-dir=x", "--resume=none", "--max-steps=3"])
+def test_bench_refuses_the_options_of_a_run_it_would_ignore(flag, capsys):
+    """`--devices 2` timed one process, `--run-dir` wrote nothing there, a missing
+    `--resume` path was not looked at: all accepted without a word."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--test", flag])
+    assert exit_.value.code == 2
+    name = flag[2:].partition("=")[0].replace("-", "_")
+    assert capsys.readouterr().err.startswith(
+        f"condense: error: condense bench does not use --{name}:"
+    )
+
+
 def test_plan_asks_for_a_number_where_a_price_is_not_one(capsys):
     """It said "--price: expected null, got 'abc'"."""
     with pytest.raises(SystemExit) as exit_:

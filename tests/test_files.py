@@ -81,3 +81,18 @@ def test_an_out_in_a_folder_that_takes_no_files_is_refused_before_the_work():
 
     with pytest.raises(ConfigError, match=r"^--out /proc/x.json: cannot write in its folder"):
         json_out("/proc/x.json", "eval.json")
+
+
+@pytest.mark.parametrize("out", ["art/bench.json", "art/sub/plan.json", "art"])
+def test_an_out_in_an_artifact_folder_is_refused_for_every_command(out, tmp_path):
+    """eval refused one, bench and plan wrote into it: condense push uploads the folder,
+    and the results stay there beside the next save's weights."""
+    from condense.config import ConfigError
+    from condense.files import json_out
+
+    (tmp_path / "art").mkdir()
+    (tmp_path / "art" / "condense_config.json").write_text("{}")
+    name = "bench.json" if out == "art" else Path(out).name
+    with pytest.raises(ConfigError, match=rf"beside it \({tmp_path / name}\)$"):
+        json_out(tmp_path / out, "bench.json")
+    assert not (tmp_path / "art" / "sub").exists()
