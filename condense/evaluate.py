@@ -63,8 +63,9 @@ def eval_samples(
     report: DataReport | None = None,
     split: str = "train",
 ) -> list[Sample]:
-    """`data`'s samples (its `split`, where it is a folder or Hub dataset), or by default the validation split the artifact was trained
-    against (rebuilt from the data source, seed and sizes its config records); a
+    """`data`'s samples (its `split`, where it is a folder or Hub dataset), or by default
+    the validation split the artifact was trained against (rebuilt from the data source,
+    seed and sizes its config records); a
     ConfigError for no `data` where the config records no training data (an imported
     checkpoint of the original trainer). A bad row of `data` stops it, or with
     `skip_bad_rows` is skipped and counted in `report`.
@@ -175,15 +176,17 @@ def trained_on_note(config: dict[str, Any], data: str | None, split: str = "trai
         same, shared = bool(read) and scored == read, sorted(scored & read)
     else:  # a Hub id, recorded as it was given
         same, shared = data == trained and split == "train", []
-    after = "without --data, eval scores the run's validation split alone"
     if same:
-        note = f"--data {data} is what this artifact trained on: most of these samples were"
-        return [f"{note} trained on; {after}"]
-    if shared:
+        what = "is what this artifact trained on: most of these samples were trained on"
+    elif shared:
         names = ", ".join(f.name for f in shared[:3]) + (", ..." if len(shared) > 3 else "")
-        note = f"--data {data} holds {len(shared)} of the files this artifact trained on"
-        return [f"{note} ({names}): most of their samples were trained on; {after}"]
-    return []
+        what = (
+            f"holds {len(shared)} of the files this artifact trained on ({names}): most of"
+            " their samples were trained on"
+        )
+    else:
+        return []
+    return [f"--data {data} {what}; without --data, eval scores the run's validation split alone"]
 
 
 def wrong_partners(samples: list[Sample]) -> list[int] | None:
@@ -633,8 +636,9 @@ def run_eval(
     skip_bad_rows: bool = False,
     split: str = "train",
 ) -> dict[str, Any]:
-    """Load an artifact, evaluate it (`data`'s `split`, where it has splits), write JSON and a PNG beside it, print the table, and
-    put the table into a local artifact's model card (`command` is quoted there).
+    """Load an artifact, evaluate it (`data`'s `split`, where it has splits), write JSON
+    and a PNG beside it, print the table, and put the table into a local artifact's model
+    card (`command` is quoted there).
     `device` and `precision` as condense.device picks them ("auto": a GPU in bf16-mixed
     where there is one, else the CPU in fp32). A mistake in `out`, `device` or `data`
     stops before the models load; with `skip_bad_rows`, bad rows of `data` are skipped,

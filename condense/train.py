@@ -106,21 +106,23 @@ def train(cfg: TrainConfig, *, check_finished: bool = True) -> dict[str, Any]:
             os.environ.pop(RUN_DIR_ENV, None)
 
 
+# Float16 precisions, and why they do not train on a CPU.
+FLOAT16_ON_CPU = {
+    "16-mixed": "torch's CPU autocast to float16 fails in the encoder",
+    # The tiny test pair validated at nan by step 4, with no word but "final nan".
+    "16-true": "on a CPU its float16 losses become nan",
+}
+
+
 def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     start = time.monotonic()
     L.seed_everything(cfg.seed, verbose=False)
     check_devices(cfg.accelerator)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
-    if precision == "16-mixed" and not _on_gpu(cfg.accelerator):
+    if precision in FLOAT16_ON_CPU and not _on_gpu(cfg.accelerator):
         raise ConfigError(
-            "precision 16-mixed runs on a GPU only: torch's CPU autocast to float16 fails in"
-            " the encoder; on a CPU use bf16-mixed or 32"
-        )
-    if precision == "16-true" and not _on_gpu(cfg.accelerator):
-        # The tiny test pair validated at nan by step 4, with no word but "final nan".
-        raise ConfigError(
-            "precision 16-true runs on a GPU only: on a CPU its float16 losses become nan;"
-            " on a CPU use bf16-mixed or 32"
+            f"precision {precision} runs on a GPU only: {FLOAT16_ON_CPU[precision]}; on a CPU"
+            " use bf16-mixed or 32"
         )
     # The run dir, the checkpoint to resume from, the data and the weights are all checked
     # before anything is written, so a bad input costs nothing but its error message.
@@ -141,8 +143,8 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     # there is training to do: on several nodes, one whose storage lags resumes from the
     # first node's checkpoint, outside its own folder, and must take part.
     # A finished run's own last step is the same command again: told below, not refused.
-    rerun = continues and _finished(run_dir, resume_from, cfg.max_steps)
-    if resume_from is not None and check_finished and not rerun:
+    finished = _finished_summary(run_dir, resume_from, cfg.max_steps) if continues else None
+    if resume_from is not None and check_finished and finished is None:
         check_something_to_train(resume_from, cfg.max_steps, own=continues)
     module, datamodule = build(cfg, precision)
     resumed_step = module.check_checkpoint(resume_from) if resume_from is not None else 0
@@ -163,9 +165,8 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     )
     watch = [LogGenerations(datamodule.val_samples)]
     trainer = make_trainer(cfg, precision, run_dir, loggers, checkpoints, watch)
-    written = read_summary(run_dir) if continues and check_finished else None
-    if written is not None and is_finished(written.get("steps"), resumed_step, cfg.max_steps):
-        return _rerun_of_finished(written, cfg, run_dir, trainer.is_global_zero)
+    if finished is not None and check_finished:
+        return _rerun_of_finished(finished, cfg, run_dir, trainer.is_global_zero)
     if trainer.is_global_zero:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -260,12 +261,14 @@ def _rerun_of_finished(
     return _publish(summary, cfg, run_dir)
 
 
-def _finished(run_dir: Path, last: str, max_steps: int) -> bool:
-    """Whether the run in `run_dir`, whose last checkpoint is `last`, ended at max_steps
-    with a summary of that step: `_rerun_of_finished` says so."""
+def _finished_summary(run_dir: Path, last: str, max_steps: int) -> dict[str, Any] | None:
+    """The summary of the run in `run_dir`, whose last checkpoint is `last`, where it ended
+    at max_steps and wrote that summary at that step (`_rerun_of_finished` then says so);
+    None where it has training left, or stopped before its summary."""
     written = read_summary(run_dir)
     step = step_of(read_checkpoint(last))
-    return written is not None and is_finished(written.get("steps"), step, max_steps)
+    finished = written is not None and is_finished(written.get("steps"), step, max_steps)
+    return written if finished else None
 
 
 def check_something_to_train(path: str, max_steps: int, own: bool = False) -> None:
