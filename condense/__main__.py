@@ -17,6 +17,7 @@ arguments and config, 1 for the rest); `--debug` shows the full traceback instea
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import re
 import shlex
@@ -170,6 +171,26 @@ def job_parser(prog: str, description: str) -> ArgumentParser:
     return parser
 
 
+# Options of `condense train` that no bench step reads, and why: given on the command
+# line they were accepted and ignored (`--devices 2` timed one process). A job file may
+# set them: it is a training job.
+NOT_BENCHED = {
+    "max_steps": "--steps and --warmup set its steps",
+    "run_dir": "it writes no run",
+    "resume": "it starts from the job's models",
+    "devices": "it times one process",
+    "num_nodes": "it times one process",
+    "strategy": "it times one process",
+    "val_every_n_steps": "it does not validate",
+    "val_batches": "it does not validate",
+    "log_every_n_steps": "it logs nothing",
+    "wandb": "it logs nothing",
+    "wandb_project": "it logs nothing",
+    "hub_repo": "it pushes nothing",
+    "hub_public": "it pushes nothing",
+}
+
+
 def bench_parser() -> ArgumentParser:
     parser = job_parser(
         "condense bench",
@@ -206,6 +227,11 @@ def bench_parser() -> ArgumentParser:
     )
     add_shape_flags(parser, note=" With --random-weights only.")
     parser.add_argument("--out", default=None, help="Write the results as JSON here.")
+    # Still parsed, so that a training job's file that sets them is a valid bench job;
+    # hidden from --help, which listed them as if bench took them.
+    for action in parser._actions:
+        if action.dest in NOT_BENCHED:
+            action.help = argparse.SUPPRESS
     return parser
 
 
@@ -452,26 +478,6 @@ def run_plan(argv: list[str]) -> None:
     if out:
         write(result, out)
     print(describe(result))
-
-
-# Options of `condense train` that no bench step reads, and why: given on the command
-# line they were accepted and ignored (`--devices 2` timed one process). A job file may
-# set them: it is a training job.
-NOT_BENCHED = {
-    "max_steps": "--steps and --warmup set its steps",
-    "run_dir": "it writes no run",
-    "resume": "it starts from the job's models",
-    "devices": "it times one process",
-    "num_nodes": "it times one process",
-    "strategy": "it times one process",
-    "val_every_n_steps": "it does not validate",
-    "val_batches": "it does not validate",
-    "log_every_n_steps": "it logs nothing",
-    "wandb": "it logs nothing",
-    "wandb_project": "it logs nothing",
-    "hub_repo": "it pushes nothing",
-    "hub_public": "it pushes nothing",
-}
 
 
 def check_benched(argv: list[str]) -> None:

@@ -396,6 +396,20 @@ def test_bench_refuses_the_options_of_a_run_it_would_ignore(flag, capsys):
     )
 
 
+def test_bench_help_lists_only_the_options_it_takes(capsys):
+    """Its usage line listed --devices, --run_dir, --wandb... which bench then refused."""
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    bench_help = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    train_help = capsys.readouterr().out
+    for name in ["devices", "run_dir", "resume", "wandb", "hub_repo", "val_batches"]:
+        assert f"--{name} " in train_help
+        assert f"--{name} " not in bench_help
+    assert "--dataset.batch_size " in bench_help and "--steps " in bench_help
+
+
 def test_plan_asks_for_a_number_where_a_price_is_not_one(capsys):
     """It said "--price: expected null, got 'abc'"."""
     with pytest.raises(SystemExit) as exit_:
