@@ -539,9 +539,11 @@ class CondenseDataModule(L.LightningDataModule):
             tokenize(part, self.encoder_tok, self.decoder_tok, self.cfg, self.report)
             for part in (self.train_samples, self.val_samples)
         )
-        # val_loss_wrong needs another passage to stand behind; without one it is missing
-        # from metrics.csv, and this says why.
-        self.report.one_validation_passage = len(set(map(passage_key, self.val_samples))) < 2
+        # val_loss_wrong needs another passage to stand behind; without one among the
+        # samples a validation scores (all, or val_batches' share) it is missing from
+        # metrics.csv, and this says why.
+        validated = {self.val_set[i].group for i in self.validated_indices()}
+        self.report.one_validation_passage = len(validated) < 2
 
     def state_dict(self) -> dict[str, str]:
         # Kept in checkpoints for check_same_split, and only read there.
@@ -564,16 +566,20 @@ class CondenseDataModule(L.LightningDataModule):
                 digest.update(",".join(map(str, ids)).encode() + b";")
         return digest.hexdigest()
 
-    def validated_digest(self) -> str:
-        """A digest of the samples a validation scores: all of them, or with val_batches
-        the first batches of the validation order, which the batch size changes."""
-        # Over all ranks together, as the limit is (see val_dataloader).
+    def validated_indices(self) -> list[int]:
+        """The validation samples a validation scores, by index: all of them, or with
+        val_batches the first batches of the validation order, which the batch size
+        changes. Over all ranks together, as the limit is (see val_dataloader)."""
         keys, size = length_keys(self.val_set), self.val_batch_size
         sampler = LengthGroupedBatchSampler(
             keys, size, self.seed, even=False, limit=self.val_batches
         )
-        scored = sorted(i for batch in sampler for i in batch)
-        return hashlib.blake2b(",".join(map(str, scored)).encode(), digest_size=8).hexdigest()
+        return sorted(i for batch in sampler for i in batch)
+
+    def validated_digest(self) -> str:
+        """A digest of validated_indices."""
+        scored = ",".join(map(str, self.validated_indices()))
+        return hashlib.blake2b(scored.encode(), digest_size=8).hexdigest()
 
     def check_same_split(self, saved: dict | None, path: str) -> None:
         """Refuse to continue a run from the checkpoint at `path` (its state of this module,

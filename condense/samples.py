@@ -86,8 +86,9 @@ class DataReport:
         notes = self.reading_notes() + [f"{count} {what}" for what, count in cuts.items() if count]
         if self.one_validation_passage:
             notes.append(
-                "val_loss_wrong: none, as every validation sample is of one passage, with no"
-                " other passage's context to stand behind (a larger dataset.val_size takes more)"
+                "val_loss_wrong: none, as every validated sample is of one passage, with no"
+                " other passage's context to stand behind (a larger dataset.val_size, or"
+                " val_batches, takes more)"
             )
         return notes
 

@@ -724,6 +724,21 @@ def test_a_validation_of_one_passage_says_why_it_has_no_wrong_context_loss(
     assert any(n.startswith("val_loss_wrong: none") for n in dm.report.notes()) is noted
 
 
+@pytest.mark.parametrize("val_batches, noted", [(1, True), (None, False)])
+def test_a_validated_share_of_one_passage_says_so_too(tiny_pair, val_batches, noted):
+    """With val_batches, the batches a validation scores can all be of one passage (at
+    seed 1 here, its first batch is a passage's two samples): val_loss_wrong was missing
+    without a word, as the whole validation set held several passages."""
+    enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
+    cfg = DatasetConfig(val_size=6, synthetic_passages=10)
+    dm = CondenseDataModule("synthetic", cfg, enc_tok, dec_tok, seed=1, val_batches=val_batches)
+    dm.setup()
+    scored = {dm.val_set[i].group for i in dm.validated_indices()}
+    assert (len(scored) == 1) is noted
+    assert len({item.group for item in dm.val_set}) > 1
+    assert any(n.startswith("val_loss_wrong: none") for n in dm.report.notes()) is noted
+
+
 def test_too_few_samples_for_a_split_is_a_clear_error(tiny_pair):
     enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
     dm = CondenseDataModule(
