@@ -39,6 +39,9 @@ SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 # What SIGTERMException ends a process with: SIGTERM's status, or Ctrl-C's (128 + 2) once
 # a Ctrl-C has asked for the stop.
 stop_exit_code = SIGTERM_EXIT_CODE
+# Set when a Ctrl-C stopped a fit or validation at once: Lightning ends that with exit
+# status 1, which __main__ makes Ctrl-C's.
+interrupted = False
 
 
 class SaveOnSigterm(Callback):
@@ -105,6 +108,11 @@ class SaveOnSigterm(Callback):
             said.disabled = False
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: Any) -> None:
+        if isinstance(exception, KeyboardInterrupt):  # a second Ctrl-C, or one before fit
+            global interrupted
+            interrupted = True
+            rank_zero_info("condense: Ctrl-C: stopped at once, without saving this step")
+            return
         # Only SIGTERM, raised by Lightning between steps, leaves a state worth saving;
         # during the first validation there is nothing trained to save yet.
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:

@@ -354,6 +354,32 @@ def test_ctrl_c_stops_with_a_checkpoint_and_the_next_run_resumes_there(tiny_pair
     assert "exists and is not empty" not in (tmp_path / "resumed.log").read_text()
 
 
+def test_a_ctrl_c_that_stops_at_once_exits_as_ctrl_c(tiny_pair, tmp_path, monkeypatch, caplog):
+    """A second Ctrl-C in the middle of a step (or a first one in the validation before
+    training) reached Lightning as a KeyboardInterrupt, which it ends with exit status 1,
+    as for an error, and no word of condense's."""
+    from condense.__main__ import main
+    from condense.module import CondenseModule
+
+    step = CondenseModule.training_step
+
+    def interrupted(self, batch, batch_idx):
+        if batch_idx == 2:
+            raise KeyboardInterrupt
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(CondenseModule, "training_step", interrupted)
+    job = tiny_job(*tiny_pair, tmp_path / "job.yaml", max_steps=10, val_every_n_steps=10)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main(["train", "--config", str(job), "--run-dir", str(tmp_path / "run")])
+    finally:
+        signal.signal(signal.SIGINT, before)  # Lightning ignores Ctrl-C after its own
+    assert exit_.value.code == 128 + signal.SIGINT
+    assert "condense: Ctrl-C: stopped at once, without saving this step" in caplog.text
+
+
 def test_each_fit_starts_with_sigterms_exit_status_and_gives_ctrl_c_back(tmp_path):
     # The exit status a Ctrl-C set (130) outlived its fit: a later SIGTERM stop in the same
     # process would have exited 130 too.
