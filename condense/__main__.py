@@ -226,7 +226,9 @@ def bench_parser() -> ArgumentParser:
         " without its weights, tokenizers or data.",
     )
     add_shape_flags(parser, note=" With --random-weights only.")
-    parser.add_argument("--out", default=None, help="Write the results as JSON here.")
+    parser.add_argument(
+        "--out", default=None, help="Write the results as JSON here (a file there is replaced)."
+    )
     # Still parsed, so that a training job's file that sets them is a valid bench job;
     # hidden from --help, which listed them as if bench took them.
     for action in parser._actions:
@@ -323,7 +325,10 @@ def eval_parser() -> ArgumentParser:
         "--limit", type=PositiveInt | None, default=None, help="Score only the first N samples."
     )
     parser.add_argument(
-        "--out", required=True, help="JSON results (not .png); a PNG plot goes beside it."
+        "--out",
+        required=True,
+        help="JSON results (not .png); a PNG plot goes beside it. Existing files of those"
+        " names are replaced.",
     )
     add_flag(
         parser,
@@ -416,7 +421,9 @@ def plan_parser() -> ArgumentParser:
     )
     parser.add_argument("--mfu", type=float, default=0.4, help="Assumed model FLOPs utilization.")
     add_shape_flags(parser)
-    parser.add_argument("--out", default=None, help="Write the plan as JSON here.")
+    parser.add_argument(
+        "--out", default=None, help="Write the plan as JSON here (a file there is replaced)."
+    )
     return parser
 
 
