@@ -54,7 +54,14 @@ CONFIG_FIELDS = {
     "lora": OBJECT,
 }
 LORA_FIELDS = {"r": INTEGER, "alpha": NUMBER, "dropout": NUMBER, "target_modules": TEXT_OR_LIST}
-OPTIONAL_CONFIG_FIELDS = {"max_tokens": INTEGER, "max_characters": INTEGER}  # null: no cut
+# max_tokens, max_characters null: no cut; a revision null: a folder's model, or the
+# Hub's newest (an artifact's config edited to load that).
+OPTIONAL_CONFIG_FIELDS = {
+    "max_tokens": INTEGER,
+    "max_characters": INTEGER,
+    "encoder_revision": TEXT,
+    "decoder_revision": TEXT,
+}
 
 
 class ArtifactError(RuntimeError):
@@ -74,7 +81,9 @@ def save_artifact(condenser: Condenser, out: Path, extra: dict[str, Any] | None 
     _remove_leftovers(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        condenser.encoder.save_pretrained(tmp)
+        # Embeddings are never resized here, so peft need not ask the Hub (at every save)
+        # whether the base model's vocabulary differs.
+        condenser.encoder.save_pretrained(tmp, save_embedding_layers=False)
         state = condenser.state_dict()
         save_file(
             {k: state[k].detach().float().cpu().contiguous() for k in CONDENSER_KEYS},
@@ -147,8 +156,9 @@ def artifact_config(condenser: Condenser, extra: dict[str, Any]) -> dict[str, An
         "format_version": FORMAT_VERSION,
         "encoder": cfg.encoder,
         "decoder": cfg.decoder,
-        "encoder_revision": getattr(encoder_config, "_commit_hash", None),
-        "decoder_revision": getattr(decoder_config, "_commit_hash", None),
+        # Set by weights.load_causal_lm; a model built another way has none to say.
+        "encoder_revision": getattr(condenser.encoder.get_base_model(), "hub_commit", None),
+        "decoder_revision": getattr(condenser.decoder, "hub_commit", None),
         "num_condense_tokens": cfg.num_condense_tokens,
         "n_last_hidden_states": cfg.n_last_hidden_states,
         "encoder_hidden_size": encoder_config.hidden_size,
@@ -178,12 +188,20 @@ def load_condenser(
     cfg = _model_config(folder, config)
     # Read before the models load (minutes for large ones): a damaged file fails first.
     adapter, tensors = load_tensors(folder / ADAPTER_FILE), load_tensors(folder / WEIGHTS_FILE)
+    # The Hub commits trained on: a base model's newer revision would meet an adapter and
+    # a projection trained for other weights, and condense differently without a word.
+    encoder_revision, decoder_revision = (
+        config.get("encoder_revision"),
+        config.get("decoder_revision"),
+    )
     condenser = Condenser(
-        load_causal_lm(cfg.encoder, dtype), load_causal_lm(cfg.decoder, dtype), cfg
+        load_causal_lm(cfg.encoder, dtype, encoder_revision),
+        load_causal_lm(cfg.decoder, dtype, decoder_revision),
+        cfg,
     )
     load_trained_state(condenser, adapter, tensors)
-    condenser.encoder_tokenizer = load_tokenizer(cfg.encoder)
-    condenser.decoder_tokenizer = load_tokenizer(cfg.decoder)
+    condenser.encoder_tokenizer = load_tokenizer(cfg.encoder, encoder_revision)
+    condenser.decoder_tokenizer = load_tokenizer(cfg.decoder, decoder_revision)
     condenser.max_context_tokens = config.get("max_tokens")
     condenser.max_context_characters = config.get("max_characters")
     return condenser.to(device).eval()
@@ -233,7 +251,8 @@ def load_trained_state(condenser: Condenser, adapter: dict, tensors: dict) -> No
     # torch refuses a tensor of another shape with a traceback listing every one: an
     # artifact of models of other sizes (a changed id, import's --encoder) gets one line.
     models = f"{condenser.cfg.encoder} -> {condenser.cfg.decoder}"
-    _check_shapes("the LoRA adapter", adapter, get_peft_model_state_dict(condenser.encoder), models)
+    lora = get_peft_model_state_dict(condenser.encoder, save_embedding_layers=False)
+    _check_shapes("the LoRA adapter", adapter, lora, models)
     _check_shapes(WEIGHTS_FILE, tensors, condenser.state_dict(), models)
     result = set_peft_model_state_dict(condenser.encoder, adapter)
     missing_lora = [k for k in result.missing_keys if "lora_" in k]
@@ -343,7 +362,8 @@ tags: [context-compression, soft-prompt, peft, lora]
 Condenses a context into {config["num_condense_tokens"]} embeddings in the input space of the
 frozen decoder `{config["decoder"]}`, using a LoRA adapter on the encoder `{config["encoder"]}`.
 Only the adapter, the condense embeddings, the LayerNorm and the projection are stored here;
-both base models are loaded from their own ids.
+both base models are loaded from their own ids, a Hub id at the commit it was trained on
+(encoder_revision, decoder_revision below).
 
 ```python
 from condense import Condenser

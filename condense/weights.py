@@ -113,7 +113,7 @@ def model_config(name: str):
     shipped = SHIPPED_CONFIGS / name
     if (shipped / "config.json").is_file():
         return AutoConfig.from_pretrained(shipped)
-    return AutoConfig.from_pretrained(_loadable(name))
+    return AutoConfig.from_pretrained(_loadable(name)[0])
 
 
 def causal_lm_from_config(
@@ -133,16 +133,16 @@ def causal_lm_from_config(
         )
 
 
-def load_tokenizer(name: str):
+def load_tokenizer(name: str, revision: str | None = None):
     """Tokenizer of a model, padding on the right with its own pad token, and cutting a
-    text to `max_length` at its end.
+    text to `max_length` at its end. `revision` pins a Hub id's commit (see _loadable).
 
     A tokenizer without a pad token pads with its EOS token; the pad positions are
     masked everywhere, so which id fills them does not matter.
     """
     from transformers import AutoTokenizer
 
-    loadable = _loadable(name)
+    loadable, revision = _loadable(name, revision)
     local = Path(loadable).is_dir()
     if local and not _has_tokenizer_files(Path(loadable)):
         # transformers fails with a paragraph that names no folder, or, for some
@@ -152,7 +152,7 @@ def load_tokenizer(name: str):
             " tokenizer_config.json, vocab or .model file)"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(loadable)
+        tokenizer = AutoTokenizer.from_pretrained(loadable, revision=revision)
     except ValueError as err:  # "Couldn't instantiate the backend tokenizer from one of: ..."
         if not local:
             raise
@@ -176,9 +176,10 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-def load_causal_lm(name: str, dtype: torch.dtype = torch.float32):
+def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, revision: str | None = None):
     """A causal LM with condense.attention (SDPA, but blocks that torch.compile fuses for
-    causal attention inside compiled code on CPU), its weights in `dtype`.
+    causal attention inside compiled code on CPU), its weights in `dtype`. `revision`
+    pins a Hub id's commit (see _loadable).
 
     safetensors where the model has them; a model that only has pickled weights
     (pytorch_model.bin) is read with weights_only=True, which refuses code.
@@ -188,16 +189,36 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32):
 
     from condense import attention
 
-    loadable = _loadable(name)
+    loadable, revision = _loadable(name, revision)
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            loadable, dtype=dtype, attn_implementation=attention.NAME, weights_only=True
+        model = AutoModelForCausalLM.from_pretrained(
+            loadable,
+            revision=revision,
+            dtype=dtype,
+            attn_implementation=attention.NAME,
+            weights_only=True,
         )
     except SafetensorError as err:  # names neither the model nor the file
         raise ModelNotFoundError(
             f"model {loadable!r}: {_damaged_weights(loadable)} is damaged or incomplete"
             f" ({err}); copy or download it again"
         ) from None
+    model.hub_commit = hub_commit(loadable, revision)
+    return model
+
+
+def hub_commit(loadable: str, revision: str | None = None) -> str | None:
+    """The commit of the Hub id `loadable` (at `revision`, else its main) that the Hub
+    cache holds, as an artifact records its base models'; None for a folder. Read from
+    the cache's snapshot folder: transformers 5 configs no longer carry it."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if Path(loadable).exists():
+        return None
+    cached = try_to_load_from_cache(loadable, "config.json", revision=revision)
+    if not isinstance(cached, str) or Path(cached).parent.parent.name != "snapshots":
+        return None
+    return Path(cached).parent.name
 
 
 def _has_tokenizer_files(folder: Path) -> bool:
@@ -232,7 +253,11 @@ def max_positions(name: str) -> int | None:
     return getattr(model_config(name), "max_position_embeddings", None)
 
 
-def _loadable(name: str) -> str:
+def _loadable(name: str, revision: str | None = None) -> tuple[str, str | None]:
+    """What from_pretrained loads for `name`, and the revision to ask for: `revision`
+    (a commit, as an artifact records its base models') for a Hub id, None for a folder
+    or the embedded model, which have none. A ModelNotFoundError where neither a folder
+    nor the Hub cache holds it and the Hub cannot be asked."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     resolved = resolve_model(name)
@@ -240,31 +265,30 @@ def _loadable(name: str) -> str:
         # transformers would fail on the tokenizer with a paragraph that names neither.
         raise ModelNotFoundError(f"model {resolved!r}: a folder without a model (no config.json)")
     if Path(resolved).exists():
-        return resolved
+        return resolved, None
     try:
         validate_repo_id(resolved)
     except HFValidationError:
         raise ModelNotFoundError(
             f"model {resolved!r}: no such folder, and not a Hub id (OWNER/NAME)"
         ) from None
-    if _in_hub_cache(resolved):
-        return resolved
+    if _in_hub_cache(resolved, revision):
+        return resolved, revision
+    where = f"model {resolved!r}" + (f" at revision {revision}" if revision else "")
     if hub_offline():
         raise ModelNotFoundError(
-            f"model {resolved!r} is not a local folder and is not in the Hub cache"
-            " (HF_HUB_OFFLINE is set)"
+            f"{where} is not a local folder and is not in the Hub cache (HF_HUB_OFFLINE is set)"
         )
     # Without this probe, transformers retries an unreachable Hub for ~25 s, then fails
     # with a paragraph.
     if not hub_reachable():
         raise ModelNotFoundError(
-            f"model {resolved!r} is not a local folder, not in the Hub cache, and the Hub"
-            " does not answer"
+            f"{where} is not a local folder, not in the Hub cache, and the Hub does not answer"
         )
-    return resolved
+    return resolved, revision
 
 
-def _in_hub_cache(repo_id: str) -> bool:
+def _in_hub_cache(repo_id: str, revision: str | None = None) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
-    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    return isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str)

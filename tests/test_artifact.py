@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from condense.artifact import ARTIFACT_FILES, ArtifactError, import_original, re
 from condense.config import ModelConfig
 from condense.model import Condenser
 from condense.synthetic import synthetic_samples
-from condense.weights import load_causal_lm, load_tokenizer
+from condense.weights import ModelNotFoundError, load_causal_lm, load_tokenizer
 
 TEXTS = [s.context for s in synthetic_samples(2, seed=21)[::3]]
 
@@ -49,6 +50,55 @@ def test_export_then_load_gives_the_same_condensed_embeddings(tiny_pair, tmp_pat
     got = loaded.condense(TEXTS)
     assert got.shape == (2, 4, 48)
     assert (got - expected).abs().max().item() < 1e-6
+
+
+def _cache_as_hub_commit(cache: Path, repo_id: str, commit: str, model: Path) -> None:
+    """Put the model folder `model` in the Hub cache `cache` as `repo_id` at `commit`,
+    which becomes its main."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_an_artifact_loads_the_hub_commits_it_was_trained_on(tiny_pair, tmp_path, monkeypatch):
+    """A base model's newer commit on the Hub was loaded under the adapter and projection
+    trained for the old one: the artifact condensed otherwise, without a word."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    trained_on, newer = "a" * 40, "b" * 40
+    _cache_as_hub_commit(cache, "someone/encoder", trained_on, Path(tiny_pair[0]))
+    _cache_as_hub_commit(cache, "someone/decoder", trained_on, Path(tiny_pair[1]))
+    condenser = _trained_condenser(("someone/encoder", "someone/decoder"))
+    expected = _encode(condenser, load_tokenizer(tiny_pair[0]), TEXTS)
+    artifact = tmp_path / "artifact"
+    condenser.save_pretrained(str(artifact))
+    assert read_config(artifact)["encoder_revision"] == trained_on
+    # The encoder's repo moves on: weights of the same shapes, another commit its main.
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_pair[0], moved)
+    model = load_causal_lm(tiny_pair[0])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)
+    model.save_pretrained(moved)
+    _cache_as_hub_commit(cache, "someone/encoder", newer, moved)
+    got = Condenser.from_pretrained(str(artifact)).condense(TEXTS)
+    assert (got - expected).abs().max().item() < 1e-6
+    assert (
+        _encode(
+            _trained_condenser(("someone/encoder", "someone/decoder")),
+            load_tokenizer(tiny_pair[0]),
+            TEXTS,
+        )
+        - expected
+    ).abs().max().item() > 1e-3  # main is the newer
+    # Without the commit it was trained on: one line naming it, not the newest instead.
+    shutil.rmtree(cache / "models--someone--encoder" / "snapshots" / trained_on)
+    with pytest.raises(ModelNotFoundError, match=f"'someone/encoder' at revision {trained_on} "):
+        Condenser.from_pretrained(str(artifact))
 
 
 def test_condense_refuses_one_text_given_as_a_string(tiny_pair, tmp_path):
