@@ -116,12 +116,16 @@ class Condenser(nn.Module):
         return self
 
     def encode(self, context_ids: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
-        """Condensed embeddings (B, N, Hd) of right-padded contexts (B, L).
+        """Condensed embeddings (B, N, Hd) of contexts (B, L), padded on either side.
 
         The N condense embeddings go right after each context's last real token, so
         positions 0..len+N-1 are contiguous whatever the padding, and the causal mask
         keeps every real position from seeing the padding that follows it.
         """
+        if _unless_right_padded(context_mask) is not None:
+            # A left-padding tokenizer's batch: its rows' last tokens would be taken for
+            # slots, and their pads attended to. Each row's tokens move to its front.
+            context_ids, context_mask = _right_aligned(context_ids, context_mask)
         with self.autocast():
             return self._encode(context_ids, context_mask)
 
@@ -348,6 +352,12 @@ def _unless_right_padded(mask: torch.Tensor) -> torch.Tensor | None:
     already keeps real positions from the pads, and SDPA takes its faster causal kernel
     (3-7% of the bench job's CPU step). Other masks are passed on as they are."""
     return None if bool((mask[:, 1:] <= mask[:, :-1]).all()) else mask
+
+
+def _right_aligned(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`ids` and `mask` with each row's real tokens first, in their order, pads after."""
+    order = torch.sort(mask, dim=1, descending=True, stable=True).indices
+    return ids.gather(1, order), mask.gather(1, order)
 
 
 def _mask_and_positions(mask: torch.Tensor) -> dict[str, torch.Tensor | None]:

@@ -123,6 +123,25 @@ def _left_padded(rows: torch.Tensor, mask: torch.Tensor, value: int) -> torch.Te
     return out
 
 
+def test_a_left_padded_context_condenses_as_the_right_padded_one(tiny_pair):
+    """encode took every mask for right padding: behind left padding, a short row's last
+    tokens were taken for condense slots and its pads attended to (56% relative error
+    on the embedded model, found by review)."""
+    condenser, enc_tok, dec_tok = _build(tiny_pair)
+    condenser.eval()
+    samples = synthetic_samples(2, seed=10)
+    batch = _batch(enc_tok, dec_tok, [samples[5], samples[0]])  # a prefix, a passage
+    ids, mask = batch["context_ids"], batch["context_mask"]
+    assert mask[0].sum() < mask.shape[1]  # the first row is padded
+    with torch.no_grad():
+        right = condenser.encode(ids, mask)
+        left = condenser.encode(
+            _left_padded(ids, mask, enc_tok.pad_token_id), _left_padded(mask, mask, 0)
+        )
+    scale = right.std()
+    torch.testing.assert_close(left / scale, right / scale, rtol=0, atol=1e-4)
+
+
 def test_a_left_padded_text_scores_as_the_right_padded_one(tiny_pair):
     """decoder_logits takes any padding: a row behind left padding must be read at the
     positions it has alone (the tiny decoder is a GPT-2: absolute positions)."""
