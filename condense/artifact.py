@@ -156,9 +156,8 @@ def artifact_config(condenser: Condenser, extra: dict[str, Any]) -> dict[str, An
         "format_version": FORMAT_VERSION,
         "encoder": cfg.encoder,
         "decoder": cfg.decoder,
-        # Set by weights.load_causal_lm; a model built another way has none to say.
-        "encoder_revision": getattr(condenser.encoder.get_base_model(), "hub_commit", None),
-        "decoder_revision": getattr(condenser.decoder, "hub_commit", None),
+        "encoder_revision": condenser.base_models()["encoder"]["commit"],
+        "decoder_revision": condenser.base_models()["decoder"]["commit"],
         "num_condense_tokens": cfg.num_condense_tokens,
         "n_last_hidden_states": cfg.n_last_hidden_states,
         "encoder_hidden_size": encoder_config.hidden_size,

@@ -311,6 +311,16 @@ class Condenser(nn.Module):
             for block in blocks(model):
                 block.compile(dynamic=True)
 
+    def base_models(self) -> dict[str, dict[str, str | None]]:
+        """Each base model's name as configured and the Hub commit it was loaded at
+        (weights.load_causal_lm notes it; None for a folder, or a model built otherwise):
+        what an artifact or a checkpoint records, so that its reader loads the same."""
+        models = {"encoder": self.encoder.get_base_model(), "decoder": self.decoder}
+        return {
+            role: {"name": getattr(self.cfg, role), "commit": getattr(model, "hub_commit", None)}
+            for role, model in models.items()
+        }
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what training changes: condense embeddings, norm, projection, LoRA."""
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}

@@ -61,7 +61,7 @@ from condense.run_dir import (
     set_aside_earlier_run,
     step_of,
 )
-from condense.weights import load_causal_lm, load_tokenizer, max_positions
+from condense.weights import hub_commit, load_causal_lm, load_tokenizer, max_positions
 
 # The frozen decoder is in eval mode on purpose (no dropout); Lightning warns about it.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
@@ -146,7 +146,9 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     finished = _finished_summary(run_dir, resume_from, cfg.max_steps) if continues else None
     if resume_from is not None and check_finished and finished is None:
         check_something_to_train(resume_from, cfg.max_steps, own=continues)
-    module, datamodule = build(cfg, precision)
+    commits = trained_commits(resume_from, cfg)
+    module, datamodule = build(cfg, precision, commits)
+    say_pinned(commits, cfg)
     resumed_step = module.check_checkpoint(resume_from) if resume_from is not None else 0
     if continues:  # another run's checkpoint may start this one on other data
         saved = read_checkpoint(resume_from) or {}  # check_checkpoint has read it whole
@@ -401,11 +403,41 @@ def _as_recorded(data: str) -> str:
     return str(Path(data).resolve()) if local else data
 
 
-def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDataModule]:
+def trained_commits(resume_from: str | None, cfg: TrainConfig) -> dict[str, str | None]:
+    """The Hub commits the checkpoint to resume from was trained on, for each base model
+    `cfg` names as it did: a preempted run that restarts after the model's repo moved on
+    would otherwise train its adapter on other weights (or tokens) from there."""
+    saved = read_checkpoint(resume_from) if resume_from is not None else None
+    recorded = saved.get("base_models") if isinstance(saved, dict) else None
+    commits: dict[str, str | None] = {"encoder": None, "decoder": None}
+    for role in commits:
+        model = (recorded or {}).get(role) or {}
+        if model.get("name") == getattr(cfg.model, role):
+            commits[role] = model.get("commit")
+    return commits
+
+
+def say_pinned(commits: dict[str, str | None], cfg: TrainConfig) -> None:
+    """Say which base model a resume loads at an older commit than the Hub cache's main."""
+    for role, commit in commits.items():
+        name = getattr(cfg.model, role)
+        newest = hub_commit(name) if commit else None
+        if newest and newest != commit:
+            rank_zero_info(
+                f"condense: {role} {name} at commit {commit}, the checkpoint's (its main is"
+                f" now {newest}); start a new run to train on that"
+            )
+
+
+def build(
+    cfg: TrainConfig, precision: str, commits: dict[str, str | None] | None = None
+) -> tuple[CondenseModule, CondenseDataModule]:
     """The LightningModule and a set-up DataModule for a config: tokenizers, then the data
-    (cheap, and the likelier to be wrong), then the weights."""
-    encoder_tok = load_tokenizer(cfg.model.encoder)
-    decoder_tok = load_tokenizer(cfg.model.decoder)
+    (cheap, and the likelier to be wrong), then the weights; of the base models' Hub
+    `commits` where given (trained_commits), else of their newest."""
+    commits = commits or {}
+    encoder_tok = load_tokenizer(cfg.model.encoder, commits.get("encoder"))
+    decoder_tok = load_tokenizer(cfg.model.decoder, commits.get("decoder"))
     check_positions(cfg)
     datamodule = CondenseDataModule(
         cfg.data, cfg.dataset, encoder_tok, decoder_tok, cfg.seed, cfg.val_batches
@@ -413,8 +445,8 @@ def build(cfg: TrainConfig, precision: str) -> tuple[CondenseModule, CondenseDat
     datamodule.setup()
     # Frozen weights are stored in the compute dtype; only trainable ones stay fp32.
     dtype = precision_dtype(precision)
-    encoder = load_causal_lm(cfg.model.encoder, dtype)
-    decoder = load_causal_lm(cfg.model.decoder, dtype)
+    encoder = load_causal_lm(cfg.model.encoder, dtype, commits.get("encoder"))
+    decoder = load_causal_lm(cfg.model.decoder, dtype, commits.get("decoder"))
     module = condense_module(cfg, encoder, decoder, precision)
     condenser = module.condenser
     # As Condenser.from_pretrained attaches them: condense(texts) and generate() need them.

@@ -4,6 +4,7 @@ so tests need no download and run in seconds on a CPU."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +167,26 @@ def tiny_job(encoder: str, decoder: str, path: Path, **overrides) -> Path:
     cfg.pop("run_dir")
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def cache_as_hub_commit(cache: Path, repo_id: str, commit: str, model: str | Path) -> None:
+    """Put the model folder `model` in the Hub cache `cache` as `repo_id` at `commit`,
+    which becomes its main."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hub cache that huggingface_hub and transformers read and write instead of
+    the user's (HF_HUB_OFFLINE is set: nothing is downloaded into it)."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
 
 
 def job_under_test(kind: str, tiny_pair, folder: Path, max_steps: int, val_every: int, **extra):

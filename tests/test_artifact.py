@@ -18,6 +18,7 @@ from condense.config import ModelConfig
 from condense.model import Condenser
 from condense.synthetic import synthetic_samples
 from condense.weights import ModelNotFoundError, load_causal_lm, load_tokenizer
+from tests.conftest import cache_as_hub_commit
 
 TEXTS = [s.context for s in synthetic_samples(2, seed=21)[::3]]
 
@@ -52,25 +53,13 @@ def test_export_then_load_gives_the_same_condensed_embeddings(tiny_pair, tmp_pat
     assert (got - expected).abs().max().item() < 1e-6
 
 
-def _cache_as_hub_commit(cache: Path, repo_id: str, commit: str, model: Path) -> None:
-    """Put the model folder `model` in the Hub cache `cache` as `repo_id` at `commit`,
-    which becomes its main."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    shutil.copytree(model, repo / "snapshots" / commit)
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
-
-
-def test_an_artifact_loads_the_hub_commits_it_was_trained_on(tiny_pair, tmp_path, monkeypatch):
+def test_an_artifact_loads_the_hub_commits_it_was_trained_on(tiny_pair, tmp_path, hub_cache):
     """A base model's newer commit on the Hub was loaded under the adapter and projection
     trained for the old one: the artifact condensed otherwise, without a word."""
-    import huggingface_hub.constants
-
-    cache = tmp_path / "hub"
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    cache = hub_cache
     trained_on, newer = "a" * 40, "b" * 40
-    _cache_as_hub_commit(cache, "someone/encoder", trained_on, Path(tiny_pair[0]))
-    _cache_as_hub_commit(cache, "someone/decoder", trained_on, Path(tiny_pair[1]))
+    cache_as_hub_commit(cache, "someone/encoder", trained_on, Path(tiny_pair[0]))
+    cache_as_hub_commit(cache, "someone/decoder", trained_on, Path(tiny_pair[1]))
     condenser = _trained_condenser(("someone/encoder", "someone/decoder"))
     expected = _encode(condenser, load_tokenizer(tiny_pair[0]), TEXTS)
     artifact = tmp_path / "artifact"
@@ -84,7 +73,7 @@ def test_an_artifact_loads_the_hub_commits_it_was_trained_on(tiny_pair, tmp_path
         for p in model.parameters():
             p.add_(0.1)
     model.save_pretrained(moved)
-    _cache_as_hub_commit(cache, "someone/encoder", newer, moved)
+    cache_as_hub_commit(cache, "someone/encoder", newer, moved)
     got = Condenser.from_pretrained(str(artifact)).condense(TEXTS)
     assert (got - expected).abs().max().item() < 1e-6
     assert (

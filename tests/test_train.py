@@ -14,8 +14,9 @@ import torch
 from condense.config import ConfigError
 from condense.model import Condenser
 from condense.module import CheckpointMismatchError, CondenseModule
+from condense.run_dir import read_checkpoint
 from condense.train import ExportBest, build, describe, train
-from tests.conftest import tiny_config
+from tests.conftest import cache_as_hub_commit, tiny_config
 
 SUMMARY_KEYS = {
     "steps",
@@ -577,3 +578,30 @@ def test_an_empty_data_is_not_taken_for_the_working_folder(tiny_pair, tmp_path, 
     cfg.run_dir = None
     with pytest.raises(DataError, match="no data source"):
         train(cfg)
+
+
+def test_a_resume_loads_the_hub_commits_its_checkpoint_was_trained_on(
+    tiny_pair, tmp_path, hub_cache, caplog
+):
+    """A preempted run restarted after a base model's repo moved on trained its adapter
+    on the newer weights from there, without a word."""
+    trained_on, newer = "a" * 40, "b" * 40
+    for role, folder in zip(("encoder", "decoder"), tiny_pair):
+        cache_as_hub_commit(hub_cache, f"someone/{role}", trained_on, folder)
+    cfg = tiny_config("someone/encoder", "someone/decoder", tmp_path / "run", max_steps=2)
+    train(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(last)["base_models"]["encoder"] == {
+        "name": "someone/encoder",
+        "commit": trained_on,
+    }
+    cache_as_hub_commit(hub_cache, "someone/encoder", newer, tiny_pair[0])  # main moves
+    cfg.max_steps = 4
+    train(cfg)
+    assert read_checkpoint(last)["global_step"] == 4
+    assert read_checkpoint(last)["base_models"]["encoder"]["commit"] == trained_on
+    assert f"encoder someone/encoder at commit {trained_on}, the checkpoint's" in caplog.text
+    fresh = tiny_config("someone/encoder", "someone/decoder", tmp_path / "fresh", max_steps=2)
+    train(fresh)  # a new run takes the newest
+    fresh_last = tmp_path / "fresh" / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(fresh_last)["base_models"]["encoder"]["commit"] == newer
