@@ -149,3 +149,43 @@ def _greedy(condenser: Condenser, rows: list[torch.Tensor], budgets: list[int]) 
         [ids[:budget] for ids, budget in zip(out, budgets)], skip_special_tokens=True
     )
     return [text.strip() for text in texts]
+
+
+def context_notes(condenser: Condenser, context: str) -> list[str]:
+    """What the condenser will not read of `context`, as training would not have."""
+    if not context.strip():
+        return [
+            "the context file is empty: the decoder answers from the condensed vectors of an empty text"
+        ]
+    chars, tokens = condenser.max_context_characters, condenser.max_context_tokens
+    if chars is not None and len(context) > chars:
+        context = context[:chars]
+        cut = f"cut to its first {chars} characters (dataset.max_characters)"
+    else:
+        cut = None
+    length = len(condenser.encoder_tokenizer(context)["input_ids"])
+    if tokens is not None and length > tokens:
+        cut = f"{cut + ', then' if cut else 'cut'} to {tokens} of its {length} tokens (dataset.max_tokens)"
+    return [f"the context is {cut}, as in training"] if cut else []
+
+
+def prompt_notes(condenser: Condenser, prompt: str, max_new_tokens: int) -> list[str]:
+    """What the decoder will not read of `prompt`, as training would not have."""
+    kept = len(prompt_tokens(condenser, prompt, max_new_tokens))
+    length = len(prompt_ids(condenser.decoder_tokenizer, [prompt])[0])
+    notes = []
+    if kept < length:
+        room = "dataset.max_tokens, with room for --max-new-tokens"
+        notes.append(
+            f"the prompt is cut to {kept} of its {length} tokens, its end kept ({room}),"
+            " as in training"
+        )
+    # generate() stops every row at the decoder's last position, which said nothing.
+    limit = condenser.decoder_positions
+    left = limit - condenser.num_condense_tokens - kept if limit else max_new_tokens
+    if 0 < left < max_new_tokens:
+        notes.append(
+            f"at most {left} new tokens, not --max-new-tokens {max_new_tokens}: the decoder"
+            f" reads {limit} positions, and the condensed context and prompt fill the rest"
+        )
+    return notes
