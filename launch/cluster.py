@@ -11,6 +11,7 @@ Lightning then starts one process per GPU on each node.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -67,6 +68,12 @@ def from_skypilot(environ: Mapping[str, str]) -> Cluster | None:
         return None
     ips = tuple(line.strip() for line in environ.get("SKYPILOT_NODE_IPS", "").splitlines())
     ips = tuple(ip for ip in ips if ip) or ("127.0.0.1",)
+    if environ.get("SKYPILOT_NUM_NODES") and count(environ, "SKYPILOT_NUM_NODES") != len(ips):
+        # One line per address: "a,b" is one address, and the job would run as one node.
+        raise ValueError(
+            f"SKYPILOT_NUM_NODES={environ['SKYPILOT_NUM_NODES']} but SKYPILOT_NODE_IPS lists"
+            f" {len(ips)} address(es), one per line"
+        )
     return Cluster(
         node_ips=ips,
         node_rank=count(environ, "SKYPILOT_NODE_RANK"),
@@ -102,9 +109,32 @@ def count(environ: Mapping[str, str], name: str, default: int = 0) -> int:
     """The whole number 0 or more in the variable `name` (`default` where unset or empty);
     a ValueError naming the variable otherwise (int()'s names only the text)."""
     text = environ.get(name) or str(default)
-    if not text.strip().isdigit():
+    # ASCII digits only: "²" is a digit to str.isdigit(), and not a number to int().
+    if not re.fullmatch(r"[0-9]+", text.strip()):
         raise ValueError(f"{name}={text!r}: expected a whole number 0 or more")
     return int(text)
+
+
+def port(environ: Mapping[str, str], name: str, default: int) -> int:
+    """The TCP port in the variable `name`, with the next one free for the nodes' checkpoint
+    choice (launch/run.py); a ValueError naming the variable otherwise (torch's own error
+    is a traceback about constructor arguments)."""
+    value = count(environ, name, default)
+    if not 1 <= value <= 65534:
+        raise ValueError(f"{name}={value}: expected a port from 1 to 65534 (it and the next)")
+    return value
+
+
+# What Lightning and torch read of a process's place in a job, set by torchrun or by hand.
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+
+
+def check_torchrun_variables(environ: Mapping[str, str]) -> None:
+    """A ValueError naming the first of TORCHRUN_VARIABLES set to anything but a whole
+    number: read deep inside torch or Lightning, it was a traceback naming neither."""
+    for name in TORCHRUN_VARIABLES:
+        if environ.get(name):
+            count(environ, name)
 
 
 def detect(environ: Mapping[str, str]) -> Cluster | None:

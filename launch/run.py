@@ -52,18 +52,30 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_known_args(argv)
 
 
-def check_own_settings(cfg, checkpoint_dir: Path, resume: str) -> None:
-    """Refuse overrides that moved the run dir or the checkpoint to resume from, however
-    they were spelt (--run-di, a --config file): training would write or resume elsewhere
-    than the folder a restarted job looks in, and its checkpoints would be lost to it."""
+def check_own_settings(
+    cfg, checkpoint_dir: Path, resume: str, cluster: clusters.Cluster | None = None
+) -> None:
+    """Refuse overrides that moved the run dir or the checkpoint to resume from, or that
+    reshaped the cluster's processes, however they were spelt (--run-di, a --config file):
+    training would write or resume elsewhere than the folder a restarted job looks in, or
+    wait for nodes that do not exist (`--num-nodes 2` on one machine hung at "MEMBER: 1/2")."""
     if cfg.run_dir != str(checkpoint_dir) or cfg.resume != resume:
-        print(
-            "launch: error: the overrides set run_dir or resume, which are this entry's:"
-            " the run dir is --checkpoint-dir, and a restart resumes from the newest"
-            " checkpoint there",
-            file=sys.stderr,
+        _refuse(
+            "the overrides set run_dir or resume, which are this entry's: the run dir is"
+            " --checkpoint-dir, and a restart resumes from the newest checkpoint there"
         )
-        raise SystemExit(2)
+    shape = (str(cfg.num_nodes), str(cfg.devices))
+    if cluster is not None and shape != (str(cluster.num_nodes), str(cluster.processes_per_node)):
+        _refuse(
+            f"the overrides set num_nodes or devices, which the cluster sets ({cluster.num_nodes}"
+            f" node(s) of {cluster.processes_per_node} process(es)): ask the launcher for"
+            " them (`sky launch --num-nodes N`, accelerators H100:N; on Modal, launch/spec.py)"
+        )
+
+
+def _refuse(problem: str) -> None:
+    print(f"launch: error: {problem}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def node_environment(environ: dict[str, str], spec: LaunchSpec) -> dict[str, str]:
@@ -109,7 +121,8 @@ def main(argv: list[str]) -> None:
         cluster = clusters.detect(os.environ)
         # A MASTER_PORT of the user's own wins (another job on the same nodes holds the
         # default).
-        master_port = clusters.count(os.environ, "MASTER_PORT", SPEC.master_port)
+        master_port = clusters.port(os.environ, "MASTER_PORT", SPEC.master_port)
+        clusters.check_torchrun_variables(os.environ)
     except ValueError as err:
         raise SystemExit(f"launch: error: {err}") from None
     if cluster is not None:
@@ -130,7 +143,7 @@ def main(argv: list[str]) -> None:
     cfg = parse_train(
         train_argv(job_path(args.job), checkpoint_dir, resume, cluster, overrides, args.hub_repo)
     )
-    check_own_settings(cfg, checkpoint_dir, resume)
+    check_own_settings(cfg, checkpoint_dir, resume, cluster)
     finished = state.finished(cfg.max_steps)
     if finished and not _first_process():
         # The first process re-reads the summary and says so (and retries a failed push).

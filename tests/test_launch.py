@@ -158,6 +158,25 @@ def test_the_run_dir_and_resume_are_the_entrys_own(override, tmp_path, capsys):
     check_own_settings(kept, Path("/ck"), "never")  # other overrides pass
 
 
+@pytest.mark.parametrize("override", [["--num-nodes", "2"], ["--devices=4"], ["--num_nod", "2"]])
+def test_the_clusters_shape_is_not_overridden(override, capsys):
+    """`--num-nodes 2` on a one-node cluster came after the cluster's own flags and won:
+    Lightning waited for a second node that never came ("MEMBER: 1/2"), for ever."""
+    from condense.__main__ import job_path, parse_train
+    from launch.run import check_own_settings, train_argv
+
+    cluster = Cluster(node_ips=("10.0.0.5",), node_rank=0, gpus_per_node=1)
+    argv = train_argv(job_path("test"), Path("/ck"), "never", cluster, override)
+    with pytest.raises(SystemExit) as stop:
+        check_own_settings(parse_train(argv), Path("/ck"), "never", cluster)
+    assert stop.value.code == 2
+    assert "the overrides set num_nodes or devices, which the cluster sets (1 node(s) of 1" in (
+        capsys.readouterr().err
+    )
+    own = parse_train(train_argv(job_path("test"), Path("/ck"), "never", cluster, []))
+    check_own_settings(own, Path("/ck"), "never", cluster)  # the cluster's own pass
+
+
 def test_an_unknown_command_is_a_usage_error(capsys):
     from launch.__main__ import main
 
@@ -168,20 +187,32 @@ def test_an_unknown_command_is_a_usage_error(capsys):
 
 
 @pytest.mark.parametrize(
-    "variable, value, message",
+    "variables, message",
     [
-        ("MASTER_PORT", "x", "MASTER_PORT='x': expected a whole number 0 or more"),
+        ({"MASTER_PORT": "x"}, "MASTER_PORT='x': expected a whole number 0 or more"),
         (
-            "SKYPILOT_NODE_RANK",
-            "abc",
+            {"SKYPILOT_NODE_RANK": "abc"},
             "SKYPILOT_NODE_RANK='abc': expected a whole number 0 or more",
         ),
-        ("SKYPILOT_NODE_RANK", "3", "node rank 3 outside the 1 nodes listed"),
+        ({"SKYPILOT_NODE_RANK": "3"}, "node rank 3 outside the 1 nodes listed"),
+        # Found by a CLI test: tracebacks from torch, Lightning or int() before.
+        (
+            {"MASTER_PORT": "65535"},
+            "MASTER_PORT=65535: expected a port from 1 to 65534 (it and the next)",
+        ),
+        ({"LOCAL_RANK": "abc"}, "LOCAL_RANK='abc': expected a whole number 0 or more"),
+        ({"RANK": "x"}, "RANK='x': expected a whole number 0 or more"),
+        ({"SKYPILOT_NODE_RANK": "²"}, "SKYPILOT_NODE_RANK='²': expected a whole number 0 or more"),
+        (
+            {"SKYPILOT_NODE_RANK": "0", "SKYPILOT_NODE_IPS": "10.0.0.1,10.0.0.2",
+             "SKYPILOT_NUM_NODES": "2"},
+            "SKYPILOT_NUM_NODES=2 but SKYPILOT_NODE_IPS lists 1 address(es), one per line",
+        ),
     ],
-)
-def test_a_bad_cluster_variable_is_one_line(variable, value, message, tmp_path):
+)  # fmt: skip
+def test_a_bad_cluster_variable_is_one_line(variables, message, tmp_path):
     # ValueError tracebacks before, int()'s naming only the text.
-    env = dict(os.environ, **{variable: value})
+    env = dict(os.environ, **variables)
     out = subprocess.run(
         [sys.executable, "-m", "launch", "run", "test", "--checkpoint-dir", str(tmp_path)],
         check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
