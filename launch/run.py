@@ -129,7 +129,7 @@ def main(argv: list[str]) -> None:
         os.environ.update(cluster.lightning_env(master_port))
     # A preemption notice may come as SIGINT (Modal) or SIGTERM (clouds, SkyPilot): both
     # take Lightning's SIGTERM path, which stops between steps and saves a checkpoint.
-    signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    signal.signal(signal.SIGINT, _as_sigterm)
 
     from condense.__main__ import job_path, parse_train
     from launch.checkpoints import read_run_state
@@ -158,6 +158,15 @@ def main(argv: list[str]) -> None:
         # One `launch run` per other node reads the choice (Lightning starts no others).
         if not wait_until_seen(cluster.num_nodes - 1):
             _say("launch: not every node read the first node's choice within 10 minutes")
+
+
+def _as_sigterm(signum: int, frame) -> None:
+    """SIGINT as SIGTERM once Lightning handles SIGTERM; before that (models loading),
+    a KeyboardInterrupt, which ends in one line with status 130 as in `condense train`:
+    SIGTERM's default action ended the process without a word, with 143."""
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        raise KeyboardInterrupt
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _agree_across_nodes(state, cluster: clusters.Cluster, master_port: int):

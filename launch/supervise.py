@@ -41,10 +41,11 @@ def supervise(
     poll_s: float = 10.0,
     grace_s: float = 60.0,
 ) -> int:
-    """Run `command` to its end and return its exit status; SIGTERM and SIGINT are passed
-    on to it as SIGTERM, and `on_checkpoint` runs after each change of a checkpoint file
-    and once at the end. When an exception interrupts the wait, the child is stopped
-    (SIGTERM, SIGKILL after `grace_s`) before it propagates."""
+    """Run `command` to its end and return its exit status, as a shell gives it (128 + N
+    for a child a signal N ended); SIGTERM and SIGINT are passed on to it as SIGTERM, and
+    `on_checkpoint` runs after each change of a checkpoint file and once at the end. When
+    an exception interrupts the wait, the child is stopped (SIGTERM, SIGKILL after
+    `grace_s`) before it propagates."""
     child = subprocess.Popen(command, env={**os.environ, **(env or {})})
     forward = _forward_to(child)
     done = threading.Event()
@@ -65,7 +66,9 @@ def supervise(
         watcher.join()
         forward()
         on_checkpoint()
-    return status
+    # Popen's -15 for a trainer a SIGTERM ended before its handler was set (while models
+    # load) read "exited with status -15", where every other stop by SIGTERM is 143.
+    return 128 - status if status < 0 else status
 
 
 def _stop(child: subprocess.Popen, grace_s: float) -> None:

@@ -321,9 +321,28 @@ def test_supervisor_commits_on_each_checkpoint_and_passes_a_preemption_on(tmp_pa
         on_checkpoint=lambda: commits.append(time.monotonic()),
         poll_s=0.2,
     )
-    assert status == -signal.SIGTERM and time.monotonic() - started < 30
+    # As a shell says it: Popen's -15 read "training exited with status -15" on Modal.
+    assert status == 128 + signal.SIGTERM and time.monotonic() - started < 30
     assert len(commits) == 2  # once when last.ckpt appeared, once at the end
     assert signal.getsignal(signal.SIGINT) is before  # restored
+
+
+def test_a_ctrl_c_on_a_node_before_training_is_an_interrupt():
+    """SIGINT became SIGTERM at once: while the models loaded, before Lightning's handler,
+    SIGTERM's default action ended the node silently with 143."""
+    from launch.run import _as_sigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with pytest.raises(KeyboardInterrupt):  # `launch: interrupted`, status 130
+            _as_sigterm(signal.SIGINT, None)
+        received = []
+        signal.signal(signal.SIGTERM, lambda *args: received.append(args[0]))  # Lightning's
+        _as_sigterm(signal.SIGINT, None)
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_a_failed_commit_does_not_stop_the_later_ones(tmp_path, capfd):
