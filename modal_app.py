@@ -77,7 +77,9 @@ def train(
     from launch.supervise import launch_command, supervise
 
     folder = Path(checkpoint_dir or Path(SPEC.checkpoint_root) / (run_name or Path(job).stem))
-    command = launch_command(job, folder, shlex.split(overrides), hub_repo)
+    # The spec's W&B project, as sky.yaml passes it; the user's overrides come after.
+    flags = ["--wandb_project", SPEC.wandb_project, *shlex.split(overrides)]
+    command = launch_command(job, folder, flags, hub_repo)
     env, rank = node_env(SPEC.nodes)
     status = supervise(command, folder, on_checkpoint=_commit(checkpoints), env=env)
     if rank == 0:  # every node downloaded the same weights; one commit keeps them
@@ -112,7 +114,8 @@ def evaluate(run_name: str = SPEC.job, options: str = "", checkpoint_dir: str = 
     from launch.supervise import TRAIN_PYTHON_ENV
 
     extra = shlex.split(options)
-    taken = [flag for flag in extra if flag.split("=")[0] in ("--artifact", "--out")]
+    # Abbreviated too, as condense eval takes them: `--ou x.json` wrote outside the volume.
+    taken = [flag for flag in extra if _names_one_of(flag, ("--artifact", "--out"))]
     if taken:  # the results are read back from eval.json beside the run's artifact
         raise ValueError(f"options may not set {', '.join(taken)}: the run's folder decides it")
     folder = Path(checkpoint_dir or Path(SPEC.checkpoint_root) / run_name)
@@ -127,6 +130,13 @@ def evaluate(run_name: str = SPEC.job, options: str = "", checkpoint_dir: str = 
         raise RuntimeError(f"condense eval exited with status {status}")
     _commit(checkpoints)()
     return json.loads(out.read_text())
+
+
+def _names_one_of(flag: str, options: tuple[str, ...]) -> bool:
+    """Whether `flag` (`--name` or `--name=value`) is one of `options` or an abbreviation
+    of one, as argparse reads it."""
+    name = flag.split("=")[0]
+    return len(name) > 2 and name.startswith("--") and any(o.startswith(name) for o in options)
 
 
 def node_env(nodes: int) -> tuple[dict[str, str], int]:

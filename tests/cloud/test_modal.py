@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -119,7 +120,9 @@ def tiny_job(folder: Path) -> str:
 
 
 @needs_torch
-def test_the_function_body_trains_the_tiny_job_on_cpu(tmp_path, modal_app):
+def test_the_function_body_trains_the_tiny_job_on_cpu(tmp_path, modal_app, monkeypatch):
+    # The spec's W&B project reached training from sky.yaml only.
+    monkeypatch.setattr(modal_app, "SPEC", replace(SPEC, wandb_project="spec-project"))
     job = tiny_job(tmp_path)
     folder = tmp_path / "run"
     out = modal_app.train.local(
@@ -129,6 +132,7 @@ def test_the_function_body_trains_the_tiny_job_on_cpu(tmp_path, modal_app):
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["world_size"] == 1
     assert (folder / "artifact").is_dir()
+    assert "wandb_project: spec-project" in (folder / "config.yaml").read_text()
 
 
 @needs_torch
@@ -162,3 +166,8 @@ def test_the_evaluation_body_scores_a_trained_run_beside_it(tmp_path, modal_app)
         modal_app.evaluate.local(options="--limit x", checkpoint_dir=str(folder))
     with pytest.raises(ValueError, match="may not set --out=x.json"):
         modal_app.evaluate.local(options="--out=x.json", checkpoint_dir=str(folder))
+    # An abbreviation wrote the results outside the volume, then failed to read them back.
+    with pytest.raises(ValueError, match="may not set --ou"):
+        modal_app.evaluate.local(options="--limit 2 --ou x.json", checkpoint_dir=str(folder))
+    with pytest.raises(ValueError, match="may not set --arti"):
+        modal_app.evaluate.local(options="--arti elsewhere", checkpoint_dir=str(folder))
