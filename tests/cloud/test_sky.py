@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,20 @@ def test_a_run_is_named_after_its_job_however_the_job_is_given(task, tmp_path, j
     assert argv[-4:] == ["--max-steps", "5", "--seed", "1"]
     argv = _run_command(task, tmp_path, JOB=job, RUN_NAME="again")
     assert argv[argv.index("--checkpoint-dir") + 1] == f"{SPEC.checkpoint_root}/again"
+
+
+def test_the_setup_installs_the_versions_modal_pins(task):
+    """sky.yaml installed the newest versions pyproject.toml allows, Modal's image the
+    pinned ones: the same job trained on other libraries on each cloud."""
+    assert "uv pip install --system -q -e . $(python -m launch.spec)" in task.setup
+    assert '--no-deps "$(python -m launch.spec --embedded)"' in task.setup
+    root = SKY_YAML.parent
+    printed = subprocess.run(
+        [sys.executable, "-m", "launch.spec"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert printed == list(SPEC.image_packages)
+    embedded = subprocess.run(
+        [sys.executable, "-m", "launch.spec", "--embedded"],
+        cwd=root, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert embedded == SPEC.embedded_model_package
