@@ -10,7 +10,7 @@ import sys
 USAGE = """usage: python -m launch run JOB [--checkpoint-dir DIR] [--hub-repo OWNER/NAME] [overrides...]
 
   JOB        a job in jobs/ (test, default) or a job YAML path
-  overrides  `condense train` flags, e.g. --max-steps 500 (python -m launch run --help)
+  overrides  `condense train` flags, e.g. --max-steps 500 (condense train --help lists them)
 """
 
 

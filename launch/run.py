@@ -148,7 +148,8 @@ def main(argv: list[str]) -> None:
     if finished and not _first_process():
         # The first process re-reads the summary and says so (and retries a failed push).
         return _say(f"launch: job {cfg.name} has already trained {newest.global_step} steps")
-    _say(describe_start(cfg, checkpoint_dir, newest, cluster))
+    if not finished:  # a finished run's first process says so, in training's own words
+        _say(describe_start(cfg, checkpoint_dir, newest, cluster))
     # On several nodes the first node's view decides for all: training must not look again
     # at this node's own view of summary.json.
     _train(cfg, check_finished=finished)

@@ -495,6 +495,8 @@ def test_two_nodes_resume_from_the_checkpoint_the_first_node_sees(tiny_pair, tmp
         said = [log.read_text() for log in logs]
         assert ("has already trained 8 of max_steps 8" in said[0]) == (first_sees == "finished")
         assert ("job tiny has already trained 8 steps" in said[1]) == (first_sees == "finished")
+        # A finished run said "resuming from ..." first, then "nothing to train".
+        assert ("resuming from" in said[0]) == (first_sees == "unfinished")
 
 
 def test_a_node_waits_for_the_first_nodes_checkpoint_then_gives_up_in_one_line(tmp_path):
