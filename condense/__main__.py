@@ -648,22 +648,11 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 
 def _train(cfg: TrainConfig) -> None:
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from condense import preemption
+    from condense.preemption import stop_statuses
     from condense.train import train
 
-    preemption.interrupted = False
-    try:
+    with stop_statuses():
         train(cfg)
-    except SIGTERMException:
-        # last.ckpt is saved and said so; "terminated", not "finished", to whoever waits.
-        raise SystemExit(preemption.stop_exit_code) from None
-    except SystemExit:
-        # Lightning's exit on a Ctrl-C it caught is status 1, as for an error.
-        if preemption.interrupted:
-            raise SystemExit(128 + signal.SIGINT) from None
-        raise
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +42,27 @@ SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 # a Ctrl-C has asked for the stop.
 stop_exit_code = SIGTERM_EXIT_CODE
 # Set when a Ctrl-C stopped a fit or validation at once: Lightning ends that with exit
-# status 1, which __main__ makes Ctrl-C's.
+# status 1, which stop_statuses makes Ctrl-C's.
 interrupted = False
+
+
+@contextmanager
+def stop_statuses() -> Iterator[None]:
+    """Around a training run from the command line (`condense train`, a launcher's node):
+    a stop ends the process with the status of what stopped it, SIGTERM's 143 or Ctrl-C's
+    130, where Lightning raises SIGTERMException after the checkpoint is saved or exits 1
+    after a Ctrl-C it caught (which a launcher would retry as a crash)."""
+    global interrupted
+    interrupted = False
+    try:
+        yield
+    except SIGTERMException:
+        # last.ckpt is saved and said so; "terminated", not "finished", to whoever waits.
+        raise SystemExit(stop_exit_code) from None
+    except SystemExit:
+        if interrupted:
+            raise SystemExit(128 + signal.SIGINT) from None
+        raise
 
 
 class SaveOnSigterm(Callback):

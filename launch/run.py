@@ -208,16 +208,13 @@ def describe_start(cfg, checkpoint_dir: Path, newest, cluster: clusters.Cluster 
 
 
 def _train(cfg, check_finished: bool) -> dict:
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from condense import preemption
+    from condense.preemption import stop_statuses
     from condense.push import PushError
     from condense.train import train
 
     try:
-        return train(cfg, check_finished=check_finished)
-    except SIGTERMException:
-        raise SystemExit(preemption.stop_exit_code) from None
+        with stop_statuses():
+            return train(cfg, check_finished=check_finished)
     except PushError as err:  # trained and saved; only the upload failed
         raise SystemExit(f"launch: error: {err}") from None
 

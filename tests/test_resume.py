@@ -360,6 +360,7 @@ def test_a_ctrl_c_that_stops_at_once_exits_as_ctrl_c(tiny_pair, tmp_path, monkey
     as for an error, and no word of condense's."""
     from condense.__main__ import main
     from condense.module import CondenseModule
+    from launch.run import main as launch_run
 
     step = CondenseModule.training_step
 
@@ -370,14 +371,22 @@ def test_a_ctrl_c_that_stops_at_once_exits_as_ctrl_c(tiny_pair, tmp_path, monkey
 
     monkeypatch.setattr(CondenseModule, "training_step", interrupted)
     job = tiny_job(*tiny_pair, tmp_path / "job.yaml", max_steps=10, val_every_n_steps=10)
-    before = signal.getsignal(signal.SIGINT)
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            main(["train", "--config", str(job), "--run-dir", str(tmp_path / "run")])
-    finally:
-        signal.signal(signal.SIGINT, before)  # Lightning ignores Ctrl-C after its own
-    assert exit_.value.code == 128 + signal.SIGINT
-    assert "condense: Ctrl-C: stopped at once, without saving this step" in caplog.text
+    # `condense train`, and a launcher's node, where status 1 is retried as a crash.
+    for name, command in [
+        ("train", lambda: main(["train", "--config", str(job), "--run-dir", str(tmp_path / "a")])),
+        ("launch", lambda: launch_run([str(job), "--checkpoint-dir", str(tmp_path / "b")])),
+    ]:
+        before, environ = signal.getsignal(signal.SIGINT), dict(os.environ)
+        caplog.clear()
+        try:
+            with pytest.raises(SystemExit) as exit_:
+                command()
+        finally:
+            signal.signal(signal.SIGINT, before)  # Lightning ignores Ctrl-C after its own
+            os.environ.clear()  # the launcher sets the node's variables (caches, ranks)
+            os.environ.update(environ)
+        assert exit_.value.code == 128 + signal.SIGINT, name
+        assert "condense: Ctrl-C: stopped at once, without saving this step" in caplog.text
 
 
 def test_each_fit_starts_with_sigterms_exit_status_and_gives_ctrl_c_back(tmp_path):
