@@ -140,6 +140,11 @@ def parse_train(argv: list[str]) -> TrainConfig:
 def parse_job(parser: ArgumentParser, argv: list[str]) -> tuple[TrainConfig, Namespace]:
     """A TrainConfig from the arguments of a command that takes a job (train, bench, plan),
     and the parsed namespace for the command's own flags."""
+    printing = [arg for arg in argv if arg.startswith(("--print_config", "--print-config"))]
+    if printing:
+        # jsonargparse prints and exits inside the parse, before the config's own checks:
+        # `--max-steps 0 --print_config` printed a job that training refuses.
+        parse_job(parser, [arg for arg in argv if arg not in printing])
     argv = resolve_configs(normalize_flags(argv))
     if "--test" in argv:
         if any(arg.partition("=")[0] == "--config" for arg in argv):

@@ -86,6 +86,20 @@ def test_a_job_file_saying_test_is_the_test_job_under_it(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize("flag", ["--print_config", "--print-config=skip_null"])
+def test_print_config_checks_the_job_before_printing_it(flag, capsys):
+    """It printed `max_steps: 0` with status 0, where training refuses it: the README
+    offers --print_config as the check of a job before a cloud launch retries it."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--test", "--max-steps", "0", flag])
+    assert exit_.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == ["condense: error: max_steps must be positive, got 0"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--test", "--max-steps", "3", flag])
+    assert exit_.value.code == 0 and "max_steps: 3" in capsys.readouterr().out
+
+
 def test_test_and_config_together_are_refused(capsys):
     """--test used to load jobs/test.yaml and then let --config's job silently win."""
     with pytest.raises(SystemExit) as exit_:
