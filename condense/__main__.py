@@ -17,7 +17,6 @@ arguments and config, 1 for the rest); `--debug` shows the full traceback instea
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import re
 import shlex
@@ -28,7 +27,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
 from jsonargparse.typing import PositiveFloat, PositiveInt, restricted_string_type
 
 from condense.cli_errors import check_groups, check_job_file, parse
@@ -234,12 +233,23 @@ def bench_parser() -> ArgumentParser:
     parser.add_argument(
         "--out", default=None, help="Write the results as JSON here (a file there is replaced)."
     )
-    # Still parsed, so that a training job's file that sets them is a valid bench job;
-    # hidden from --help, which listed them as if bench took them.
-    for action in parser._actions:
-        if action.dest in NOT_BENCHED:
-            action.help = argparse.SUPPRESS
+    # Still parsed, so that a training job's file that sets them is a valid bench job (and
+    # --print_config keeps them, which argparse.SUPPRESS would drop); hidden from --help,
+    # which listed them as if bench took them.
+    parser.formatter_class = BenchHelp
     return parser
+
+
+class BenchHelp(DefaultHelpFormatter):
+    """jsonargparse's help, without the options of a run that bench refuses (NOT_BENCHED)."""
+
+    def add_usage(self, usage, actions, groups, prefix=None) -> None:
+        shown = [action for action in actions if action.dest not in NOT_BENCHED]
+        super().add_usage(usage, shown, groups, prefix)
+
+    def add_argument(self, action) -> None:
+        if action.dest not in NOT_BENCHED:
+            super().add_argument(action)
 
 
 def normalize_flags(argv: list[str]) -> list[str]:

@@ -408,6 +408,11 @@ def test_bench_help_lists_only_the_options_it_takes(capsys):
         assert f"--{name} " in train_help
         assert f"--{name} " not in bench_help
     assert "--dataset.batch_size " in bench_help and "--steps " in bench_help
+    # Hidden from the help alone: the job bench prints is still a whole training job.
+    with pytest.raises(SystemExit):
+        main(["bench", "--test", "--print_config"])
+    printed = capsys.readouterr().out
+    assert "max_steps: " in printed and "run_dir: " in printed and "devices: " in printed
 
 
 def test_plan_asks_for_a_number_where_a_price_is_not_one(capsys):
