@@ -125,6 +125,7 @@ def evaluate(run_name: str = SPEC.job, options: str = "", checkpoint_dir: str = 
     command += ["--out", str(out), *extra]
     env = {**os.environ, **node_environment(dict(os.environ), SPEC)}
     status = subprocess.run(command, env=env, check=False).returncode
+    status = 128 - status if status < 0 else status  # a signal's, as the shell and train say it
     _commit(hub_cache)()
     if status != 0:  # condense eval has said why, in one line
         raise RuntimeError(f"condense eval exited with status {status}")

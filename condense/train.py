@@ -61,7 +61,13 @@ from condense.run_dir import (
     set_aside_earlier_run,
     step_of,
 )
-from condense.weights import hub_commit, load_causal_lm, load_tokenizer, max_positions
+from condense.weights import (
+    hub_commit,
+    load_causal_lm,
+    load_tokenizer,
+    max_positions,
+    resolve_model,
+)
 
 # The frozen decoder is in eval mode on purpose (no dropout); Lightning warns about it.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
@@ -148,7 +154,7 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
         check_something_to_train(resume_from, cfg.max_steps, own=continues)
     commits = trained_commits(resume_from, cfg)
     module, datamodule = build(cfg, precision, commits)
-    say_pinned(commits, cfg)
+    say_pinned(module.condenser, commits)
     resumed_step = module.check_checkpoint(resume_from) if resume_from is not None else 0
     if continues:  # another run's checkpoint may start this one on other data
         saved = read_checkpoint(resume_from) or {}  # check_checkpoint has read it whole
@@ -417,15 +423,17 @@ def trained_commits(resume_from: str | None, cfg: TrainConfig) -> dict[str, str 
     return commits
 
 
-def say_pinned(commits: dict[str, str | None], cfg: TrainConfig) -> None:
-    """Say which base model a resume loads at an older commit than the Hub cache's main."""
-    for role, commit in commits.items():
-        name = getattr(cfg.model, role)
-        newest = hub_commit(name) if commit else None
-        if newest and newest != commit:
+def say_pinned(condenser: Condenser, commits: dict[str, str | None]) -> None:
+    """Say which base model a resume loaded at the checkpoint's commit (`commits`) where the
+    Hub cache's main has moved on since."""
+    for role, model in condenser.base_models().items():
+        if model["commit"] is None or model["commit"] != commits.get(role):
+            continue  # a folder, the embedded model, or not pinned
+        newest = hub_commit(resolve_model(model["name"]))
+        if newest and newest != model["commit"]:
             rank_zero_info(
-                f"condense: {role} {name} at commit {commit}, the checkpoint's (its main is"
-                f" now {newest}); start a new run to train on that"
+                f"condense: {role} {model['name']} at commit {model['commit']}, the"
+                f" checkpoint's (its main is now {newest}); start a new run to train on that"
             )
 
 
@@ -438,7 +446,7 @@ def build(
     commits = commits or {}
     encoder_tok = load_tokenizer(cfg.model.encoder, commits.get("encoder"))
     decoder_tok = load_tokenizer(cfg.model.decoder, commits.get("decoder"))
-    check_positions(cfg)
+    check_positions(cfg, commits)
     datamodule = CondenseDataModule(
         cfg.data, cfg.dataset, encoder_tok, decoder_tok, cfg.seed, cfg.val_batches
     )
@@ -491,12 +499,13 @@ def check_devices(accelerator: str) -> None:
         raise ConfigError("accelerator=mps but this machine has no MPS device")
 
 
-def check_positions(cfg: TrainConfig) -> None:
+def check_positions(cfg: TrainConfig, commits: dict[str, str | None] | None = None) -> None:
     """The encoder reads context + N condense slots and the decoder N slots + prompt and
-    completion, each up to max_tokens + N positions: both models must have that many."""
+    completion, each up to max_tokens + N positions: both models must have that many (at
+    the Hub `commits` they load, where given)."""
     need = cfg.dataset.max_tokens + cfg.model.num_condense_tokens
     for role, name in (("encoder", cfg.model.encoder), ("decoder", cfg.model.decoder)):
-        limit = max_positions(name)
+        limit = max_positions(name, (commits or {}).get(role))
         if limit is not None and need > limit:
             raise ConfigError(
                 f"dataset.max_tokens + model.num_condense_tokens = {need} positions, more than"

@@ -105,15 +105,17 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 SHIPPED_CONFIGS = Path(__file__).resolve().parent / "model_configs"
 
 
-def model_config(name: str):
+def model_config(name: str, revision: str | None = None):
     """The transformers config of `name`: the one shipped in condense/model_configs where
-    there is one (no download), else the model's own config.json."""
+    there is one (no download), else the model's own config.json, at the Hub commit
+    `revision` where one is given."""
     from transformers import AutoConfig
 
     shipped = SHIPPED_CONFIGS / name
     if (shipped / "config.json").is_file():
         return AutoConfig.from_pretrained(shipped)
-    return AutoConfig.from_pretrained(_loadable(name)[0])
+    loadable, revision = _loadable(name, revision)
+    return AutoConfig.from_pretrained(loadable, revision=revision)
 
 
 def causal_lm_from_config(
@@ -247,10 +249,10 @@ def _damaged_weights(loadable: str) -> str:
     return "a weights file"
 
 
-def max_positions(name: str) -> int | None:
+def max_positions(name: str, revision: str | None = None) -> int | None:
     """How many positions the model `name` reads (its config's max_position_embeddings),
     from its config alone (the shipped one where there is one); None when it does not say."""
-    return getattr(model_config(name), "max_position_embeddings", None)
+    return getattr(model_config(name, revision), "max_position_embeddings", None)
 
 
 def _loadable(name: str, revision: str | None = None) -> tuple[str, str | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +16,8 @@ from condense.config import ConfigError
 from condense.model import Condenser
 from condense.module import CheckpointMismatchError, CondenseModule
 from condense.run_dir import read_checkpoint
-from condense.train import ExportBest, build, describe, train
+from condense.train import ExportBest, build, describe, train, trained_commits
+from condense.weights import load_causal_lm
 from tests.conftest import cache_as_hub_commit, tiny_config
 
 SUMMARY_KEYS = {
@@ -595,13 +597,28 @@ def test_a_resume_loads_the_hub_commits_its_checkpoint_was_trained_on(
         "name": "someone/encoder",
         "commit": trained_on,
     }
-    cache_as_hub_commit(hub_cache, "someone/encoder", newer, tiny_pair[0])  # main moves
+    # The encoder's main moves to other weights of the same shapes; the decoder's cache
+    # holds its commit alone, with no main, as a download of that commit leaves it.
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_pair[0], moved)
+    shifted = load_causal_lm(tiny_pair[0])
+    with torch.no_grad():
+        for p in shifted.parameters():
+            p.add_(0.1)
+    shifted.save_pretrained(moved)
+    cache_as_hub_commit(hub_cache, "someone/encoder", newer, moved)
+    (hub_cache / "models--someone--decoder" / "refs" / "main").unlink()
     cfg.max_steps = 4
     train(cfg)
     assert read_checkpoint(last)["global_step"] == 4
     assert read_checkpoint(last)["base_models"]["encoder"]["commit"] == trained_on
     assert f"encoder someone/encoder at commit {trained_on}, the checkpoint's" in caplog.text
+    module, _ = build(cfg, cfg.precision, trained_commits(str(last), cfg))
+    loaded = module.condenser.encoder.get_base_model().get_input_embeddings().weight
+    trained = load_causal_lm(tiny_pair[0]).get_input_embeddings().weight
+    assert torch.equal(loaded, trained)  # the weights trained on, not main's (0.1 off)
     fresh = tiny_config("someone/encoder", "someone/decoder", tmp_path / "fresh", max_steps=2)
+    (hub_cache / "models--someone--decoder" / "refs" / "main").write_text(trained_on)
     train(fresh)  # a new run takes the newest
     fresh_last = tmp_path / "fresh" / "checkpoints" / "last.ckpt"
     assert read_checkpoint(fresh_last)["base_models"]["encoder"]["commit"] == newer
