@@ -178,6 +178,22 @@ def cache_as_hub_commit(cache: Path, repo_id: str, commit: str, model: str | Pat
     (repo / "refs" / "main").write_text(commit)
 
 
+def shifted_copy(model: str | Path, folder: Path) -> Path:
+    """A copy of the model folder `model` in `folder` with every weight 0.1 higher: another
+    revision of the same model, as its repo's newer commit would be."""
+    import torch
+
+    from condense.weights import load_causal_lm
+
+    shutil.copytree(model, folder)
+    shifted = load_causal_lm(str(model))
+    with torch.no_grad():
+        for p in shifted.parameters():
+            p.add_(0.1)
+    shifted.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch) -> Path:
     """An empty Hub cache that huggingface_hub and transformers read and write instead of

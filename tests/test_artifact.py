@@ -18,7 +18,7 @@ from condense.config import ModelConfig
 from condense.model import Condenser
 from condense.synthetic import synthetic_samples
 from condense.weights import ModelNotFoundError, load_causal_lm, load_tokenizer
-from tests.conftest import cache_as_hub_commit
+from tests.conftest import cache_as_hub_commit, shifted_copy
 
 TEXTS = [s.context for s in synthetic_samples(2, seed=21)[::3]]
 
@@ -66,14 +66,7 @@ def test_an_artifact_loads_the_hub_commits_it_was_trained_on(tiny_pair, tmp_path
     condenser.save_pretrained(str(artifact))
     assert read_config(artifact)["encoder_revision"] == trained_on
     # The encoder's repo moves on: weights of the same shapes, another commit its main.
-    moved = tmp_path / "moved"
-    shutil.copytree(tiny_pair[0], moved)
-    model = load_causal_lm(tiny_pair[0])
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1)
-    model.save_pretrained(moved)
-    cache_as_hub_commit(cache, "someone/encoder", newer, moved)
+    cache_as_hub_commit(cache, "someone/encoder", newer, shifted_copy(tiny_pair[0], tmp_path / "b"))
     got = Condenser.from_pretrained(str(artifact)).condense(TEXTS)
     assert (got - expected).abs().max().item() < 1e-6
     assert (

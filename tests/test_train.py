@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import importlib
 import json
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +17,7 @@ from condense.module import CheckpointMismatchError, CondenseModule
 from condense.run_dir import read_checkpoint
 from condense.train import ExportBest, build, describe, train, trained_commits
 from condense.weights import load_causal_lm
-from tests.conftest import cache_as_hub_commit, tiny_config
+from tests.conftest import cache_as_hub_commit, shifted_copy, tiny_config
 
 SUMMARY_KEYS = {
     "steps",
@@ -599,14 +598,9 @@ def test_a_resume_loads_the_hub_commits_its_checkpoint_was_trained_on(
     }
     # The encoder's main moves to other weights of the same shapes; the decoder's cache
     # holds its commit alone, with no main, as a download of that commit leaves it.
-    moved = tmp_path / "moved"
-    shutil.copytree(tiny_pair[0], moved)
-    shifted = load_causal_lm(tiny_pair[0])
-    with torch.no_grad():
-        for p in shifted.parameters():
-            p.add_(0.1)
-    shifted.save_pretrained(moved)
-    cache_as_hub_commit(hub_cache, "someone/encoder", newer, moved)
+    cache_as_hub_commit(
+        hub_cache, "someone/encoder", newer, shifted_copy(tiny_pair[0], tmp_path / "b")
+    )
     (hub_cache / "models--someone--decoder" / "refs" / "main").unlink()
     cfg.max_steps = 4
     train(cfg)
