@@ -139,7 +139,7 @@ def parse_train(argv: list[str]) -> TrainConfig:
 def parse_job(parser: ArgumentParser, argv: list[str]) -> tuple[TrainConfig, Namespace]:
     """A TrainConfig from the arguments of a command that takes a job (train, bench, plan),
     and the parsed namespace for the command's own flags."""
-    printing = [arg for arg in argv if arg.startswith(("--print_config", "--print-config"))]
+    printing = [arg for arg in argv if _asks_to_print(arg)]
     if printing:
         # jsonargparse prints and exits inside the parse, before the config's own checks:
         # `--max-steps 0 --print_config` printed a job that training refuses.
@@ -158,6 +158,13 @@ def parse_job(parser: ArgumentParser, argv: list[str]) -> tuple[TrainConfig, Nam
     # The config's own checks (__post_init__) run here, the nested groups' first.
     parsed = parser.instantiate(parsed)
     return TrainConfig(**{f.name: getattr(parsed, f.name) for f in fields(TrainConfig)}), parsed
+
+
+def _asks_to_print(arg: str) -> bool:
+    """Whether `arg` is --print_config, spelt with dashes or abbreviated as argparse takes
+    it (`--print_conf=skip_null`; `--print` alone is ambiguous there)."""
+    name = normalize_flags([arg])[0].partition("=")[0]
+    return len(name) > len("--print") and "--print_config".startswith(name)
 
 
 def _file_asks_for_test(parser: ArgumentParser, argv: list[str]) -> bool:

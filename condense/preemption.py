@@ -52,8 +52,10 @@ def stop_statuses() -> Iterator[None]:
     a stop ends the process with the status of what stopped it, SIGTERM's 143 or Ctrl-C's
     130, where Lightning raises SIGTERMException after the checkpoint is saved or exits 1
     after a Ctrl-C it caught (which a launcher would retry as a crash)."""
-    global interrupted
-    interrupted = False
+    global interrupted, stop_exit_code
+    # Of this run alone: a Ctrl-C of an earlier one in the process (a notebook, tests) set
+    # them, and a SIGTERM in this one's first validation, before fit resets them, said 130.
+    interrupted, stop_exit_code = False, SIGTERM_EXIT_CODE
     try:
         yield
     except SIGTERMException:

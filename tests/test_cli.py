@@ -86,7 +86,9 @@ def test_a_job_file_saying_test_is_the_test_job_under_it(tmp_path, capsys):
     )
 
 
-@pytest.mark.parametrize("flag", ["--print_config", "--print-config=skip_null"])
+@pytest.mark.parametrize(
+    "flag", ["--print_config", "--print-config=skip_null", "--print_conf=skip_null"]
+)
 def test_print_config_checks_the_job_before_printing_it(flag, capsys):
     """It printed `max_steps: 0` with status 0, where training refuses it: the README
     offers --print_config as the check of a job before a cloud launch retries it."""

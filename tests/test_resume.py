@@ -389,6 +389,22 @@ def test_a_ctrl_c_that_stops_at_once_exits_as_ctrl_c(tiny_pair, tmp_path, monkey
         assert "condense: Ctrl-C: stopped at once, without saving this step" in caplog.text
 
 
+def test_each_run_starts_with_sigterms_exit_status():
+    """A Ctrl-C of an earlier run in the process left 130 set until the next fit began: a
+    SIGTERM in the next run's first validation, before that, exited 130."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from condense import preemption
+
+    preemption.stop_exit_code, preemption.interrupted = 128 + signal.SIGINT, True
+    with pytest.raises(SystemExit) as exit_, preemption.stop_statuses():
+        raise SIGTERMException
+    assert exit_.value.code == preemption.SIGTERM_EXIT_CODE
+    with pytest.raises(SystemExit) as exit_, preemption.stop_statuses():
+        raise SystemExit(2)  # a config error is not a stop
+    assert exit_.value.code == 2
+
+
 def test_each_fit_starts_with_sigterms_exit_status_and_gives_ctrl_c_back(tmp_path):
     # The exit status a Ctrl-C set (130) outlived its fit: a later SIGTERM stop in the same
     # process would have exited 130 too.

@@ -146,9 +146,11 @@ def test_the_setup_installs_the_python_and_versions_modal_pins(task):
     """sky.yaml installed the newest versions pyproject.toml allows into the image's Python,
     Modal's image the pinned ones on 3.11: the same job trained on other libraries (or on a
     Python the pins do not support) on each cloud."""
-    assert '--python "$(python3 -m launch pins --python)" ~/condense-env' in task.setup
+    assert '--managed-python --python "$(python3 -m launch pins --python)" ~/condense-env' in (
+        task.setup
+    )
     assert "python3 -m launch pins > ~/condense-pins.txt" in task.setup
-    assert "uv pip install -q -e . -r ~/condense-pins.txt" in task.setup
+    assert "$uv pip install -q -e . -r ~/condense-pins.txt" in task.setup
     assert '--no-deps "$(python3 -m launch pins --embedded)"' in task.setup
     assert "~/condense-env/bin/python -m launch run" in task.run
 
