@@ -155,6 +155,7 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     commits = trained_commits(resume_from, cfg)
     module, datamodule = build(cfg, precision, commits)
     say_pinned(module.condenser, commits)
+    rank_zero_info(parameters_line(module.condenser))
     resumed_step = module.check_checkpoint(resume_from) if resume_from is not None else 0
     if continues:  # another run's checkpoint may start this one on other data
         saved = read_checkpoint(resume_from) or {}  # check_checkpoint has read it whole
@@ -349,6 +350,9 @@ def make_trainer(
             plugins=[AtomicCheckpointIO()],
             callbacks=callbacks,
             default_root_dir=run_dir,
+            # Its table says "FLOPs 0" (it counts none without an example input) and warns
+            # that bf16-mixed is not supported by it: parameters_line says what it would.
+            enable_model_summary=False,
         )
     # What Lightning raises for devices or a strategy it cannot use (foo: TypeError and
     # ValueError; 0: MisconfigurationException); the settings were checked, the rest is its.
@@ -568,6 +572,15 @@ def _null_loss_notes(**losses: Any) -> list[str]:
         for name, value in losses.items()
         if value is not None and not math.isfinite(float(value))
     ]
+
+
+def parameters_line(condenser: Condenser) -> str:
+    """How many of the condenser's parameters train, and which, in a line."""
+    total = sum(p.numel() for p in condenser.parameters())
+    groups = {name: sum(p.numel() for p in ps) for name, ps in condenser.parameter_groups().items()}
+    trained = sum(groups.values())
+    parts = ", ".join(f"{name} {count:,}" for name, count in groups.items())
+    return f"condense: {trained:,} of {total:,} parameters train ({parts}); the rest are frozen"
 
 
 def describe(summary: dict[str, Any]) -> str:

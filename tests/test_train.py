@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -616,3 +617,19 @@ def test_a_resume_loads_the_hub_commits_its_checkpoint_was_trained_on(
     train(fresh)  # a new run takes the newest
     fresh_last = tmp_path / "fresh" / "checkpoints" / "last.ckpt"
     assert read_checkpoint(fresh_last)["base_models"]["encoder"]["commit"] == newer
+
+
+def test_a_run_says_which_parameters_train_without_lightnings_table(
+    tiny_pair, tmp_path, caplog, capfd
+):
+    """Lightning's model summary said "FLOPs 0" (it counts none without an example input)
+    and warned that bf16-mixed is not supported by it, on every run."""
+    caplog.set_level("INFO")
+    train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=1, val_every_n_steps=1))
+    printed = capfd.readouterr()
+    assert "Total FLOPs" not in printed.out + printed.err + caplog.text
+    line = next(m for m in caplog.messages if "parameters train" in m)
+    counts = [int(n.replace(",", "")) for n in re.findall(r"[\d,]+\d", line)]
+    trained, total, *groups = counts
+    assert trained == sum(groups) and 0 < trained < total
+    assert line.startswith("condense: ") and "(condense " in line and ", lora " in line
