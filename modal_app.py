@@ -111,7 +111,7 @@ def evaluate(run_name: str = SPEC.job, options: str = "", checkpoint_dir: str = 
     import subprocess
 
     from launch.run import node_environment
-    from launch.supervise import TRAIN_PYTHON_ENV
+    from launch.supervise import TRAIN_PYTHON_ENV, shell_status
 
     extra = shlex.split(options)
     # Abbreviated too, as condense eval takes them: `--ou x.json` wrote outside the volume.
@@ -124,8 +124,7 @@ def evaluate(run_name: str = SPEC.job, options: str = "", checkpoint_dir: str = 
     command = [python, "-m", "condense", "eval", "--artifact", str(folder / "artifact")]
     command += ["--out", str(out), *extra]
     env = {**os.environ, **node_environment(dict(os.environ), SPEC)}
-    status = subprocess.run(command, env=env, check=False).returncode
-    status = 128 - status if status < 0 else status  # a signal's, as the shell and train say it
+    status = shell_status(subprocess.run(command, env=env, check=False).returncode)
     _commit(hub_cache)()
     if status != 0:  # condense eval has said why, in one line
         raise RuntimeError(f"condense eval exited with status {status}")

@@ -172,7 +172,7 @@ def _file_asks_for_test(parser: ArgumentParser, argv: list[str]) -> bool:
     parsed and ignored, it ran the default job. It asks for the test job under the file's
     settings, as --test does. Parsed once without --print_config, which would print and
     exit before the test job is put in."""
-    return bool(parse(parser, [a for a in argv if not a.startswith("--print_config")]).test)
+    return bool(parse(parser, [a for a in argv if not _asks_to_print(a)]).test)
 
 
 def job_parser(prog: str, description: str) -> ArgumentParser:

@@ -147,7 +147,7 @@ def check_replaceable(out: Path) -> None:
 
 def artifact_config(condenser: Condenser, extra: dict[str, Any]) -> dict[str, Any]:
     """What a loader needs to rebuild the condenser around the frozen models."""
-    cfg = condenser.cfg
+    cfg, base_models = condenser.cfg, condenser.base_models()
     encoder_config, decoder_config = (
         condenser.encoder.get_base_model().config,
         condenser.decoder.config,
@@ -156,8 +156,8 @@ def artifact_config(condenser: Condenser, extra: dict[str, Any]) -> dict[str, An
         "format_version": FORMAT_VERSION,
         "encoder": cfg.encoder,
         "decoder": cfg.decoder,
-        "encoder_revision": condenser.base_models()["encoder"]["commit"],
-        "decoder_revision": condenser.base_models()["decoder"]["commit"],
+        "encoder_revision": base_models["encoder"]["commit"],
+        "decoder_revision": base_models["decoder"]["commit"],
         "num_condense_tokens": cfg.num_condense_tokens,
         "n_last_hidden_states": cfg.n_last_hidden_states,
         "encoder_hidden_size": encoder_config.hidden_size,
@@ -189,10 +189,8 @@ def load_condenser(
     adapter, tensors = load_tensors(folder / ADAPTER_FILE), load_tensors(folder / WEIGHTS_FILE)
     # The Hub commits trained on: a base model's newer revision would meet an adapter and
     # a projection trained for other weights, and condense differently without a word.
-    encoder_revision, decoder_revision = (
-        config.get("encoder_revision"),
-        config.get("decoder_revision"),
-    )
+    encoder_revision = config.get("encoder_revision")
+    decoder_revision = config.get("decoder_revision")
     condenser = Condenser(
         load_causal_lm(cfg.encoder, dtype, encoder_revision),
         load_causal_lm(cfg.decoder, dtype, decoder_revision),

@@ -152,14 +152,15 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     finished = _finished_summary(run_dir, resume_from, cfg.max_steps) if continues else None
     if resume_from is not None and check_finished and finished is None:
         check_something_to_train(resume_from, cfg.max_steps, own=continues)
-    commits = trained_commits(resume_from, cfg)
+    saved = read_checkpoint(resume_from) if resume_from is not None else None
+    commits = trained_commits(saved, cfg)
     module, datamodule = build(cfg, precision, commits)
     say_pinned(module.condenser, commits)
     rank_zero_info(parameters_line(module.condenser))
     resumed_step = module.check_checkpoint(resume_from) if resume_from is not None else 0
     if continues:  # another run's checkpoint may start this one on other data
-        saved = read_checkpoint(resume_from) or {}  # check_checkpoint has read it whole
-        datamodule.check_same_split(saved.get(type(datamodule).__qualname__), resume_from)
+        state = (saved or {}).get(type(datamodule).__qualname__)  # read once, above
+        datamodule.check_same_split(state, resume_from)
     if cfg.hub_repo:
         push_token(cfg.hub_repo)  # the push comes at the end: no token, no hours of training
     loggers = make_loggers(cfg.wandb, cfg.wandb_project, cfg.name, run_dir, not continues)
@@ -413,11 +414,11 @@ def _as_recorded(data: str) -> str:
     return str(Path(data).resolve()) if local else data
 
 
-def trained_commits(resume_from: str | None, cfg: TrainConfig) -> dict[str, str | None]:
-    """The Hub commits the checkpoint to resume from was trained on, for each base model
-    `cfg` names as it did: a preempted run that restarts after the model's repo moved on
-    would otherwise train its adapter on other weights (or tokens) from there."""
-    saved = read_checkpoint(resume_from) if resume_from is not None else None
+def trained_commits(saved: dict[str, Any] | None, cfg: TrainConfig) -> dict[str, str | None]:
+    """The Hub commits the checkpoint to resume from (`saved`, as read_checkpoint reads it)
+    was trained on, for each base model `cfg` names as it did: a preempted run that restarts
+    after the model's repo moved on would otherwise train its adapter on other weights (or
+    tokens) from there."""
     recorded = saved.get("base_models") if isinstance(saved, dict) else None
     commits: dict[str, str | None] = {"encoder": None, "decoder": None}
     for role in commits:

@@ -66,9 +66,14 @@ def supervise(
         watcher.join()
         forward()
         on_checkpoint()
-    # Popen's -15 for a trainer a SIGTERM ended before its handler was set (while models
-    # load) read "exited with status -15", where every other stop by SIGTERM is 143.
-    return 128 - status if status < 0 else status
+    return shell_status(status)
+
+
+def shell_status(returncode: int) -> int:
+    """A child's exit status as a shell gives it: Popen's -N for a child a signal N ended is
+    128 + N (a trainer a SIGTERM ended while its models loaded read "status -15", where
+    every other stop by SIGTERM is 143)."""
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def _stop(child: subprocess.Popen, grace_s: float) -> None:

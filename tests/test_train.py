@@ -608,7 +608,7 @@ def test_a_resume_loads_the_hub_commits_its_checkpoint_was_trained_on(
     assert read_checkpoint(last)["global_step"] == 4
     assert read_checkpoint(last)["base_models"]["encoder"]["commit"] == trained_on
     assert f"encoder someone/encoder at commit {trained_on}, the checkpoint's" in caplog.text
-    module, _ = build(cfg, cfg.precision, trained_commits(str(last), cfg))
+    module, _ = build(cfg, cfg.precision, trained_commits(read_checkpoint(last), cfg))
     loaded = module.condenser.encoder.get_base_model().get_input_embeddings().weight
     trained = load_causal_lm(tiny_pair[0]).get_input_embeddings().weight
     assert torch.equal(loaded, trained)  # the weights trained on, not main's (0.1 off)
