@@ -7,7 +7,17 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for editors and type checkers; at run time __getattr__ imports them
+    from condense.artifact import import_original
+    from condense.config import DatasetConfig, ModelConfig, OptimConfig, TrainConfig
+    from condense.data import CondenseDataModule, load_samples
+    from condense.model import Condenser
+    from condense.module import CondenseModule
+    from condense.samples import Sample
+    from condense.synthetic import synthetic_samples
+    from condense.training import train
 
 # Imported on first use, so that `condense --help` and the config classes do not pay for
 # importing torch, Lightning and transformers.
@@ -23,7 +33,7 @@ _EXPORTS = {
     "import_original": "condense.artifact",
     "load_samples": "condense.data",
     "synthetic_samples": "condense.synthetic",
-    "train": "condense.train",
+    "train": "condense.training",
 }
 __all__ = list(_EXPORTS)
 

@@ -671,7 +671,7 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 def _train(cfg: TrainConfig) -> None:
     from condense.preemption import stop_statuses
-    from condense.train import train
+    from condense.training import train
 
     with stop_statuses():
         train(cfg)

@@ -1,6 +1,6 @@
 """`condense bench`: how fast a job trains on this machine, and how well it uses it.
 
-Builds the job's real model and data (condense.train.build), takes the first batches the
+Builds the job's real model and data (condense.build.build), takes the first batches the
 training sampler yields, and times real optimizer steps (the condenser's loss under the
 job's precision, backward, gradient clipping, AdamW) after a warm-up. `static` mode runs the
 same samples the original trainer's way, in the same process: both sides padded to
@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from condense import flops
+from condense.build import build, check_positions, condense_module
 from condense.config import TrainConfig
 from condense.data import Collator, LengthGroupedBatchSampler, Tokenized, length_keys
-from condense.device import precision_dtype
+from condense.device import check_devices, on_gpu, precision_dtype, resolve_precision
 from condense.model import IGNORE_INDEX, Condenser, is_checkpointing
 from condense.module import CondenseModule
 from condense.plan import labelled_tokens, memory
@@ -51,8 +52,6 @@ def run_bench(
     `random_shape` (context, prompt+completion tokens per row) benches random weights built
     from the models' configs on random tokens of that shape, as `condense plan` assumes:
     no weights, tokenizers or data are loaded."""
-    from condense.train import build, check_devices, resolve_precision
-
     check_devices(cfg.accelerator)
     all_threads = torch.get_num_threads()
     start_rss = _current_rss()  # before the weights: the interpreter, torch, transformers
@@ -356,8 +355,6 @@ def _rate(product: Callable[[], Any], device: torch.device, seconds: float) -> f
 def random_module(cfg: TrainConfig, precision: str, device: torch.device) -> CondenseModule:
     """The job's module over random weights of its models' architectures (the shipped
     configs of the default models: nothing is downloaded), frozen ones in the compute dtype."""
-    from condense.train import check_positions, condense_module
-
     check_positions(cfg)  # the rows are at most max_tokens (+ N) wide, as the job's are
     dtype = precision_dtype(precision)
     encoder = causal_lm_from_config(cfg.model.encoder, dtype, device)
@@ -431,9 +428,7 @@ def _to(batch: Batch, device: torch.device) -> Batch:
 
 
 def _device(accelerator: str) -> torch.device:
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
+    return torch.device("cuda" if on_gpu(accelerator) else "cpu")
 
 
 def _device_name(device: torch.device) -> str:

@@ -1,6 +1,9 @@
-"""Training-time callbacks that show what the condenser has learned, beyond a loss."""
+"""Training-time callbacks: what the condenser has learned, beyond a loss, and the
+artifact of its best weights so far."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -8,6 +11,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
+from condense.artifact import save_artifact
+from condense.config import TrainConfig
+from condense.data import is_synthetic
 from condense.generate import generate
 from condense.samples import Sample
 
@@ -63,3 +69,53 @@ class LogGenerations(Callback):
 
     def load_state_dict(self, state_dict: dict[str, list[list]]) -> None:
         self.rows = list(state_dict.get("rows", []))
+
+
+class ExportBest(Callback):
+    """Writes the portable artifact whenever validation reaches a new best loss, so the
+    artifact folder always holds the best weights so far (the .ckpt files are for resume).
+    Lightning runs ModelCheckpoint after every other callback, so the best score read here
+    is the best before this validation (None at the first one)."""
+
+    def __init__(self, folder: Path, cfg: TrainConfig):
+        self.folder = folder
+        # Enough to rebuild the validation split at evaluation time.
+        self.extra = {
+            "max_tokens": cfg.dataset.max_tokens,
+            "max_characters": cfg.dataset.max_characters,
+            "train_data": _as_recorded(cfg.data),
+            "seed": cfg.seed,
+            "val_size": cfg.dataset.val_size,
+            "synthetic_passages": cfg.dataset.synthetic_passages,
+            "synthetic_facts": cfg.dataset.synthetic_facts,
+            "train_steps": 0,
+            "training_config": cfg.to_dict(),
+        }
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if (
+            trainer.sanity_checking
+            or trainer.state.fn != TrainerFn.FITTING
+            or not trainer.is_global_zero
+        ):
+            return
+        best, current = (
+            trainer.checkpoint_callback.best_model_score,
+            trainer.callback_metrics.get("val_loss"),
+        )
+        if current is None or not torch.isfinite(current):
+            return
+        # Strictly better, as ModelCheckpoint's mode="min" judges it: on a tie, best.ckpt
+        # stays at the earlier step, and so does the artifact.
+        if best is None or float(current) < float(best):
+            self.extra.update(train_steps=trainer.global_step, val_loss=float(current))
+            # For eval to tell the run's validation split from one its data gives now.
+            self.extra["split_digest"] = trainer.datamodule.split_digest()
+            save_artifact(module.condenser, self.folder, self.extra)
+
+
+def _as_recorded(data: str) -> str:
+    """`data` as the artifact records it: a local file or folder by its absolute path, so
+    that eval rebuilds the validation split from any working folder."""
+    local = not is_synthetic(data) and Path(data).exists()
+    return str(Path(data).resolve()) if local else data

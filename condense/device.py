@@ -1,7 +1,8 @@
-"""Where inference (`condense eval`, `condense generate`) runs, and in what precision.
+"""Where training and inference run, and in what precision.
 
-Training leaves this to Lightning; inference picks for itself. By default a GPU runs it in
-bf16-mixed as training did: the frozen models stored in bf16 (Condenser.autocast then
+Training resolves its precision here and leaves the device to Lightning; inference
+(`condense eval`, `condense generate`) picks both. By default a GPU runs inference
+in bf16-mixed as training did: the frozen models stored in bf16 (Condenser.autocast then
 autocasts to it), the trained tensors in fp32. A CPU runs it in fp32, the precision the
 README's evaluation numbers were made in.
 """
@@ -105,6 +106,42 @@ def _levels_inside_condense() -> int:
 # Lightning's short precision names, spelled out as Lightning reads them: the weights'
 # dtype, autocast, loss scaling and bench's peak all go by the full name.
 PRECISION_ALIASES = {"64": "64-true", "32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+
+
+# Float16 precisions, and why they do not train on a CPU.
+FLOAT16_ON_CPU = {
+    "16-mixed": "torch's CPU autocast to float16 fails in the encoder",
+    # The tiny test pair validated at nan by step 4, with no word but "final nan".
+    "16-true": "on a CPU its float16 losses become nan",
+}
+
+
+def check_devices(accelerator: str) -> None:
+    """Refuse an accelerator this machine does not have, before anything is loaded."""
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"accelerator={accelerator} but torch sees no GPU on this machine"
+            " (use --accelerator cpu or auto)"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("accelerator=mps but this machine has no MPS device")
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """The full Lightning name of `precision` ("bf16" -> bf16-mixed, "32" -> 32-true);
+    "auto" -> bf16-mixed where the hardware has bf16 (GPU or CPU), else 16-mixed on a GPU
+    without it, else 32-true. bf16 asked for on a CPU that would emulate it warns."""
+    if precision == "auto":
+        return gpu_mixed_precision() if on_gpu(accelerator) else cpu_training_precision()
+    precision = PRECISION_ALIASES.get(precision, precision)
+    if not on_gpu(accelerator):
+        warn_if_bf16_is_emulated(precision)
+    return precision
+
+
+def on_gpu(accelerator: str) -> bool:
+    """Whether a job with this Lightning `accelerator` runs on a CUDA GPU here."""
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
 def precision_dtype(precision: str) -> torch.dtype:

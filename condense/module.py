@@ -284,7 +284,7 @@ class CondenseModule(L.LightningModule):
         checkpoint["skipped_steps"] = self.skipped_steps
         # Not in any tensor's shape, but the scale of every LoRA update: see check_checkpoint.
         checkpoint["lora_alpha"] = self.condenser.cfg.lora_alpha
-        # A resume loads these commits, not a newer one the Hub has since (train.py).
+        # A resume loads these commits, not a newer one the Hub has since (training.py).
         checkpoint["base_models"] = self.condenser.base_models()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

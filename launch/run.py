@@ -210,7 +210,7 @@ def describe_start(cfg, checkpoint_dir: Path, newest, cluster: clusters.Cluster 
 def _train(cfg, check_finished: bool) -> dict:
     from condense.preemption import stop_statuses
     from condense.push import PushError
-    from condense.train import train
+    from condense.training import train
 
     try:
         with stop_statuses():

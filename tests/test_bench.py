@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -205,8 +204,8 @@ def test_flops_count_matches_torchs_counter(tiny_pair, tmp_path):
     from torch.utils.flop_counter import FlopCounterMode
 
     from condense import flops
+    from condense.build import build
     from condense.model import Condenser
-    from condense.train import build
 
     cfg = parse_train(["--config", str(tiny_job(*tiny_pair, tmp_path / "job.yaml"))])
     module, data = build(cfg, "32-true")
@@ -328,16 +327,18 @@ def test_plan_and_training_choose_checkpointing_alike(gpu, tmp_path, monkeypatch
     out = tmp_path / "plan.json"
     main(["plan", *flags, "--gpu", gpu, "--out", str(out)])
     planned = json.loads(out.read_text())["assumptions"]["gradient_checkpointing"]
-    # Training on that GPU, as CUDA reports its memory (the module: `condense.train` is
-    # also the function the package exports).
-    train = importlib.import_module("condense.train")
-    monkeypatch.setattr(train, "_on_gpu", lambda accelerator: True)
+    import condense.build
+
+    # Training on that GPU, as CUDA reports its memory.
+    monkeypatch.setattr(condense.build, "on_gpu", lambda accelerator: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     gib = GPUS[gpu].memory_gib
     props = SimpleNamespace(total_memory=int(gib * 2**30))
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
     cfg = parse_train(flags)
-    chosen = train._use_checkpointing(cfg, meta_condenser(cfg), gpu_precision(cfg.precision))
+    chosen = condense.build._use_checkpointing(
+        cfg, meta_condenser(cfg), gpu_precision(cfg.precision)
+    )
     assert chosen == planned
     assert planned == (gpu != "H100")  # on the two smaller cards: the case is not vacuous
 
@@ -480,7 +481,7 @@ def test_long_synthetic_samples_are_shaped_like_the_originals():
 def test_bench_under_16_mixed_scales_the_loss_and_takes_the_fp16_peak(tiny_pair, tmp_path):
     # A V100 or T4 trains 16-mixed: foreach AdamW behind a GradScaler, as Lightning runs it,
     # and MFU against fp16 matmuls, not the emulated bf16 those GPUs have.
-    from condense.train import build
+    from condense.build import build
 
     job = tiny_job(*tiny_pair, tmp_path / "job.yaml", precision="16-mixed")
     cfg = parse_train(["--config", str(job)])

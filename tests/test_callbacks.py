@@ -6,7 +6,7 @@ import json
 
 from condense.callbacks import GENERATION_COLUMNS
 from condense.synthetic import TASKS
-from condense.train import train
+from condense.training import train
 from tests.conftest import tiny_config
 
 

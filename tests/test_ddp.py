@@ -71,7 +71,7 @@ def test_two_processes_train_on_disjoint_batches_and_agree_on_the_weights(
 def _one_process_gradient(tiny_pair, folder, firsts) -> tuple[dict, list[int]]:
     """The gradient of the tiny job's condenser at the ranks' starting weights over their
     first batches together (a mean over all their target tokens), and each batch's tokens."""
-    from condense.train import condense_module
+    from condense.build import condense_module
     from condense.weights import load_causal_lm
     from tests.conftest import tiny_config
 

@@ -747,7 +747,7 @@ def test_a_runs_data_file_changed_since_training_is_no_validation_split(tiny_pai
     # Rewritten after the run, its split was scored as "the validation split" all the
     # same: other samples, some of them trained on.
     from condense.artifact import read_config
-    from condense.train import train
+    from condense.training import train
     from tests.conftest import tiny_config
 
     rows = [
@@ -768,8 +768,8 @@ def test_a_runs_data_file_changed_since_training_is_no_validation_split(tiny_pai
 def test_a_runs_data_file_is_found_from_any_folder(tiny_pair, tmp_path, monkeypatch):
     # The artifact recorded `--data d.jsonl` as given, and eval from another folder said
     # "--data d.jsonl: no such file", naming a flag the user never gave.
+    from condense.callbacks import ExportBest
     from condense.config import ConfigError
-    from condense.train import ExportBest
     from tests.conftest import tiny_config
 
     monkeypatch.chdir(tmp_path)

@@ -12,11 +12,12 @@ import torch
 import yaml
 
 from condense.__main__ import main
+from condense.build import build
 from condense.data import Collator, tokenize
 from condense.model import Condenser
 from condense.module import CondenseModule
 from condense.synthetic import synthetic_samples
-from condense.train import build, train
+from condense.training import train
 from condense.weights import load_tokenizer
 from tests.conftest import tiny_config
 

@@ -182,13 +182,13 @@ def test_push_creates_a_private_repo_unless_public(artifact, monkeypatch, capsys
 def test_training_pushes_its_best_artifact_when_a_repo_is_configured(
     tiny_pair, tmp_path, monkeypatch
 ):
-    import condense.train
-    from condense.train import train
+    import condense.training
+    from condense.training import train
     from tests.conftest import tiny_config
 
     pushed = []
     monkeypatch.setattr(
-        condense.train,
+        condense.training,
         "push_artifact",
         lambda folder, repo, public: pushed.append((folder, repo, public)) or f"hub/{repo}",
     )
@@ -202,7 +202,7 @@ def test_training_pushes_its_best_artifact_when_a_repo_is_configured(
 def test_a_failed_push_after_training_keeps_the_run_and_says_so(tiny_pair, tmp_path, monkeypatch):
     import json
 
-    from condense.train import train
+    from condense.training import train
     from tests.conftest import tiny_config
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -215,10 +215,10 @@ def test_a_failed_push_after_training_keeps_the_run_and_says_so(tiny_pair, tmp_p
     assert Condenser.from_pretrained(summary["artifact"]).num_condense_tokens > 0
 
     # With the token fixed, the same command pushes the finished run without training it.
-    import condense.train
+    import condense.training
 
     monkeypatch.setattr(
-        condense.train, "push_artifact", lambda folder, repo, public: "hub/me/condenser"
+        condense.training, "push_artifact", lambda folder, repo, public: "hub/me/condenser"
     )
     again = train(cfg)
     assert again["pushed_to"] == "hub/me/condenser" and again["steps"] == 2
@@ -227,7 +227,7 @@ def test_a_failed_push_after_training_keeps_the_run_and_says_so(tiny_pair, tmp_p
     def no_second_push(folder, repo, public):
         raise AssertionError("pushed again")
 
-    monkeypatch.setattr(condense.train, "push_artifact", no_second_push)
+    monkeypatch.setattr(condense.training, "push_artifact", no_second_push)
     assert train(cfg)["pushed_to"] == "hub/me/condenser"  # pushed once: the next re-run leaves it
 
 
@@ -235,7 +235,7 @@ def test_a_job_that_would_push_without_a_token_stops_before_it_trains(
     tiny_pair, tmp_path, monkeypatch
 ):
     # It trained the whole run, then failed at the push.
-    from condense.train import train
+    from condense.training import train
     from tests.conftest import tiny_config
 
     _no_saved_token(monkeypatch, tmp_path)

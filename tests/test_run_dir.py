@@ -19,7 +19,7 @@ from condense.run_dir import (
     started_from,
 )
 from condense.samples import DataError
-from condense.train import train
+from condense.training import train
 from tests.conftest import tiny_config
 
 

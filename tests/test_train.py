@@ -12,11 +12,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from condense.build import build
+from condense.callbacks import ExportBest
 from condense.config import ConfigError
 from condense.model import Condenser
 from condense.module import CheckpointMismatchError, CondenseModule
 from condense.run_dir import read_checkpoint
-from condense.train import ExportBest, build, describe, train, trained_commits
+from condense.training import describe, train, trained_commits
 from condense.weights import load_causal_lm
 from tests.conftest import cache_as_hub_commit, shifted_copy, tiny_config
 
@@ -322,7 +324,7 @@ def test_resuming_with_another_batch_size_is_refused_where_it_picks_the_validati
 def test_a_finished_checkpoint_of_another_run_is_refused_before_the_models_load(
     tiny_pair, tmp_path, monkeypatch
 ):
-    import condense.train
+    import condense.training
     from condense.config import ConfigError
 
     class Loaded(Exception):
@@ -331,7 +333,7 @@ def test_a_finished_checkpoint_of_another_run_is_refused_before_the_models_load(
     def build(*_):
         raise Loaded  # the models would load here: minutes for the default job's
 
-    monkeypatch.setattr(condense.train, "build", build)
+    monkeypatch.setattr(condense.training, "build", build)
     other = tmp_path / "other.ckpt"
     torch.save({"global_step": 4, "loops": {}}, other)
     with pytest.raises(ConfigError, match="at step 4 and max_steps is 4: nothing to train"):
@@ -349,13 +351,13 @@ def test_a_stopped_run_past_a_lower_max_steps_is_refused_before_the_models_load(
 ):
     """Stopped at step 9 and run again with --max-steps 5, it "finished" at once: a
     summary of nothing, no checkpoint named, exit 0, and config.yaml said 5."""
-    import condense.train
+    import condense.training
     from condense.config import ConfigError
 
     def build(*_):
         raise AssertionError("the models loaded")
 
-    monkeypatch.setattr(condense.train, "build", build)
+    monkeypatch.setattr(condense.training, "build", build)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
     torch.save({"global_step": 9, "loops": {}}, last)
@@ -370,7 +372,7 @@ def test_a_stopped_run_past_a_lower_max_steps_is_refused_before_the_models_load(
 
 def test_a_stopped_run_says_how_to_resume_it(tiny_pair, tmp_path):
     """Without --run-dir, "run the same command again" started a new runs/<name>-<time>."""
-    from condense.train import resume_hint
+    from condense.training import resume_hint
 
     named = tiny_config(*tiny_pair, tmp_path / "run")
     assert resume_hint(named, tmp_path / "run") == "run the same command again"
@@ -381,7 +383,7 @@ def test_a_stopped_run_says_how_to_resume_it(tiny_pair, tmp_path):
 
 def test_a_loss_that_is_not_a_number_is_null_in_summary_json_and_said_why():
     """summary.json held NaN, which JSON parsers refuse."""
-    from condense.train import _float, _null_loss_notes
+    from condense.training import _float, _null_loss_notes
 
     assert _float(torch.tensor(float("nan"))) is None and _float(float("inf")) is None
     assert _float(torch.tensor(2.5)) == 2.5 and _float(None) is None
@@ -428,7 +430,7 @@ def test_auto_checkpointing_only_where_the_largest_batch_needs_it(
     of the whole)."""
     from types import SimpleNamespace
 
-    from condense import train as train_module
+    from condense import build as build_module
     from condense.model import is_checkpointing
     from condense.plan import largest_batch_memory, meta_condenser
     from condense.weights import load_causal_lm
@@ -440,12 +442,12 @@ def test_auto_checkpointing_only_where_the_largest_batch_needs_it(
     if precision == "32-true":  # 4-byte weights and activations: far more than bf16's
         assert need > 1.5 * largest_batch_memory(condenser, cfg, checkpointing=False)
     memory = SimpleNamespace(total_memory=need / headroom)
-    monkeypatch.setattr(train_module, "_on_gpu", lambda accelerator: True)
+    monkeypatch.setattr(build_module, "on_gpu", lambda accelerator: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: memory)
     encoder, decoder = (load_causal_lm(name) for name in tiny_pair)
     with caplog.at_level("INFO"):
-        module = train_module.condense_module(cfg, encoder, decoder, precision)
+        module = build_module.condense_module(cfg, encoder, decoder, precision)
     assert is_checkpointing(module.condenser.decoder) is expected
     assert f"gradient checkpointing {'on' if expected else 'off'}" in caplog.text
 
@@ -455,7 +457,7 @@ def test_cpu_precision_follows_the_cpus_bf16_units(has_bf16, monkeypatch, recwar
     """auto trains bf16-mixed where the CPU computes bf16 in hardware, else 32-true; an
     explicit bf16 on a CPU without it runs as asked, with a warning that it is emulated."""
     from condense import device
-    from condense.train import resolve_precision
+    from condense.device import resolve_precision
 
     monkeypatch.setattr(device, "cpu_has_bf16", lambda: has_bf16)
     assert resolve_precision("auto", "cpu") == ("bf16-mixed" if has_bf16 else "32-true")
@@ -505,10 +507,10 @@ def test_the_artifact_is_rewritten_only_where_best_ckpt_is(
     # artifact used to move on to the later one.
     from lightning.pytorch.trainer.states import TrainerFn
 
-    import condense.train
+    import condense.callbacks
 
     saved = []
-    monkeypatch.setattr(condense.train, "save_artifact", lambda *args: saved.append(args[2]))
+    monkeypatch.setattr(condense.callbacks, "save_artifact", lambda *args: saved.append(args[2]))
     trainer = SimpleNamespace(
         sanity_checking=False,
         state=SimpleNamespace(fn=TrainerFn.FITTING),
@@ -531,7 +533,9 @@ def test_lightnings_advert_is_dropped_and_its_other_lines_kept(caplog):
 
     from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-    import condense.train  # noqa: F401  (installs the filter)
+    from condense.training import quiet_lightning
+
+    quiet_lightning()
 
     with caplog.at_level(logging.INFO):
         rank_zero_info("💡 Tip: For seamless cloud logging, try installing [litlogger](...)")
@@ -557,7 +561,7 @@ def test_a_run_dir_inside_its_data_folder_is_refused_before_anything_is_written(
 def test_synthetic_data_is_not_taken_for_a_folder_of_that_name(tiny_pair, tmp_path, monkeypatch):
     """A run dir under ./synthetic/ was refused as inside the --data folder, though
     synthetic data is made, not read from there."""
-    train_module = importlib.import_module("condense.train")
+    train_module = importlib.import_module("condense.training")
 
     def past_the_check(*_):
         raise RuntimeError("past the check")

@@ -1,7 +1,9 @@
-"""`condense train`: build the models and data from a config, fit, write summary.json."""
+"""`condense train`: check the run dir and resume, build, fit, write summary.json and
+the artifact."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -12,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 import yaml
 from lightning.pytorch.callbacks import (
     Callback,
@@ -20,22 +21,15 @@ from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     TQDMProgressBar,
 )
-from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from condense.artifact import save_artifact
-from condense.callbacks import LogGenerations
+from condense.build import build
+from condense.callbacks import ExportBest, LogGenerations
 from condense.checkpoint_io import AtomicCheckpointIO, BestAndLastCheckpoint
 from condense.config import ConfigError, TrainConfig
-from condense.data import CondenseDataModule, is_synthetic
-from condense.device import (
-    PRECISION_ALIASES,
-    cpu_training_precision,
-    gpu_mixed_precision,
-    precision_dtype,
-    warn_if_bf16_is_emulated,
-)
+from condense.data import is_synthetic
+from condense.device import FLOAT16_ON_CPU, check_devices, on_gpu, resolve_precision
 from condense.files import inside, write_atomic
 from condense.loggers import (
     drop_rows_from,
@@ -45,7 +39,7 @@ from condense.loggers import (
     wandb_run_id,
 )
 from condense.model import Condenser
-from condense.module import CondenseModule, NonFiniteLossError
+from condense.module import NonFiniteLossError
 from condense.preemption import SaveOnSigterm, validation_was_cut
 from condense.push import PushError, push_artifact, push_token
 from condense.rng import ResumeRandomState
@@ -61,24 +55,7 @@ from condense.run_dir import (
     set_aside_earlier_run,
     step_of,
 )
-from condense.weights import (
-    hub_commit,
-    load_causal_lm,
-    load_tokenizer,
-    max_positions,
-    resolve_model,
-)
-
-# The frozen decoder is in eval mode on purpose (no dropout); Lightning warns about it.
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-# A resumed run's checkpoint folder holds its checkpoints, and one resumed from another
-# run's checkpoint starts its best score afresh, on purpose: Lightning warns of both.
-warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-warnings.filterwarnings("ignore", message=r"The dirpath has changed from .* will be reloaded")
-# Lightning's: it counts logging by batches of an epoch, but logs by global step, so the
-# rows it says would be missing are there. And one from torch inside Lightning's own code.
-warnings.filterwarnings("ignore", message=r"The number of training batches .* logging interval")
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+from condense.weights import hub_commit, resolve_model
 
 
 class _NoAdvert(logging.Filter):
@@ -88,9 +65,23 @@ class _NoAdvert(logging.Filter):
         return "litlogger" not in record.getMessage()
 
 
-# rank_zero_info logs through one of these, whichever Lightning module was imported last.
-for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-    logging.getLogger(_name).addFilter(_NoAdvert())
+@functools.cache
+def quiet_lightning() -> None:
+    """Silence Lightning's warnings and lines that a condense run causes on purpose; once a
+    process, from train(), so that importing condense changes no one else's warnings."""
+    # The frozen decoder is in eval mode on purpose (no dropout); Lightning warns about it.
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    # A resumed run's checkpoint folder holds its checkpoints, and one resumed from another
+    # run's checkpoint starts its best score afresh, on purpose: Lightning warns of both.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from .* will be reloaded")
+    # Lightning's: it counts logging by batches of an epoch, but logs by global step, so the
+    # rows it says would be missing are there. And one from torch inside Lightning's own code.
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* logging interval")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # rank_zero_info logs through one of these, whichever Lightning module was imported last.
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_NoAdvert())
 
 
 def train(cfg: TrainConfig, *, check_finished: bool = True) -> dict[str, Any]:
@@ -103,6 +94,7 @@ def train(cfg: TrainConfig, *, check_finished: bool = True) -> dict[str, Any]:
     looks, for a caller that decided for every process that the run is not finished (on
     several nodes each sees its own run dir).
     """
+    quiet_lightning()
     try:
         return _train(cfg, check_finished)
     finally:
@@ -112,20 +104,12 @@ def train(cfg: TrainConfig, *, check_finished: bool = True) -> dict[str, Any]:
             os.environ.pop(RUN_DIR_ENV, None)
 
 
-# Float16 precisions, and why they do not train on a CPU.
-FLOAT16_ON_CPU = {
-    "16-mixed": "torch's CPU autocast to float16 fails in the encoder",
-    # The tiny test pair validated at nan by step 4, with no word but "final nan".
-    "16-true": "on a CPU its float16 losses become nan",
-}
-
-
 def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     start = time.monotonic()
     L.seed_everything(cfg.seed, verbose=False)
     check_devices(cfg.accelerator)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
-    if precision in FLOAT16_ON_CPU and not _on_gpu(cfg.accelerator):
+    if precision in FLOAT16_ON_CPU and not on_gpu(cfg.accelerator):
         raise ConfigError(
             f"precision {precision} runs on a GPU only: {FLOAT16_ON_CPU[precision]}; on a CPU"
             " use bf16-mixed or 32"
@@ -364,56 +348,6 @@ def make_trainer(
         ) from err
 
 
-class ExportBest(Callback):
-    """Writes the portable artifact whenever validation reaches a new best loss, so the
-    artifact folder always holds the best weights so far (the .ckpt files are for resume).
-    Lightning runs ModelCheckpoint after every other callback, so the best score read here
-    is the best before this validation (None at the first one)."""
-
-    def __init__(self, folder: Path, cfg: TrainConfig):
-        self.folder = folder
-        # Enough to rebuild the validation split at evaluation time.
-        self.extra = {
-            "max_tokens": cfg.dataset.max_tokens,
-            "max_characters": cfg.dataset.max_characters,
-            "train_data": _as_recorded(cfg.data),
-            "seed": cfg.seed,
-            "val_size": cfg.dataset.val_size,
-            "synthetic_passages": cfg.dataset.synthetic_passages,
-            "synthetic_facts": cfg.dataset.synthetic_facts,
-            "train_steps": 0,
-            "training_config": cfg.to_dict(),
-        }
-
-    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if (
-            trainer.sanity_checking
-            or trainer.state.fn != TrainerFn.FITTING
-            or not trainer.is_global_zero
-        ):
-            return
-        best, current = (
-            trainer.checkpoint_callback.best_model_score,
-            trainer.callback_metrics.get("val_loss"),
-        )
-        if current is None or not torch.isfinite(current):
-            return
-        # Strictly better, as ModelCheckpoint's mode="min" judges it: on a tie, best.ckpt
-        # stays at the earlier step, and so does the artifact.
-        if best is None or float(current) < float(best):
-            self.extra.update(train_steps=trainer.global_step, val_loss=float(current))
-            # For eval to tell the run's validation split from one its data gives now.
-            self.extra["split_digest"] = trainer.datamodule.split_digest()
-            save_artifact(module.condenser, self.folder, self.extra)
-
-
-def _as_recorded(data: str) -> str:
-    """`data` as the artifact records it: a local file or folder by its absolute path, so
-    that eval rebuilds the validation split from any working folder."""
-    local = not is_synthetic(data) and Path(data).exists()
-    return str(Path(data).resolve()) if local else data
-
-
 def trained_commits(saved: dict[str, Any] | None, cfg: TrainConfig) -> dict[str, str | None]:
     """The Hub commits the checkpoint to resume from (`saved`, as read_checkpoint reads it)
     was trained on, for each base model `cfg` names as it did: a preempted run that restarts
@@ -440,125 +374,6 @@ def say_pinned(condenser: Condenser, commits: dict[str, str | None]) -> None:
                 f"condense: {role} {model['name']} at commit {model['commit']}, the"
                 f" checkpoint's (its main is now {newest}); start a new run to train on that"
             )
-
-
-def build(
-    cfg: TrainConfig, precision: str, commits: dict[str, str | None] | None = None
-) -> tuple[CondenseModule, CondenseDataModule]:
-    """The LightningModule and a set-up DataModule for a config: tokenizers, then the data
-    (cheap, and the likelier to be wrong), then the weights; of the base models' Hub
-    `commits` where given (trained_commits), else of their newest."""
-    commits = commits or {}
-    encoder_tok = load_tokenizer(cfg.model.encoder, commits.get("encoder"))
-    decoder_tok = load_tokenizer(cfg.model.decoder, commits.get("decoder"))
-    check_positions(cfg, commits)
-    datamodule = CondenseDataModule(
-        cfg.data, cfg.dataset, encoder_tok, decoder_tok, cfg.seed, cfg.val_batches
-    )
-    datamodule.setup()
-    # Frozen weights are stored in the compute dtype; only trainable ones stay fp32.
-    dtype = precision_dtype(precision)
-    encoder = load_causal_lm(cfg.model.encoder, dtype, commits.get("encoder"))
-    decoder = load_causal_lm(cfg.model.decoder, dtype, commits.get("decoder"))
-    module = condense_module(cfg, encoder, decoder, precision)
-    condenser = module.condenser
-    # As Condenser.from_pretrained attaches them: condense(texts) and generate() need them.
-    condenser.encoder_tokenizer, condenser.decoder_tokenizer = encoder_tok, decoder_tok
-    condenser.max_context_tokens = cfg.dataset.max_tokens
-    condenser.max_context_characters = cfg.dataset.max_characters
-    return module, datamodule
-
-
-def condense_module(
-    cfg: TrainConfig, encoder: torch.nn.Module, decoder: torch.nn.Module, precision: str
-) -> CondenseModule:
-    """The LightningModule of a condenser over these two models, as `cfg` sets it up:
-    LoRA, gradient checkpointing, compiled blocks, the optimizer's settings."""
-    # Seeded here, not only at start: loading (a first-time GGUF conversion, say) may
-    # draw random numbers, and the condenser's initialisation must not depend on that.
-    L.seed_everything(cfg.seed, verbose=False)
-    condenser = Condenser(encoder, decoder, cfg.model)
-    checkpointing = _use_checkpointing(cfg, condenser, precision)
-    if checkpointing:
-        condenser.enable_gradient_checkpointing()
-    if cfg.model.compile:
-        condenser.compile_blocks()
-        # The first batches are silent while they compile: say so, or the run looks hung.
-        rank_zero_info(
-            "condense: model.compile: the first validation and training batches compile"
-            " the transformer blocks (the bench job's first step: 110 s on a 2-core CPU,"
-            " 45 s with torch's compile cache warm)"
-        )
-    scaled = precision == "16-mixed"  # Lightning's GradScaler; 16-true runs without one
-    return CondenseModule(condenser, cfg.optim, cfg.max_steps, scaled)
-
-
-def check_devices(accelerator: str) -> None:
-    """Refuse an accelerator this machine does not have, before anything is loaded."""
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"accelerator={accelerator} but torch sees no GPU on this machine"
-            " (use --accelerator cpu or auto)"
-        )
-    if accelerator == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("accelerator=mps but this machine has no MPS device")
-
-
-def check_positions(cfg: TrainConfig, commits: dict[str, str | None] | None = None) -> None:
-    """The encoder reads context + N condense slots and the decoder N slots + prompt and
-    completion, each up to max_tokens + N positions: both models must have that many (at
-    the Hub `commits` they load, where given)."""
-    need = cfg.dataset.max_tokens + cfg.model.num_condense_tokens
-    for role, name in (("encoder", cfg.model.encoder), ("decoder", cfg.model.decoder)):
-        limit = max_positions(name, (commits or {}).get(role))
-        if limit is not None and need > limit:
-            raise ConfigError(
-                f"dataset.max_tokens + model.num_condense_tokens = {need} positions, more than"
-                f" the {role} {name!r} has ({limit})"
-            )
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """The full Lightning name of `precision` ("bf16" -> bf16-mixed, "32" -> 32-true);
-    "auto" -> bf16-mixed where the hardware has bf16 (GPU or CPU), else 16-mixed on a GPU
-    without it, else 32-true. bf16 asked for on a CPU that would emulate it warns."""
-    if precision == "auto":
-        return gpu_mixed_precision() if _on_gpu(accelerator) else cpu_training_precision()
-    precision = PRECISION_ALIASES.get(precision, precision)
-    if not _on_gpu(accelerator):
-        warn_if_bf16_is_emulated(precision)
-    return precision
-
-
-def _on_gpu(accelerator: str) -> bool:
-    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-
-
-def _use_checkpointing(cfg: TrainConfig, condenser: Condenser, precision: str) -> bool:
-    """model.gradient_checkpointing, or where it is null: on a GPU whose memory the job's
-    largest batch would not fit in without it (condense plan's estimate), off elsewhere.
-    Recomputing costs a third more compute: the default job on an H200 ran twice as fast
-    without it."""
-    setting = cfg.model.gradient_checkpointing
-    if setting is not None:
-        return setting
-    if not _on_gpu(cfg.accelerator):
-        return False
-    from condense.plan import USABLE, largest_batch_memory
-
-    need = largest_batch_memory(condenser, cfg, checkpointing=False, precision=precision)
-    # Every GPU the run may use: the device is not chosen yet (Lightning picks it later).
-    have = min(
-        torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())
-    )
-    checkpointing = need > USABLE * have
-    rank_zero_info(
-        f"condense: gradient checkpointing {'on' if checkpointing else 'off'}: a batch of"
-        f" {cfg.dataset.batch_size} x {cfg.dataset.max_tokens} tokens on each side needs"
-        f" ~{need / 2**30:.1f} GiB without it, of this GPU's {have / 2**30:.0f} GiB"
-        " (--model.gradient_checkpointing true/false decides)"
-    )
-    return checkpointing
 
 
 def _float(value: Any) -> float | None:
