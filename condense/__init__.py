@@ -2,6 +2,10 @@
 
 >>> from condense import TrainConfig, train
 >>> summary = train(TrainConfig(max_steps=10))
+
+TrainConfig's defaults are the original trainer's shapes (512 condense tokens, contexts
+of up to 4096 tokens): a GPU's work, even for the embedded 135M pair it defaults to.
+jobs/test.yaml holds CPU-sized ones (`condense train --test`).
 """
 
 from __future__ import annotations

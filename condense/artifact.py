@@ -179,9 +179,15 @@ def load_condenser(
     path_or_id: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
 ) -> Condenser:
     """A Condenser rebuilt from an artifact folder or a Hub repo holding one, with its
-    tokenizers attached (`condenser.condense(texts)` works), in eval mode, on `device`."""
+    tokenizers attached (`condenser.condense(texts)` works), in eval mode, on `device`.
+    A device this machine lacks, or a dtype that is not a torch.dtype, is refused first."""
+    from condense.device import inference_device
     from condense.weights import load_causal_lm, load_tokenizer
 
+    # Before the models load: torch's own errors come after, from deep inside .to().
+    device = inference_device(str(device))
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype (torch.bfloat16, ...), not {dtype!r}")
     folder = local_folder(path_or_id)
     config = read_config(folder)
     cfg = _model_config(folder, config)

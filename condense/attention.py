@@ -145,5 +145,19 @@ def _scores(query: torch.Tensor, key: torch.Tensor, start: int, scale: float) ->
     return scores * scale + bias
 
 
+def implementation_for(config) -> str:
+    """The attention a model of `config` loads with: condense's where its architecture
+    takes a registered attention function; else its SDPA, else its eager attention; and
+    eager where it soft-caps attention scores (Gemma 2), which SDPA refuses."""
+    from transformers import AutoModelForCausalLM
+
+    if getattr(config, "attn_logit_softcapping", None):
+        return "eager"
+    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    if model_class is None or getattr(model_class, "_supports_attention_backend", False):
+        return NAME
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
+
+
 AttentionInterface.register(NAME, causal_attention)
 AttentionMaskInterface.register(NAME, sdpa_mask)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from condense import flops
-from condense.build import build, check_positions, condense_module
+from condense.build import build, check_models, condense_module
 from condense.config import TrainConfig
 from condense.data import Collator, LengthGroupedBatchSampler, Tokenized, length_keys
 from condense.device import check_devices, on_gpu, precision_dtype, resolve_precision
@@ -355,7 +355,7 @@ def _rate(product: Callable[[], Any], device: torch.device, seconds: float) -> f
 def random_module(cfg: TrainConfig, precision: str, device: torch.device) -> CondenseModule:
     """The job's module over random weights of its models' architectures (the shipped
     configs of the default models: nothing is downloaded), frozen ones in the compute dtype."""
-    check_positions(cfg)  # the rows are at most max_tokens (+ N) wide, as the job's are
+    check_models(cfg)  # causal LMs; the rows are at most max_tokens (+ N) wide, as the job's are
     dtype = precision_dtype(precision)
     encoder = causal_lm_from_config(cfg.model.encoder, dtype, device)
     decoder = causal_lm_from_config(cfg.model.decoder, dtype, device)

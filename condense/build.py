@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from condense.config import ConfigError, TrainConfig
 from condense.data import CondenseDataModule
 from condense.device import on_gpu, precision_dtype
 from condense.model import Condenser
 from condense.module import CondenseModule
-from condense.weights import load_causal_lm, load_tokenizer, max_positions
+from condense.weights import (
+    check_attends_back_only,
+    check_causal_lm,
+    load_causal_lm,
+    load_tokenizer,
+    max_positions,
+    model_config,
+)
 
 
 def build(
@@ -22,9 +29,14 @@ def build(
     (cheap, and the likelier to be wrong), then the weights; of the base models' Hub
     `commits` where given (trained_commits), else of their newest."""
     commits = commits or {}
+    check_models(cfg, commits)
     encoder_tok = load_tokenizer(cfg.model.encoder, commits.get("encoder"))
     decoder_tok = load_tokenizer(cfg.model.decoder, commits.get("decoder"))
-    check_positions(cfg, commits)
+    if decoder_tok.eos_token_id is None:
+        rank_zero_warn(
+            f"condense: the decoder {cfg.model.decoder!r} has no eos token: completions train"
+            " without an end, and generation runs to its max_new_tokens"
+        )
     datamodule = CondenseDataModule(
         cfg.data, cfg.dataset, encoder_tok, decoder_tok, cfg.seed, cfg.val_batches
     )
@@ -50,6 +62,8 @@ def condense_module(
     # Seeded here, not only at start: loading (a first-time GGUF conversion, say) may
     # draw random numbers, and the condenser's initialisation must not depend on that.
     L.seed_everything(cfg.seed, verbose=False)
+    # Only the decoder must be causal: the encoder's hidden states are all that is read.
+    check_attends_back_only(decoder, cfg.model.decoder)
     condenser = Condenser(encoder, decoder, cfg.model)
     checkpointing = _use_checkpointing(cfg, condenser, precision)
     if checkpointing:
@@ -66,13 +80,17 @@ def condense_module(
     return CondenseModule(condenser, cfg.optim, cfg.max_steps, scaled)
 
 
-def check_positions(cfg: TrainConfig, commits: dict[str, str | None] | None = None) -> None:
-    """The encoder reads context + N condense slots and the decoder N slots + prompt and
-    completion, each up to max_tokens + N positions: both models must have that many (at
-    the Hub `commits` they load, where given)."""
+def check_models(cfg: TrainConfig, commits: dict[str, str | None] | None = None) -> None:
+    """From the models' configs (at the Hub `commits` they load, where given), before any
+    weights: both are causal LMs (check_causal_lm), and have the positions the job needs.
+    The encoder reads context + N condense slots and the decoder N slots + prompt and
+    completion, each up to max_tokens + N positions."""
     need = cfg.dataset.max_tokens + cfg.model.num_condense_tokens
     for role, name in (("encoder", cfg.model.encoder), ("decoder", cfg.model.decoder)):
-        limit = max_positions(name, (commits or {}).get(role))
+        revision = (commits or {}).get(role)
+        config = model_config(name, revision)
+        check_causal_lm(config, name, role)
+        limit = max_positions(config)
         if limit is not None and need > limit:
             raise ConfigError(
                 f"dataset.max_tokens + model.num_condense_tokens = {need} positions, more than"

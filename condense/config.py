@@ -7,9 +7,10 @@ field can be overridden on the command line (`--model.num_condense_tokens 64`).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 EMBEDDED_MODEL = "embedded"
 # Lightning's precision values (Trainer(precision=...)), kept here so that checking a config
@@ -30,6 +31,7 @@ PRECISIONS = (
     "bf16",
 )
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+WandbSetting = Literal["auto", "online", "offline", "off"]
 
 
 class ConfigError(ValueError):
@@ -271,7 +273,7 @@ class TrainConfig:
     val_every_n_steps: int = 100
     val_batches: int | None = None
     log_every_n_steps: int = 10
-    wandb: Literal["auto", "online", "offline", "off"] = "auto"
+    wandb: WandbSetting = "auto"
     wandb_project: str = "condense"
     hub_repo: str | None = None
     hub_public: bool = False
@@ -280,6 +282,13 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, os.PathLike):  # from Python: a Path names a file as a str does
+            self.data = os.fspath(self.data)
+        # From Python (the command line checks it first): any other value ran W&B online.
+        settings = get_args(WandbSetting)
+        _require(
+            self.wandb in settings, "wandb", f"must be one of {', '.join(settings)}", self.wandb
+        )
         for name in ("max_steps", "val_every_n_steps", "log_every_n_steps", "num_nodes"):
             value = getattr(self, name)
             _require(value > 0, name, "must be positive", value)

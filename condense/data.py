@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ def is_synthetic(source: str) -> bool:
 
 
 def load_samples(
-    source: str,
+    source: str | os.PathLike,
     cfg: DatasetConfig,
     seed: int,
     report: DataReport | None = None,
@@ -63,6 +64,8 @@ def load_samples(
     """
     report = report if report is not None else DataReport()
     skip = cfg.skip_bad_rows
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
     if not isinstance(source, str) or not source.strip():  # `data: null`, `--data ""`
         raise DataError(
             f"--data {source!r}: no data source: give a data file ({KINDS}), a dataset"

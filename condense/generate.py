@@ -36,6 +36,12 @@ def generate(
     Rows are left-padded to one width and masked, and each is cut to its own budget, so a
     batch gives what each row would give alone.
     """
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of prompts, not one string")
+    if len(prefixes) != len(prompts):
+        raise ValueError(f"{len(prefixes)} prefixes for {len(prompts)} prompts: give one each")
+    if not prompts:
+        return []
     if isinstance(max_new_tokens, Sequence):
         budgets = list(max_new_tokens)
         if len(budgets) != len(prompts):

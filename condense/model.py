@@ -237,6 +237,12 @@ class Condenser(nn.Module):
         if isinstance(texts, str):
             # A str is a sequence too: each of its characters would be condensed as a text.
             raise TypeError("condense(texts) takes a list of texts: condense([text])")
+        if not all(isinstance(text, str) for text in texts):
+            kinds = sorted({type(text).__name__ for text in texts if not isinstance(text, str)})
+            raise TypeError(f"condense(texts) takes texts (str), not {', '.join(kinds)}")
+        if not texts:
+            hidden = self.projection.out_features
+            return self.condense_tokens.new_zeros(0, self.num_condense_tokens, hidden)
         tokenizer = getattr(self, "encoder_tokenizer", None)
         if tokenizer is None:
             raise RuntimeError(
@@ -279,12 +285,17 @@ class Condenser(nn.Module):
         return load_condenser(path_or_hub_id, dtype, device)
 
     def save_pretrained(self, folder: str, **extra) -> None:
-        """Write the portable artifact: LoRA adapter, condenser tensors, config, model card."""
+        """Write the portable artifact: LoRA adapter, condenser tensors, config, model card.
+        How training cut contexts (max_context_tokens, max_context_characters) is kept, so
+        that the condenser loaded back condenses as this one does; `extra` adds to the
+        config (or overrides)."""
         from pathlib import Path
 
         from condense.artifact import save_artifact
 
-        save_artifact(self, Path(folder), extra)
+        cut = {"max_tokens": self.max_context_tokens, "max_characters": self.max_context_characters}
+        kept = {key: value for key, value in cut.items() if value is not None}
+        save_artifact(self, Path(folder), {**kept, **extra})
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and target-token count of a collated batch."""
@@ -394,10 +405,14 @@ def _as_model_logits(logits: torch.Tensor, config) -> torch.Tensor:
 
 
 def _embedding_scale(model: nn.Module) -> float:
-    weight = model.get_input_embeddings().weight
-    if weight.is_meta:  # shapes only (parameter counts, plans): the value is never used
+    """The spread of the token embeddings `model` feeds its first layer: its embedding
+    weights', times the scale some families' embeddings multiply by (Gemma's and XGLM's
+    sqrt(hidden size): 8x the weights' spread at hidden size 64, 45x at Gemma-2B's)."""
+    embedding = model.get_input_embeddings()
+    if embedding.weight.is_meta:  # shapes only (parameter counts, plans): never used
         return 0.02
-    return weight.float().std().item()
+    scale = float(getattr(embedding, "embed_scale", 1.0))
+    return embedding.weight.float().std().item() * scale
 
 
 def _zero_dropout(model: nn.Module) -> None:

@@ -404,7 +404,12 @@ def describe(summary: dict[str, Any]) -> str:
     initial, best = summary["val_loss_initial"], summary["val_loss_best"]
     change = ""
     if initial and best is not None:
-        change = f" ({100 * (initial - best) / initial:.0f}% lower)"
+        fell = 100 * (initial - best) / initial
+        change = (
+            f" ({fell:.0f}% lower)"
+            if fell >= 0
+            else f" ({-fell:.0f}% higher: no better than untrained)"
+        )
     steps, since = summary["steps"], summary.get("resumed_at_step") or 0
     took = f"{steps} steps in {summary['wall_s']:.0f} s"
     if since:  # this process ran only the steps after the checkpoint it resumed from

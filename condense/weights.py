@@ -129,9 +129,10 @@ def causal_lm_from_config(
 
     from condense import attention
 
+    config = model_config(name)
     with torch.device(device):
         return AutoModelForCausalLM.from_config(
-            model_config(name), dtype=dtype, attn_implementation=attention.NAME
+            config, dtype=dtype, attn_implementation=attention.implementation_for(config)
         )
 
 
@@ -139,8 +140,8 @@ def load_tokenizer(name: str, revision: str | None = None):
     """Tokenizer of a model, padding on the right with its own pad token, and cutting a
     text to `max_length` at its end. `revision` pins a Hub id's commit (see _loadable).
 
-    A tokenizer without a pad token pads with its EOS token; the pad positions are
-    masked everywhere, so which id fills them does not matter.
+    A tokenizer without a pad token pads with its EOS token (without one, with token 0);
+    the pad positions are masked everywhere, so which id fills them does not matter.
     """
     from transformers import AutoTokenizer
 
@@ -170,7 +171,7 @@ def load_tokenizer(name: str, revision: str | None = None):
             " files, e.g. vocab.json and merges.txt, are missing)"
         )
     if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(0)
     tokenizer.padding_side = "right"
     # A context keeps its start in training, in condense() and in eval's full context, as
     # max_characters keeps it, whatever side a tokenizer's own config names.
@@ -191,22 +192,81 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, revision: str 
 
     from condense import attention
 
+    config = model_config(name, revision)
+    check_causal_lm(config, name)
     loadable, revision = _loadable(name, revision)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model, loading = AutoModelForCausalLM.from_pretrained(
             loadable,
             revision=revision,
             dtype=dtype,
-            attn_implementation=attention.NAME,
+            attn_implementation=attention.implementation_for(config),
             weights_only=True,
+            output_loading_info=True,
         )
     except SafetensorError as err:  # names neither the model nor the file
         raise ModelNotFoundError(
             f"model {loadable!r}: {_damaged_weights(loadable)} is damaged or incomplete"
             f" ({err}); copy or download it again"
         ) from None
+    missing = sorted(loading.get("missing_keys") or ())
+    if missing:
+        # transformers initialises them at random, differently at each load: an adapter
+        # trained over them would meet other weights in eval and generate.
+        raise ModelNotFoundError(
+            f"model {loadable!r}: its checkpoint lacks {len(missing)} weight(s) of"
+            f" {type(model).__name__} ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}):"
+            " not a causal LM checkpoint (a base model without its LM head, or an"
+            " encoder-decoder's half?)"
+        )
     model.hub_commit = hub_commit(loadable, revision)
     return model
+
+
+def check_causal_lm(config, name: str, role: str | None = None) -> None:
+    """Refuse, in one line, a model that is no text-only causal LM: an encoder-decoder (T5,
+    BART), a multimodal model, or an architecture transformers has no causal-LM class for.
+    `role` ("encoder", "decoder") names it in the message."""
+    from transformers import AutoModelForCausalLM
+
+    where = f"model.{role} {name!r}" if role else f"model {name!r}"
+    kind = config.model_type
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelNotFoundError(
+            f"{where}: {kind} is an encoder-decoder model; condense needs causal (decoder-only) LMs"
+        )
+    if AutoModelForCausalLM._model_mapping.get(type(config), None) is None:
+        raise ModelNotFoundError(
+            f"{where}: transformers has no causal-LM class for {kind}; condense needs"
+            " causal (decoder-only) LMs"
+        )
+    if config.get_text_config() is not config:
+        # Gemma 3's 4B-27B: trained, its class then refuses generate() from embeddings.
+        raise ModelNotFoundError(
+            f"{where}: {kind} is a multimodal model; condense needs text-only causal LMs"
+        )
+
+
+def check_attends_back_only(model, name: str) -> None:
+    """Refuse, in one line, a decoder whose output at a position depends on the tokens
+    after it (BERT's family loaded as a causal LM, or any bidirectional model): trained on
+    it, each position would see the token it is to predict. Measured, not read from the
+    config, whose is_decoder some causal families (GPT-NeoX) leave false: the first
+    position's hidden state, behind two different continuations."""
+    embeddings = model.get_input_embeddings()
+    device, vocab = embeddings.weight.device, embeddings.num_embeddings
+    rows = torch.tensor([[1, 2, 3, 4], [1, 5, 6, 7]], device=device) % vocab
+    with torch.no_grad():
+        first = (
+            model.base_model(input_ids=rows, attention_mask=torch.ones_like(rows))
+            .last_hidden_state[:, 0]
+            .float()
+        )
+    if not torch.allclose(first[0], first[1], rtol=0, atol=1e-4 * float(first.abs().max())):
+        raise ModelNotFoundError(
+            f"model.decoder {name!r}: {model.config.model_type} attends both ways (its first"
+            " position changes with the tokens after it); the decoder must be a causal LM"
+        )
 
 
 def hub_commit(loadable: str, revision: str | None = None) -> str | None:
@@ -249,10 +309,10 @@ def _damaged_weights(loadable: str) -> str:
     return "a weights file"
 
 
-def max_positions(name: str, revision: str | None = None) -> int | None:
-    """How many positions the model `name` reads (its config's max_position_embeddings),
-    from its config alone (the shipped one where there is one); None when it does not say."""
-    return getattr(model_config(name, revision), "max_position_embeddings", None)
+def max_positions(config) -> int | None:
+    """How many positions a model of `config` (model_config) reads: its
+    max_position_embeddings; None when it does not say (ALiBi, say)."""
+    return getattr(config, "max_position_embeddings", None)
 
 
 def _loadable(name: str, revision: str | None = None) -> tuple[str, str | None]:

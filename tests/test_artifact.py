@@ -14,7 +14,7 @@ from peft import LoraConfig, get_peft_model
 
 from condense.__main__ import main
 from condense.artifact import ARTIFACT_FILES, ArtifactError, import_original, read_config
-from condense.config import ModelConfig
+from condense.config import ConfigError, ModelConfig
 from condense.model import Condenser
 from condense.synthetic import synthetic_samples
 from condense.weights import ModelNotFoundError, load_causal_lm, load_tokenizer
@@ -89,6 +89,28 @@ def test_condense_refuses_one_text_given_as_a_string(tiny_pair, tmp_path):
     loaded = Condenser.from_pretrained(str(tmp_path / "artifact"))
     with pytest.raises(TypeError, match=r"condense\(\[text\]\)"):
         loaded.condense("just a string")
+
+
+def test_condense_takes_no_text_and_names_a_non_text(tiny_pair, tmp_path):
+    """[] was an IndexError inside transformers, [None] a TypeError of slicing."""
+    _trained_condenser(tiny_pair).save_pretrained(str(tmp_path / "artifact"))
+    loaded = Condenser.from_pretrained(str(tmp_path / "artifact"))
+    assert loaded.condense([]).shape == (0, 4, 48)
+    with pytest.raises(TypeError, match=r"takes texts \(str\), not NoneType"):
+        loaded.condense(["A text.", None])
+
+
+def test_a_loaded_condenser_saved_again_cuts_contexts_as_before(tiny_pair, tmp_path):
+    """save_pretrained dropped max_tokens and max_characters: the condenser loaded back
+    condensed a long context whole, where the first cut it as training did."""
+    condenser = _trained_condenser(tiny_pair)
+    condenser.save_pretrained(str(tmp_path / "first"), max_tokens=8, max_characters=60)
+    first = Condenser.from_pretrained(str(tmp_path / "first"))
+    first.save_pretrained(str(tmp_path / "second"))
+    second = Condenser.from_pretrained(str(tmp_path / "second"))
+    assert (second.max_context_tokens, second.max_context_characters) == (8, 60)
+    long = [" ".join(TEXTS * 10)]
+    assert (second.condense(long) - first.condense(long)).abs().max().item() < 1e-6
 
 
 def test_artifact_holds_exactly_its_files_and_no_frozen_weights(tiny_pair, tmp_path):
@@ -544,3 +566,19 @@ def test_import_of_a_damaged_original_is_one_line_naming_the_file(
     assert line.startswith("condense: error: " + message.format(folder=folder))
     # A refused import left new/ behind, empty: made before the checkpoint was read.
     assert not (tmp_path / "new").exists()
+
+
+def test_from_pretrained_refuses_a_device_or_dtype_before_the_models_load(
+    tiny_pair, tmp_path, monkeypatch
+):
+    """device="cuda" on a machine without one loaded both models, then failed 13 frames
+    deep in torch; dtype="bf16" was an AttributeError of torch."""
+    import condense.weights
+
+    _trained_condenser(tiny_pair).save_pretrained(str(tmp_path / "artifact"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(condense.weights, "load_causal_lm", lambda *a: pytest.fail("loaded"))
+    with pytest.raises(ConfigError, match="--device cuda but torch sees 0 GPU"):
+        Condenser.from_pretrained(str(tmp_path / "artifact"), device="cuda")
+    with pytest.raises(TypeError, match="dtype must be a torch.dtype"):
+        Condenser.from_pretrained(str(tmp_path / "artifact"), dtype="bf16")

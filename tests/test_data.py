@@ -788,3 +788,11 @@ def test_passages_that_share_their_contexts_are_told_why_none_is_held_out():
         "none of 2 samples of 2 passages can be held out for validation: each passage shares"
         " a context with another, and a context is never in both splits"
     )
+
+
+def test_a_data_file_given_as_a_path_reads_as_its_string(tmp_path):
+    """load_samples(Path(...)) said "no data source", naming the file it was given."""
+    row = {"context": "A cat sat.", "prompt": "Who sat?", "completion": "A cat."}
+    (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n")
+    (sample,) = load_samples(tmp_path / "d.jsonl", DatasetConfig(), seed=0)
+    assert (sample.context, sample.completion) == ("A cat sat.", "A cat.")

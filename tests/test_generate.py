@@ -116,6 +116,20 @@ def test_budgets_must_be_one_per_prompt_and_positive(tiny_pair, tmp_path):
         generate(condenser, condensed, ["a\n", "b\n"], max_new_tokens=0)
 
 
+def test_prompts_must_be_a_list_of_one_per_prefix(tiny_pair, tmp_path):
+    """Two prefixes and one prompt gave one answer, three prompts two, and a bare string
+    was read a character a prompt: answers silently missing or made up."""
+    condenser = _loaded(tiny_pair, tmp_path)
+    condensed = condenser.condense(["One.", "Two."])
+    with pytest.raises(ValueError, match="2 prefixes for 1 prompts: give one each"):
+        generate(condenser, condensed, ["a\n"], max_new_tokens=3)
+    with pytest.raises(ValueError, match="2 prefixes for 3 prompts"):
+        generate(condenser, condensed, ["a\n"] * 3, max_new_tokens=3)
+    with pytest.raises(TypeError, match="not one string"):
+        generate(condenser, condensed[:1], "a\n", max_new_tokens=3)
+    assert generate(condenser, condensed[:0], [], max_new_tokens=3) == []
+
+
 def test_no_context_generation_takes_an_empty_condensed_prefix(tiny_pair, tmp_path):
     condenser = _loaded(tiny_pair, tmp_path)
     empty = torch.zeros(2, 0, 48)

@@ -637,3 +637,16 @@ def test_a_run_says_which_parameters_train_without_lightnings_table(
     trained, total, *groups = counts
     assert trained == sum(groups) and 0 < trained < total
     assert line.startswith("condense: ") and "(condense " in line and ", lora " in line
+
+
+@pytest.mark.parametrize(
+    ("best", "said"), [(4.0, "(20% lower)"), (5.1, "(2% higher: no better than untrained)")]
+)
+def test_the_summary_says_how_far_the_loss_fell_or_that_it_rose(best, said):
+    """A run whose best validation was above the untrained one read "(-2% lower)"."""
+    summary = {
+        "val_loss_initial": 5.0, "val_loss_best": best, "val_loss_final": best, "steps": 5,
+        "wall_s": 1.0, "precision": "32-true", "best_checkpoint": "b", "last_checkpoint": "l",
+        "run_dir": "r",
+    }  # fmt: skip
+    assert f"best {best:.4f} {said}, final" in describe(summary)
