@@ -23,7 +23,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from condense.config import ConfigError, ModelConfig, model_name
+from condense.config import ConfigError, ModelConfig, first_line, model_name
 from condense.files import ARTIFACT_CONFIG_FILE, file_above, swap_in_folder, umask_modes
 from condense.model import Condenser
 
@@ -507,7 +507,7 @@ def _original_modules(path: Path) -> tuple[torch.Tensor, dict, dict]:
         ) from None
     # EOFError: an empty file, or one cut short before its first record.
     except (RuntimeError, OSError, KeyError, TypeError, EOFError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise ArtifactError(
             f"{path}: not a readable original checkpoint ({reason[:200]})"
         ) from None

@@ -38,6 +38,13 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the field and the value."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message, or its type when it has none: the part of
+    another library's error that a one-line ConfigError or DataError quotes."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _require(ok: bool, name: str, rule: str, value: object) -> None:
     if not ok:
         raise ConfigError(f"{name} {rule}, got {value!r}")

@@ -8,7 +8,7 @@ import math
 import os
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -117,9 +117,7 @@ def load_samples(
 def _cut(sample: Sample, max_characters: int) -> Sample:
     if len(sample.context) <= max_characters:
         return sample
-    return Sample(
-        sample.context[:max_characters], sample.prompt, sample.completion, sample.task, sample.group
-    )
+    return replace(sample, context=sample.context[:max_characters])
 
 
 @dataclass
@@ -639,6 +637,8 @@ class CondenseDataModule(L.LightningDataModule):
         limit: int | None = None,
         batch_size: int | None = None,
     ) -> DataLoader:
+        if not self.train_set:
+            raise RuntimeError("CondenseDataModule: call setup() before asking for a loader")
         # The sampler shards batches across DDP ranks itself; the Trainer is told not to
         # put a DistributedSampler in its place (use_distributed_sampler=False).
         trainer = self.trainer

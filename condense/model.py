@@ -17,7 +17,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from condense.config import ConfigError, ModelConfig
+from condense.config import ConfigError, ModelConfig, first_line
 from condense.flops import blocks
 from condense.loss import labelled_cross_entropy
 
@@ -67,7 +67,7 @@ class Condenser(nn.Module):
                 self.encoder = get_peft_model(encoder, lora)
         except ValueError as err:  # peft's NoMatchingPeftModuleError, among others
             raise ConfigError(
-                f"model.lora_target_modules={cfg.lora_target_modules}: {str(err).splitlines()[0]}"
+                f"model.lora_target_modules={cfg.lora_target_modules}: {first_line(err)}"
             ) from None
         self._lora_layers = tuple(
             m for m in self.encoder.modules() if isinstance(m, BaseTunerLayer)

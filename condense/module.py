@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from condense.config import OptimConfig
+from condense.config import OptimConfig, first_line
 from condense.data import other_context
 from condense.model import IGNORE_INDEX, Condenser
 
@@ -325,7 +325,7 @@ class CondenseModule(L.LightningModule):
         try:
             checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            reason = first_line(err)
             raise CheckpointMismatchError(f"{path}: not a readable checkpoint ({reason})") from None
         self.check_checkpoint_state(checkpoint.get("state_dict", {}))
         alpha, here = checkpoint.get("lora_alpha"), self.condenser.cfg.lora_alpha

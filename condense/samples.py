@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from condense.config import first_line
 from condense.network import hub_offline, hub_reachable
 
 # The original trainer's column names, mapped to ours.
@@ -551,12 +552,6 @@ def _cache_only() -> Iterator[None]:
         mock.patch.object(constants, "HF_HUB_OFFLINE", True),
     ):
         yield
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an error's message, or its type when it has none."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def passage_key(sample: Sample) -> str:

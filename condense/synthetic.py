@@ -156,7 +156,14 @@ def synthetic_samples(
     num_passages: int, seed: int = 0, facts: Sequence[int] | None = None
 ) -> list[Sample]:
     """`num_passages` passages (of `facts` facts, as in `make_passage`), three samples each,
-    the same for the same seed."""
+    the same for the same seed. ValueError for a negative count or facts other than
+    (lo, hi) with 1 <= lo <= hi <= 7, as DatasetConfig.synthetic_facts takes them."""
+    if not isinstance(num_passages, int) or num_passages < 0:
+        raise ValueError(f"num_passages must be 0 or more, got {num_passages!r}")
+    if facts is not None and not (
+        isinstance(facts, Sequence) and len(facts) == 2 and 1 <= facts[0] <= facts[1] <= 7
+    ):
+        raise ValueError(f"facts must be (lo, hi) with 1 <= lo <= hi <= 7, got {facts!r}")
     rng = random.Random(f"condense-synthetic-{seed}")
     samples: list[Sample] = []
     for index in range(num_passages):

@@ -27,7 +27,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from condense.build import build
 from condense.callbacks import ExportBest, LogGenerations
 from condense.checkpoint_io import AtomicCheckpointIO, BestAndLastCheckpoint
-from condense.config import ConfigError, TrainConfig
+from condense.config import ConfigError, TrainConfig, first_line
 from condense.data import is_synthetic
 from condense.device import FLOAT16_ON_CPU, check_devices, on_gpu, resolve_precision
 from condense.files import inside, write_atomic
@@ -344,7 +344,7 @@ def make_trainer(
     except (ValueError, TypeError, MisconfigurationException) as err:
         raise ConfigError(
             f"devices={cfg.devices!r}, strategy={cfg.strategy!r}, num_nodes={cfg.num_nodes}:"
-            f" {str(err).strip().splitlines()[0]}"
+            f" {first_line(err)}"
         ) from err
 
 

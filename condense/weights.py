@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from condense.config import EMBEDDED_MODEL
+from condense.config import EMBEDDED_MODEL, first_line
 from condense.files import umask_modes
 from condense.network import hub_offline, hub_reachable
 
@@ -159,7 +159,7 @@ def load_tokenizer(name: str, revision: str | None = None):
     except ValueError as err:  # "Couldn't instantiate the backend tokenizer from one of: ..."
         if not local:
             raise
-        reason = str(err).strip().splitlines()[0].rstrip(": ")
+        reason = first_line(err).rstrip(": ")
         raise ModelNotFoundError(
             f"model {loadable!r}: its tokenizer cannot be loaded from the folder's files"
             f" (transformers: {reason} ...)"

@@ -85,9 +85,5 @@ class LaunchSpec:
         each instead of gpus_per_node (evaluation takes one)."""
         return [f"{gpu}:{count or self.gpus_per_node}" for gpu in self.gpus]
 
-    def sky_accelerators(self) -> list[str]:
-        """SkyPilot's candidates in order, e.g. ["H100:1", "A100-80GB:1"]."""
-        return [f"{gpu}:{self.gpus_per_node}" for gpu in self.gpus]
-
 
 SPEC = LaunchSpec()

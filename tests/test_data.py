@@ -106,6 +106,17 @@ def test_synthetic_facts_sets_how_much_each_passage_states():
 def test_synthetic_facts_outside_one_to_seven_is_refused(facts):
     with pytest.raises(ConfigError, match="dataset.synthetic_facts"):
         DatasetConfig(synthetic_facts=facts)
+    # From Python, as the config would: [3, 1] was randrange's "empty range", [0, 9]
+    # passed or failed by the passage, and 3 was "argument after * must be an iterable".
+    with pytest.raises(ValueError, match=r"facts must be \(lo, hi\) with 1 <= lo <= hi <= 7"):
+        synthetic_samples(50, facts=facts)
+
+
+def test_a_negative_number_of_synthetic_passages_is_refused():
+    """It made [] without a word."""
+    with pytest.raises(ValueError, match="num_passages must be 0 or more, got -3"):
+        synthetic_samples(-3)
+    assert synthetic_samples(0) == []
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
@@ -796,3 +807,14 @@ def test_a_data_file_given_as_a_path_reads_as_its_string(tmp_path):
     (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n")
     (sample,) = load_samples(tmp_path / "d.jsonl", DatasetConfig(), seed=0)
     assert (sample.context, sample.completion) == ("A cat sat.", "A cat.")
+
+
+def test_a_loader_asked_for_before_setup_says_to_call_setup(tiny_pair):
+    """It said "0 samples make fewer batches of 4 than there are processes (1)"."""
+    enc_tok, dec_tok = load_tokenizer(tiny_pair[0]), load_tokenizer(tiny_pair[1])
+    cfg = DatasetConfig(synthetic_passages=10, val_size=6)
+    dm = CondenseDataModule("synthetic", cfg, enc_tok, dec_tok)
+    with pytest.raises(RuntimeError, match=r"call setup\(\) before asking for a loader"):
+        dm.train_dataloader()
+    dm.setup()
+    assert len(dm.train_dataloader()) > 0
