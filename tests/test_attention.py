@@ -77,3 +77,22 @@ def test_eager_calls_and_padding_masks_are_sdpa(tiny_pair):
         theirs = [model(input_ids=ids).logits, model(input_ids=ids, attention_mask=mask).logits]
     for a, b in zip(ours, theirs):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("kind", "chosen"),
+    [
+        ("mistral", attention.NAME),
+        ("falcon", "sdpa"),  # its own attention classes, with an SDPA one
+        ("gpt_neo", "eager"),  # was KeyError: 'condense' at load: no registered attention
+        ("gemma2", "eager"),  # SDPA refuses its soft-capped scores: failed at validation
+    ],
+)
+def test_a_model_loads_with_the_attention_its_architecture_can_run(kind, chosen, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tests.test_architectures import CONFIGS
+
+    AutoModelForCausalLM.from_config(CONFIGS[kind]()).save_pretrained(tmp_path)
+    assert attention.implementation_for(CONFIGS[kind]()) == chosen
+    assert load_causal_lm(str(tmp_path)).config._attn_implementation == chosen

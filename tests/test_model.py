@@ -440,19 +440,17 @@ def test_no_context_loss_is_the_decoders_own_loss_on_the_text(tiny_pair):
 
 
 def test_the_condensed_side_starts_on_the_scale_of_a_gemma_models_embeddings():
-    """Gemma's embedding multiplies its weights by sqrt(hidden size) (8 at 64): condense
-    tokens and projection were initialised from the weights alone, 8x too small."""
-    from transformers import GemmaConfig, GemmaForCausalLM
+    """Gemma's embedding multiplies its weights by sqrt(hidden size) (5.7 at 32): condense
+    tokens and projection were initialised from the weights alone, 5.7x too small."""
+    from transformers import GemmaForCausalLM
+
+    from tests.test_architectures import CONFIGS, VOCAB
 
     torch.manual_seed(0)
-    config = GemmaConfig(
-        hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=1, head_dim=16, vocab_size=350,
-    )  # fmt: skip
-    encoder, decoder = GemmaForCausalLM(config), GemmaForCausalLM(config)
+    encoder, decoder = GemmaForCausalLM(CONFIGS["gemma"]()), GemmaForCausalLM(CONFIGS["gemma"]())
     cfg = ModelConfig(encoder="e", decoder="d", num_condense_tokens=64, lora_r=4, lora_alpha=8)
     condenser = Condenser(encoder, decoder, cfg)
-    fed = decoder.get_input_embeddings()(torch.arange(350)).std().item()
+    fed = decoder.get_input_embeddings()(torch.arange(VOCAB)).std().item()
     assert fed > 5 * decoder.get_input_embeddings().weight.std().item()
     assert condenser.condense_tokens.std().item() == pytest.approx(fed, rel=0.1)
     fan_in = condenser.projection.in_features

@@ -227,38 +227,6 @@ def test_a_checkpoint_without_its_lm_head_is_refused_not_filled_at_random(tiny_p
         weights.load_causal_lm(folder)
 
 
-@pytest.mark.parametrize("kind", ["gpt_neo", "gemma2"])
-def test_models_condense_attention_cannot_serve_load_with_their_own(kind, tiny_pair, tmp_path):
-    """GPT-Neo failed to load (KeyError: 'condense': it takes no registered attention) and
-    Gemma 2 failed at the first validation (SDPA refuses its attention soft-cap)."""
-    from transformers import AutoModelForCausalLM, Gemma2Config, GPTNeoConfig
-
-    config = {
-        "gpt_neo": GPTNeoConfig(
-            hidden_size=32,
-            num_layers=2,
-            num_heads=4,
-            attention_types=[[["global", "local"], 1]],
-            vocab_size=350,
-        ),
-        "gemma2": Gemma2Config(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            vocab_size=350,
-        ),
-    }[kind]
-    folder = _tiny_folder(config, tiny_pair[1], tmp_path / kind, AutoModelForCausalLM.from_config)
-    model = weights.load_causal_lm(folder)
-    assert model.config._attn_implementation == "eager"
-    ids = torch.tensor([[5, 6, 7, 8]])
-    loss = model(input_ids=ids, labels=ids).loss
-    assert torch.isfinite(loss)
-
-
 def test_a_tokenizer_without_pad_or_eos_pads_with_token_0(tiny_pair, tmp_path):
     """It padded with None: a TypeError in the collator at the first validation."""
     from tokenizers import Tokenizer, models, pre_tokenizers
