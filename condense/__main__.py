@@ -3,6 +3,7 @@
     condense train --test                       # the embedded job, CPU-sized
     condense train --config jobs/default.yaml   # Llama-3.2-1B -> Mistral-7B
     condense train --test --max-steps 50 --model.num_condense_tokens 16
+    condense eval --artifact runs/X/artifact --out eval.json
     condense generate --artifact runs/X/artifact --context-file doc.txt --prompt "Who?"
     condense push runs/X/artifact --repo me/my-condenser
     condense import old-run/ --out my-artifact   # a checkpoint of the original trainer
@@ -18,168 +19,27 @@ arguments and config, 1 for the rest); `--debug` shows the full traceback instea
 from __future__ import annotations
 
 import difflib
-import re
 import shlex
-import signal
 import sys
-from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
-from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 from jsonargparse.typing import PositiveFloat, PositiveInt, restricted_string_type
 
-from condense.cli_errors import check_groups, check_job_file, parse
+from condense.cli_errors import parse, run_reporting_errors
 from condense.config import ConfigError, TrainConfig, check_hub_repo
 from condense.files import json_out
+from condense.job_args import (
+    add_debug,
+    add_flag,
+    job_parser,
+    normalize_flags,
+    parse_job,
+    parse_train,
+)
 
-PACKAGE_DIR = Path(__file__).resolve().parent
 # What `datasets` accepts as a split's name.
 SplitName = restricted_string_type("SplitName", r"^\w+(\.\w+)*\Z")
-
-
-def job_path(name: str) -> Path:
-    """A job file: a path as given, else jobs/NAME.yaml shipped with the package or beside
-    it, for NAME, NAME.yaml or jobs/NAME.yaml (the README's spelling, from any folder)."""
-    given = Path(name)
-    if given.is_file():
-        return given
-    if given.parent in (Path("."), Path("jobs")):
-        for jobs in (PACKAGE_DIR / "jobs", PACKAGE_DIR.parent / "jobs"):
-            candidate = jobs / f"{given.name.removesuffix('.yaml')}.yaml"
-            if candidate.is_file():
-                return candidate
-    raise ConfigError(f"no job {name!r} (not a file, not in jobs/)")
-
-
-def resolve_configs(argv: list[str]) -> list[str]:
-    """Each `--config NAME` as the job file job_path finds for it, so that `--config default`
-    or `--config jobs/test.yaml` works from any folder, and the file checked for YAML, not
-    empty, a mapping. A value it finds nothing for is left to the parser, which says the
-    file does not exist."""
-    out = []
-    for index, arg in enumerate(argv):
-        flag, eq, value = arg.partition("=")
-        if flag == "--config" and eq:
-            arg = f"--config={_job_or_given(value)}"
-        elif index and argv[index - 1] == "--config":
-            arg = _job_or_given(arg)
-        out.append(arg)
-    return out
-
-
-JOB_NAME = re.compile(r"(jobs/)?[\w.-]+")  # what may name a shipped job, not inline YAML
-
-
-def _job_or_given(name: str) -> str:
-    try:
-        found = job_path(name)
-    except ConfigError:
-        # A path elsewhere, or YAML given inline (`--config '{max_steps: 7}'`, which the
-        # parser takes): the parser reads it, or says that the file does not exist.
-        if Path(name).parent not in (Path("."), Path("jobs")) or not JOB_NAME.fullmatch(
-            Path(name).as_posix()
-        ):
-            return name
-        # A bare name that is no file is meant for a shipped job: `defualt` said only
-        # "File does not exist", naming none of them.
-        folders = (PACKAGE_DIR / "jobs", PACKAGE_DIR.parent / "jobs")  # as job_path looks
-        shipped = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
-        stem = Path(name).name.removesuffix(".yaml").removesuffix(".yml")
-        near = difflib.get_close_matches(stem, shipped, n=1)
-        hint = f"; did you mean {near[0]}?" if near else ""
-        raise ConfigError(
-            f"--config {name}: no such file, and no job of that name ({', '.join(shipped)}){hint}"
-        ) from None
-    check_job_file(found)
-    return str(found)
-
-
-def add_flag(parser: ArgumentParser, name: str, **kwargs) -> None:
-    """`--name-with-dashes` and `--name_with_dashes`, one flag, as `condense train` takes both."""
-    dest = name.replace("-", "_")
-    parser.add_argument(f"--{name}", f"--{dest}", dest=dest, **kwargs)
-
-
-def add_debug(parser: ArgumentParser) -> ArgumentParser:
-    """The `--debug` flag every command takes (main() acts on it)."""
-    parser.add_argument(
-        "--debug", action="store_true", help="On an error, show the full traceback."
-    )
-    return parser
-
-
-def train_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="condense train",
-        description="Train a condenser. Every option below can be set in a job YAML (--config)"
-        " and overridden on the command line; dashes and underscores are interchangeable.",
-        exit_on_error=False,
-    )
-    parser.add_argument(
-        "--test",
-        action="store_true",
-        help="Use jobs/test.yaml: the embedded model and data, sized for a CPU.",
-    )
-    parser.add_argument(
-        "--config",
-        action=ActionConfigFile,
-        help="A job YAML: a path, or the name of one in jobs/ (default, bench, test).",
-    )
-    parser.add_class_arguments(TrainConfig)
-    return add_debug(parser)
-
-
-def parse_train(argv: list[str]) -> TrainConfig:
-    """A TrainConfig from `condense train` arguments; ConfigError (one line) if they are wrong."""
-    return parse_job(train_parser(), argv)[0]
-
-
-def parse_job(parser: ArgumentParser, argv: list[str]) -> tuple[TrainConfig, Namespace]:
-    """A TrainConfig from the arguments of a command that takes a job (train, bench, plan),
-    and the parsed namespace for the command's own flags."""
-    printing = [arg for arg in argv if _asks_to_print(arg)]
-    if printing:
-        # jsonargparse prints and exits inside the parse, before the config's own checks:
-        # `--max-steps 0 --print_config` printed a job that training refuses.
-        parse_job(parser, [arg for arg in argv if arg not in printing])
-    argv = resolve_configs(normalize_flags(argv))
-    if "--test" in argv:
-        if any(arg.partition("=")[0] == "--config" for arg in argv):
-            # Both name a job, and the later file would silently win over the test job.
-            raise ConfigError("--test and --config both name a job: give one of them")
-        # The job file goes first, so flags given on the line override it wherever they stand.
-        argv = ["--config", str(job_path("test"))] + argv
-    elif _file_asks_for_test(parser, argv):
-        argv = ["--config", str(job_path("test"))] + argv
-    parsed = parse(parser, argv)
-    check_groups(parsed, ["model", "dataset", "optim"])
-    # The config's own checks (__post_init__) run here, the nested groups' first.
-    parsed = parser.instantiate(parsed)
-    return TrainConfig(**{f.name: getattr(parsed, f.name) for f in fields(TrainConfig)}), parsed
-
-
-def _asks_to_print(arg: str) -> bool:
-    """Whether `arg` is --print_config, spelt with dashes or abbreviated as argparse takes
-    it (`--print_conf=skip_null`; `--print` alone is ambiguous there)."""
-    name = normalize_flags([arg])[0].partition("=")[0]
-    return len(name) > len("--print") and "--print_config".startswith(name)
-
-
-def _file_asks_for_test(parser: ArgumentParser, argv: list[str]) -> bool:
-    """Whether a job file sets `test: true`, as --print_config of a --test job writes it:
-    parsed and ignored, it ran the default job. It asks for the test job under the file's
-    settings, as --test does. Parsed once without --print_config, which would print and
-    exit before the test job is put in."""
-    return bool(parse(parser, [a for a in argv if not _asks_to_print(a)]).test)
-
-
-def job_parser(prog: str, description: str) -> ArgumentParser:
-    """A parser that takes a job like `condense train` (every option of it), for `prog`."""
-    parser = train_parser()
-    parser.prog, parser.description = prog, description
-    return parser
 
 
 # Options of `condense train` that no bench step reads, and why: given on the command
@@ -257,17 +117,6 @@ class BenchHelp(DefaultHelpFormatter):
     def add_argument(self, action) -> None:
         if action.dest not in NOT_BENCHED:
             super().add_argument(action)
-
-
-def normalize_flags(argv: list[str]) -> list[str]:
-    """`--max-steps 5` -> `--max_steps 5`, `--run-dir=x` -> `--run_dir=x`; values untouched."""
-    out = []
-    for arg in argv:
-        if arg.startswith("--"):
-            flag, eq, value = arg.partition("=")
-            arg = "--" + flag[2:].replace("-", "_") + eq + value
-        out.append(arg)
-    return out
 
 
 def push_parser() -> ArgumentParser:
@@ -615,58 +464,6 @@ def main(argv: list[str] | None = None) -> None:
         )
         raise SystemExit(2)  # a bad argument, as argparse's own exit
     run_reporting_errors(commands[command], "condense", debug="--debug" in rest)
-
-
-def run_reporting_errors(command: Callable[[], Any], prog: str, debug: bool) -> Any:
-    """Run `command`; a user error (is_user_error) ends it as one line on stderr, `prog:
-    error: ...`, and exit status 2 for a mistake in the arguments or config, else 1.
-    With `debug`, and for any other error, the traceback stands."""
-    try:
-        return command()
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        # Ctrl-C while models load or data is read: nothing to save, and no traceback to
-        # read; while training, SaveOnSigterm stops at the step's end with a checkpoint.
-        print(f"\n{prog}: interrupted", file=sys.stderr)
-        raise SystemExit(128 + signal.SIGINT) from None
-    except Exception as err:
-        if debug or not is_user_error(err):
-            raise
-        # One line, whatever the message held: a reader (or a log parser) sees the problem.
-        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None
-
-
-def is_user_error(err: Exception) -> bool:
-    """Whether `err` is one of user_errors(), asked without importing them (torch,
-    Lightning: seconds) for an argument mistake, the commonest."""
-    if isinstance(err, ConfigError):
-        return True
-    return isinstance(err, user_errors())
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """Errors whose message says what to fix: shown as one line, without a traceback.
-
-    Imported here, not at the top, so that a mistyped flag costs no torch import.
-    """
-    from condense.artifact import ArtifactError
-    from condense.module import CheckpointMismatchError, NonFiniteLossError
-    from condense.push import PushError
-    from condense.samples import DataError
-    from condense.weights import ModelNotFoundError
-
-    return (
-        ConfigError,
-        ArtifactError,
-        DataError,
-        ModelNotFoundError,
-        PushError,
-        CheckpointMismatchError,
-        NonFiniteLossError,
-        OSError,  # a missing, unreadable or unwritable file; a full disk
-    )
 
 
 def _train(cfg: TrainConfig) -> None:

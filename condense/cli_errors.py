@@ -1,4 +1,4 @@
-"""Command-line and job-file mistakes as one line that names the problem.
+"""Command-line, job-file and run-time mistakes as one line that names the problem.
 
 jsonargparse reports a bad option with the whole usage text and a multi-line message; a
 user wants the flag, what it expects, what it got, and for a misspelled name the nearest
@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
+import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +144,55 @@ def check_groups(parsed: Namespace, groups: list[str]) -> None:
         value: Any = parsed.get(group)
         if value is not None and not isinstance(value, Namespace):
             raise ConfigError(f"{group}: expected a mapping of {group}.* settings, got {value!r}")
+
+
+def run_reporting_errors(command: Callable[[], Any], prog: str, debug: bool) -> Any:
+    """Run `command`; a user error (is_user_error) ends it as one line on stderr, `prog:
+    error: ...`, and exit status 2 for a mistake in the arguments or config, else 1.
+    With `debug`, and for any other error, the traceback stands."""
+    try:
+        return command()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        # Ctrl-C while models load or data is read: nothing to save, and no traceback to
+        # read; while training, SaveOnSigterm stops at the step's end with a checkpoint.
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
+    except Exception as err:
+        if debug or not is_user_error(err):
+            raise
+        # One line, whatever the message held: a reader (or a log parser) sees the problem.
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None
+
+
+def is_user_error(err: Exception) -> bool:
+    """Whether `err` is one of user_errors(), asked without importing them (torch,
+    Lightning: seconds) for an argument mistake, the commonest."""
+    if isinstance(err, ConfigError):
+        return True
+    return isinstance(err, user_errors())
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors whose message says what to fix: shown as one line, without a traceback.
+
+    Imported here, not at the top, so that a mistyped flag costs no torch import.
+    """
+    from condense.artifact import ArtifactError
+    from condense.module import CheckpointMismatchError, NonFiniteLossError
+    from condense.push import PushError
+    from condense.samples import DataError
+    from condense.weights import ModelNotFoundError
+
+    return (
+        ConfigError,
+        ArtifactError,
+        DataError,
+        ModelNotFoundError,
+        PushError,
+        CheckpointMismatchError,
+        NonFiniteLossError,
+        OSError,  # a missing, unreadable or unwritable file; a full disk
+    )

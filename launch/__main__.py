@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] != "run":
         print(f"launch: error: unknown command {argv[0]!r}\n{USAGE}", end="", file=sys.stderr)
         raise SystemExit(2)  # a usage error, as argparse's
-    from condense.__main__ import run_reporting_errors
+    from condense.cli_errors import run_reporting_errors
     from launch.run import main as run
 
     # A bad job, flag or data is one line in the node's log, as with `condense train`.

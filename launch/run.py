@@ -131,7 +131,7 @@ def main(argv: list[str]) -> None:
     # take Lightning's SIGTERM path, which stops between steps and saves a checkpoint.
     signal.signal(signal.SIGINT, _as_sigterm)
 
-    from condense.__main__ import job_path, parse_train
+    from condense.job_args import job_path, parse_train
     from launch.checkpoints import read_run_state
 
     checkpoint_dir = Path(args.checkpoint_dir or default_checkpoint_dir(args.job, SPEC))

@@ -14,7 +14,8 @@ import pytest
 import torch
 from conftest import main_in_a_fresh_process, tiny_job
 
-from condense.__main__ import job_path, main, parse_train
+from condense.__main__ import main
+from condense.job_args import job_path, parse_train
 from condense.plan import GPUS, gpu_precision, meta_condenser
 
 

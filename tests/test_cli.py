@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from condense.__main__ import job_path, main, normalize_flags, parse_train
+from condense.__main__ import main
 from condense.config import ConfigError, TrainConfig
+from condense.job_args import job_path, normalize_flags, parse_train
 from tests.conftest import main_in_a_fresh_process
 
 JOBS = sorted((Path(__file__).parents[1] / "jobs").glob("*.yaml"))
@@ -39,7 +40,8 @@ def test_stable_flags_reach_the_config(tmp_path):
 def test_config_takes_a_job_name_from_any_folder(command, given, tmp_path, monkeypatch):
     """`--config jobs/*.yaml or a path`, as the help says, from outside the repository too:
     these were 'File does not exist'."""
-    from condense.__main__ import bench_parser, parse_job, plan_parser, train_parser
+    from condense.__main__ import bench_parser, plan_parser
+    from condense.job_args import parse_job, train_parser
 
     parser = {"train": train_parser, "bench": bench_parser, "plan": plan_parser}[command]
     monkeypatch.chdir(tmp_path)
@@ -312,7 +314,7 @@ def test_counts_below_one_are_refused_before_anything_loads(command, argv, messa
 
 def test_ctrl_c_outside_training_is_one_line_and_status_130(capsys):
     # While models load or data is read there is nothing to save: it was a traceback.
-    from condense.__main__ import run_reporting_errors
+    from condense.cli_errors import run_reporting_errors
 
     def loading():
         raise KeyboardInterrupt

@@ -142,7 +142,7 @@ def test_a_bad_flag_on_a_node_is_one_line_exit_2(tmp_path):
     "override", [["--run-dir", "x"], ["--run_dir=x"], ["--resume", "x"], ["--run-di", "x"], "job"]
 )
 def test_the_run_dir_and_resume_are_the_entrys_own(override, tmp_path, capsys):
-    from condense.__main__ import job_path, parse_train
+    from condense.job_args import job_path, parse_train
     from launch.run import check_own_settings, train_argv
 
     if override == "job":  # a job file among the overrides, naming its own run_dir
@@ -162,7 +162,7 @@ def test_the_run_dir_and_resume_are_the_entrys_own(override, tmp_path, capsys):
 def test_the_clusters_shape_is_not_overridden(override, capsys):
     """`--num-nodes 2` on a one-node cluster came after the cluster's own flags and won:
     Lightning waited for a second node that never came ("MEMBER: 1/2"), for ever."""
-    from condense.__main__ import job_path, parse_train
+    from condense.job_args import job_path, parse_train
     from launch.run import check_own_settings, train_argv
 
     cluster = Cluster(node_ips=("10.0.0.5",), node_rank=0, gpus_per_node=1)
@@ -429,7 +429,7 @@ def test_supervisor_stops_the_trainer_when_its_wait_is_interrupted(tmp_path):
 
 
 def test_the_launch_entry_hands_run_dir_resume_and_hub_repo_to_training():
-    from condense.__main__ import job_path, parse_train
+    from condense.job_args import job_path, parse_train
     from launch.run import train_argv
 
     argv = train_argv(

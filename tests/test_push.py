@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
-from condense.__main__ import parse_train
 from condense.artifact import ArtifactError
 from condense.config import ConfigError, ModelConfig
+from condense.job_args import parse_train
 from condense.model import Condenser
 from condense.push import PushError, push_artifact, push_token
 from condense.weights import load_causal_lm

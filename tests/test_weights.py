@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from condense import weights
-from condense.__main__ import job_path, parse_train
+from condense.job_args import job_path, parse_train
 from condense.model import Condenser
 from condense.weights import (
     ModelNotFoundError,
