@@ -256,12 +256,15 @@ def check_attends_back_only(model, name: str) -> None:
     embeddings = model.get_input_embeddings()
     device, vocab = embeddings.weight.device, embeddings.num_embeddings
     rows = torch.tensor([[1, 2, 3, 4], [1, 5, 6, 7]], device=device) % vocab
+    training = model.training
+    model.eval()  # dropout would make the two differ (a model built from a config trains)
     with torch.no_grad():
         first = (
             model.base_model(input_ids=rows, attention_mask=torch.ones_like(rows))
             .last_hidden_state[:, 0]
             .float()
         )
+    model.train(training)
     if not torch.allclose(first[0], first[1], rtol=0, atol=1e-4 * float(first.abs().max())):
         raise ModelNotFoundError(
             f"model.decoder {name!r}: {model.config.model_type} attends both ways (its first"

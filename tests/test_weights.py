@@ -207,9 +207,11 @@ def test_a_decoder_that_attends_both_ways_is_refused_and_a_causal_one_is_not(tin
     bert = BertLMHeadModel(BertConfig(intermediate_size=64, **sizes)).eval()
     with pytest.raises(ModelNotFoundError, match="bert attends both ways"):
         weights.check_attends_back_only(bert, "bert")
-    neox = GPTNeoXForCausalLM(GPTNeoXConfig(intermediate_size=64, **sizes)).eval()
+    neox = GPTNeoXForCausalLM(GPTNeoXConfig(intermediate_size=64, hidden_dropout=0.5, **sizes))
     assert neox.config.is_decoder is False
+    assert neox.training  # as bench builds it from a config: dropout on, checked without
     weights.check_attends_back_only(neox, "neox")  # no error
+    assert neox.training
     weights.check_attends_back_only(weights.load_causal_lm(tiny_pair[1]), "gpt2")
 
 
