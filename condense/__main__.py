@@ -350,11 +350,12 @@ def run_plan(argv: list[str]) -> None:
     cfg, args = parse_job(plan_parser(), argv)
     context, target = sample_shape(cfg, args)
     out = json_out(args.out, "plan.json", job_files(cfg, args))  # last: it makes the folder
-    from condense.plan import describe, plan, write
+    from condense.files import write_json
+    from condense.plan import describe, plan
 
     result = plan(cfg, args.gpu, args.price, args.mfu, context, target)
     if out:
-        write(result, out)
+        write_json(out, result)
     print(describe(result))
 
 
@@ -378,12 +379,13 @@ def run_bench(argv: list[str]) -> None:
     if shape is None and (args.context_tokens or args.target_tokens):
         raise ConfigError("--context-tokens and --target-tokens need --random-weights")
     out = json_out(args.out, "bench.json", job_files(cfg, args))  # last: it makes the folder
-    from condense.bench import describe, run_bench, write
+    from condense.bench import describe, run_bench
+    from condense.files import write_json
 
     result = run_bench(cfg, args.steps, args.warmup, args.mode, args.threads, shape)
     result["command"] = shlex.join(["condense", "bench", *argv])
     if out:
-        write(result, out)
+        write_json(out, result)
     print(describe(result))
 
 

@@ -7,13 +7,13 @@ same samples the original trainer's way, in the same process: both sides padded 
 max_tokens, full-vocabulary logits at every position, and eager blocks (no torch.compile).
 
 MFU is model FLOPs (condense.flops, counted from the real tokens' shapes) per second over
-the peak FLOP/s of a bf16 matmul of the model's own shapes, measured in the same run.
+the peak FLOP/s of a matmul of the model's own shapes in the job's compute dtype (bf16
+under bf16-mixed, fp16 under 16-mixed, fp32 under 32-true), measured in the same run.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -483,11 +483,6 @@ def _proc_status(key: str) -> int:
             if line.startswith(key):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def write(result: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
 
 
 def describe(result: dict[str, Any]) -> str:

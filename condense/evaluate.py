@@ -13,7 +13,6 @@ margin smaller than the evaluation set can resolve reads as such.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import defaultdict
 from dataclasses import replace
@@ -39,7 +38,7 @@ from condense.data import (
     tokenize,
 )
 from condense.device import inference_device, load_for_inference
-from condense.files import json_out
+from condense.files import json_out, write_json
 from condense.generate import generate
 from condense.model import IGNORE_INDEX, Condenser
 from condense.samples import (
@@ -65,9 +64,8 @@ def eval_samples(
 ) -> list[Sample]:
     """`data`'s samples (its `split`, where it is a folder or Hub dataset), or by default
     the validation split the artifact was trained against (rebuilt from the data source,
-    seed and sizes its config records); a
-    ConfigError for no `data` where the config records no training data (an imported
-    checkpoint of the original trainer). A bad row of `data` stops it, or with
+    seed and sizes its config records); a ConfigError for no `data` where the config
+    records no training data (an imported checkpoint of the original trainer). A bad row of `data` stops it, or with
     `skip_bad_rows` is skipped and counted in `report`.
 
     A synthetic `data` source gives passages the artifact never saw: those of the seed
@@ -644,7 +642,6 @@ def run_eval(
     stops before the models load; with `skip_bad_rows`, bad rows of `data` are skipped,
     and counted in the results' notes."""
     from condense.artifact import add_evaluation, local_folder, read_config
-    from condense.files import write_atomic
 
     check_split(data, split)
     # Without --data, the data it reads is known from the artifact's config: its folder
@@ -675,7 +672,7 @@ def run_eval(
     if ONE_PASSAGE_NOTE in notes:
         notes[notes.index(ONE_PASSAGE_NOTE)] += one_passage_hint(data, limit)
     notes[:0] = report.reading_notes() + trained_on_note(config, data, split)
-    write_atomic(out, json.dumps(results, indent=2))
+    write_json(out, results)
     plot(results, plot_path)
     table = markdown_table(results)
     print(table)

@@ -2,20 +2,22 @@
 
 A reader opens the file by its own name, so it finds the old version or the new one; a
 writer killed half-way leaves only a hidden `.NAME.tmp-PID` beside it, which no reader
-looks at. A folder (the artifact) is swapped in whole the same way.
+looks at. A folder (the artifact) is swapped in whole the same way. Also json_out, the
+check of an --out JSON path before the work that fills it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from condense.config import ConfigError
 
@@ -48,6 +50,12 @@ def replace_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` so that a reader sees the old file or the new one, never a part."""
     replace_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """`data` as indented JSON at `path` (its folders made), written as write_atomic writes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(data, indent=2))
 
 
 def swap_in_folder(new: Path, path: Path) -> None:

@@ -15,10 +15,8 @@ counts are exact. Memory and time are estimates whose assumptions are named in t
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -323,11 +321,6 @@ def _flops_per_sample(
         n,
         labelled,
     )[part]
-
-
-def write(result: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
 
 
 def _checkpointing(r: dict[str, Any]) -> str:

@@ -4,7 +4,6 @@ the artifact."""
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os
@@ -30,7 +29,7 @@ from condense.checkpoint_io import AtomicCheckpointIO, BestAndLastCheckpoint
 from condense.config import ConfigError, TrainConfig, first_line
 from condense.data import is_synthetic
 from condense.device import FLOAT16_ON_CPU, check_devices, on_gpu, resolve_precision
-from condense.files import inside, write_atomic
+from condense.files import inside, write_atomic, write_json
 from condense.loggers import (
     drop_rows_from,
     finish_wandb,
@@ -232,7 +231,7 @@ def _publish(summary: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> dict[s
             )
         except PushError as err:
             push_error = err
-    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+    write_json(run_dir / "summary.json", summary)
     print(describe(summary))
     if push_error:
         raise push_error

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from condense.checkpoint_io import AtomicCheckpointIO
-from condense.files import replace_atomic, write_atomic
+from condense.files import replace_atomic, write_atomic, write_json
 
 PACKAGE = Path(__file__).parents[1] / "condense"
 
@@ -96,3 +96,11 @@ def test_an_out_in_an_artifact_folder_is_refused_for_every_command(out, tmp_path
     with pytest.raises(ConfigError, match=rf"beside it \({tmp_path / name}\)$"):
         json_out(tmp_path / out, "bench.json")
     assert not (tmp_path / "art" / "sub").exists()
+
+
+def test_write_json_makes_its_folders_and_leaves_no_temporary_file(tmp_path):
+    """bench --out and plan --out wrote in place: a reader could see half a file."""
+    out = tmp_path / "results" / "bench.json"
+    write_json(out, {"steps": 3, "mfu": None})
+    assert out.read_text() == '{\n  "steps": 3,\n  "mfu": null\n}'
+    assert [p.name for p in out.parent.iterdir()] == ["bench.json"]
