@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Literal, get_args
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 EMBEDDED_MODEL = "embedded"
 # Lightning's precision values (Trainer(precision=...)), kept here so that checking a config
@@ -65,6 +66,53 @@ def check_hub_repo(repo: str, name: str) -> None:
     except HFValidationError as err:
         rule = str(err).replace(f": '{repo}'", "")  # the id is named once, first
         raise ConfigError(f"{name} {repo!r}: not a Hub repo id: {rule}") from None
+
+
+def _check_types(obj: object, prefix: str = "") -> None:
+    """Refuse, as a ConfigError naming the field, a value of another type than the field's
+    annotation; a path (os.PathLike) where text is expected becomes its string.
+
+    The command line's parser (jsonargparse) checks types before a config is made; from
+    Python nothing did, and "false" for a bool was true, "10" for an int failed in a
+    comparison, 2.5 steps trained 3. Hand-written: a dataclass checks nothing itself, and
+    the validating libraries (pydantic, typeguard) are not dependencies."""
+    for f in fields(obj):
+        hint, value = get_type_hints(type(obj))[f.name], getattr(obj, f.name)
+        if isinstance(value, os.PathLike) and _matches("", hint):
+            value = os.fspath(value)
+            setattr(obj, f.name, value)
+        if not _matches(value, hint):
+            raise ConfigError(f"{prefix}{f.name} must be {_spelled(hint)}, got {value!r}")
+
+
+def _matches(value: object, hint: object) -> bool:
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is type(None):
+        return value is None
+    if origin in (Union, UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is Literal:
+        return value in args
+    if origin is list:
+        return isinstance(value, list) and all(_matches(item, args[0]) for item in value)
+    if hint is float:  # an integer is a number too
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:  # True is an int to Python
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _spelled(hint: object) -> str:
+    """A type annotation as the error says it: "an integer or null", "true or false"."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):
+        return " or ".join(_spelled(arg) for arg in args)
+    if origin is Literal:
+        return "one of " + ", ".join(str(arg) for arg in args)
+    if origin is list:
+        return f"a list of ({_spelled(args[0])})"
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
+    return words.get(hint, "null" if hint is type(None) else getattr(hint, "__name__", str(hint)))
 
 
 def _positive(prefix: str, obj: object, *names: str) -> None:
@@ -122,6 +170,7 @@ class ModelConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
+        _check_types(self, "model.")
         for name in ("encoder", "decoder"):
             value = getattr(self, name)
             _require(bool(str(value).strip()), f"model.{name}", "must name a model", value)
@@ -176,6 +225,7 @@ class DatasetConfig:
     skip_bad_rows: bool = False
 
     def __post_init__(self) -> None:
+        _check_types(self, "dataset.")
         _positive("dataset", self, "max_tokens", "max_characters", "batch_size", "val_size")
         _positive("dataset", self, "synthetic_passages")
         facts = self.synthetic_facts
@@ -213,6 +263,7 @@ class OptimConfig:
     max_bad_steps: int = 10
 
     def __post_init__(self) -> None:
+        _check_types(self, "optim.")
         for name in ("lr_condense", "lr_projection", "lr_lora"):
             value = getattr(self, name)
             _require(0 < value < math.inf, f"optim.{name}", "must be a positive number", value)
@@ -289,13 +340,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.data, os.PathLike):  # from Python: a Path names a file as a str does
-            self.data = os.fspath(self.data)
-        # From Python (the command line checks it first): any other value ran W&B online.
-        settings = get_args(WandbSetting)
-        _require(
-            self.wandb in settings, "wandb", f"must be one of {', '.join(settings)}", self.wandb
-        )
+        # From Python (the command line checks types first): a wandb value other than the
+        # four ran W&B online; a Path for data was "no data source".
+        _check_types(self)
         for name in ("max_steps", "val_every_n_steps", "log_every_n_steps", "num_nodes"):
             value = getattr(self, name)
             _require(value > 0, name, "must be positive", value)

@@ -160,7 +160,7 @@ CASES = [
      r"notes.v2.txt.gz: unsupported file type '.txt.gz' \(use"),
     ("missing-file", flags("--data", "/no/such/data.jsonl"), DATA, r"no such file"),
     ("data-empty", flags("--data", ""), DATA, r"--data '': no data source"),
-    ("data-null-in-job-file", job_file("data: null\n"), DATA, r"--data None: no data source"),
+    ("data-null-in-job-file", job_file("data: null\n"), CONFIG, r"data must be text, got None"),
     # Config: names, types and values.
     ("unknown-option", flags("--max-stepz", "3"), CONFIG,
      r"unknown option --max_stepz \(did you mean --max_steps\?\)"),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from condense.config import ConfigError, TrainConfig
+from condense.config import ConfigError, DatasetConfig, ModelConfig, OptimConfig, TrainConfig
 
 
 def test_a_wandb_setting_other_than_the_four_is_refused():
@@ -21,3 +21,30 @@ def test_a_wandb_setting_other_than_the_four_is_refused():
 def test_data_given_as_a_path_is_read_as_its_string():
     """A Path was "no data source: give a data file ...", naming the file it was given."""
     assert TrainConfig(data=Path("runs/d.jsonl")).data == "runs/d.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (lambda: ModelConfig(compile="false"), "model.compile must be true or false, got 'false'"),
+        (lambda: DatasetConfig(train_on_prompt="no"), "dataset.train_on_prompt must be true or"),
+        (lambda: TrainConfig(max_steps=2.5), "max_steps must be an integer, got 2.5"),
+        (lambda: TrainConfig(max_steps="10"), "max_steps must be an integer, got '10'"),
+        (lambda: OptimConfig(lr_lora="1e-3"), "optim.lr_lora must be a number, got '1e-3'"),
+        (lambda: ModelConfig(num_condense_tokens=True), "must be an integer, got True"),
+        (lambda: DatasetConfig(tasks="qa"), "dataset.tasks must be a list of (text) or null"),
+        (lambda: TrainConfig(model={"encoder": "x"}), "model must be ModelConfig, got {"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_named_not_taken(make, said):
+    """From Python nothing checked types: "false" turned compile on, "no" trained on the
+    prompt, 2.5 steps trained 3, and "10" failed inside a comparison."""
+    with pytest.raises(ConfigError) as err:
+        make()
+    assert said in str(err.value)
+
+
+def test_paths_and_the_numbers_yaml_gives_are_taken():
+    assert ModelConfig(encoder=Path("/models/enc")).encoder == "/models/enc"
+    assert OptimConfig(lr_lora=1).lr_lora == 1  # an integer is a number
+    assert TrainConfig(precision=16, devices=[0, 1]).precision == "16"
