@@ -382,11 +382,13 @@ def _original_checkpoint(tiny_pair, folder):
 
 def test_an_original_checkpoint_imports_and_condenses(tiny_pair, tmp_path, capsys):
     lora_encoder, tokens, linear, norm = _original_checkpoint(tiny_pair, tmp_path / "original")
+    # No --encoder: the adapter's base model, as the original recorded it (README).
     main(
         ["import", str(tmp_path / "original"), "--out", str(tmp_path / "new" / "artifact")]
-        + ["--encoder", tiny_pair[0], "--decoder", tiny_pair[1]]
+        + ["--decoder", tiny_pair[1]]
     )
     assert "imported" in capsys.readouterr().out
+    assert read_config(tmp_path / "new" / "artifact")["encoder"] == tiny_pair[0]
     condenser = Condenser.from_pretrained(str(tmp_path / "new" / "artifact"))
     assert condenser.num_condense_tokens == 6 and condenser.n_last == 2
     assert torch.equal(condenser.condense_tokens, tokens[0])

@@ -13,8 +13,9 @@ from condense.config import ConfigError
 from condense.device import inference_device, inference_precision, precision_dtype
 
 
-def test_auto_is_the_gpu_when_torch_sees_one_else_the_cpu():
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
+@pytest.mark.parametrize(("gpus", "expected"), [(0, "cpu"), (1, "cuda")])
+def test_auto_is_the_gpu_when_torch_sees_one_else_the_cpu(gpus, expected, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     assert inference_device("auto").type == expected
     assert inference_device("cpu") == torch.device("cpu")
 
@@ -27,10 +28,15 @@ def test_a_gpu_this_machine_lacks_is_refused():
         inference_device("gpu0")
 
 
-def test_auto_precision_is_fp32_on_cpu_and_mixed_on_a_gpu():
+@pytest.mark.parametrize(("bf16", "on_gpu"), [(True, "bf16-mixed"), (False, "16-mixed")])
+def test_auto_precision_is_fp32_on_cpu_and_mixed_on_a_gpu(bf16, on_gpu, monkeypatch):
+    import contextlib
+
+    # A V100 or T4 emulates bf16: 16-mixed there.
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: bf16)
+    assert inference_precision("auto", torch.device("cuda")) == on_gpu
     assert inference_precision("auto", torch.device("cpu")) == "32"
-    if torch.cuda.is_available():
-        assert inference_precision("auto", torch.device("cuda")) in ("bf16-mixed", "16-mixed")
     assert inference_precision("bf16-mixed", torch.device("cpu")) == "bf16-mixed"
     with pytest.raises(ConfigError, match="one of"):
         inference_precision("fp8", torch.device("cpu"))

@@ -223,9 +223,13 @@ def test_generate_says_when_the_decoders_positions_cut_the_budget(tiny_pair, tmp
     ) in capsys.readouterr().err
 
 
-def test_generate_command_prints_a_completion(tiny_pair, tmp_path):
-    _loaded(tiny_pair, tmp_path)
-    (tmp_path / "context.txt").write_text(synthetic_samples(1, seed=32)[0].context)
+def test_generate_command_prints_the_completion(tiny_pair, tmp_path):
+    """The completion generate() gives for the artifact, the context and the prompt, and
+    nothing else on stdout (notes go to stderr)."""
+    loaded = _loaded(tiny_pair, tmp_path)
+    context = synthetic_samples(1, seed=32)[0].context
+    (tmp_path / "context.txt").write_text(context)
+    expected = generate(loaded, loaded.condense([context]), ["Who?\n"], max_new_tokens=5)[0]
     out = subprocess.run(
         [
             sys.executable,
@@ -247,6 +251,7 @@ def test_generate_command_prints_a_completion(tiny_pair, tmp_path):
         check=False,
     )
     assert out.returncode == 0, out.stderr[-1500:]
+    assert out.stdout == expected + "\n"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

@@ -23,11 +23,18 @@ def test_wandb_with_a_key_but_no_server_goes_offline_fast(monkeypatch):
     assert time.monotonic() - start < 5
 
 
-def test_wandb_without_a_key_is_offline_and_off_is_off(monkeypatch):
+def test_wandb_auto_is_online_only_with_a_key_and_an_answering_server(monkeypatch):
+    from condense import loggers
+
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     assert wandb_mode("auto") == "offline"
     assert wandb_mode("off") is None
     assert wandb_mode("online") == "online"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr(loggers, "reachable", lambda url: True)
+    assert wandb_mode("auto") == "online"
+    monkeypatch.setattr(loggers, "reachable", lambda url: False)
+    assert wandb_mode("auto") == "offline"
 
 
 def test_csv_log_appends_after_a_restart(tmp_path):

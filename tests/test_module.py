@@ -30,9 +30,17 @@ def test_validation_logs_the_wrong_context_loss(batch_size, tiny_pair, tmp_path)
     cfg.dataset.batch_size = batch_size
     train(cfg)
     header, *rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
-    column = header.split(",").index("val_loss_wrong")
-    values = [float(r.split(",")[column]) for r in rows if r.split(",")[column]]
-    assert len(values) == 2 and all(v > 0 for v in values)  # before step 1, and at step 2
+    wrong, right = (header.split(",").index(name) for name in ("val_loss_wrong", "val_loss"))
+    pairs = [
+        (float(r.split(",")[wrong]), float(r.split(",")[right]))
+        for r in rows
+        if r.split(",")[wrong]
+    ]
+    assert len(pairs) == 2  # before step 1, and at step 2
+    # Another loss than val_loss over the same targets (the tiny random pair barely reads
+    # its prefix: they differ in the sixth digit); the same value would mean the samples
+    # were scored behind their own contexts.
+    assert all(w > 0 and w != v for w, v in pairs)
 
 
 def poison(monkeypatch, bad_steps) -> None:

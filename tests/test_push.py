@@ -169,7 +169,9 @@ def test_push_creates_a_private_repo_unless_public(artifact, monkeypatch, capsys
     push_artifact(artifact, "someone/condenser")
     assert calls["create"][1]["private"] is True
     assert calls["upload"]["folder_path"] == str(artifact)
-    push_artifact(artifact, "someone/condenser", public=True)
+    from condense.__main__ import main
+
+    main(["push", str(artifact), "--repo", "someone/condenser", "--public"])  # the flag
     assert calls["create"][1]["private"] is False
     # Made from local folders, it loads only where they are: the push says so.
     assert (
@@ -179,8 +181,9 @@ def test_push_creates_a_private_repo_unless_public(artifact, monkeypatch, capsys
     )
 
 
+@pytest.mark.parametrize("public", [False, True])
 def test_training_pushes_its_best_artifact_when_a_repo_is_configured(
-    tiny_pair, tmp_path, monkeypatch
+    public, tiny_pair, tmp_path, monkeypatch
 ):
     import condense.training
     from condense.training import train
@@ -193,9 +196,11 @@ def test_training_pushes_its_best_artifact_when_a_repo_is_configured(
         lambda folder, repo, public: pushed.append((folder, repo, public)) or f"hub/{repo}",
     )
     monkeypatch.setenv("HF_TOKEN", "hf_x")
-    cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, hub_repo="me/condenser")
+    cfg = tiny_config(
+        *tiny_pair, tmp_path / "run", max_steps=2, hub_repo="me/condenser", hub_public=public
+    )
     summary = train(cfg)
-    assert pushed == [(tmp_path / "run" / "artifact", "me/condenser", False)]
+    assert pushed == [(tmp_path / "run" / "artifact", "me/condenser", public)]
     assert summary["pushed_to"] == "hub/me/condenser"
 
 

@@ -243,6 +243,9 @@ def test_initialisation_depends_only_on_the_seed(tiny_pair, tmp_path):
     second, _ = build(cfg, cfg.precision)
     a, b = first.condenser.trainable_state_dict(), second.condenser.trainable_state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    cfg.seed = 1
+    other = build(cfg, cfg.precision)[0].condenser.trainable_state_dict()
+    assert not torch.equal(a["condense_tokens"], other["condense_tokens"])
 
 
 def test_a_checkpoint_of_another_shape_is_refused(tiny_pair, tmp_path):
@@ -650,3 +653,30 @@ def test_the_summary_says_how_far_the_loss_fell_or_that_it_rose(best, said):
         "run_dir": "r",
     }  # fmt: skip
     assert f"best {best:.4f} {said}, final" in describe(summary)
+
+
+def test_the_rate_warms_up_then_follows_the_cosine_of_max_steps_also_after_a_resume(
+    tiny_pair, tmp_path
+):
+    """Linear warm-up over optim.warmup_steps, then a cosine to 0 at max_steps; a run
+    resumed with a higher max_steps goes on along the cosine of the new one (README)."""
+    import math
+
+    def expected(step: int, total: int, warmup: int = 2) -> float:
+        if step < warmup:
+            return step / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+    for max_steps in (4, 8):  # the second resumes from the first's step 4
+        cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=max_steps)
+        cfg.optim.warmup_steps = 2
+        train(cfg)
+    with (tmp_path / "run" / "metrics.csv").open() as f:
+        rates = {
+            int(row["step"]): float(row["lr-AdamW/condense"]) / cfg.optim.lr_condense
+            for row in csv.DictReader(f)
+            if row["lr-AdamW/condense"]
+        }
+    assert sorted(rates) == list(range(8))
+    for step, rate in rates.items():
+        assert rate == pytest.approx(expected(step, 4 if step < 4 else 8), abs=1e-9), step
