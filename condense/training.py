@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     TQDMProgressBar,
 )
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
@@ -27,7 +28,7 @@ from condense.build import build
 from condense.callbacks import ExportBest, LogGenerations
 from condense.checkpoint_io import AtomicCheckpointIO, BestAndLastCheckpoint
 from condense.config import ConfigError, TrainConfig, first_line
-from condense.data import is_synthetic
+from condense.data import CondenseDataModule, is_synthetic
 from condense.device import FLOAT16_ON_CPU, check_devices, on_gpu, resolve_precision
 from condense.files import inside, write_atomic, write_json
 from condense.loggers import (
@@ -38,7 +39,7 @@ from condense.loggers import (
     wandb_run_id,
 )
 from condense.model import Condenser
-from condense.module import NonFiniteLossError
+from condense.module import CondenseModule, NonFiniteLossError
 from condense.preemption import SaveOnSigterm, validation_was_cut
 from condense.push import PushError, push_artifact, push_token
 from condense.rng import ResumeRandomState
@@ -106,26 +107,10 @@ def train(cfg: TrainConfig, *, check_finished: bool = True) -> dict[str, Any]:
 def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     start = time.monotonic()
     L.seed_everything(cfg.seed, verbose=False)
-    check_devices(cfg.accelerator)
-    precision = resolve_precision(cfg.precision, cfg.accelerator)
-    if precision in FLOAT16_ON_CPU and not on_gpu(cfg.accelerator):
-        raise ConfigError(
-            f"precision {precision} runs on a GPU only: {FLOAT16_ON_CPU[precision]}; on a CPU"
-            " use bf16-mixed or 32"
-        )
+    precision = _training_precision(cfg)
     # The run dir, the checkpoint to resume from, the data and the weights are all checked
     # before anything is written, so a bad input costs nothing but its error message.
-    run_dir = resolve_run_dir(cfg)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run_dir {str(run_dir)!r} is a file, not a folder")
-    # Not "": that is the working folder, where `--data ""` is refused for itself; nor
-    # synthetic, made whatever folder of that name there is.
-    local = isinstance(cfg.data, str) and cfg.data.strip() and not is_synthetic(cfg.data)
-    if local and inside(run_dir, cfg.data):
-        # Its artifact's JSON files would be read as training data by the next run.
-        raise ConfigError(
-            f"run_dir {run_dir} is inside the --data folder {cfg.data}: give a run dir outside it"
-        )
+    run_dir = _checked_run_dir(cfg)
     resume_from = resolve_resume(cfg.resume, run_dir)
     continues = continues_run(resume_from, run_dir)
     # Before the models load (minutes). Not where a caller decided for every process that
@@ -161,23 +146,7 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     if finished is not None and check_finished:
         return _rerun_of_finished(finished, cfg, run_dir, trainer.is_global_zero)
     if trainer.is_global_zero:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(
-                f"run_dir {run_dir}: cannot make it ({err.strerror or err})"
-            ) from None
-        if continues:
-            drop_rows_from(run_dir / "metrics.csv", resumed_step)
-        else:
-            aside = set_aside_earlier_run(run_dir)
-            if aside is not None:
-                print(f"condense: {run_dir} held an earlier run; its files are now in {aside}")
-            record_start(run_dir, resume_from, resumed_step)
-        write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        keep_run_id(loggers, run_dir)
-        for logger in loggers:
-            logger.log_hyperparams(cfg.to_dict())
+        _write_run_start(cfg, run_dir, loggers, resume_from, resumed_step, continues)
     if resume_from is None:
         module.val_loss_initial = trainer.validate(module, datamodule, verbose=False)[0]["val_loss"]
     try:
@@ -188,12 +157,91 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     finally:
         finish_wandb(loggers)
 
+    summary = _summary(trainer, module, datamodule, checkpoints, loggers, run_dir, precision)
+    summary.update(
+        wall_s=round(time.monotonic() - start, 1),
+        resumed_from=resume_from and str(Path(resume_from).resolve()),
+        resumed_at_step=resumed_step,  # wall_s is the time from there
+    )
+    if not trainer.is_global_zero:
+        return summary
+    return _publish(summary, cfg, run_dir)
+
+
+def _training_precision(cfg: TrainConfig) -> str:
+    """The run's full Lightning precision, on a device this machine has; float16 refused
+    on a CPU, before anything loads."""
+    check_devices(cfg.accelerator)
+    precision = resolve_precision(cfg.precision, cfg.accelerator)
+    if precision in FLOAT16_ON_CPU and not on_gpu(cfg.accelerator):
+        raise ConfigError(
+            f"precision {precision} runs on a GPU only: {FLOAT16_ON_CPU[precision]}; on a CPU"
+            " use bf16-mixed or 32"
+        )
+    return precision
+
+
+def _checked_run_dir(cfg: TrainConfig) -> Path:
+    """The run's folder (resolve_run_dir), refused where it is a file or lies inside the
+    --data folder."""
+    run_dir = resolve_run_dir(cfg)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run_dir {str(run_dir)!r} is a file, not a folder")
+    # Not "": that is the working folder, where `--data ""` is refused for itself; nor
+    # synthetic, made whatever folder of that name there is.
+    local = isinstance(cfg.data, str) and cfg.data.strip() and not is_synthetic(cfg.data)
+    if local and inside(run_dir, cfg.data):
+        # Its artifact's JSON files would be read as training data by the next run.
+        raise ConfigError(
+            f"run_dir {run_dir} is inside the --data folder {cfg.data}: give a run dir outside it"
+        )
+    return run_dir
+
+
+def _write_run_start(
+    cfg: TrainConfig,
+    run_dir: Path,
+    loggers: list[Logger],
+    resume_from: str | None,
+    resumed_step: int,
+    continues: bool,
+) -> None:
+    """Global rank 0, once everything is checked: the run dir made (an earlier run in it
+    set aside, or a continued run's metrics rows after its checkpoint dropped), its start
+    recorded, config.yaml written, and the hyperparameters logged."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"run_dir {run_dir}: cannot make it ({err.strerror or err})") from None
+    if continues:
+        drop_rows_from(run_dir / "metrics.csv", resumed_step)
+    else:
+        aside = set_aside_earlier_run(run_dir)
+        if aside is not None:
+            print(f"condense: {run_dir} held an earlier run; its files are now in {aside}")
+        record_start(run_dir, resume_from, resumed_step)
+    write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    keep_run_id(loggers, run_dir)
+    for logger in loggers:
+        logger.log_hyperparams(cfg.to_dict())
+
+
+def _summary(
+    trainer: L.Trainer,
+    module: CondenseModule,
+    datamodule: CondenseDataModule,
+    checkpoints: BestAndLastCheckpoint,
+    loggers: list[Logger],
+    run_dir: Path,
+    precision: str,
+) -> dict[str, Any]:
+    """summary.json's fields that the fit decides (the caller adds the time and resume)."""
     where = run_dir.resolve()
     # The last validation's loss: this process's own, or its checkpoint's.
     final = trainer.callback_metrics.get("val_loss", checkpoints.last_score)
-    summary = {
+    return {
         "steps": trainer.global_step,
-        "wall_s": round(time.monotonic() - start, 1),
+        "wall_s": None,
         "val_loss_initial": _float(module.val_loss_initial),
         "val_loss_best": _float(checkpoints.best_model_score),
         "val_loss_final": _float(final),
@@ -204,8 +252,8 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
         "artifact": str(where / "artifact") if (where / "artifact").is_dir() else None,
         "run_dir": str(where),
         "precision": precision,
-        "resumed_from": resume_from and str(Path(resume_from).resolve()),
-        "resumed_at_step": resumed_step,  # wall_s is the time from there
+        "resumed_from": None,
+        "resumed_at_step": 0,
         "world_size": trainer.world_size,
         "skipped_steps": module.skipped_steps,
         "data": datamodule.report.as_dict(),
@@ -213,9 +261,6 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
         + _null_loss_notes(val_loss_initial=module.val_loss_initial, val_loss_final=final),
         "pushed_to": None,
     }
-    if not trainer.is_global_zero:
-        return summary
-    return _publish(summary, cfg, run_dir)
 
 
 def _publish(summary: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
