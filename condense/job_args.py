@@ -15,6 +15,9 @@ from condense.cli_errors import check_groups, check_job_file, parse
 from condense.config import ConfigError, TrainConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# Where shipped jobs are: inside the installed package (the wheel puts jobs/ there), and
+# beside it in a source checkout.
+JOB_FOLDERS = (PACKAGE_DIR / "jobs", PACKAGE_DIR.parent / "jobs")
 
 
 def job_path(name: str) -> Path:
@@ -24,7 +27,7 @@ def job_path(name: str) -> Path:
     if given.is_file():
         return given
     if given.parent in (Path("."), Path("jobs")):
-        for jobs in (PACKAGE_DIR / "jobs", PACKAGE_DIR.parent / "jobs"):
+        for jobs in JOB_FOLDERS:
             candidate = jobs / f"{given.name.removesuffix('.yaml')}.yaml"
             if candidate.is_file():
                 return candidate
@@ -62,8 +65,7 @@ def _job_or_given(name: str) -> str:
             return name
         # A bare name that is no file is meant for a shipped job: `defualt` said only
         # "File does not exist", naming none of them.
-        folders = (PACKAGE_DIR / "jobs", PACKAGE_DIR.parent / "jobs")  # as job_path looks
-        shipped = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
+        shipped = sorted({p.stem for folder in JOB_FOLDERS for p in folder.glob("*.yaml")})
         stem = Path(name).name.removesuffix(".yaml").removesuffix(".yml")
         near = difflib.get_close_matches(stem, shipped, n=1)
         hint = f"; did you mean {near[0]}?" if near else ""
