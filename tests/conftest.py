@@ -220,6 +220,17 @@ def job_under_test(kind: str, tiny_pair, folder: Path, max_steps: int, val_every
     return Path(__file__).resolve().parents[1] / "jobs" / "test.yaml", overrides
 
 
+def command_error(argv: list[str], capsys, status: int = 2) -> list[str]:
+    """`condense ARGV`, which must stop with exit `status` (2: an argument or config
+    mistake): what it wrote to stderr, as lines."""
+    from condense.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == status
+    return capsys.readouterr().err.splitlines()
+
+
 if __name__ == "__main__":
     # `python tests/conftest.py FOLDER`: the tiny pair and FOLDER/job.yaml over it, for the
     # tests that run in an environment without torch (tests/cloud) and train through one

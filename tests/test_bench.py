@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import main_in_a_fresh_process, tiny_job
+from conftest import command_error, main_in_a_fresh_process, tiny_job
 
 from condense.__main__ import main
 from condense.job_args import job_path, parse_train
@@ -106,10 +106,9 @@ def test_bench_and_plan_refuse_shapes_no_sample_of_the_job_has(
     would be timed instead), are one line naming only the flags given: plan took
     --target-tokens 100000 on a job of 96, and bench blamed a --target-tokens never given."""
     job = tiny_job(*tiny_pair, tmp_path / "job.yaml")  # max_tokens 96
-    with pytest.raises(SystemExit) as exit_:
-        main([command, "--config", str(job), *flags])
-    assert exit_.value.code == 2
-    assert capsys.readouterr().err.splitlines() == [f"condense: error: {message}"]
+    assert command_error([command, "--config", str(job), *flags], capsys) == [
+        f"condense: error: {message}"
+    ]
 
 
 def test_the_default_shape_fits_a_job_of_fewer_than_256_tokens(tiny_pair, tmp_path, capsys):
@@ -162,11 +161,10 @@ def test_an_out_that_cannot_be_written_is_refused_before_any_work(
         )
     steps = ["--steps", "1"] if command == "bench" else []
     steps += ["--data", str(data)] if kind == "the data" else []
-    with pytest.raises(SystemExit) as exit_:
-        main([command, "--config", str(job), *steps, "--out", str(out)])
-    assert exit_.value.code == 2
     # One line and nothing before it: no step ran (each would have drawn a progress bar).
-    assert capsys.readouterr().err.splitlines() == [f"condense: error: {problem}"]
+    assert command_error([command, "--config", str(job), *steps, "--out", str(out)], capsys) == [
+        f"condense: error: {problem}"
+    ]
     assert (job.read_text(), data.read_text()) == kept
 
 
@@ -419,10 +417,7 @@ def test_bench_help_lists_only_the_options_it_takes(capsys):
 
 def test_plan_asks_for_a_number_where_a_price_is_not_one(capsys):
     """It said "--price: expected null, got 'abc'"."""
-    with pytest.raises(SystemExit) as exit_:
-        main(["plan", "--test", "--price", "abc"])
-    assert exit_.value.code == 2
-    assert capsys.readouterr().err.splitlines() == [
+    assert command_error(["plan", "--test", "--price", "abc"], capsys) == [
         "condense: error: --price: expected a number above 0 or null, got 'abc'"
     ]
 

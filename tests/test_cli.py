@@ -14,7 +14,7 @@ import yaml
 from condense.__main__ import main
 from condense.config import ConfigError, TrainConfig
 from condense.job_args import job_path, normalize_flags, parse_train
-from tests.conftest import main_in_a_fresh_process
+from tests.conftest import command_error, main_in_a_fresh_process
 
 JOBS = sorted((Path(__file__).parents[1] / "jobs").glob("*.yaml"))
 
@@ -106,10 +106,7 @@ def test_print_config_checks_the_job_before_printing_it(flag, capsys):
 
 def test_test_and_config_together_are_refused(capsys):
     """--test used to load jobs/test.yaml and then let --config's job silently win."""
-    with pytest.raises(SystemExit) as exit_:
-        main(["plan", "--test", "--config", "default"])
-    assert exit_.value.code == 2
-    assert capsys.readouterr().err.splitlines() == [
+    assert command_error(["plan", "--test", "--config", "default"], capsys) == [
         "condense: error: --test and --config both name a job: give one of them"
     ]
 
@@ -123,10 +120,7 @@ def test_test_and_config_together_are_refused(capsys):
 )
 def test_a_missing_required_option_is_named_as_its_flag(argv, message, capsys):
     """argparse named it by its dest: 'the following arguments are required: repo'."""
-    with pytest.raises(SystemExit) as exit_:
-        main(argv)
-    assert exit_.value.code == 2
-    assert capsys.readouterr().err.splitlines() == [f"condense: error: {message}"]
+    assert command_error(argv, capsys) == [f"condense: error: {message}"]
 
 
 @pytest.mark.parametrize(
