@@ -147,11 +147,14 @@ def _scores(query: torch.Tensor, key: torch.Tensor, start: int, scale: float) ->
 
 def implementation_for(config) -> str:
     """The attention a model of `config` loads with: condense's where its architecture
-    takes a registered attention function; else its SDPA, else its eager attention; and
-    eager where it soft-caps attention scores (Gemma 2), which SDPA refuses."""
+    declares that it takes a registered attention function (_supports_attention_backend);
+    else its SDPA, else its eager attention; and eager where it soft-caps attention scores
+    (Gemma 2), which SDPA refuses. Bloom and XGLM, which do not declare it, ran condense's
+    without their causal mask; Falcon and StableLM, which do not either, would take it,
+    and run their own SDPA (the same logits; no compiled CPU blocks)."""
     from transformers import AutoModelForCausalLM
 
-    if getattr(config, "attn_logit_softcapping", None):
+    if getattr(config.get_text_config(), "attn_logit_softcapping", None):
         return "eager"
     model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
     if model_class is None or getattr(model_class, "_supports_attention_backend", False):

@@ -7,6 +7,7 @@ field can be overridden on the command line (`--model.num_condense_tokens 64`).
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -70,36 +71,51 @@ def check_hub_repo(repo: str, name: str) -> None:
 
 def _check_types(obj: object, prefix: str = "") -> None:
     """Refuse, as a ConfigError naming the field, a value of another type than the field's
-    annotation; a path (os.PathLike) where text is expected becomes its string.
+    annotation; a value of the type in another form is converted (_conform).
 
     The command line's parser (jsonargparse) checks types before a config is made; from
     Python nothing did, and "false" for a bool was true, "10" for an int failed in a
     comparison, 2.5 steps trained 3. Hand-written: a dataclass checks nothing itself, and
     the validating libraries (pydantic, typeguard) are not dependencies."""
+    hints = get_type_hints(type(obj))
     for f in fields(obj):
-        hint, value = get_type_hints(type(obj))[f.name], getattr(obj, f.name)
-        if isinstance(value, os.PathLike) and _matches("", hint):
-            value = os.fspath(value)
-            setattr(obj, f.name, value)
-        if not _matches(value, hint):
-            raise ConfigError(f"{prefix}{f.name} must be {_spelled(hint)}, got {value!r}")
+        value = _conform(getattr(obj, f.name), hints[f.name])
+        if value is _REFUSED:
+            got = getattr(obj, f.name)
+            raise ConfigError(f"{prefix}{f.name} must be {_spelled(hints[f.name])}, got {got!r}")
+        setattr(obj, f.name, value)
 
 
-def _matches(value: object, hint: object) -> bool:
+_REFUSED = object()
+
+
+def _conform(value: object, hint: object) -> object:
+    """`value` in the form a field of type `hint` holds, or _REFUSED. A path is its string,
+    a tuple a list, a whole float (an artifact's `"alpha": 8.0`) or a numpy integer an int;
+    a bool is never a number, nor a number a bool."""
     origin, args = get_origin(hint), get_args(hint)
-    if hint is type(None):
-        return value is None
     if origin in (Union, UnionType):
-        return any(_matches(value, arg) for arg in args)
+        tried = (_conform(value, arg) for arg in args)
+        return next((out for out in tried if out is not _REFUSED), _REFUSED)
+    if hint is type(None):
+        return None if value is None else _REFUSED
     if origin is Literal:
-        return value in args
+        return value if value in args else _REFUSED
     if origin is list:
-        return isinstance(value, list) and all(_matches(item, args[0]) for item in value)
-    if hint is float:  # an integer is a number too
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:  # True is an int to Python
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
+        if not isinstance(value, (list, tuple)):
+            return _REFUSED
+        items = [_conform(item, args[0]) for item in value]
+        return _REFUSED if any(item is _REFUSED for item in items) else items
+    if isinstance(value, bool) or hint is bool:
+        return value if isinstance(value, bool) and hint is bool else _REFUSED
+    if hint is int:
+        whole = isinstance(value, numbers.Real) and float(value).is_integer()
+        return int(value) if isinstance(value, numbers.Integral) or whole else _REFUSED
+    if hint is float:
+        return float(value) if isinstance(value, numbers.Real) else _REFUSED
+    if hint is str and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value if isinstance(value, hint) else _REFUSED
 
 
 def _spelled(hint: object) -> str:
@@ -110,7 +126,7 @@ def _spelled(hint: object) -> str:
     if origin is Literal:
         return "one of " + ", ".join(str(arg) for arg in args)
     if origin is list:
-        return f"a list of ({_spelled(args[0])})"
+        return f"a list ({_spelled(args[0])} each)"
     words = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
     return words.get(hint, "null" if hint is type(None) else getattr(hint, "__name__", str(hint)))
 

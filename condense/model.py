@@ -237,6 +237,7 @@ class Condenser(nn.Module):
         if isinstance(texts, str):
             # A str is a sequence too: each of its characters would be condensed as a text.
             raise TypeError("condense(texts) takes a list of texts: condense([text])")
+        texts = list(texts)  # any iterable, read once
         if not all(isinstance(text, str) for text in texts):
             kinds = sorted({type(text).__name__ for text in texts if not isinstance(text, str)})
             raise TypeError(f"condense(texts) takes texts (str), not {', '.join(kinds)}")

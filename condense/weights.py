@@ -235,15 +235,19 @@ def check_causal_lm(config, name: str, role: str | None = None) -> None:
         raise ModelNotFoundError(
             f"{where}: {kind} is an encoder-decoder model; condense needs causal (decoder-only) LMs"
         )
-    if AutoModelForCausalLM._model_mapping.get(type(config), None) is None:
+    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    if model_class is None:
         raise ModelNotFoundError(
             f"{where}: transformers has no causal-LM class for {kind}; condense needs"
             " causal (decoder-only) LMs"
         )
-    if config.get_text_config() is not config:
+    if "ForConditionalGeneration" in model_class.__name__:
         # Gemma 3's 4B-27B: trained, its class then refuses generate() from embeddings.
+        # A multimodal config whose causal-LM class is its text model (Qwen 3.5, Llama 4)
+        # loads that text model, and is taken.
         raise ModelNotFoundError(
-            f"{where}: {kind} is a multimodal model; condense needs text-only causal LMs"
+            f"{where}: {kind} loads as a multimodal model ({model_class.__name__});"
+            " condense needs text-only causal LMs"
         )
 
 
@@ -313,9 +317,9 @@ def _damaged_weights(loadable: str) -> str:
 
 
 def max_positions(config) -> int | None:
-    """How many positions a model of `config` (model_config) reads: its
+    """How many positions a model of `config` (model_config) reads: its (text model's)
     max_position_embeddings; None when it does not say (ALiBi, say)."""
-    return getattr(config, "max_position_embeddings", None)
+    return getattr(config.get_text_config(), "max_position_embeddings", None)
 
 
 def _loadable(name: str, revision: str | None = None) -> tuple[str, str | None]:

@@ -1,5 +1,6 @@
 """Architectures other than the tiny pair's Llama and GPT-2, in either role: each loads as
-condense loads a model (from a folder, with the attention it chooses), trains a step
+condense loads a model (from a folder, with the attention it chooses), is causal as a
+decoder (Bloom and XGLM were not under condense's attention), trains a step
 (gradients reach the projection and LoRA), scores a batch as the decoder's own forward
 scores it, and generates."""
 
@@ -12,7 +13,7 @@ import transformers as T
 from condense.config import ConfigError, ModelConfig
 from condense.generate import generate
 from condense.model import IGNORE_INDEX, Condenser
-from condense.weights import load_causal_lm, load_tokenizer
+from condense.weights import check_attends_back_only, load_causal_lm, load_tokenizer
 
 VOCAB = 400  # the tiny pair's tokenizers give ids below it
 LLAMA_LIKE = {
@@ -142,6 +143,8 @@ def _batch() -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("kind", sorted(CONFIGS))
 def test_an_architecture_trains_scores_and_generates(kind, role, saved, tiny_pair):
     model = load_causal_lm(saved(kind))
+    if role == "decoder":  # as training checks it: no position sees the tokens after it
+        check_attends_back_only(model, kind)
     other = load_causal_lm(tiny_pair[1] if role == "encoder" else tiny_pair[0])
     encoder, decoder = (model, other) if role == "encoder" else (other, model)
     cfg = ModelConfig(encoder="e", decoder="d", num_condense_tokens=4, lora_r=4, lora_alpha=8)

@@ -96,6 +96,8 @@ def test_condense_takes_no_text_and_names_a_non_text(tiny_pair, tmp_path):
     _trained_condenser(tiny_pair).save_pretrained(str(tmp_path / "artifact"))
     loaded = Condenser.from_pretrained(str(tmp_path / "artifact"))
     assert loaded.condense([]).shape == (0, 4, 48)
+    # Any iterable, read once: a generator was used up by the type check, then read empty.
+    assert loaded.condense(text for text in TEXTS).shape == (2, 4, 48)
     with pytest.raises(TypeError, match=r"takes texts \(str\), not NoneType"):
         loaded.condense(["A text.", None])
 
@@ -584,3 +586,20 @@ def test_from_pretrained_refuses_a_device_or_dtype_before_the_models_load(
         Condenser.from_pretrained(str(tmp_path / "artifact"), device="cuda")
     with pytest.raises(TypeError, match="dtype must be a torch.dtype"):
         Condenser.from_pretrained(str(tmp_path / "artifact"), dtype="bf16")
+
+
+def test_an_artifact_and_an_original_adapter_with_a_float_alpha_load(tiny_pair, tmp_path):
+    """The file check takes a number for the LoRA alpha (peft writes what it was given,
+    16.0 as well as 16); the config's type check refused 8.0 as not an integer."""
+    _trained_condenser(tiny_pair).save_pretrained(str(tmp_path / "artifact"))
+    config = json.loads((tmp_path / "artifact" / "condense_config.json").read_text())
+    _edit_json(
+        tmp_path / "artifact" / "condense_config.json", lora={**config["lora"], "alpha": 8.0}
+    )
+    assert Condenser.from_pretrained(str(tmp_path / "artifact")).cfg.lora_alpha == 8
+    _original_checkpoint(tiny_pair, tmp_path / "original")
+    adapter = tmp_path / "original" / "adapter_config.json"
+    _edit_json(adapter, lora_alpha=8.0)
+    main(["import", str(tmp_path / "original"), "--out", str(tmp_path / "imported"),
+          "--encoder", tiny_pair[0], "--decoder", tiny_pair[1]])  # fmt: skip
+    assert read_config(tmp_path / "imported")["lora"]["alpha"] == 8

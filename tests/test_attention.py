@@ -83,7 +83,7 @@ def test_eager_calls_and_padding_masks_are_sdpa(tiny_pair):
     ("kind", "chosen"),
     [
         ("mistral", attention.NAME),
-        ("falcon", "sdpa"),  # its own attention classes, with an SDPA one
+        ("falcon", "sdpa"),  # declares no registered attention (reads the registry all the same)
         ("gpt_neo", "eager"),  # was KeyError: 'condense' at load: no registered attention
         ("gemma2", "eager"),  # SDPA refuses its soft-capped scores: failed at validation
     ],

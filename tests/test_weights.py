@@ -177,7 +177,7 @@ def _tiny_folder(config, tokenizer_from: str, folder, weights_of=None) -> str:
     [
         ("bart", "bart is an encoder-decoder model"),
         ("t5", "t5 is an encoder-decoder model"),
-        ("gemma3", "gemma3 is a multimodal model"),
+        ("gemma3", "gemma3 loads as a multimodal model (Gemma3ForConditionalGeneration)"),
     ],
 )
 def test_a_model_that_is_no_text_causal_lm_is_one_line_before_its_tokenizer(
@@ -196,6 +196,15 @@ def test_a_model_that_is_no_text_causal_lm_is_one_line_before_its_tokenizer(
     folder = _tiny_folder(config, tiny_pair[0], tmp_path / kind)
     line = _train_error(tiny_pair, folder, tmp_path, capsys)
     assert line.startswith(f"condense: error: model.encoder '{folder}': {expected}; condense")
+
+
+def test_a_multimodal_config_whose_causal_lm_is_its_text_model_is_taken():
+    """Qwen 3.5 and Llama 4 ship multimodal configs, and AutoModelForCausalLM loads their
+    text models: refused as multimodal for a while, they condense and generate."""
+    from transformers import Llama4Config, Qwen3_5Config
+
+    for config in (Qwen3_5Config(), Llama4Config()):
+        weights.check_causal_lm(config, config.model_type, "decoder")  # no error
 
 
 def test_a_decoder_that_attends_both_ways_is_refused_and_a_causal_one_is_not(tiny_pair):
