@@ -527,3 +527,21 @@ def test_the_matmul_peak_is_no_slower_than_the_models_own_linear():
         runs += 1
     linear = 2 * m * k * n * runs / (time.perf_counter() - start)
     assert peak >= 0.5 * linear
+
+
+def test_plan_time_and_cost_scale_as_one_over_the_mfu(tmp_path, capsys):
+    """--mfu was never given in a test: the step time and cost it scales, and its range."""
+    plans = {}
+    for mfu in (0.4, 0.2):
+        out = tmp_path / f"plan-{mfu}.json"
+        main(["plan", "--test", "--gpu", "H100", "--mfu", str(mfu), "--out", str(out)])
+        plans[mfu] = json.loads(out.read_text())
+    assert plans[0.2]["assumptions"]["mfu"] == 0.2
+    for fast, slow in zip(plans[0.4]["gpus"], plans[0.2]["gpus"]):
+        assert slow["step_s"] == pytest.approx(2 * fast["step_s"])
+        hours = "gpu_hours_per_million_tokens"
+        assert slow[hours] == pytest.approx(2 * fast[hours])
+    capsys.readouterr()
+    assert command_error(["plan", "--test", "--mfu", "1.5"], capsys) == [
+        "condense: error: --mfu must be in (0, 1], got 1.5"
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 
 import pytest
 import torch
@@ -166,4 +167,17 @@ def test_a_run_that_fails_leaves_no_folder_choice_behind(tiny_pair, tmp_path, mo
     with pytest.raises(DataError, match="no such file"):
         train(cfg)
     # Else the next run started in this process would write into the failed run's folder.
+    assert RUN_DIR_ENV not in os.environ
+
+
+def test_a_run_without_a_run_dir_trains_into_runs_name_time(tiny_pair, tmp_path, monkeypatch):
+    """No test trained without --run-dir: the README's runs/<name>-<time>, its summary
+    naming it, and the next run in the process choosing anew."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+    summary = train(tiny_config(*tiny_pair, run_dir="", max_steps=1, name="tiny"))
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert re.fullmatch(r"tiny-\d{8}-\d{6}", folder.name)
+    assert summary["run_dir"] == str(folder.resolve())
+    assert (folder / "summary.json").is_file() and (folder / "artifact").is_dir()
     assert RUN_DIR_ENV not in os.environ
