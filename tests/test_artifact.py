@@ -18,7 +18,7 @@ from condense.config import ConfigError, ModelConfig
 from condense.model import Condenser
 from condense.synthetic import synthetic_samples
 from condense.weights import ModelNotFoundError, load_causal_lm, load_tokenizer
-from tests.conftest import cache_as_hub_commit, shifted_copy
+from tests.conftest import cache_as_hub_commit, command_error, shifted_copy
 
 TEXTS = [s.context for s in synthetic_samples(2, seed=21)[::3]]
 
@@ -299,11 +299,8 @@ def test_a_run_folder_given_for_its_artifact_is_pointed_to_the_artifact(tiny_pai
 def _generate_error(artifact, tmp_path, capsys) -> str:
     """`condense generate --artifact ARTIFACT`'s last stderr line; it must end with status 1."""
     (tmp_path / "c.txt").write_text(TEXTS[0])
-    with pytest.raises(SystemExit) as exit_:
-        main(["generate", "--artifact", str(artifact), "--context-file",
-              str(tmp_path / "c.txt"), "--prompt", "Who?"])  # fmt: skip
-    assert exit_.value.code == 1
-    return capsys.readouterr().err.strip().splitlines()[-1]
+    argv = ["generate", "--artifact", str(artifact), "--context-file", str(tmp_path / "c.txt")]
+    return command_error([*argv, "--prompt", "Who?"], capsys, status=1)[-1]
 
 
 @pytest.mark.parametrize(

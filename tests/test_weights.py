@@ -106,15 +106,11 @@ def test_contexts_keep_their_start_whatever_side_a_tokenizer_was_saved_to_cut(ti
 
 def _train_error(tiny_pair, encoder, tmp_path, capsys) -> str:
     """`condense train` with `--model.encoder ENCODER`: its last stderr line (status 1)."""
-    from condense.__main__ import main
-    from tests.conftest import tiny_job
+    from tests.conftest import command_error, tiny_job
 
     job = tiny_job(*tiny_pair, tmp_path / "job.yaml")
-    with pytest.raises(SystemExit) as exit_:
-        main(["train", "--config", str(job), "--model.encoder", str(encoder),
-              "--run-dir", str(tmp_path / "run")])  # fmt: skip
-    assert exit_.value.code == 1
-    return capsys.readouterr().err.strip().splitlines()[-1]
+    argv = ["train", "--config", str(job), "--model.encoder", str(encoder)]
+    return command_error([*argv, "--run-dir", str(tmp_path / "run")], capsys, status=1)[-1]
 
 
 def test_a_model_folder_without_a_tokenizer_is_one_line(tiny_pair, tmp_path, capsys):
