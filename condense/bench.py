@@ -30,7 +30,7 @@ from condense.build import build, check_models, condense_module
 from condense.config import TrainConfig
 from condense.data import Collator, LengthGroupedBatchSampler, Tokenized, length_keys
 from condense.device import check_devices, on_gpu, precision_dtype, resolve_precision
-from condense.model import IGNORE_INDEX, Condenser, is_checkpointing
+from condense.model import IGNORE_INDEX, Condenser, is_checkpointing, token_embeddings
 from condense.module import CondenseModule
 from condense.plan import labelled_tokens, memory
 from condense.weights import causal_lm_from_config
@@ -234,7 +234,7 @@ def static_loss(condenser: Condenser) -> Callable[[Batch], tuple[torch.Tensor, t
     def loss(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         condensed = condenser.encode(batch["context_ids"], batch["context_mask"])  # (B, N, Hd)
         decoder = condenser.decoder
-        tokens = decoder.get_input_embeddings()(batch["input_ids"])  # (B, T, Hd)
+        tokens = token_embeddings(decoder, batch["input_ids"])  # (B, T, Hd)
         embeds = torch.cat([condensed.to(tokens.dtype), tokens], 1)  # (B, N+T, Hd)
         text_mask = batch["attention_mask"]
         n = condensed.shape[1]

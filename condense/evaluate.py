@@ -40,7 +40,7 @@ from condense.data import (
 from condense.device import inference_device, load_for_inference
 from condense.files import json_out, write_json
 from condense.generate import generate
-from condense.model import IGNORE_INDEX, Condenser
+from condense.model import IGNORE_INDEX, Condenser, token_embeddings
 from condense.samples import (
     DataError,
     DataReport,
@@ -72,9 +72,11 @@ def eval_samples(
     after its training seed. With the same seed, "synthetic" would open with the very
     passages it was trained on, and a large `--limit` would score memory, not condensing.
     """
-    # Fresh synthetic passages are made the same shape as the trained ones.
+    # Fresh synthetic passages are made the same shape as the trained ones. No
+    # max_characters (an artifact saved from Python, or imported): the condenser it loads
+    # cuts no context, and its scores must be of the contexts it would condense.
     cut = DatasetConfig(
-        max_characters=config.get("max_characters", 10000),
+        max_characters=config.get("max_characters") or sys.maxsize,
         synthetic_facts=config.get("synthetic_facts"),
         skip_bad_rows=skip_bad_rows,
     )
@@ -270,7 +272,7 @@ def _evaluate(
     limit = condenser.decoder_positions
     context_ids, cut = _fit_full_context(context_ids, items, bos, limit)
     collate = Collator(enc_tok.pad_token_id or 0, dec_tok.pad_token_id or 0)
-    device = condenser.condense_tokens.device
+    device = condenser.device
     condensed = _condense_all(condenser, items, collate, batch_size)
     full_items = [
         replace(
@@ -294,12 +296,14 @@ def _evaluate(
     scored = {cond: rows for cond, rows in scored.items() if rows[1] is not None}
     per_sample = _score_all(condenser, samples, scored, collate, batch_size)
     report = {task: _task_scores(by_cond) for task, by_cond in per_sample.items()}
-    embed = condenser.decoder.get_input_embeddings()
     prefixes = {
         "none": [c[:0] for c in condensed],
         "wrong": list(wrong) if wrong is not None else None,
         "condensed": list(condensed),
-        "full": [embed(torch.tensor(ids, device=device)) for ids in context_ids],
+        "full": [
+            token_embeddings(condenser.decoder, torch.tensor(ids, device=device))
+            for ids in context_ids
+        ],
     }
     # Answers follow the very prompt tokens that were scored, cut as training cut them; the
     # full context's tokens open with the BOS the prompt would add.
@@ -360,7 +364,7 @@ def _condense_all(
     condenser: Condenser, items: list[Tokenized], collate: Collator, batch_size: int
 ) -> torch.Tensor:
     """The condensed context (len(items), N, Hd) of every item, `batch_size` at a time."""
-    device = condenser.condense_tokens.device
+    device = condenser.device
     condensed: list = [None] * len(items)
     chunks = _by_length([len(t.context_ids) for t in items], batch_size)
     for chunk in tqdm(chunks, desc="condense eval: condensing", unit="batch"):
@@ -406,7 +410,7 @@ def _score(
 ) -> list[tuple[float, int, int]]:
     """(nll sum, correct tokens, tokens) of each row of a collated batch, read after
     `prefixes` (B, n, Hd). Rows are right-padded: the causal mask keeps each from its pads."""
-    device = condenser.condense_tokens.device
+    device = condenser.device
     labels = batch["labels"].to(device)
     logits, targets = condenser.decoder_logits(
         prefixes, batch["input_ids"].to(device), batch["attention_mask"].to(device), labels

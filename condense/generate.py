@@ -9,7 +9,7 @@ from transformers import GenerationConfig
 
 from condense.config import ConfigError
 from condense.data import bos_added, cut_prompt, prompt_ids, prompt_room
-from condense.model import Condenser
+from condense.model import Condenser, token_embeddings
 
 
 @torch.no_grad()
@@ -96,7 +96,6 @@ def _input_row(
 ) -> torch.Tensor:
     """The decoder input embeddings of one row: its prefix, then its prompt's tokens."""
     tokenizer = condenser.decoder_tokenizer
-    embed = condenser.decoder.get_input_embeddings()
     if isinstance(prompt, str):
         ids = prompt_tokens(condenser, prompt, budget, add_special_tokens)
     else:
@@ -107,7 +106,8 @@ def _input_row(
         ids = [
             tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         ]
-    tokens = embed(torch.tensor(ids, dtype=torch.long, device=embed.weight.device))  # (t, Hd)
+    token_ids = torch.tensor(ids, dtype=torch.long, device=condenser.device)  # long if empty
+    tokens = token_embeddings(condenser.decoder, token_ids)  # (t, Hd)
     return torch.cat([prefix.to(tokens.device, tokens.dtype), tokens])  # (n + t, Hd)
 
 

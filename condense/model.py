@@ -133,7 +133,7 @@ class Condenser(nn.Module):
         batch = context_ids.shape[0]
         n = self.num_condense_tokens
         lengths = context_mask.sum(1)  # (B,)
-        embeds = self.encoder.get_input_embeddings()(context_ids)  # (B, L, He)
+        embeds = token_embeddings(self.encoder, context_ids)  # (B, L, He)
         embeds = torch.cat(
             [embeds, embeds.new_zeros(batch, n, embeds.shape[-1])], 1
         )  # (B, L+N, He)
@@ -207,7 +207,7 @@ class Condenser(nn.Module):
         """The decoder's last hidden states (M, Hd) at the positions that predict a label,
         and those labels (M,)."""
         n = condensed.shape[1]
-        token_embeds = self.decoder.get_input_embeddings()(input_ids)  # (B, T, Hd)
+        token_embeds = token_embeddings(self.decoder, input_ids)  # (B, T, Hd)
         embeds = torch.cat([condensed.to(token_embeds.dtype), token_embeds], 1)  # (B, N+T, Hd)
         mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], n), attention_mask], 1)
         hidden = self.decoder_body(
@@ -254,14 +254,22 @@ class Condenser(nn.Module):
         batch = tokenizer(
             texts, padding=True, truncation=limit is not None, max_length=limit, return_tensors="pt"
         )
-        device = self.condense_tokens.device
+        device = self.device
         return self.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
 
     @property
+    def device(self) -> torch.device:
+        """Where the condenser computes (its trained tensors' device), as a Hugging Face
+        model's `.device` says it."""
+        return self.condense_tokens.device
+
+    @property
     def decoder_positions(self) -> int | None:
-        """How many positions the decoder reads (its config's max_position_embeddings);
-        None when its config does not say. Generation and eval's full context stop there."""
-        return getattr(self.decoder.config, "max_position_embeddings", None)
+        """How many positions the decoder reads (weights.max_positions); None when its
+        config does not say. Generation and eval's full context stop there."""
+        from condense.weights import max_positions
+
+        return max_positions(self.decoder.config)
 
     def autocast(self) -> AbstractContextManager:
         """Autocast to the frozen models' dtype where they are stored below fp32, as mixed
@@ -405,14 +413,33 @@ def _as_model_logits(logits: torch.Tensor, config) -> torch.Tensor:
     return logits
 
 
+def token_embeddings(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The input embeddings `model`'s own forward makes of token `ids`, to pass it as
+    inputs_embeds. Falcon-H1 multiplies its embeddings by embedding_multiplier only when
+    given input_ids: without it here, its layers would read tokens at another scale than
+    it was trained on."""
+    embeds = model.get_input_embeddings()(ids)
+    multiplier = _ids_only_multiplier(model.config)
+    return embeds if multiplier == 1.0 else embeds * multiplier
+
+
+def _ids_only_multiplier(config) -> float:
+    """The factor `config`'s model applies to input_ids' embeddings but not to
+    inputs_embeds (1.0 for every family but Falcon-H1)."""
+    if config.model_type == "falcon_h1":
+        return float(config.embedding_multiplier)
+    return 1.0
+
+
 def _embedding_scale(model: nn.Module) -> float:
     """The spread of the token embeddings `model` feeds its first layer: its embedding
     weights', times the scale some families' embeddings multiply by (Gemma's and XGLM's
-    sqrt(hidden size): 8x the weights' spread at hidden size 64, 45x at Gemma-2B's)."""
+    sqrt(hidden size): 8x the weights' spread at hidden size 64, 45x at Gemma-2B's;
+    Falcon-H1's embedding_multiplier)."""
     embedding = model.get_input_embeddings()
     if embedding.weight.is_meta:  # shapes only (parameter counts, plans): never used
         return 0.02
-    scale = float(getattr(embedding, "embed_scale", 1.0))
+    scale = float(getattr(embedding, "embed_scale", 1.0)) * _ids_only_multiplier(model.config)
     return embedding.weight.float().std().item() * scale
 
 

@@ -8,6 +8,7 @@ dequantizing takes ~15 s, so it is converted once into a safetensors folder in t
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import shutil
 import tempfile
@@ -249,6 +250,22 @@ def check_causal_lm(config, name: str, role: str | None = None) -> None:
             f"{where}: {kind} loads as a multimodal model ({model_class.__name__});"
             " condense needs text-only causal LMs"
         )
+    if role == "decoder" and not _generates_from_embeddings(model_class):
+        # A condenser's decoder answers from input embeddings: such a decoder would train,
+        # then fail at its first generation (eval, generate) with a transformers error.
+        raise ModelNotFoundError(
+            f"{where}: transformers' {model_class.__name__} cannot generate from input"
+            " embeddings, as a condenser's decoder must; choose another decoder (it may"
+            " still be the encoder)"
+        )
+
+
+def _generates_from_embeddings(model_class) -> bool:
+    """Whether generate() takes inputs_embeds for `model_class`: as transformers decides
+    it, by the inputs its prepare_inputs_for_generation names."""
+    return (
+        "inputs_embeds" in inspect.signature(model_class.prepare_inputs_for_generation).parameters
+    )
 
 
 def check_attends_back_only(model, name: str) -> None:
@@ -318,8 +335,14 @@ def _damaged_weights(loadable: str) -> str:
 
 def max_positions(config) -> int | None:
     """How many positions a model of `config` (model_config) reads: its (text model's)
-    max_position_embeddings; None when it does not say (ALiBi, say)."""
-    return getattr(config.get_text_config(), "max_position_embeddings", None)
+    max_position_embeddings, or MPT's max_seq_len; None when it does not say (Bloom's
+    ALiBi, say)."""
+    text = config.get_text_config()
+    # MPT builds its ALiBi table max_seq_len long: a longer input fails to broadcast.
+    for field in ("max_position_embeddings", "max_seq_len"):
+        if getattr(text, field, None) is not None:
+            return getattr(text, field)
+    return None
 
 
 def _loadable(name: str, revision: str | None = None) -> tuple[str, str | None]:

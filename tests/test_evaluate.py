@@ -172,6 +172,17 @@ def test_the_default_eval_data_is_the_validation_split_of_a_task_filtered_run():
     )
 
 
+@pytest.mark.parametrize("recorded", [{}, {"max_characters": None}, {"max_characters": 500}])
+def test_eval_data_is_cut_as_the_artifact_records(recorded, tmp_path):
+    """An artifact saved from Python records no max_characters, and the condenser it
+    loads cuts no context: eval scores whole contexts too (and a hand-edited null was a
+    type error)."""
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"context": "x" * 12000, "prompt": "p", "completion": "c"}) + "\n")
+    (sample,) = eval_samples({"seed": 0, **recorded}, str(data), limit=None)
+    assert len(sample.context) == (recorded.get("max_characters") or 12000)
+
+
 def test_markdown_table_has_a_row_per_task_and_metric():
     results = {
         "by_task": {

@@ -62,6 +62,13 @@ def test_building_a_condenser_warns_nothing(tiny_pair):
         Condenser(load_causal_lm(tiny_pair[0]), load_causal_lm(tiny_pair[1]), cfg)
 
 
+def test_a_condenser_says_where_it_computes_as_a_transformers_model_does(tiny_pair):
+    condenser, _, _ = _build(tiny_pair)
+    assert condenser.device == condenser.decoder.device == torch.device("cpu")
+    condenser.to("meta")
+    assert condenser.device == condenser.decoder.device == torch.device("meta")
+
+
 def test_padding_does_not_change_the_loss(tiny_pair):
     condenser, enc_tok, dec_tok = _build(tiny_pair)
     condenser.eval()

@@ -203,6 +203,18 @@ def test_a_multimodal_config_whose_causal_lm_is_its_text_model_is_taken():
         weights.check_causal_lm(config, config.model_type, "decoder")  # no error
 
 
+def test_a_models_positions_are_read_whatever_its_config_calls_them():
+    """check_models refuses a job longer than a model reads from this number: MPT's
+    max_seq_len went unread, and such a job failed at its first batch instead."""
+    from transformers import BloomConfig, GPT2Config, Llama4Config, MptConfig
+
+    assert weights.max_positions(MptConfig(max_seq_len=300)) == 300
+    assert weights.max_positions(GPT2Config(n_positions=100)) == 100
+    text = Llama4Config().get_text_config().max_position_embeddings
+    assert weights.max_positions(Llama4Config()) == text
+    assert weights.max_positions(BloomConfig()) is None  # ALiBi, no table
+
+
 def test_a_decoder_that_attends_both_ways_is_refused_and_a_causal_one_is_not(tiny_pair):
     """A BERT given as the decoder trained: each position saw the tokens it predicted.
     GPT-NeoX's config says is_decoder false too, and it is causal."""
