@@ -259,12 +259,12 @@ def run_eval(argv: list[str]) -> None:
         args.data,
         args.limit,
         Path(args.out),
-        command,
-        args.device,
-        args.precision,
-        args.batch_size,
-        args.skip_bad_rows,
-        args.split,
+        command=command,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        skip_bad_rows=args.skip_bad_rows,
+        split=args.split,
     )
 
 

@@ -28,10 +28,15 @@ from condense.files import ARTIFACT_CONFIG_FILE, file_above, swap_in_folder, uma
 from condense.model import Condenser
 
 FORMAT_VERSION = 1
-CONFIG_FILE = ARTIFACT_CONFIG_FILE
 WEIGHTS_FILE = "condenser.safetensors"
 ADAPTER_FILE = "adapter_model.safetensors"
-ARTIFACT_FILES = {"adapter_config.json", ADAPTER_FILE, WEIGHTS_FILE, CONFIG_FILE, "README.md"}
+ARTIFACT_FILES = {
+    "adapter_config.json",
+    ADAPTER_FILE,
+    WEIGHTS_FILE,
+    ARTIFACT_CONFIG_FILE,
+    "README.md",
+}
 CONDENSER_KEYS = (
     "condense_tokens",
     "norm.weight",
@@ -90,7 +95,7 @@ def save_artifact(condenser: Condenser, out: Path, extra: dict[str, Any] | None 
             tmp / WEIGHTS_FILE,
         )
         config = artifact_config(condenser, extra or {})
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        (tmp / ARTIFACT_CONFIG_FILE).write_text(json.dumps(config, indent=2))
         (tmp / "README.md").write_text(model_card(config))
         umask_modes(tmp)
         _carry_over(out, tmp)
@@ -127,7 +132,7 @@ def check_replaceable(out: Path) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"{out} is a file: an artifact is a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
+    if out.is_dir() and any(out.iterdir()) and not (out / ARTIFACT_CONFIG_FILE).is_file():
         raise ArtifactError(
             f"{out} is a folder of other files, not an artifact: not replacing it;"
             " choose another folder"
@@ -214,7 +219,7 @@ def _model_config(folder: Path, config: dict[str, Any]) -> ModelConfig:
     """The ModelConfig an artifact's (read_config-checked) config describes."""
     lora = config["lora"]
     return _config_from_file(
-        folder / CONFIG_FILE,
+        folder / ARTIFACT_CONFIG_FILE,
         encoder=config["encoder"],
         decoder=config["decoder"],
         num_condense_tokens=config["num_condense_tokens"],
@@ -292,18 +297,18 @@ def read_config(folder: Path) -> dict[str, Any]:
     if missing:
         # A run's folder holds its artifact in artifact/: the likeliest slip, so named.
         inner = folder / "artifact"
-        hint = f"; did you mean {inner}?" if (inner / CONFIG_FILE).is_file() else ""
+        hint = f"; did you mean {inner}?" if (inner / ARTIFACT_CONFIG_FILE).is_file() else ""
         raise ArtifactError(
             f"{folder}: not a condense artifact (missing {', '.join(missing)}){hint}"
         )
-    config = read_json_object(folder / CONFIG_FILE)
+    config = read_json_object(folder / ARTIFACT_CONFIG_FILE)
     if config.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{folder}: format_version {config.get('format_version')!r}, this condense reads {FORMAT_VERSION}"
         )
-    check_fields(folder / CONFIG_FILE, config, CONFIG_FIELDS)
-    check_fields(folder / CONFIG_FILE, config["lora"], LORA_FIELDS, "lora.")
-    check_fields(folder / CONFIG_FILE, config, OPTIONAL_CONFIG_FIELDS, optional=True)
+    check_fields(folder / ARTIFACT_CONFIG_FILE, config, CONFIG_FIELDS)
+    check_fields(folder / ARTIFACT_CONFIG_FILE, config["lora"], LORA_FIELDS, "lora.")
+    check_fields(folder / ARTIFACT_CONFIG_FILE, config, OPTIONAL_CONFIG_FIELDS, optional=True)
     return config
 
 

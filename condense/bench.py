@@ -252,8 +252,6 @@ def count(condenser: Condenser, batches: list[Batch], full_logits: bool) -> dict
     """Tokens and FLOPs of the timed batches: model FLOPs on the real tokens (and the logits
     that carry a label), and the FLOPs of the padded shapes the hardware actually ran."""
     n = condenser.num_condense_tokens
-    enc, dec = flops.dims(condenser.encoder), flops.dims(condenser.decoder)
-    lora, head = flops.lora_weights(condenser.encoder), condenser.projection.weight.numel()
     model = computed = 0
     largest = [0, 0, 0, 0]
     real = padded = targets = data_tokens = 0
@@ -264,12 +262,12 @@ def count(condenser: Condenser, batches: list[Batch], full_logits: bool) -> dict
         labelled = int((batch["labels"] != IGNORE_INDEX).sum())
         width_e, width_d = batch["context_ids"].shape[1] + n, batch["input_ids"].shape[1] + n
         enc_real, dec_real = [c + n for c in contexts], [t + n for t in texts]
-        model += flops.step_flops(enc, dec, lora, head, enc_real, dec_real, rows * n, labelled)[
+        model += flops.condenser_step_flops(condenser, enc_real, dec_real, rows * n, labelled)[
             "total"
         ]
         logits = rows * (width_d - 1) if full_logits else labelled
-        computed += flops.step_flops(
-            enc, dec, lora, head, [width_e] * rows, [width_d] * rows, rows * n, logits
+        computed += flops.condenser_step_flops(
+            condenser, [width_e] * rows, [width_d] * rows, rows * n, logits
         )["total"]
         shape = [rows, batch["context_ids"].shape[1], batch["input_ids"].shape[1], labelled]
         largest = max(largest, shape, key=lambda s: s[0] * (s[1] + s[2]))

@@ -108,14 +108,13 @@ def _use_checkpointing(cfg: TrainConfig, condenser: Condenser, precision: str) -
         return setting
     if not on_gpu(cfg.accelerator):
         return False
-    from condense.plan import USABLE, largest_batch_memory
+    from condense.plan import checkpointing_decision
 
-    need = largest_batch_memory(condenser, cfg, checkpointing=False, precision=precision)
     # Every GPU the run may use: the device is not chosen yet (Lightning picks it later).
     have = min(
         torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())
     )
-    checkpointing = need > USABLE * have
+    checkpointing, need = checkpointing_decision(condenser, cfg, precision, have)
     rank_zero_info(
         f"condense: gradient checkpointing {'on' if checkpointing else 'off'}: a batch of"
         f" {cfg.dataset.batch_size} x {cfg.dataset.max_tokens} tokens on each side needs"

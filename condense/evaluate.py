@@ -631,6 +631,7 @@ def run_eval(
     data: str | None,
     limit: int | None,
     out: Path,
+    *,
     command: str | None = None,
     device: str = "auto",
     precision: str = "auto",

@@ -21,8 +21,8 @@ from typing import Any, BinaryIO
 
 from condense.config import ConfigError
 
-# The file that makes a folder an artifact (artifact.CONFIG_FILE): --out checks find it
-# without loading the artifact module, which loads torch.
+# The file that makes a folder an artifact: here, so that --out checks find it without
+# loading the artifact module, which loads torch.
 ARTIFACT_CONFIG_FILE = "condense_config.json"
 
 

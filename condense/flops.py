@@ -109,3 +109,24 @@ def step_flops(
     # the blocks' forward run again in backward.
     parts["recompute"] = enc_linear + enc_attention + lora_fwd + dec_linear + dec_attention
     return parts
+
+
+def condenser_step_flops(
+    condenser: nn.Module,
+    encoder_lengths: list[int],
+    decoder_lengths: list[int],
+    slots: int,
+    logits: int,
+) -> dict[str, int]:
+    """step_flops of a condenser (real or on the meta device), the shapes read from its
+    encoder, decoder and projection; the other arguments as step_flops takes them."""
+    return step_flops(
+        dims(condenser.encoder),
+        dims(condenser.decoder),
+        lora_weights(condenser.encoder),
+        condenser.projection.weight.numel(),
+        encoder_lengths,
+        decoder_lengths,
+        slots,
+        logits,
+    )

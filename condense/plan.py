@@ -187,6 +187,17 @@ def largest_batch(
     return max(0, int((budget - fixed["total"]) // per_row))
 
 
+def checkpointing_decision(
+    condenser: nn.Module, cfg: TrainConfig, precision: str, gpu_memory: float
+) -> tuple[bool, int]:
+    """Whether training turns gradient checkpointing on for `cfg` on a GPU of `gpu_memory`
+    bytes, and the bytes its largest batch needs without it: model.gradient_checkpointing,
+    or where that is null, whether the batch would overflow USABLE of the memory."""
+    worst = largest_batch_memory(condenser, cfg, False, precision)
+    setting = cfg.model.gradient_checkpointing
+    return (worst > USABLE * gpu_memory if setting is None else setting), worst
+
+
 def plan(
     cfg: TrainConfig,
     gpu: str = "H100",
@@ -211,12 +222,11 @@ def plan(
     labelled = labelled_tokens(target)
     budget = int(spec.memory_gib * 2**30 * USABLE)
     per_sample = _flops_per_sample(condenser, context, target, labelled)
-    # As train decides it on this GPU (train._use_checkpointing), and what it costs: the
-    # step time was the no-checkpointing one even where training turns checkpointing on.
-    checkpointing = cfg.model.gradient_checkpointing
-    worst = largest_batch_memory(condenser, cfg, False, precision)
-    if checkpointing is None:
-        checkpointing = worst > budget
+    # As training decides it on this GPU, and what it costs: the step time was the
+    # no-checkpointing one even where training turns checkpointing on.
+    checkpointing, worst = checkpointing_decision(
+        condenser, cfg, precision, spec.memory_gib * 2**30
+    )
     # A job whose largest batch overflows even so stops at its first long batch: say so,
     # rather than price a run that cannot happen.
     chosen = largest_batch_memory(condenser, cfg, True, precision) if checkpointing else worst
@@ -311,16 +321,7 @@ def _flops_per_sample(
     condenser, context: int, target: int, labelled: int, part: str = "total"
 ) -> int:
     n = condenser.num_condense_tokens
-    return flops.step_flops(
-        flops.dims(condenser.encoder),
-        flops.dims(condenser.decoder),
-        flops.lora_weights(condenser.encoder),
-        condenser.projection.weight.numel(),
-        [context + n],
-        [target + n],
-        n,
-        labelled,
-    )[part]
+    return flops.condenser_step_flops(condenser, [context + n], [target + n], n, labelled)[part]
 
 
 def _checkpointing(r: dict[str, Any]) -> str:
