@@ -67,6 +67,23 @@ def stop_statuses() -> Iterator[None]:
         raise
 
 
+FIRST_VALIDATION_STOP = (
+    "condense: SIGTERM during the first validation: stopped before any training step;"
+    " nothing to save"
+)
+
+
+def stop_if_signalled(trainer: L.Trainer) -> None:
+    """After the first validation (trainer.validate, before fit): stop as a SIGTERM in
+    training stops, where one came during it. Lightning stops a validation on SIGTERM only
+    between its batches: one in its last batch was remembered, and then forgotten by fit,
+    which registers its handlers afresh; the run trained on to max_steps and exited 0. Any
+    rank's signal stops every rank (the others would wait for it in fit)."""
+    if trainer.strategy.reduce_boolean_decision(trainer.received_sigterm, all=False):
+        rank_zero_info(FIRST_VALIDATION_STOP)
+        raise SIGTERMException
+
+
 class SaveOnSigterm(Callback):
     """Saves a checkpoint to `path` when training stops on SIGTERM or a first Ctrl-C.
 
@@ -136,9 +153,12 @@ class SaveOnSigterm(Callback):
             interrupted = True
             rank_zero_info("condense: Ctrl-C: stopped at once, without saving this step")
             return
+        if not isinstance(exception, SIGTERMException):
+            return
         # Only SIGTERM, raised by Lightning between steps, leaves a state worth saving;
         # during the first validation there is nothing trained to save yet.
-        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+        if trainer.state.fn != TrainerFn.FITTING:
+            rank_zero_info(FIRST_VALIDATION_STOP)
             return
         self._cut_validation = trainer.validating
         # All ranks call it; rank 0 writes. A whole checkpoint, optimizer and loops too:

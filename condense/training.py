@@ -40,7 +40,7 @@ from condense.loggers import (
 )
 from condense.model import Condenser
 from condense.module import CondenseModule, NonFiniteLossError
-from condense.preemption import SaveOnSigterm, validation_was_cut
+from condense.preemption import SaveOnSigterm, stop_if_signalled, validation_was_cut
 from condense.push import PushError, push_artifact, push_token
 from condense.rng import ResumeRandomState
 from condense.run_dir import (
@@ -149,6 +149,7 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
         _write_run_start(cfg, run_dir, loggers, resume_from, resumed_step, continues)
     if resume_from is None:
         module.val_loss_initial = trainer.validate(module, datamodule, verbose=False)[0]["val_loss"]
+        stop_if_signalled(trainer)
     try:
         trainer.fit(module, datamodule, ckpt_path=resume_from, weights_only=True)
     except NonFiniteLossError as err:

@@ -384,6 +384,34 @@ def test_a_stopped_run_says_how_to_resume_it(tiny_pair, tmp_path):
     assert resume_hint(named, chosen) == f"run the same command again with --run-dir {chosen}"
 
 
+@pytest.mark.parametrize("batch", [0, 2])  # of its 3: mid-way, and its last
+def test_a_sigterm_in_the_first_validation_stops_the_run_and_says_so(
+    batch, tiny_pair, tmp_path, monkeypatch, caplog
+):
+    """Lightning looks for a SIGTERM between validation batches only: one in the first
+    validation's last batch was forgotten by fit, and the run trained to max_steps and
+    exited 0 (a preemption notice lost); one mid-way stopped it without a word."""
+    import logging
+    import os
+    import signal
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    validate = CondenseModule.validation_step
+
+    def signalled(self, step_batch, batch_idx):
+        validate(self, step_batch, batch_idx)
+        if self.global_step == 0 and batch_idx == batch:
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler sets its flag
+
+    monkeypatch.setattr(CondenseModule, "validation_step", signalled)
+    caplog.set_level(logging.INFO)
+    with pytest.raises(SIGTERMException):
+        train(tiny_config(*tiny_pair, tmp_path / "run"))
+    assert "SIGTERM during the first validation: stopped before any training step" in caplog.text
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_a_loss_that_is_not_a_number_is_null_in_summary_json_and_said_why():
     """summary.json held NaN, which JSON parsers refuse."""
     from condense.training import _float, _null_loss_notes
