@@ -4,7 +4,7 @@
     condense train --config jobs/default.yaml   # Llama-3.2-1B -> Mistral-7B
     condense train --test --max-steps 50 --model.num_condense_tokens 16
     condense eval --artifact runs/X/artifact --out eval.json
-    condense generate --artifact runs/X/artifact --context-file doc.txt --prompt "Who?"
+    condense generate --artifact runs/X/artifact --context-file doc.txt --prompt $'Who?\n'
     condense push runs/X/artifact --repo me/my-condenser
     condense import old-run/ --out my-artifact   # a checkpoint of the original trainer
     condense bench --config jobs/bench.yaml --mode static --out bench.json
@@ -161,7 +161,12 @@ def generate_parser() -> ArgumentParser:
         "--artifact", required=True, help="An artifact folder or a Hub repo holding one."
     )
     add_flag(parser, "context-file", required=True, help="A text file with the context.")
-    parser.add_argument("--prompt", required=True, help="What to ask of the condensed context.")
+    parser.add_argument(
+        "--prompt",
+        required=True,
+        help="What to ask of the condensed context, as it stands: in the form of the training"
+        " prompts (the synthetic set's end with a newline: in bash, $'Who?\\n').",
+    )
     add_flag(
         parser, "max-new-tokens", type=PositiveInt, default=128, help="Most tokens to generate."
     )

@@ -187,7 +187,7 @@ def load_condenser(
     tokenizers attached (`condenser.condense(texts)` works), in eval mode, on `device`.
     A device this machine lacks, or a dtype that is not a torch.dtype, is refused first."""
     from condense.device import inference_device
-    from condense.weights import load_causal_lm, load_tokenizer
+    from condense.weights import ModelNotFoundError, load_causal_lm, load_tokenizer
 
     # Before the models load: torch's own errors come after, from deep inside .to().
     device = inference_device(str(device))
@@ -202,16 +202,27 @@ def load_condenser(
     # a projection trained for other weights, and condense differently without a word.
     encoder_revision = config.get("encoder_revision")
     decoder_revision = config.get("decoder_revision")
-    condenser = Condenser(
-        load_causal_lm(cfg.encoder, dtype, encoder_revision),
-        load_causal_lm(cfg.decoder, dtype, decoder_revision),
-        cfg,
-    )
+    try:
+        condenser = Condenser(
+            load_causal_lm(cfg.encoder, dtype, encoder_revision),
+            load_causal_lm(cfg.decoder, dtype, decoder_revision),
+            cfg,
+        )
+    except ModelNotFoundError as err:
+        # A model folder is recorded by its absolute path: moved, it is found no more, and
+        # nothing on the command line names it.
+        raise ModelNotFoundError(
+            f"{err} (where it is elsewhere now, say so in {folder / ARTIFACT_CONFIG_FILE}:"
+            " its encoder and decoder fields)"
+        ) from None
     load_trained_state(condenser, adapter, tensors)
     condenser.encoder_tokenizer = load_tokenizer(cfg.encoder, encoder_revision)
     condenser.decoder_tokenizer = load_tokenizer(cfg.decoder, decoder_revision)
     condenser.max_context_tokens = config.get("max_tokens")
     condenser.max_context_characters = config.get("max_characters")
+    # The rest is the run's record; what the condenser itself says is written afresh.
+    written = artifact_config(condenser, {}).keys() | {"max_tokens", "max_characters"}
+    condenser.training_record = {k: v for k, v in config.items() if k not in written}
     return condenser.to(device).eval()
 
 

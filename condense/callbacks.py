@@ -79,6 +79,12 @@ class ExportBest(Callback):
 
     def __init__(self, folder: Path, cfg: TrainConfig):
         self.folder = folder
+        # The synthetic set's shape, for a run on it only: a model card listed 2000
+        # synthetic passages for a run on a file.
+        synthetic = {
+            "synthetic_passages": cfg.dataset.synthetic_passages,
+            "synthetic_facts": cfg.dataset.synthetic_facts,
+        }
         # Enough to rebuild the validation split at evaluation time.
         self.extra = {
             "max_tokens": cfg.dataset.max_tokens,
@@ -86,8 +92,7 @@ class ExportBest(Callback):
             "train_data": _as_recorded(cfg.data),
             "seed": cfg.seed,
             "val_size": cfg.dataset.val_size,
-            "synthetic_passages": cfg.dataset.synthetic_passages,
-            "synthetic_facts": cfg.dataset.synthetic_facts,
+            **(synthetic if is_synthetic(cfg.data) else {}),
             "train_steps": 0,
             "training_config": cfg.to_dict(),
         }

@@ -72,6 +72,13 @@ def check_job_file(path: Path) -> None:
         raise ConfigError(
             f"--config {path}: expected a mapping of settings, got {type(loaded).__name__}"
         )
+    if isinstance(loaded.get("wandb"), bool):
+        # YAML 1.1 reads an unquoted off (or on, no, yes) as a boolean: jsonargparse's
+        # "got 'False'" would not say why.
+        raise ConfigError(
+            f"--config {path}: wandb: {str(loaded['wandb']).lower()}: YAML reads an unquoted"
+            ' off or on as true/false; quote it: wandb: "off"'
+        )
 
 
 def option_names(parser: ArgumentParser) -> list[str]:

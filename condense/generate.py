@@ -38,6 +38,7 @@ def generate(
     """
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of prompts, not one string")
+    _check_prefixes(condenser, prefixes)
     if len(prefixes) != len(prompts):
         raise ValueError(f"{len(prefixes)} prefixes for {len(prompts)} prompts: give one each")
     if not prompts:
@@ -68,6 +69,21 @@ def generate(
             # the last position; near the limit, each row goes alone.
             return [_greedy(condenser, [row], [budget])[0] for row, budget in zip(rows, budgets)]
     return _greedy(condenser, rows, budgets)
+
+
+def _check_prefixes(condenser: Condenser, prefixes: torch.Tensor | list[torch.Tensor]) -> None:
+    """Refuse prefixes of the wrong shape: one context's (N, Hd) given as the batch was
+    read as N contexts of one vector each ("8 prefixes for 1 prompts")."""
+    hidden = condenser.decoder.get_input_embeddings().embedding_dim
+    batched = isinstance(prefixes, torch.Tensor)
+    rows, dims = ([prefixes], 3) if batched else (list(prefixes), 2)
+    for prefix in rows:
+        if prefix.dim() != dims or prefix.shape[-1] != hidden:
+            form = "(batch, N, hidden)" if batched else "a list of (n, hidden)"
+            raise ValueError(
+                f"a prefix of shape {tuple(prefix.shape)}: give {form}, hidden being the"
+                f" decoder's {hidden}, as condense() gives (batch, N, hidden)"
+            )
 
 
 def prompt_tokens(

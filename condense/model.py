@@ -42,6 +42,9 @@ class Condenser(nn.Module):
     # from_pretrained and by training (None: no cut).
     max_context_characters: int | None = None
     max_context_tokens: int | None = None
+    # What an artifact it was loaded from says of the run that trained it (data, seed,
+    # split, steps, losses): save_pretrained writes it again.
+    training_record: dict | None = None
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, cfg: ModelConfig):
         super().__init__()
@@ -296,15 +299,16 @@ class Condenser(nn.Module):
     def save_pretrained(self, folder: str, **extra) -> None:
         """Write the portable artifact: LoRA adapter, condenser tensors, config, model card.
         How training cut contexts (max_context_tokens, max_context_characters) is kept, so
-        that the condenser loaded back condenses as this one does; `extra` adds to the
-        config (or overrides)."""
+        that the condenser loaded back condenses as this one does, and so is the record of
+        the run that trained it, where it was loaded from an artifact (`condense eval`
+        rebuilds the validation split from it); `extra` adds to the config (or overrides)."""
         from pathlib import Path
 
         from condense.artifact import save_artifact
 
         cut = {"max_tokens": self.max_context_tokens, "max_characters": self.max_context_characters}
         kept = {key: value for key, value in cut.items() if value is not None}
-        save_artifact(self, Path(folder), {**kept, **extra})
+        save_artifact(self, Path(folder), {**(self.training_record or {}), **kept, **extra})
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and target-token count of a collated batch."""

@@ -451,9 +451,9 @@ def describe(summary: dict[str, Any]) -> str:
     if initial and best is not None:
         fell = 100 * (initial - best) / initial
         change = (
-            f" ({fell:.0f}% lower)"
+            f" ({_percent(fell)} lower)"
             if fell >= 0
-            else f" ({-fell:.0f}% higher: no better than untrained)"
+            else f" ({_percent(-fell)} higher: no better than untrained)"
         )
     steps, since = summary["steps"], summary.get("resumed_at_step") or 0
     took = f"{steps} steps in {summary['wall_s']:.0f} s"
@@ -470,6 +470,11 @@ def describe(summary: dict[str, Any]) -> str:
         ]
         + ([f"  pushed to: {summary['pushed_to']}"] if summary.get("pushed_to") else [])
     )
+
+
+def _percent(value: float) -> str:
+    """A percentage to a tenth below 10% (a 0.45% fall read "0% lower"), whole above it."""
+    return f"{value:.1f}%" if value < 10 else f"{value:.0f}%"
 
 
 def _fmt(value: float | None) -> str:

@@ -115,6 +115,37 @@ def test_a_loaded_condenser_saved_again_cuts_contexts_as_before(tiny_pair, tmp_p
     assert (second.condense(long) - first.condense(long)).abs().max().item() < 1e-6
 
 
+def test_an_artifact_whose_model_folder_moved_says_where_to_name_it(tiny_pair, tmp_path):
+    """An artifact records a model folder by its absolute path, and nothing on the
+    command line overrides it: the error did not say where it is written."""
+    import shutil
+
+    encoder = shutil.copytree(tiny_pair[0], tmp_path / "encoder")
+    condenser = _trained_condenser(tiny_pair)
+    condenser.cfg.encoder = str(encoder)
+    condenser.save_pretrained(str(tmp_path / "art"))
+    shutil.move(encoder, tmp_path / "moved")
+    with pytest.raises(ModelNotFoundError) as err:
+        Condenser.from_pretrained(str(tmp_path / "art"))
+    message = str(err.value)
+    assert f"{tmp_path / 'encoder'}" in message and "no such folder" in message
+    assert f"say so in {tmp_path / 'art' / 'condense_config.json'}" in message
+
+
+def test_a_loaded_condenser_saved_again_keeps_the_record_of_its_run(tiny_pair, tmp_path):
+    """The re-saved artifact lost its training data, seed and split: `condense eval` of it
+    said it "records no training data" (an imported checkpoint?)."""
+    from condense.artifact import read_config
+
+    record = {"train_data": "synthetic", "seed": 3, "val_size": 12, "val_loss": 4.5}
+    _trained_condenser(tiny_pair).save_pretrained(str(tmp_path / "first"), **record)
+    first = Condenser.from_pretrained(str(tmp_path / "first"))
+    first.save_pretrained(str(tmp_path / "second"), note="re-saved")
+    second = read_config(tmp_path / "second")
+    assert {k: second[k] for k in record} == record and second["note"] == "re-saved"
+    assert second["encoder"] == read_config(tmp_path / "first")["encoder"]
+
+
 def test_artifact_holds_exactly_its_files_and_no_frozen_weights(tiny_pair, tmp_path):
     condenser = _trained_condenser(tiny_pair)
     condenser.save_pretrained(str(tmp_path / "artifact"), max_tokens=96)

@@ -175,6 +175,8 @@ CASES = [
      r"--config .*job.yaml: the job file is empty"),
     ("job-file-a-list", job_file("- max_steps: 3\n"), CONFIG,
      r"--config .*job.yaml: expected a mapping of settings, got list"),
+    ("job-file-wandb-off-unquoted", job_file("wandb: off\n"), CONFIG,
+     r'--config .*job.yaml: wandb: false: YAML reads an unquoted off .*quote it: wandb: "off"'),
     ("job-file-missing", flags("--config", "/no/such/job.yaml"), CONFIG,
      r"--config: File does not exist"),
     ("int-given-text", flags("--max-steps", "abc"), CONFIG,

@@ -1,10 +1,12 @@
-"""Training-time callbacks: sample generations reach W&B."""
+"""Training-time callbacks: sample generations reach W&B; the artifact records its run."""
 
 from __future__ import annotations
 
 import json
 
-from condense.callbacks import GENERATION_COLUMNS
+import pytest
+
+from condense.callbacks import GENERATION_COLUMNS, ExportBest
 from condense.synthetic import TASKS
 from condense.training import train
 from tests.conftest import tiny_config
@@ -37,3 +39,12 @@ def test_a_resumed_run_logs_the_generations_from_before_it_too(tiny_pair, tmp_pa
     newest = max(tables, key=lambda p: len(json.loads(p.read_text())["data"]))
     steps = [row[0] for row in json.loads(newest.read_text())["data"]]
     assert steps == [2] * len(TASKS) + [4] * len(TASKS)
+
+
+@pytest.mark.parametrize("data", ["synthetic", "d.jsonl"])
+def test_an_artifact_records_the_synthetic_sets_shape_only_for_a_run_on_it(data, tmp_path):
+    """A run on a file had a model card listing 2000 synthetic passages it never read."""
+    cfg = tiny_config("e", "d", tmp_path, data=data)
+    recorded = ExportBest(tmp_path, cfg).extra
+    assert ("synthetic_passages" in recorded) == (data == "synthetic")
+    assert ("synthetic_facts" in recorded) == (data == "synthetic")

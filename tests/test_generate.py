@@ -130,6 +130,19 @@ def test_prompts_must_be_a_list_of_one_per_prefix(tiny_pair, tmp_path):
     assert generate(condenser, condensed[:0], [], max_new_tokens=3) == []
 
 
+def test_a_prefix_of_the_wrong_shape_is_refused_by_its_shape(tiny_pair, tmp_path):
+    """One context's (N, hidden) given as the batch was "4 prefixes for 1 prompts"."""
+    condenser = _loaded(tiny_pair, tmp_path)
+    condensed = condenser.condense(["One."])  # (1, 4, 48)
+    with pytest.raises(ValueError, match=r"shape \(4, 48\): give \(batch, N, hidden\)"):
+        generate(condenser, condensed[0], ["a\n"], max_new_tokens=3)
+    with pytest.raises(ValueError, match=r"shape \(1, 4, 48\): give a list of \(n, hidden\)"):
+        generate(condenser, [condensed], ["a\n"], max_new_tokens=3)
+    with pytest.raises(ValueError, match=r"shape \(1, 4, 32\).*the decoder's 48"):
+        generate(condenser, condensed[..., :32], ["a\n"], max_new_tokens=3)
+    assert len(generate(condenser, list(condensed), ["a\n"], max_new_tokens=3)) == 1
+
+
 def test_no_context_generation_takes_an_empty_condensed_prefix(tiny_pair, tmp_path):
     condenser = _loaded(tiny_pair, tmp_path)
     empty = torch.zeros(2, 0, 48)

@@ -671,7 +671,12 @@ def test_a_run_says_which_parameters_train_without_lightnings_table(
 
 
 @pytest.mark.parametrize(
-    ("best", "said"), [(4.0, "(20% lower)"), (5.1, "(2% higher: no better than untrained)")]
+    ("best", "said"),
+    [
+        (4.0, "(20% lower)"),
+        (4.98, "(0.4% lower)"),  # read "(0% lower)"
+        (5.1, "(2.0% higher: no better than untrained)"),
+    ],
 )
 def test_the_summary_says_how_far_the_loss_fell_or_that_it_rose(best, said):
     """A run whose best validation was above the untrained one read "(-2% lower)"."""
