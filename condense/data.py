@@ -102,7 +102,10 @@ def load_samples(
                 f"dataset.tasks: no sample of {', '.join(map(repr, absent))} in --data {source}"
                 f" (its tasks: {', '.join(present)})"
             )
-        samples = [s for s in samples if s.task in cfg.tasks]
+        kept = [s for s in samples if s.task in cfg.tasks]
+        # summary.json's rows_read counted them, and nothing said they were not trained on.
+        report.rows_of_other_tasks += len(samples) - len(kept)
+        samples = kept
         if not samples:
             # Only eval's rebuild of a run's split reaches this: its --data was not given.
             raise DataError(

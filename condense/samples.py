@@ -57,12 +57,14 @@ class DataReport:
     """What reading and cutting the data did to it, for summary.json.
 
     Rows that cannot be used stop the run unless `dataset.skip_bad_rows` is set; then they
-    are counted here, with the first few named. Cut contexts and targets are counted too.
+    are counted here, with the first few named. Rows of tasks that `dataset.tasks` leaves
+    out, and cut contexts and targets, are counted too.
     """
 
     rows_read: int = 0
     rows_skipped: int = 0
     skipped_examples: list[str] = field(default_factory=list)
+    rows_of_other_tasks: int = 0  # usable, but left out by dataset.tasks
     contexts_cut_to_max_characters: int = 0
     contexts_cut_to_max_tokens: int = 0
     targets_cut_to_max_tokens: int = 0
@@ -84,7 +86,13 @@ class DataReport:
             "contexts cut to dataset.max_tokens": self.contexts_cut_to_max_tokens,
             "prompt+completion cut to dataset.max_tokens": self.targets_cut_to_max_tokens,
         }
-        notes = self.reading_notes() + [f"{count} {what}" for what, count in cuts.items() if count]
+        notes = self.reading_notes()
+        if self.rows_of_other_tasks:
+            notes.append(
+                f"{self.rows_of_other_tasks} of {self.rows_read} rows left out by dataset.tasks"
+                " (of other tasks)"
+            )
+        notes += [f"{count} {what}" for what, count in cuts.items() if count]
         if self.one_validation_passage:
             notes.append(
                 "val_loss_wrong: none, as every validated sample is of one passage, with no"
@@ -106,28 +114,68 @@ class DataReport:
         return notes
 
 
-def row_problem(row: Any) -> str | None:
-    """What makes a row unusable, or None: a missing, null or non-text field, an empty
-    context or completion, text that is not valid unicode (a lone surrogate)."""
+def row_fields(row: Any) -> dict[str, str] | str:
+    """A row's context, prompt, completion and task by our names, or what makes it
+    unusable: a missing, null or non-text field, an empty context or completion, text
+    that is not valid unicode (a lone surrogate), a field given in both sets of columns, a
+    task that is not text. A missing, null or empty task is "unknown"."""
     if not isinstance(row, dict):
         return f"expected an object with {', '.join(FIELDS)}, got {type(row).__name__}"
-    keys = {ORIGINAL_COLUMNS.get(k, k): k for k in row}  # our name -> the row's own name
+    keys = _field_keys(row)
+    if isinstance(keys, str):
+        return keys
+    fields = {}
     for name in FIELDS:
         key = keys.get(name)
         if key is None:
             alias = next((k for k, v in ORIGINAL_COLUMNS.items() if v == name), None)
             return f"missing field {name!r}" + (f" (or {alias!r})" if alias else "")
-        value = row[key]
-        if value is None:
-            return f"field {key!r} is null"
-        if not isinstance(value, str):
-            return f"field {key!r} is {type(value).__name__}, not text"
-        if name != "prompt" and not value.strip():
-            return f"field {key!r} is empty"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as err:
-            return f"field {key!r} is not valid unicode (at character {err.start + 1})"
+        problem = _text_problem(key, row[key], may_be_empty=name == "prompt")
+        if problem is not None:
+            return problem
+        fields[name] = row[key]
+    # Optional, and null where a table (parquet, a Hub dataset) has a row without one; a
+    # number was trained on as the task "3".
+    task = row.get("task")
+    if task is not None and (problem := _text_problem("task", task, may_be_empty=True)):
+        return problem
+    return fields | {"task": task or "unknown"}
+
+
+def _field_keys(row: dict) -> dict[str, str] | str:
+    """Our name -> the row's own key for each field it gives, or why that cannot be told:
+    a field given in both sets of columns. A null beside a value in the other set is taken
+    for none, as a table of rows in either set (a parquet file, a Hub dataset) holds
+    null in the other set's columns."""
+    keys = {ORIGINAL_COLUMNS.get(k, k): k for k in row}
+    for original, ours in ORIGINAL_COLUMNS.items():
+        if original not in row or ours not in row:
+            continue
+        if row[original] is None:
+            keys[ours] = ours
+        elif row[ours] is None:
+            keys[ours] = original
+        else:
+            # One of the two was picked by key order, and trained on without a word.
+            return (
+                f"fields {ours!r} and {original!r} both given (the original trainer's name"
+                " for the same field): keep one"
+            )
+    return keys
+
+
+def _text_problem(key: str, value: Any, may_be_empty: bool) -> str | None:
+    """What makes a field's value unusable as text, or None."""
+    if value is None:
+        return f"field {key!r} is null"
+    if not isinstance(value, str):
+        return f"field {key!r} is {type(value).__name__}, not text"
+    if not may_be_empty and not value.strip():
+        return f"field {key!r} is empty"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"field {key!r} is not valid unicode (at character {err.start + 1})"
     return None
 
 
@@ -155,20 +203,16 @@ def _samples(
     samples = []
     for number, row in rows:
         report.rows_read += 1
-        problem = row if isinstance(row, str) else row_problem(row)
-        if problem is not None:
-            where = f"{origin}: {unit} {number}: {problem}"
+        fields = row if isinstance(row, str) else row_fields(row)
+        if isinstance(fields, str):
+            where = f"{origin}: {unit} {number}: {fields}"
             if not skip_bad:
                 raise DataError(
                     where + " (skip such rows: dataset.skip_bad_rows=true, or eval --skip-bad-rows)"
                 )
             report.skip(where)
             continue
-        row = {ORIGINAL_COLUMNS.get(k, k): v for k, v in row.items()}
-        task = row.get("task")
-        samples.append(
-            Sample(row["context"], row["prompt"], row["completion"], str(task or "unknown"))
-        )
+        samples.append(Sample(**fields))
     return samples
 
 
@@ -198,10 +242,9 @@ def _file_samples(path: Path, skip_bad: bool, report: DataReport) -> list[Sample
         suffix = data_suffix(path)
         if suffix == ".json" and _holds_an_array(path):
             rows, unit = enumerate(_json_array_rows(path), start=1), "row"
-        elif suffix == ".json" and (keys := _one_object_keys(path)) is not None:
+        elif suffix == ".json" and (what := _one_object(path)) is not None:
             raise DataError(
-                f"{path}: one JSON object over several lines (keys: {', '.join(keys) or 'none'}),"
-                " not rows: give one object a line, or one array of objects"
+                f"{path}: {what}, not rows: give one object a line, or one array of objects"
             )
         elif suffix in (".jsonl", ".json"):
             rows, unit = _jsonl_rows(path), "line"
@@ -363,7 +406,8 @@ def _hidden(path: Path) -> bool:
 
 def _saved_samples(folder: Path, skip_bad: bool, report: DataReport, split: str) -> list[Sample]:
     """Samples from a folder written by `datasets`' save_to_disk (its `split`, where it
-    holds several)."""
+    holds several: the others are named in `report`, as a folder's files of other splits
+    are)."""
     import datasets
 
     try:
@@ -378,6 +422,9 @@ def _saved_samples(folder: Path, skip_bad: bool, report: DataReport, split: str)
                 f"--data {folder}: a saved dataset without a {split} split (it has"
                 f" {', '.join(saved)})"
             )
+        # As a folder of data files names its other splits' files: they were left out
+        # without a word.
+        report.files_left_out += [f"{name}/ ({name} split)" for name in saved if name != split]
         saved = saved[split]
     elif split != "train":
         raise DataError(f"--split {split}: --data {folder} is a saved dataset of one split")
@@ -394,23 +441,45 @@ def _holds_an_array(path: Path) -> bool:
     return head.startswith(b"[")
 
 
-def _one_object_keys(path: Path) -> list[str] | None:
-    """The keys of the one JSON object a .json file holds over several lines (indented, or
-    a wrapper such as {"data": [...]}), or None where its first line is JSON of its own
-    (one object a line). Only read whole where that first line is not."""
+def _one_object(path: Path) -> str | None:
+    """What a .json file holds where it is one JSON object, not rows: one object over
+    several lines (indented), or on its one line a wrapper of its rows, such as
+    {"data": [...]}; None where it is (or may be) one object a line. Only read whole where
+    its first line is not JSON of its own."""
     with _open(path) as f:
-        first = next((line for line in f if line.strip()), b"")
+        lines = (line for line in f if line.strip())
+        first, second = next(lines, b""), next(lines, None)
     try:
-        json.loads(first.decode("utf-8-sig"))
-        return None
+        value = json.loads(first.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        pass
+        keys = _whole_object_keys(path)
+        return None if keys is None else f"one JSON object over several lines (keys: {keys})"
+    # Read as lines, such a file said "line 1: missing field 'context'", where its
+    # indented copy said what it was.
+    if second is None and _wraps_rows(value):
+        return f"one JSON object on one line (keys: {', '.join(list(value)[:8])})"
+    return None
+
+
+def _whole_object_keys(path: Path) -> str | None:
+    """The first keys, listed, of the JSON object a whole file holds; None where it holds
+    something else, or is not JSON (which the line-by-line reading names, and where)."""
     try:
         with _open(path) as f:
             value = json.loads(f.read().decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        return None  # the line-by-line reading names what is wrong, and where
-    return list(value)[:8] if isinstance(value, dict) else None
+        return None
+    if not isinstance(value, dict):
+        return None
+    return ", ".join(list(value)[:8]) or "none"
+
+
+def _wraps_rows(value: Any) -> bool:
+    """Whether a JSON value is an object holding lists or objects and no field of a row:
+    a wrapper, not a row that lacks a field."""
+    if not isinstance(value, dict) or set(value) & {*FIELDS, *ORIGINAL_COLUMNS, "task"}:
+        return False
+    return any(isinstance(v, (list, dict)) for v in value.values())
 
 
 def _json_array_rows(path: Path) -> list[Any]:

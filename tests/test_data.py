@@ -314,6 +314,25 @@ def test_a_folder_saved_with_save_to_disk_loads(tmp_path):
     assert [s.completion for s in samples] == ["d0", "d1", "d2"]
 
 
+def test_a_saved_dataset_dict_names_the_splits_it_leaves_out(tmp_path):
+    """Its validation split was left out without a word, where a folder's test.jsonl is
+    named."""
+    import datasets
+
+    saved = datasets.DatasetDict(
+        train=datasets.Dataset.from_list(_rows("t")),
+        validation=datasets.Dataset.from_list(_rows("v")),
+    )
+    saved.save_to_disk(str(tmp_path / "saved"))
+    report = DataReport()
+    samples = load_samples(str(tmp_path / "saved"), DatasetConfig(), seed=0, report=report)
+    assert [s.completion for s in samples] == ["t0", "t1", "t2"]
+    assert report.notes() == ["files left out of the data folder: validation/ (validation split)"]
+    report = DataReport()
+    load_samples(str(tmp_path / "saved"), DatasetConfig(), 0, report, split="validation")
+    assert report.files_left_out == ["train/ (train split)"]
+
+
 def test_a_folder_without_data_files_says_so(tmp_path):
     (tmp_path / "README.md").write_text("my data")
     (tmp_path / "train.txt").write_text("context,prompt,completion\n")
@@ -416,6 +435,24 @@ def test_a_json_file_of_one_indented_object_says_so(tmp_path, skip):
         f"{path}: one JSON object over several lines (keys: data, version), not rows: give"
         " one object a line, or one array of objects"
     )
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_json_file_of_one_object_on_one_line_wrapping_its_rows_says_so(tmp_path, skip):
+    """Unindented, the same file said "line 1: missing field 'context'"."""
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps({"data": _rows("a"), "version": 1}) + "\n")
+    with pytest.raises(DataError) as err:
+        load_samples(str(path), DatasetConfig(skip_bad_rows=skip), seed=0)
+    assert str(err.value) == (
+        f"{path}: one JSON object on one line (keys: data, version), not rows: give one"
+        " object a line, or one array of objects"
+    )
+    # One row a line that lacks a field is still named as such, alone or beside others.
+    for lines in ([{"context": "c", "prompt": "p"}], [_rows("a")[0], {"text": "x"}]):
+        _jsonl(path, lines)
+        with pytest.raises(DataError, match=r"data.json: line \d: missing field 'c"):
+            load_samples(str(path), DatasetConfig(), seed=0)
     path.write_text("{broken\n" + json.dumps(_rows("a")[0]) + "\n")  # still named by line
     with pytest.raises(DataError, match=r"data.json: line 1: not a JSON object"):
         load_samples(str(path), DatasetConfig(), seed=0)
@@ -438,6 +475,47 @@ def test_a_row_without_a_field_is_named(tmp_path):
     )
     with pytest.raises(DataError, match=r"bad.jsonl: line 2: missing field .completion."):
         load_samples(str(path), DatasetConfig(), seed=0)
+
+
+def test_a_row_in_both_sets_of_columns_is_a_bad_row(tmp_path):
+    """One set was trained on, picked by the order of the row's keys, without a word."""
+    path = tmp_path / "both.jsonl"
+    good = {"context": "c", "prompt": "p", "completion": "x"}
+    _jsonl(path, [good, {**good, "activation_prompt": "other"}, good])
+    both = "fields 'prompt' and 'activation_prompt' both given"
+    with pytest.raises(DataError, match=rf"both.jsonl: line 2: {both} .*: keep one"):
+        load_samples(str(path), DatasetConfig(), seed=0)
+    report = DataReport()
+    samples = load_samples(str(path), DatasetConfig(skip_bad_rows=True), 0, report)
+    assert [s.prompt for s in samples] == ["p", "p"]
+    assert report.rows_skipped == 1 and both in report.skipped_examples[0]
+
+
+def test_a_table_of_rows_in_either_set_of_columns_reads_each_by_its_own(tmp_path):
+    """A parquet file holds null in the other set's columns: such a null is no field."""
+    ours = {"context": "c1", "prompt": "p1", "completion": "x1"}
+    original = {"context": "c2", "activation_prompt": "p2", "expected_completion": "x2"}
+    path = tmp_path / "mixed.parquet"
+    columns = pa.schema([(name, pa.string()) for name in {**ours, **original}])
+    pq.write_table(pa.Table.from_pylist([ours, original], schema=columns), path)
+    samples = load_samples(str(path), DatasetConfig(), seed=0)
+    assert [(s.prompt, s.completion) for s in samples] == [("p1", "x1"), ("p2", "x2")]
+
+
+def test_a_task_that_is_not_text_is_a_bad_row_and_a_missing_one_is_unknown(tmp_path):
+    """A number trained as the task "3"; null and missing stay "unknown", as documented
+    for an optional field."""
+    path = tmp_path / "tasks.jsonl"
+    good = {"context": "c", "prompt": "p", "completion": "x"}
+    _jsonl(path, [{**good, "task": "qa"}, {**good, "task": 3}])
+    with pytest.raises(DataError, match=r"tasks.jsonl: line 2: field 'task' is int, not text"):
+        load_samples(str(path), DatasetConfig(), seed=0)
+    _jsonl(path, [{**good, "task": "qa"}, {**good, "task": None}, good])
+    assert [s.task for s in load_samples(str(path), DatasetConfig(), 0)] == [
+        "qa",
+        "unknown",
+        "unknown",
+    ]
 
 
 def test_skip_bad_rows_counts_and_names_them(tmp_path):
@@ -497,11 +575,14 @@ def test_cut_contexts_and_targets_are_counted(tiny_pair):
     assert len(report.notes()) == 3
 
 
-def test_tasks_filter_keeps_only_named_tasks():
-    samples = load_samples(
-        "synthetic", DatasetConfig(synthetic_passages=5, tasks=["question_answering"]), 0
-    )
+def test_tasks_filter_keeps_only_named_tasks_and_counts_the_rows_it_leaves_out():
+    """rows_read counted every row, and nothing the rows of other tasks."""
+    report = DataReport()
+    cfg = DatasetConfig(synthetic_passages=5, tasks=["question_answering"])
+    samples = load_samples("synthetic", cfg, 0, report)
     assert len(samples) == 5 and {s.task for s in samples} == {"question_answering"}
+    assert report.as_dict()["rows_of_other_tasks"] == 10
+    assert report.notes() == ["10 of 15 rows left out by dataset.tasks (of other tasks)"]
 
 
 def test_collator_pads_each_side_with_its_own_pad_id(tiny_pair):
