@@ -4,6 +4,7 @@ batches, and the LightningDataModule that owns the splits and loaders."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import random
@@ -464,6 +465,35 @@ def split_digest(seed: int, train_count: int, val_samples: list[Sample]) -> str:
     return digest.hexdigest()
 
 
+# The dataset settings that pick or cut samples: what SPLIT_CHANGED names, beside the
+# seed and data source.
+SPLIT_SETTINGS = (
+    "val_size",
+    "tasks",
+    "max_characters",
+    "synthetic_passages",
+    "synthetic_facts",
+    "skip_bad_rows",
+)
+
+
+def source_digest(source: str, seed: int, cfg: DatasetConfig) -> str:
+    """A digest of what a split is taken from: the seed, the data source (a local one by
+    its resolved path) and SPLIT_SETTINGS, but not its contents, so that a split that
+    changed with this the same tells that the data did."""
+    where = source if is_synthetic(source) else _resolved(source)
+    settings = {name: getattr(cfg, name) for name in SPLIT_SETTINGS}
+    text = json.dumps([seed, where, settings], sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _resolved(source: str) -> str:
+    """A local data source's absolute path (the same file from another working folder);
+    a Hub id as it is."""
+    path = Path(source)
+    return str(path.resolve()) if path.exists() else source
+
+
 # Why check_same_split refuses a checkpoint, by the digest that differs.
 SPLIT_CHANGED = (
     "split its data otherwise (another seed, data source or dataset setting: val_size,"
@@ -549,10 +579,12 @@ class CondenseDataModule(L.LightningDataModule):
         validated = {self.val_set[i].group for i in self.validated_indices()}
         self.report.one_validation_passage = len(validated) < 2
 
-    def state_dict(self) -> dict[str, str]:
+    def state_dict(self) -> dict[str, str | int]:
         # Kept in checkpoints for check_same_split, and only read there.
         return {
             "split": self.split_digest(),
+            "source": source_digest(self.source, self.seed, self.cfg),
+            "rows_read": self.report.rows_read,
             "targets": self.targets_digest(),
             "validated": self.validated_digest(),
         }
@@ -592,8 +624,13 @@ class CondenseDataModule(L.LightningDataModule):
         and samples it trained on might be validated on. What a checkpoint does not hold
         (it was saved before that digest was kept) is taken as it is."""
         saved = saved or {}
+        fix = "resume with the run's own settings"
         if "split" in saved and saved["split"] != self.split_digest():
             reason = SPLIT_CHANGED
+            # Synthetic data is made from the seed and settings alone: no file to change.
+            same = saved.get("source") == source_digest(self.source, self.seed, self.cfg)
+            if same and not is_synthetic(self.source):
+                reason, fix = self._data_changed(saved.get("rows_read")), "restore its data"
         elif "targets" in saved and saved["targets"] != self.targets_digest():
             reason = TARGETS_CHANGED
         elif "validated" in saved and saved["validated"] != self.validated_digest():
@@ -602,8 +639,21 @@ class CondenseDataModule(L.LightningDataModule):
             return
         raise DataError(
             f"{path}: this run {reason}: resuming would compare val_loss over other samples"
-            " or targets with its best; resume with the run's own settings, start afresh with"
-            " --resume never, or carry its weights into a new run (--run-dir NEW --resume PATH)"
+            f" or targets with its best; {fix}, start afresh with --resume never, or carry"
+            " its weights into a new run (--run-dir NEW --resume PATH)"
+        )
+
+    def _data_changed(self, rows_then: int | None) -> str:
+        """Why check_same_split refuses where the seed, data source and settings are the
+        run's: the data's contents, which SPLIT_CHANGED blamed on those."""
+        rows_now = self.report.rows_read
+        how = [f"{rows_then} rows then, {rows_now} now"] if rows_then != rows_now else []
+        if not Path(self.source).exists():
+            how.insert(0, "a new revision of the Hub dataset")
+        return (
+            "split its data otherwise, with the same seed, data source and dataset settings:"
+            f" --data {self.source} has changed since the run started"
+            + (f" ({'; '.join(how)})" if how else "")
         )
 
     def train_dataloader(self) -> ResumableDataLoader:

@@ -306,6 +306,34 @@ def test_resuming_on_another_split_is_refused_before_anything_is_written(
     assert train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=4))["resumed_at_step"] == 2
 
 
+def test_resuming_after_the_data_file_changed_says_so(tiny_pair, tmp_path):
+    """A row appended to the data file was refused as "another seed, data source or
+    dataset setting", none of which had changed."""
+    from condense.samples import DataError
+
+    data = tmp_path / "data.jsonl"
+    rows = [
+        {
+            "context": f"Passage {i} tells of {i} lanterns.",
+            "prompt": "How many?",
+            "completion": f"{i}",
+        }
+        for i in range(31)
+    ]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows[:30]))
+    train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, data=str(data)))
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DataError) as err:
+        train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=4, data=str(data)))
+    assert f"--data {data} has changed since the run started (30 rows then, 31 now)" in str(
+        err.value
+    )
+    assert "another seed" not in str(err.value)
+    # A setting changed too: the message names them, as it cannot tell which of the two.
+    with pytest.raises(DataError, match=r"another seed, data source or dataset setting"):
+        train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=4, data=str(data), seed=3))
+
+
 def test_resuming_with_another_batch_size_is_refused_where_it_picks_the_validation(
     tiny_pair, tmp_path
 ):
