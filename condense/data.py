@@ -159,7 +159,12 @@ def tokenize(
     eos = [decoder_tok.eos_token_id] if decoder_tok.eos_token_id is not None else []
     opening = bos_added(decoder_tok)
     report = report if report is not None else DataReport()
-    report.contexts_cut_to_max_tokens += _count_truncated(contexts, cfg.max_tokens)
+    cut = _truncated(contexts, cfg.max_tokens)
+    report.contexts_cut_to_max_tokens += sum(cut)
+    for sample, was_cut in zip(samples, cut):
+        if was_cut:
+            by_task = report.contexts_cut_by_task
+            by_task[sample.task] = by_task.get(sample.task, 0) + 1
     out = []
     for sample, ctx, prompt, completion in zip(
         samples, contexts["input_ids"], prompts, completions["input_ids"]
@@ -279,12 +284,12 @@ class Collator:
         }
 
 
-def _count_truncated(batch, max_tokens: int) -> int:
-    """How many sequences of a tokenizer's batch output truncation cut."""
+def _truncated(batch, max_tokens: int) -> list[bool]:
+    """Which sequences of a tokenizer's batch output truncation cut."""
     if batch.encodings:  # fast tokenizers keep what was cut off
-        return sum(bool(e.overflowing) for e in batch.encodings)
+        return [bool(e.overflowing) for e in batch.encodings]
     # Others do not say: a sequence that fills the limit exactly may have been cut.
-    return sum(len(ids) >= max_tokens for ids in batch["input_ids"])
+    return [len(ids) >= max_tokens for ids in batch["input_ids"]]
 
 
 def _pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:

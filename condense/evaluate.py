@@ -72,14 +72,7 @@ def eval_samples(
     after its training seed. With the same seed, "synthetic" would open with the very
     passages it was trained on, and a large `--limit` would score memory, not condensing.
     """
-    # Fresh synthetic passages are made the same shape as the trained ones. No
-    # max_characters (an artifact saved from Python, or imported): the condenser it loads
-    # cuts no context, and its scores must be of the contexts it would condense.
-    cut = DatasetConfig(
-        max_characters=config.get("max_characters") or sys.maxsize,
-        synthetic_facts=config.get("synthetic_facts"),
-        skip_bad_rows=skip_bad_rows,
-    )
+    cut = _eval_cut(config, skip_bad_rows)
     seed = config.get("seed", 0)
     check_split(data, split)
     if data is None:
@@ -116,6 +109,18 @@ def eval_samples(
             seen = {s.context for s in _run_samples(config, cut)}
             samples = [s for s in samples if s.context not in seen]
     return samples[:limit] if limit else samples
+
+
+def _eval_cut(config: dict[str, Any], skip_bad_rows: bool = False) -> DatasetConfig:
+    """How eval reads samples for an artifact of `config`: contexts cut as its training
+    cut them, fresh synthetic passages of the shape it trained on."""
+    # No max_characters (an artifact saved from Python, or imported): the condenser it
+    # loads cuts no context, and its scores must be of the contexts it would condense.
+    return DatasetConfig(
+        max_characters=config.get("max_characters") or sys.maxsize,
+        synthetic_facts=config.get("synthetic_facts"),
+        skip_bad_rows=skip_bad_rows,
+    )
 
 
 def check_split(data: str | None, split: str) -> None:
@@ -187,6 +192,31 @@ def trained_on_note(config: dict[str, Any], data: str | None, split: str = "trai
     else:
         return []
     return [f"--data {data} {what}; without --data, eval scores the run's validation split alone"]
+
+
+def seen_context_note(config: dict[str, Any], data: str | None, samples: list[Sample]) -> list[str]:
+    """A note where some of `samples` (read from `data`) have a context the artifact
+    trained on, found by their text: a renamed or converted copy of its training file
+    (data.jsonl.gz, rows.csv) was scored as held out. Only where the run's data is a local
+    file or folder that still reads: a Hub dataset is not fetched again for this."""
+    trained = config.get("train_data")
+    if data is None or not trained or is_synthetic(trained) or not Path(trained).exists():
+        return []
+    try:
+        every = _run_samples(config, _eval_cut(config))
+    except DataError:  # changed since, and unreadable as the run read it
+        return []
+    train, _ = split_train_val(every, config.get("val_size", 100), config.get("seed", 0))
+    seen = {s.context for s in train}
+    count = sum(s.context in seen for s in samples)
+    if not count:
+        return []
+    note = (
+        f"--data {data}: {count} of the {len(samples)} samples scored have a context this"
+        " artifact trained on: their scores say how well it learned them, not how it"
+        " condenses text it never read"
+    )
+    return [note]
 
 
 def wrong_partners(samples: list[Sample]) -> list[int] | None:
@@ -446,6 +476,9 @@ def _task_scores(by_cond: dict[str, list[tuple[float, int, int]]]) -> dict[str, 
         c: sum(r[1] for r in by_cond[c]) / sum(tokens) if c in nll else None for c in CONDITIONS
     }
     return {
+        # How much each score rests on: a task of 3 samples reads like one of 300.
+        "samples": len(tokens),
+        "target_tokens": sum(tokens),
         "loss": loss,
         "gap_closed": gap,
         "full_margin": {"loss": span, "stderr": span_stderr},
@@ -676,7 +709,8 @@ def run_eval(
     notes = results["notes"]
     if ONE_PASSAGE_NOTE in notes:
         notes[notes.index(ONE_PASSAGE_NOTE)] += one_passage_hint(data, limit)
-    notes[:0] = report.reading_notes() + trained_on_note(config, data, split)
+    seen = trained_on_note(config, data, split) or seen_context_note(config, data, samples)
+    notes[:0] = report.reading_notes() + seen
     write_json(out, results)
     plot(results, plot_path)
     table = markdown_table(results)

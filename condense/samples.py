@@ -67,6 +67,9 @@ class DataReport:
     rows_of_other_tasks: int = 0  # usable, but left out by dataset.tasks
     contexts_cut_to_max_characters: int = 0
     contexts_cut_to_max_tokens: int = 0
+    # The same, by task: a cut context keeps its start, so a continuation's completion
+    # follows text the encoder did not read, and a reconstruction's holds it.
+    contexts_cut_by_task: dict[str, int] = field(default_factory=dict)
     targets_cut_to_max_tokens: int = 0
     files_left_out: list[str] = field(default_factory=list)  # of a --data folder
     one_validation_passage: bool = False  # so no val_loss_wrong
@@ -81,9 +84,16 @@ class DataReport:
 
     def notes(self) -> list[str]:
         """One line per thing a user should know happened to the data."""
+        by_task = sorted(self.contexts_cut_by_task.items())
+        cut_to_tokens = "contexts cut to dataset.max_tokens" + (
+            f" ({', '.join(f'{task} {n}' for task, n in by_task)}), keeping their start:"
+            " their completions may need text the encoder did not read"
+            if by_task
+            else ""
+        )
         cuts = {
             "contexts cut to dataset.max_characters": self.contexts_cut_to_max_characters,
-            "contexts cut to dataset.max_tokens": self.contexts_cut_to_max_tokens,
+            cut_to_tokens: self.contexts_cut_to_max_tokens,
             "prompt+completion cut to dataset.max_tokens": self.targets_cut_to_max_tokens,
         }
         notes = self.reading_notes()
@@ -139,7 +149,15 @@ def row_fields(row: Any) -> dict[str, str] | str:
     task = row.get("task")
     if task is not None and (problem := _text_problem("task", task, may_be_empty=True)):
         return problem
-    return fields | {"task": task or "unknown"}
+    # Optional too: the rows of one document (its chunks, its questions) that must stay
+    # on one side of the split, and never be each other's wrong context. Without it, a
+    # row's context is its group. An id may be a number, as a table's often is.
+    group = row.get("group")
+    if isinstance(group, int) and not isinstance(group, bool):
+        group = str(group)
+    if group is not None and (problem := _text_problem("group", group, may_be_empty=True)):
+        return problem
+    return fields | {"task": task or "unknown", "group": group or None}
 
 
 def _field_keys(row: dict) -> dict[str, str] | str:

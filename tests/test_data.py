@@ -77,6 +77,30 @@ def test_split_groups_rows_by_context_when_no_group_is_given():
     assert len(val) == 10
 
 
+def test_a_files_group_column_keeps_a_documents_rows_on_one_side(tmp_path):
+    """A `group` column was read as nothing: two chunks of one document (different
+    contexts) could land in both splits, and be each other's wrong context."""
+    rows = [
+        {"context": f"doc {d} chunk {c}", "prompt": "p", "completion": "c", "group": d}
+        for d in range(10)
+        for c in range(3)
+    ]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    samples = load_samples(str(data), DatasetConfig(), 0)
+    assert {s.group for s in samples} == {str(d) for d in range(10)}  # an integer id is text
+    train, val = split_train_val(samples, val_size=6, seed=0)
+    assert len(val) == 6 and not {s.group for s in train} & {s.group for s in val}
+    # No group: each context its own, as before; a float id is a bad row.
+    rows[0]["group"], rows[1]["group"] = None, 1.5
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DataError, match="line 2: field 'group' is float, not text"):
+        load_samples(str(data), DatasetConfig(), 0)
+    report = DataReport()
+    kept = load_samples(str(data), DatasetConfig(skip_bad_rows=True), 0, report)
+    assert kept[0].group is None and report.rows_skipped == 1
+
+
 def test_synthetic_split_is_the_same_for_the_same_seed():
     cfg = DatasetConfig(synthetic_passages=30)
     first = split_train_val(load_samples("synthetic", cfg, 1), 12, 1)
@@ -573,6 +597,14 @@ def test_cut_contexts_and_targets_are_counted(tiny_pair):
     assert 0 < report.contexts_cut_to_max_tokens <= len(samples)
     assert 0 < report.targets_cut_to_max_tokens <= len(samples)
     assert len(report.notes()) == 3
+    # By task too: a cut continuation context's completion follows text never read.
+    by_task = report.contexts_cut_by_task
+    assert sum(by_task.values()) == report.contexts_cut_to_max_tokens
+    assert set(by_task) <= {s.task for s in samples}
+    listed = ", ".join(f"{task} {n}" for task, n in sorted(by_task.items()))
+    assert (
+        f"contexts cut to dataset.max_tokens ({listed}), keeping their start" in report.notes()[1]
+    )
 
 
 def test_tasks_filter_keeps_only_named_tasks_and_counts_the_rows_it_leaves_out():

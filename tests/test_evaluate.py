@@ -72,6 +72,7 @@ def test_gap_closed_is_the_share_of_the_floor_to_ceiling_distance():
         "full": [(8.0, 4, 4), (12.0, 5, 6)],
     }
     scores = _task_scores(by_cond)
+    assert (scores["samples"], scores["target_tokens"]) == (2, 10)
     assert scores["loss"] == {"none": 4.0, "wrong": 3.5, "condensed": 3.0, "full": 2.0}
     assert scores["gap_closed"] == pytest.approx(0.5)
     assert scores["token_accuracy"]["full"] == pytest.approx(0.9)
@@ -727,6 +728,34 @@ def test_data_trained_on_is_noted_however_it_is_named(tmp_path):
         note = trained_on_note({"train_data": str(trained.resolve())}, str(data))
         assert "is what this artifact trained on" in note[0]
     assert trained_on_note({"train_data": str(saved.resolve())}, str(saved), split="test") == []
+
+
+def test_a_renamed_copy_of_the_training_data_is_noted_by_its_contexts(tmp_path):
+    """eval of data.jsonl.gz, a copy of the data.jsonl trained on, had no note: its
+    samples were scored as if held out. Those of the run's validation split were not
+    trained on, and are not counted."""
+    import gzip
+
+    from condense.evaluate import seen_context_note
+
+    samples = synthetic_samples(20, seed=4)
+    rows = "".join(
+        json.dumps({"context": s.context, "prompt": s.prompt, "completion": s.completion}) + "\n"
+        for s in samples
+    )
+    (tmp_path / "data.jsonl").write_text(rows)
+    with gzip.open(tmp_path / "copy.jsonl.gz", "wt") as f:
+        f.write(rows)
+    config = {"train_data": str(tmp_path / "data.jsonl"), "seed": 0, "val_size": 12}
+    scored = eval_samples(config, str(tmp_path / "copy.jsonl.gz"), limit=None)
+    trained, validated = split_train_val(scored, 12, 0)
+    (note,) = seen_context_note(config, str(tmp_path / "copy.jsonl.gz"), scored)
+    assert note.startswith(
+        f"--data {tmp_path / 'copy.jsonl.gz'}: {len(trained)} of the {len(scored)} samples"
+        " scored have a context this artifact trained on"
+    )
+    assert seen_context_note(config, "v.jsonl", validated) == []
+    assert seen_context_note(config, "new.jsonl", synthetic_samples(5, seed=99)) == []
 
 
 def test_a_hub_dataset_the_artifact_trained_on_is_noted_too():
