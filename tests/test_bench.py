@@ -57,10 +57,25 @@ def test_bench_times_both_modes_on_the_same_samples(tiny_pair, tmp_path, capsys)
     assert "timed)" not in printed.out
 
 
-def test_bench_random_weights_needs_only_the_models_configs(tiny_pair, tmp_path, capsys):
+def test_bench_random_weights_needs_only_the_models_configs(
+    tiny_pair, tmp_path, capsys, monkeypatch
+):
     """--random-weights times a job's shapes from its models' config.json files alone: no
-    weights, no tokenizer, no data are read (the default job's models have shipped configs)."""
+    weights, no tokenizer, no data are read (the default job's models have shipped configs).
+    The steps run on --threads' CPU threads, and torch's own count is given back."""
     import shutil
+
+    import condense.bench
+
+    timed_threads = []
+    time_steps = condense.bench.time_steps
+
+    def counted(*args, **kwargs):
+        timed_threads.append(torch.get_num_threads())
+        return time_steps(*args, **kwargs)
+
+    monkeypatch.setattr(condense.bench, "time_steps", counted)
+    threads_before = torch.get_num_threads()
 
     configs = []
     for role, folder in zip(("encoder", "decoder"), tiny_pair):
@@ -82,6 +97,8 @@ def test_bench_random_weights_needs_only_the_models_configs(tiny_pair, tmp_path,
     assert dynamic["largest_batch_shape"] == [rows, 40, 12, rows * 9]
     assert math.isfinite(dynamic["loss_first"]) and dynamic["mfu"] > 0
     assert "random weights and tokens, 40 context + 12" in capsys.readouterr().out
+    assert timed_threads == [1, 1] and result["threads"] == 1  # dynamic, static
+    assert torch.get_num_threads() == threads_before
 
 
 CUT = "must be at most dataset.max_tokens (96), as the job's data is cut to it"

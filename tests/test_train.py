@@ -81,6 +81,17 @@ def test_run_writes_summary_csv_and_checkpoints(tiny_pair, tmp_path, monkeypatch
     assert "## Training configuration" in card and "max_steps: 5" in card
 
 
+def test_training_rows_are_logged_every_log_every_n_steps(tiny_pair, tmp_path):
+    """metrics.csv's train_loss and rate rows come at the multiples of log_every_n_steps
+    (Lightning's step column is 0-based: step S is the S+1th)."""
+    cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=6, log_every_n_steps=3)
+    train(cfg)
+    with (tmp_path / "run" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [row["step"] for row in rows if row["train_loss"]] == ["2", "5"]
+    assert [row["step"] for row in rows if row["lr-AdamW/lora"]] == ["2", "5"]
+
+
 def test_training_lowers_validation_loss(tiny_pair, tmp_path):
     summary = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=12, val_every_n_steps=6))
     assert summary["val_loss_best"] < summary["val_loss_initial"]
