@@ -58,30 +58,9 @@ def run_bench(
     precision = resolve_precision(cfg.precision, cfg.accelerator)
     torch.manual_seed(cfg.seed)
     device = _device(cfg.accelerator)
-    if random_shape is None:
-        module, datamodule = build(cfg, precision)
-        samples = datamodule.train_set
-        sampler = LengthGroupedBatchSampler(length_keys(samples), cfg.dataset.batch_size, cfg.seed)
-        epoch = list(sampler)
-        # The training sampler's first batches, into its later epochs where one is too short:
-        # what a run starts with, and every step that was asked for.
-        pads = datamodule.encoder_tok.pad_token_id, datamodule.decoder_tok.pad_token_id
-        collate = Collator(*pads)
-        batches = [collate([samples[i] for i in r]) for r in first_batches(sampler, warmup + steps)]
-        workload = {
-            "batches_per_epoch": len(epoch),
-            "padding_fraction_epoch": padding_fraction(
-                epoch, samples, cfg.model.num_condense_tokens
-            ),
-        }
-    else:
-        module = random_module(cfg, precision, device)
-        pads = (0, 0)  # any id: padding is masked
-        batches = random_batches(
-            module.condenser, warmup + steps, cfg.dataset.batch_size, *random_shape
-        )
-        context, text = random_shape
-        workload = {"random_tokens": {"context": context, "prompt_completion": text}}
+    module, batches, pads, workload = _timed_work(
+        cfg, precision, device, warmup + steps, random_shape
+    )
     condenser = module.condenser.to(device).train()
     # Weights can be loaded without being resident yet (a dtype other than the file's, on
     # CPU, lands in RSS only when first read): read them all, or the runtime below, RSS
@@ -165,6 +144,43 @@ def run_bench(
             result["dynamic"]["target_tokens_per_s"] / result["static"]["target_tokens_per_s"]
         )
     return result
+
+
+def _timed_work(
+    cfg: TrainConfig,
+    precision: str,
+    device: torch.device,
+    count: int,
+    random_shape: tuple[int, int] | None,
+) -> tuple[CondenseModule, list[Batch], tuple[int, int], dict[str, Any]]:
+    """What run_bench times: the job's module, its first `count` batches, the pad ids,
+    and what the results say of them; random weights and tokens of `random_shape` where
+    one is given."""
+    if random_shape is not None:
+        module = random_module(cfg, precision, device)
+        batches = random_batches(module.condenser, count, cfg.dataset.batch_size, *random_shape)
+        context, text = random_shape
+        # Any pad id: padding is masked.
+        return (
+            module,
+            batches,
+            (0, 0),
+            {"random_tokens": {"context": context, "prompt_completion": text}},
+        )
+    module, datamodule = build(cfg, precision)
+    samples = datamodule.train_set
+    sampler = LengthGroupedBatchSampler(length_keys(samples), cfg.dataset.batch_size, cfg.seed)
+    epoch = list(sampler)
+    # The training sampler's first batches, into its later epochs where one is too short:
+    # what a run starts with, and every step that was asked for.
+    pads = datamodule.encoder_tok.pad_token_id, datamodule.decoder_tok.pad_token_id
+    collate = Collator(*pads)
+    batches = [collate([samples[i] for i in rows]) for rows in first_batches(sampler, count)]
+    workload = {
+        "batches_per_epoch": len(epoch),
+        "padding_fraction_epoch": padding_fraction(epoch, samples, cfg.model.num_condense_tokens),
+    }
+    return module, batches, pads, workload
 
 
 def first_batches(sampler: LengthGroupedBatchSampler, count: int) -> list[list[int]]:
