@@ -211,6 +211,8 @@ def load_condenser(
     except ModelNotFoundError as err:
         # A model folder is recorded by its absolute path: moved, it is found no more, and
         # nothing on the command line names it.
+        if not any(_gone_folder(name) for name in (cfg.encoder, cfg.decoder)):
+            raise
         raise ModelNotFoundError(
             f"{err} (where it is elsewhere now, say so in {folder / ARTIFACT_CONFIG_FILE}:"
             " its encoder and decoder fields)"
@@ -224,6 +226,12 @@ def load_condenser(
     written = artifact_config(condenser, {}).keys() | {"max_tokens", "max_characters"}
     condenser.training_record = {k: v for k, v in config.items() if k not in written}
     return condenser.to(device).eval()
+
+
+def _gone_folder(name: str) -> bool:
+    """Whether `name` is a model folder's absolute path, as an artifact records one, that
+    no longer exists."""
+    return Path(name).is_absolute() and not Path(name).exists()
 
 
 def _model_config(folder: Path, config: dict[str, Any]) -> ModelConfig:

@@ -224,7 +224,7 @@ class DatasetConfig:
             its sentence.
         tasks: Keep only these tasks (null keeps all).
         skip_bad_rows: Skip rows that cannot be used (a missing, null or non-text field, an
-            empty context or completion, a task that is not text, a field in both sets of
+            empty context or completion, a task that is neither text nor an integer id, a field in both sets of
             columns, invalid unicode, a line that is not JSON, a CSV row of more or fewer
             cells than its header) instead of stopping before training; they are counted in
             summary.json. Off by default: a bad row stops the run with its file, row and

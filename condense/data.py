@@ -504,6 +504,12 @@ SPLIT_CHANGED = (
     "split its data otherwise (another seed, data source or dataset setting: val_size,"
     " tasks, max_characters, synthetic_*, skip_bad_rows)"
 )
+# Where the data has a group column: a run started before condense read one (a8c093a)
+# split without it, which a split digest alone cannot tell from changed data.
+GROUPS_READ = (
+    "; or it was started before condense read the data's group column (commit a8c093a),"
+    " and split without it"
+)
 TARGETS_CHANGED = (
     "read its validation samples otherwise (another dataset.max_tokens or train_on_prompt,"
     " or another tokenizer)"
@@ -635,17 +641,22 @@ class CondenseDataModule(L.LightningDataModule):
             # Synthetic data is made from the seed and settings alone: no file to change.
             same = saved.get("source") == source_digest(self.source, self.seed, self.cfg)
             if same and not is_synthetic(self.source):
-                reason, fix = self._data_changed(saved.get("rows_read")), "restore its data"
+                reason = self._data_changed(saved.get("rows_read"))
+                # A Hub dataset's earlier revision cannot be asked for.
+                fix = "restore its data" if Path(self.source).exists() else None
+            if not is_synthetic(self.source) and any(s.group for s in self.val_samples):
+                reason += GROUPS_READ
         elif "targets" in saved and saved["targets"] != self.targets_digest():
             reason = TARGETS_CHANGED
         elif "validated" in saved and saved["validated"] != self.validated_digest():
             reason = VALIDATED_CHANGED
         else:
             return
+        fixes = [fix] if fix else []
+        fixes += ["start afresh with --resume never", "or carry its weights into a new run"]
         raise DataError(
             f"{path}: this run {reason}: resuming would compare val_loss over other samples"
-            f" or targets with its best; {fix}, start afresh with --resume never, or carry"
-            " its weights into a new run (--run-dir NEW --resume PATH)"
+            f" or targets with its best; {', '.join(fixes)} (--run-dir NEW --resume PATH)"
         )
 
     def _data_changed(self, rows_then: int | None) -> str:

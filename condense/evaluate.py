@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from condense.config import ConfigError, DatasetConfig
 from condense.data import (
+    GROUPS_READ,
     Collator,
     Tokenized,
     bos_added,
@@ -95,10 +96,12 @@ def eval_samples(
         trained, samples = split_train_val(every, config.get("val_size", 100), seed)
         recorded_digest = config.get("split_digest")  # artifacts before it: not checked
         if recorded_digest and recorded_digest != split_digest(seed, len(trained), samples):
+            grouped = not is_synthetic(config["train_data"]) and any(s.group for s in every)
             raise DataError(
                 f"this artifact's training data {config['train_data']} has changed since the"
-                " run: what it splits off now is not the run's validation split (it may hold"
-                " samples the run trained on); give --data to score it as it is"
+                f" run{GROUPS_READ if grouped else ''}: what it splits off now is not the"
+                " run's validation split (it may hold samples the run trained on); give"
+                " --data to score it as it is"
             )
     else:
         samples = load_samples(data, cut, _data_seed(config, data), report, split=split)
@@ -116,6 +119,8 @@ def _eval_cut(config: dict[str, Any], skip_bad_rows: bool = False) -> DatasetCon
     cut them, fresh synthetic passages of the shape it trained on."""
     # No max_characters (an artifact saved from Python, or imported): the condenser it
     # loads cuts no context, and its scores must be of the contexts it would condense.
+    # (Tokens are still cut, to max_tokens or 4096 where none is recorded: a batch of
+    # whole long contexts would not fit in memory.)
     return DatasetConfig(
         max_characters=config.get("max_characters") or sys.maxsize,
         synthetic_facts=config.get("synthetic_facts"),
@@ -596,6 +601,9 @@ def markdown_table(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for task, scores in sorted(results["by_task"].items()):
+        # How many samples a row rests on: a task of 3 reads like one of 300 otherwise.
+        if "samples" in scores:
+            task = f"{task} ({scores['samples']})"
         for metric in ("loss", "token_accuracy", "exact_match", "rougeL"):
             if metric in scores:
                 row = " | ".join(_value_text(scores[metric][c]) for c in CONDITIONS)

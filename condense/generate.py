@@ -23,7 +23,7 @@ def generate(
     """Greedy completions of `prompts`, each after its prefix of decoder input embeddings:
     condensed (B, N, Hd), or a list of (n_i, Hd) of any lengths (n_i = 0: no context).
     `max_new_tokens` is one budget for every row or one per row; no row runs past the
-    decoder's positions (its config's max_position_embeddings). `add_special_tokens=False`
+    decoder's positions (weights.max_positions). `add_special_tokens=False`
     reads the prompts without the BOS their tokenizer would open them with, for prefixes
     that are a text's token embeddings already opening with it (the full context of
     `condense eval`): one BOS per row, first.

@@ -43,7 +43,8 @@ class Condenser(nn.Module):
     max_context_characters: int | None = None
     max_context_tokens: int | None = None
     # What an artifact it was loaded from says of the run that trained it (data, seed,
-    # split, steps, losses): save_pretrained writes it again.
+    # split, steps, losses): save_pretrained writes it again, as it stands, whatever was
+    # done to the weights since (set it to None to save without it).
     training_record: dict | None = None
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, cfg: ModelConfig):

@@ -77,8 +77,11 @@ def stop_if_signalled(trainer: L.Trainer) -> None:
     """After the first validation (trainer.validate, before fit): stop as a SIGTERM in
     training stops, where one came during it. Lightning stops a validation on SIGTERM only
     between its batches: one in its last batch was remembered, and then forgotten by fit,
-    which registers its handlers afresh; the run trained on to max_steps and exited 0. Any
-    rank's signal stops every rank (the others would wait for it in fit)."""
+    which registers its handlers afresh; the run trained on to max_steps and exited 0.
+    Ranks that finished the validation agree (a collective): one's signal stops them all.
+    A rank whose signal came earlier stopped inside the validation, and does not join; the
+    others wait for it until its exit ends the job (torchrun's agent, or Lightning's
+    launcher, stops them), as they would have waited in fit."""
     if trainer.strategy.reduce_boolean_decision(trainer.received_sigterm, all=False):
         rank_zero_info(FIRST_VALIDATION_STOP)
         raise SIGTERMException

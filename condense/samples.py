@@ -144,34 +144,42 @@ def row_fields(row: Any) -> dict[str, str] | str:
         if problem is not None:
             return problem
         fields[name] = row[key]
-    # Optional, and null where a table (parquet, a Hub dataset) has a row without one; a
-    # number was trained on as the task "3".
-    task = row.get("task")
-    if task is not None and (problem := _text_problem("task", task, may_be_empty=True)):
-        return problem
-    # Optional too: the rows of one document (its chunks, its questions) that must stay
-    # on one side of the split, and never be each other's wrong context. Without it, a
-    # row's context is its group. An id may be a number, as a table's often is.
-    group = row.get("group")
-    if isinstance(group, int) and not isinstance(group, bool):
-        group = str(group)
-    if group is not None and (problem := _text_problem("group", group, may_be_empty=True)):
-        return problem
-    return fields | {"task": task or "unknown", "group": group or None}
+    # Optional labels, null where a table (parquet, a Hub dataset) has a row without one.
+    # group: the rows of one document (its chunks, its questions) that must stay on one
+    # side of the split, and never be each other's wrong context; without it, a row's
+    # context is its group.
+    labels = {}
+    for name in ("task", "group"):
+        labels[name], problem = _label(row, name)
+        if problem is not None:
+            return problem
+    return fields | {"task": labels["task"] or "unknown", "group": labels["group"] or None}
+
+
+def _label(row: dict, name: str) -> tuple[str | None, str | None]:
+    """An optional label field as text, or what makes it unusable. A number is an id, in
+    text: a table's ids, or a task trained on as "3", whose runs must still resume."""
+    value = row.get(name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value), None
+    if value is None:
+        return None, None
+    problem = _text_problem(name, value, may_be_empty=True)
+    return (None, problem) if problem else (value, None)
 
 
 def _field_keys(row: dict) -> dict[str, str] | str:
     """Our name -> the row's own key for each field it gives, or why that cannot be told:
-    a field given in both sets of columns. A null beside a value in the other set is taken
-    for none, as a table of rows in either set (a parquet file, a Hub dataset) holds
-    null in the other set's columns."""
+    a field given in both sets of columns. A null or empty value beside a value in the
+    other set is taken for none, as a table of rows in either set holds null (parquet, a
+    Hub dataset) or an empty cell (CSV) in the other set's columns."""
     keys = {ORIGINAL_COLUMNS.get(k, k): k for k in row}
     for original, ours in ORIGINAL_COLUMNS.items():
         if original not in row or ours not in row:
             continue
-        if row[original] is None:
+        if row[original] in (None, ""):
             keys[ours] = ours
-        elif row[ours] is None:
+        elif row[ours] in (None, ""):
             keys[ours] = original
         else:
             # One of the two was picked by key order, and trained on without a word.
@@ -446,7 +454,7 @@ def _saved_samples(folder: Path, skip_bad: bool, report: DataReport, split: str)
         saved = saved[split]
     elif split != "train":
         raise DataError(f"--split {split}: --data {folder} is a saved dataset of one split")
-    rows = enumerate(saved.to_list(), start=1)
+    rows = enumerate(_dataset_rows(saved), start=1)
     return some_samples(_samples(rows, str(folder), "row", skip_bad, report), str(folder), report)
 
 
@@ -608,7 +616,7 @@ def read_hub(
     offline = not hub_reachable()
     try:
         with _cache_only() if offline else contextlib.nullcontext():
-            rows = datasets.load_dataset(dataset_id, split=split).to_list()
+            rows = _dataset_rows(datasets.load_dataset(dataset_id, split=split))
     # DatasetGenerationError: a folder of files the dataset builders cannot read.
     except (FileNotFoundError, ConnectionError, ValueError, DatasetGenerationError) as err:
         if offline:
@@ -623,6 +631,24 @@ def read_hub(
             f"--data {dataset_id}: cannot load it as a dataset ({first_line(reason)})"
         ) from err
     return from_rows(enumerate(rows, start=1), dataset_id, "row", skip_bad, report)
+
+
+def _dataset_rows(dataset) -> list[dict[str, Any]]:
+    """A `datasets.Dataset`'s rows, each ClassLabel column (a task, say) by the names its
+    author gave, not by the integer codes `datasets` returns; -1, no label, as null."""
+    import datasets
+
+    labels = {
+        name: feature
+        for name, feature in dataset.features.items()
+        if isinstance(feature, datasets.ClassLabel)
+    }
+    rows = dataset.to_list()
+    for row in rows:
+        for name, feature in labels.items():
+            code = row[name]
+            row[name] = feature.int2str(code) if code is not None and code >= 0 else None
+    return rows
 
 
 @contextlib.contextmanager

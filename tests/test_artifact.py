@@ -130,6 +130,12 @@ def test_an_artifact_whose_model_folder_moved_says_where_to_name_it(tiny_pair, t
     message = str(err.value)
     assert f"{tmp_path / 'encoder'}" in message and "no such folder" in message
     assert f"say so in {tmp_path / 'art' / 'condense_config.json'}" in message
+    # A Hub id not in the cache offline is no folder moved: no such hint.
+    condenser.cfg.encoder = "someone/some-model"
+    condenser.save_pretrained(str(tmp_path / "art"))
+    with pytest.raises(ModelNotFoundError) as err:
+        Condenser.from_pretrained(str(tmp_path / "art"))
+    assert "not in the Hub cache" in str(err.value) and "say so in" not in str(err.value)
 
 
 def test_a_loaded_condenser_saved_again_keeps_the_record_of_its_run(tiny_pair, tmp_path):

@@ -524,22 +524,51 @@ def test_a_table_of_rows_in_either_set_of_columns_reads_each_by_its_own(tmp_path
     pq.write_table(pa.Table.from_pylist([ours, original], schema=columns), path)
     samples = load_samples(str(path), DatasetConfig(), seed=0)
     assert [(s.prompt, s.completion) for s in samples] == [("p1", "x1"), ("p2", "x2")]
+    # A CSV's empty cell is the same: such a file failed on every row as "both given".
+    path = tmp_path / "mixed.csv"
+    path.write_text(
+        "context,prompt,completion,activation_prompt,expected_completion\nc1,p1,x1,,\nc2,,,p2,x2\n"
+    )
+    samples = load_samples(str(path), DatasetConfig(), seed=0)
+    assert [(s.prompt, s.completion) for s in samples] == [("p1", "x1"), ("p2", "x2")]
 
 
-def test_a_task_that_is_not_text_is_a_bad_row_and_a_missing_one_is_unknown(tmp_path):
-    """A number trained as the task "3"; null and missing stay "unknown", as documented
-    for an optional field."""
+def test_a_task_is_text_or_an_id_and_a_missing_one_is_unknown(tmp_path):
+    """A float or a list was trained on as the task "1.5"; an integer id stays the text
+    it was trained as ("3": runs on such data resume, artifacts evaluate); null and
+    missing stay "unknown", as documented for an optional field."""
     path = tmp_path / "tasks.jsonl"
     good = {"context": "c", "prompt": "p", "completion": "x"}
-    _jsonl(path, [{**good, "task": "qa"}, {**good, "task": 3}])
-    with pytest.raises(DataError, match=r"tasks.jsonl: line 2: field 'task' is int, not text"):
+    _jsonl(path, [{**good, "task": "qa"}, {**good, "task": 1.5}])
+    with pytest.raises(DataError, match=r"tasks.jsonl: line 2: field 'task' is float, not text"):
         load_samples(str(path), DatasetConfig(), seed=0)
-    _jsonl(path, [{**good, "task": "qa"}, {**good, "task": None}, good])
+    _jsonl(path, [{**good, "task": "qa"}, {**good, "task": None}, good, {**good, "task": 3}])
     assert [s.task for s in load_samples(str(path), DatasetConfig(), 0)] == [
         "qa",
         "unknown",
         "unknown",
+        "3",
     ]
+
+
+def test_a_saved_datasets_class_label_task_is_read_by_its_names(tmp_path):
+    """datasets gives a ClassLabel column's integer codes: the tasks trained as "0" and
+    "1", not the names its author gave them."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "context": datasets.Value("string"),
+            "prompt": datasets.Value("string"),
+            "completion": datasets.Value("string"),
+            "task": datasets.ClassLabel(names=["question_answering", "reconstruction"]),
+        }
+    )
+    rows = {"context": ["a", "b", "c"], "prompt": ["p"] * 3, "completion": ["x"] * 3}
+    rows["task"] = [1, 0, -1]  # -1: no label
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "saved"))
+    samples = load_samples(str(tmp_path / "saved"), DatasetConfig(), 0)
+    assert [s.task for s in samples] == ["reconstruction", "question_answering", "unknown"]
 
 
 def test_skip_bad_rows_counts_and_names_them(tmp_path):

@@ -192,12 +192,14 @@ def test_markdown_table_has_a_row_per_task_and_metric():
                 "gap_closed": None,
                 "condensed_margin": {"wrong": {"loss": -0.0251, "stderr": 0.0304}},
                 "token_accuracy": dict.fromkeys(("none", "wrong", "condensed", "full"), 0.5),
+                "samples": 3,
             }
         }
     }
     table = markdown_table(results)
-    assert "| qa | loss | 1.000 | 1.000 | 1.000 | 1.000 | n/a | -0.025 +- 0.030 |" in table
-    assert "| qa | token_accuracy |" in table
+    # With how many samples each row rests on.
+    assert "| qa (3) | loss | 1.000 | 1.000 | 1.000 | 1.000 | n/a | -0.025 +- 0.030 |" in table
+    assert "| qa (3) | token_accuracy |" in table
 
 
 def test_eval_command_writes_json_png_and_a_table(tiny_pair, tmp_path):
@@ -240,10 +242,10 @@ def test_eval_command_writes_json_png_and_a_table(tiny_pair, tmp_path):
     assert set(qa["loss"]) == {"none", "wrong", "condensed", "full"} and "exact_match" in qa
     assert "rougeL" in results["by_task"]["reconstruction"]
     assert (tmp_path / "eval.png").stat().st_size > 1000
-    assert "| question_answering | loss |" in out.stdout
+    assert "| question_answering (2) | loss |" in out.stdout  # 6 samples, 3 tasks
     # The local artifact's model card now carries the same table, once.
     card = (tmp_path / "art" / "README.md").read_text()
-    assert card.count("## Evaluation") == 1 and "| question_answering | loss |" in card
+    assert card.count("## Evaluation") == 1 and "| question_answering (2) | loss |" in card
     assert f"condense eval --artifact {tmp_path / 'art'}" in card
     assert "` (cpu, precision 32):" in card
 
@@ -484,7 +486,7 @@ def test_wrong_context_is_n_a_when_every_sample_is_of_one_passage(tiny_pair, tmp
     assert results["by_task"]["question_answering"]["exact_match"]["wrong"] is None
     assert not [e for e in results["examples"] if e["condition"] == "wrong"]
     table = markdown_table(results)
-    assert "| question_answering | loss | " in table and " | n/a | " in table
+    assert "| question_answering (" in table and " | n/a | " in table
     assert "every sample is of one passage" in table
     assert results["notes"] and "one passage" in results["notes"][0]
 
@@ -803,6 +805,33 @@ def test_a_runs_data_file_changed_since_training_is_no_validation_split(tiny_pai
     with pytest.raises(DataError, match="has changed since the run"):
         eval_samples(config, None, None)
     assert len(eval_samples(config, str(data), None)) == 23  # --data scores it as it is
+
+
+def test_a_run_from_before_the_group_column_was_read_is_told_apart(tmp_path):
+    """A run started before condense read a data file's group column split without it:
+    eval of its artifact blamed the data for changing, which it had not."""
+    from dataclasses import replace
+
+    from condense.data import split_digest
+
+    rows = [
+        {
+            "context": f"Doc {i // 2} part {i % 2}.",
+            "prompt": "p",
+            "completion": "c",
+            "group": i // 2,
+        }
+        for i in range(24)
+    ]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    # The split as such a run made it: every row its own context's group.
+    old = [replace(s, group=None) for s in load_samples(str(data), DatasetConfig(), 0)]
+    trained, validated = split_train_val(old, 6, 0)
+    config = {"train_data": str(data), "seed": 0, "val_size": 6}
+    config["split_digest"] = split_digest(0, len(trained), validated)
+    with pytest.raises(DataError, match="or it was started before condense read the data's group"):
+        eval_samples(config, None, None)
 
 
 def test_a_runs_data_file_is_found_from_any_folder(tiny_pair, tmp_path, monkeypatch):

@@ -345,6 +345,32 @@ def test_resuming_after_the_data_file_changed_says_so(tiny_pair, tmp_path):
         train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=4, data=str(data), seed=3))
 
 
+def test_resuming_a_run_from_before_the_group_column_was_read_says_so(
+    tiny_pair, tmp_path, monkeypatch
+):
+    """Such a run split without the column; its refusal blamed the seed or settings."""
+    import condense.samples
+    from condense.samples import DataError
+
+    data = tmp_path / "data.jsonl"
+    rows = [
+        {
+            "context": f"Doc {i // 3} part {i % 3}.",
+            "prompt": "p",
+            "completion": "c",
+            "group": i // 3,
+        }
+        for i in range(30)
+    ]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    read = condense.samples.row_fields
+    monkeypatch.setattr(condense.samples, "row_fields", lambda row: {**read(row), "group": None})
+    train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, data=str(data)))
+    monkeypatch.undo()
+    with pytest.raises(DataError, match="or it was started before condense read the data's group"):
+        train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=4, data=str(data)))
+
+
 def test_resuming_with_another_batch_size_is_refused_where_it_picks_the_validation(
     tiny_pair, tmp_path
 ):
