@@ -19,18 +19,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from condense.config import DatasetConfig
 from condense.model import IGNORE_INDEX
-from condense.samples import (
-    KINDS,
-    DataError,
-    DataReport,
-    Sample,
-    data_suffix,
-    passage_key,
-    read_file,
-    read_folder,
-    read_hub,
-    split_train_val,
-)
+from condense.readers import KINDS, data_suffix, read_file, read_folder, read_hub
+from condense.samples import DataError, DataReport, Sample, passage_key, split_train_val
 from condense.synthetic import long_synthetic_samples, synthetic_samples
 
 SYNTHETIC = "synthetic"
@@ -51,8 +41,8 @@ def load_samples(
     every_task: bool = True,
     split: str | None = None,
 ) -> list[Sample]:
-    """Samples from "synthetic", a local data file or folder of them (samples.KINDS; see
-    samples.read_folder), or a Hub dataset id, with contexts cut to `max_characters` and
+    """Samples from "synthetic", a local data file or folder of them (readers.KINDS; see
+    readers.read_folder), or a Hub dataset id, with contexts cut to `max_characters` and
     only the configured tasks kept.
 
     An unusable row raises DataError unless `cfg.skip_bad_rows`; skipped rows and cut

@@ -42,14 +42,8 @@ from condense.device import inference_device, load_for_inference
 from condense.files import json_out, write_json
 from condense.generate import generate
 from condense.model import IGNORE_INDEX, Condenser, token_embeddings
-from condense.samples import (
-    DataError,
-    DataReport,
-    Sample,
-    data_suffix,
-    files_read,
-    split_train_val,
-)
+from condense.readers import data_suffix, files_read
+from condense.samples import DataError, DataReport, Sample, split_train_val
 from condense.synthetic import CONTINUATION, QUESTION_ANSWERING, RECONSTRUCTION
 
 CONDITIONS = ("none", "wrong", "condensed", "full")

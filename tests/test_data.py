@@ -195,10 +195,10 @@ def test_a_hub_dataset_without_the_hub_fails_at_once(monkeypatch):
     import datasets
     from huggingface_hub import constants
 
-    import condense.samples
+    import condense.readers
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(condense.samples, "hub_reachable", lambda: False)
+    monkeypatch.setattr(condense.readers, "hub_reachable", lambda: False)
     before = (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE)
     start = time.monotonic()
     with pytest.raises(DataError) as err:
