@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from condense import flops
+from condense.batches import Collator, LengthGroupedBatchSampler, length_keys
 from condense.build import build, check_models, condense_module
 from condense.config import TrainConfig
-from condense.data import Collator, LengthGroupedBatchSampler, Tokenized, length_keys
+from condense.data import Tokenized
 from condense.device import check_devices, on_gpu, precision_dtype, resolve_precision
 from condense.model import IGNORE_INDEX, Condenser, is_checkpointing, token_embeddings
 from condense.module import CondenseModule

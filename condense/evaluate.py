@@ -25,16 +25,9 @@ from torchmetrics.functional.text import squad
 from torchmetrics.functional.text.rouge import rouge_score
 from tqdm import tqdm
 
+from condense.batches import Collator, other_context
 from condense.config import ConfigError, DatasetConfig
-from condense.data import (
-    Collator,
-    Tokenized,
-    bos_added,
-    is_synthetic,
-    other_context,
-    passage_id,
-    tokenize,
-)
+from condense.data import Tokenized, bos_added, is_synthetic, passage_id, tokenize
 from condense.device import inference_device, load_for_inference
 from condense.eval_data import (
     check_split,
@@ -54,7 +47,7 @@ CONDITIONS = ("none", "wrong", "condensed", "full")
 
 def wrong_partners(samples: list[Sample]) -> list[int] | None:
     """For each sample, the next one (cyclically) from another passage, as validation picks
-    them (data.other_context); None when every sample is of one passage, so that none has
+    them (batches.other_context); None when every sample is of one passage, so that none has
     another passage to read (a sample with none means all are of its passage)."""
     partner, found = other_context(torch.tensor([passage_id(s) for s in samples]))
     return partner.tolist() if bool(found.all()) else None

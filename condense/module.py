@@ -11,8 +11,8 @@ import lightning as L
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
+from condense.batches import other_context
 from condense.config import OptimConfig, first_line
-from condense.data import other_context
 from condense.model import IGNORE_INDEX, Condenser
 
 

@@ -227,7 +227,7 @@ def test_flops_count_matches_torchs_counter(tiny_pair, tmp_path):
     module, data = build(cfg, "32-true")
     condenser: Condenser = module.condenser.train()
     items = data.train_set[:2]
-    from condense.data import Collator
+    from condense.batches import Collator
 
     batch = Collator(data.encoder_tok.pad_token_id, data.decoder_tok.pad_token_id)(items)
     counter = FlopCounterMode(display=False)

@@ -15,16 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from condense.batches import Collator, LengthGroupedBatchSampler, other_context
 from condense.config import ConfigError, DatasetConfig
-from condense.data import (
-    Collator,
-    CondenseDataModule,
-    LengthGroupedBatchSampler,
-    load_samples,
-    no_split_reason,
-    other_context,
-    tokenize,
-)
+from condense.data import CondenseDataModule, load_samples, no_split_reason, tokenize
 from condense.model import IGNORE_INDEX
 from condense.samples import DataError, DataReport, Sample, split_train_val
 from condense.synthetic import CONTINUATION, synthetic_samples

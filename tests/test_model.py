@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from condense.batches import Collator
 from condense.config import ConfigError, DatasetConfig, ModelConfig
-from condense.data import Collator, tokenize
+from condense.data import tokenize
 from condense.model import IGNORE_INDEX, Condenser
 from condense.synthetic import long_synthetic_samples, synthetic_samples
 from condense.weights import load_causal_lm, load_tokenizer

@@ -12,8 +12,9 @@ import torch
 import yaml
 
 from condense.__main__ import main
+from condense.batches import Collator
 from condense.build import build
-from condense.data import Collator, tokenize
+from condense.data import tokenize
 from condense.model import Condenser
 from condense.module import CondenseModule
 from condense.synthetic import synthetic_samples

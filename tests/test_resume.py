@@ -19,8 +19,8 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from condense.batches import LengthGroupedBatchSampler, ResumableDataLoader
 from condense.checkpoint_io import AtomicCheckpointIO, BestAndLastCheckpoint
-from condense.data import LengthGroupedBatchSampler, ResumableDataLoader
 from condense.preemption import SaveOnSigterm
 from tests.conftest import job_under_test, tiny_job
 from tests.test_launch import _launch, _wait_for
