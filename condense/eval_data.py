@@ -53,8 +53,7 @@ def eval_samples(
                 f"this artifact's training data {recorded} is not found from here: give"
                 " --data to say what to score"
             )
-        every = _run_samples(config, cut, report)
-        trained, samples = split_train_val(every, config.get("val_size", 100), seed)
+        every, trained, samples = _run_split(config, cut, report)
         recorded_digest = config.get("split_digest")  # artifacts before it: not checked
         if recorded_digest and recorded_digest != split_digest(seed, len(trained), samples):
             grouped = not is_synthetic(config["train_data"]) and any(s.group for s in every)
@@ -117,6 +116,15 @@ def _run_samples(
     return load_samples(config["train_data"], sized, config.get("seed", 0), report, False)
 
 
+def _run_split(
+    config: dict[str, Any], cut: DatasetConfig, report: DataReport | None = None
+) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """Every sample the artifact's run loaded, and its training and validation splits, as
+    the run split them (its val_size and seed)."""
+    every = _run_samples(config, cut, report)
+    return every, *split_train_val(every, config.get("val_size", 100), config.get("seed", 0))
+
+
 def _data_seed(config: dict[str, Any], data: str) -> int:
     """The seed `eval_samples` loads `data` with: for synthetic data, the one after the
     artifact's training seed."""
@@ -169,10 +177,9 @@ def seen_context_note(config: dict[str, Any], data: str | None, samples: list[Sa
     if data is None or not trained or is_synthetic(trained) or not Path(trained).exists():
         return []
     try:
-        every = _run_samples(config, _eval_cut(config))
+        _, train, _ = _run_split(config, _eval_cut(config))
     except DataError:  # changed since, and unreadable as the run read it
         return []
-    train, _ = split_train_val(every, config.get("val_size", 100), config.get("seed", 0))
     seen = {s.context for s in train}
     count = sum(s.context in seen for s in samples)
     if not count:

@@ -20,6 +20,7 @@ from torch import nn
 from condense.config import ConfigError, ModelConfig, first_line
 from condense.flops import blocks
 from condense.loss import labelled_cross_entropy
+from condense.weights import max_positions
 
 IGNORE_INDEX = -100
 
@@ -271,8 +272,6 @@ class Condenser(nn.Module):
     def decoder_positions(self) -> int | None:
         """How many positions the decoder reads (weights.max_positions); None when its
         config does not say. Generation and eval's full context stop there."""
-        from condense.weights import max_positions
-
         return max_positions(self.decoder.config)
 
     def autocast(self) -> AbstractContextManager:

@@ -3,6 +3,7 @@ so tests need no download and run in seconds on a CPU."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -230,6 +231,22 @@ def job_under_test(kind: str, tiny_pair, folder: Path, max_steps: int, val_every
     for key, value in extra.items():
         overrides += [f"--{key}", str(value)]
     return Path(__file__).resolve().parents[1] / "jobs" / "test.yaml", overrides
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """`rows` as a JSONL data file at `path`."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def document_rows(documents: int, parts: int) -> list[dict]:
+    """Rows of `documents` documents in `parts` parts each, every part its own context,
+    a document's parts sharing its `group` (an integer id, as a table's often is)."""
+    return [
+        {"context": f"Doc {d} part {p}.", "prompt": "p", "completion": "c", "group": d}
+        for d in range(documents)
+        for p in range(parts)
+    ]
 
 
 def command_error(argv: list[str], capsys, status: int = 2) -> list[str]:

@@ -22,6 +22,7 @@ from condense.model import IGNORE_INDEX
 from condense.samples import DataError, DataReport, Sample, split_train_val
 from condense.synthetic import CONTINUATION, synthetic_samples
 from condense.weights import load_tokenizer
+from tests.conftest import document_rows, write_jsonl
 
 ORIGINAL_ROWS = [
     {
@@ -73,20 +74,15 @@ def test_split_groups_rows_by_context_when_no_group_is_given():
 def test_a_files_group_column_keeps_a_documents_rows_on_one_side(tmp_path):
     """A `group` column was read as nothing: two chunks of one document (different
     contexts) could land in both splits, and be each other's wrong context."""
-    rows = [
-        {"context": f"doc {d} chunk {c}", "prompt": "p", "completion": "c", "group": d}
-        for d in range(10)
-        for c in range(3)
-    ]
-    data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    rows = document_rows(10, 3)
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
     samples = load_samples(str(data), DatasetConfig(), 0)
     assert {s.group for s in samples} == {str(d) for d in range(10)}  # an integer id is text
     train, val = split_train_val(samples, val_size=6, seed=0)
     assert len(val) == 6 and not {s.group for s in train} & {s.group for s in val}
     # No group: each context its own, as before; a float id is a bad row.
     rows[0]["group"], rows[1]["group"] = None, 1.5
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(data, rows)
     with pytest.raises(DataError, match="line 2: field 'group' is float, not text"):
         load_samples(str(data), DatasetConfig(), 0)
     report = DataReport()
@@ -204,10 +200,6 @@ def test_a_hub_dataset_without_the_hub_fails_at_once(monkeypatch):
     assert (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE) == before
 
 
-def _jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-
 def _rows(tag: str, n: int = 3) -> list[dict]:
     return [
         {"context": f"{tag} {i}.", "prompt": "Who?", "completion": f"{tag}{i}"} for i in range(n)
@@ -216,10 +208,10 @@ def _rows(tag: str, n: int = 3) -> list[dict]:
 
 def test_a_folder_reads_every_data_file_and_names_those_it_leaves_out(tmp_path):
     """A .jsonl beside a .parquet trained on one of them, with no word of the other."""
-    _jsonl(tmp_path / "a.jsonl", _rows("a"))
+    write_jsonl(tmp_path / "a.jsonl", _rows("a"))
     pq.write_table(pa.Table.from_pylist(_rows("b")), tmp_path / "b.parquet")
     (tmp_path / "sub").mkdir()
-    _jsonl(tmp_path / "sub" / "c.json", _rows("c"))
+    write_jsonl(tmp_path / "sub" / "c.json", _rows("c"))
     (tmp_path / "notes.txt").write_text("x,y\n")
     report = DataReport()
     samples = load_samples(str(tmp_path), DatasetConfig(), seed=0, report=report)
@@ -233,9 +225,9 @@ def test_a_folder_reads_every_data_file_and_names_those_it_leaves_out(tmp_path):
 def test_a_folder_with_split_files_trains_on_its_train_files_alone(tmp_path):
     """As datasets reads such a folder: a test.jsonl is not trained on (it was left out
     silently, and so was a file named for no split)."""
-    _jsonl(tmp_path / "train.jsonl", _rows("t"))
-    _jsonl(tmp_path / "test.jsonl", _rows("s"))
-    _jsonl(tmp_path / "extra.jsonl", _rows("e"))
+    write_jsonl(tmp_path / "train.jsonl", _rows("t"))
+    write_jsonl(tmp_path / "test.jsonl", _rows("s"))
+    write_jsonl(tmp_path / "extra.jsonl", _rows("e"))
     report = DataReport()
     samples = load_samples(str(tmp_path), DatasetConfig(), seed=0, report=report)
     assert sorted(s.completion for s in samples) == ["t0", "t1", "t2"]
@@ -255,8 +247,8 @@ def test_a_split_other_than_train_is_read_where_one_is_asked_for(tmp_path):
     with advice to train on a file."""
     import datasets
 
-    _jsonl(tmp_path / "train.jsonl", _rows("t"))
-    _jsonl(tmp_path / "test.jsonl", _rows("s", 2))
+    write_jsonl(tmp_path / "train.jsonl", _rows("t"))
+    write_jsonl(tmp_path / "test.jsonl", _rows("s", 2))
     report = DataReport()
     samples = load_samples(str(tmp_path), DatasetConfig(), seed=0, report=report, split="test")
     assert [s.completion for s in samples] == ["s0", "s1"]
@@ -288,7 +280,7 @@ def test_a_split_other_than_train_is_read_where_one_is_asked_for(tmp_path):
 
 def test_a_bad_row_in_a_folder_is_named_by_its_file_and_line(tmp_path):
     """It was "row 24" of all the files together, or a parser's message naming neither."""
-    _jsonl(tmp_path / "a.jsonl", _rows("a"))
+    write_jsonl(tmp_path / "a.jsonl", _rows("a"))
     (tmp_path / "b.jsonl").write_text(json.dumps(_rows("b")[0]) + "\n{not json\n")
     with pytest.raises(DataError, match=r"b.jsonl: line 2: not a JSON object"):
         load_samples(str(tmp_path), DatasetConfig(), seed=0)
@@ -303,10 +295,10 @@ def test_a_folder_is_read_however_it_is_named(tmp_path, monkeypatch, given):
     folder (a traceback), and a `[` globbed no file at all."""
     real = tmp_path / ("data[1]" if given == "a [ in its name" else "data")
     real.mkdir()
-    _jsonl(real / "a.jsonl", _rows("a"))
-    _jsonl(real / "B.JSONL", _rows("b"))  # any case
+    write_jsonl(real / "a.jsonl", _rows("a"))
+    write_jsonl(real / "B.JSONL", _rows("b"))  # any case
     (real / "__pycache__").mkdir()
-    _jsonl(real / "__pycache__" / "c.jsonl", _rows("c"))
+    write_jsonl(real / "__pycache__" / "c.jsonl", _rows("c"))
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
     if given == "a symlink":
@@ -467,7 +459,7 @@ def test_a_json_file_of_one_object_on_one_line_wrapping_its_rows_says_so(tmp_pat
     )
     # One row a line that lacks a field is still named as such, alone or beside others.
     for lines in ([{"context": "c", "prompt": "p"}], [_rows("a")[0], {"text": "x"}]):
-        _jsonl(path, lines)
+        write_jsonl(path, lines)
         with pytest.raises(DataError, match=r"data.json: line \d: missing field 'c"):
             load_samples(str(path), DatasetConfig(), seed=0)
     path.write_text("{broken\n" + json.dumps(_rows("a")[0]) + "\n")  # still named by line
@@ -498,7 +490,7 @@ def test_a_row_in_both_sets_of_columns_is_a_bad_row(tmp_path):
     """One set was trained on, picked by the order of the row's keys, without a word."""
     path = tmp_path / "both.jsonl"
     good = {"context": "c", "prompt": "p", "completion": "x"}
-    _jsonl(path, [good, {**good, "activation_prompt": "other"}, good])
+    write_jsonl(path, [good, {**good, "activation_prompt": "other"}, good])
     both = "fields 'prompt' and 'activation_prompt' both given"
     with pytest.raises(DataError, match=rf"both.jsonl: line 2: {both} .*: keep one"):
         load_samples(str(path), DatasetConfig(), seed=0)
@@ -532,10 +524,10 @@ def test_a_task_is_text_or_an_id_and_a_missing_one_is_unknown(tmp_path):
     missing stay "unknown", as documented for an optional field."""
     path = tmp_path / "tasks.jsonl"
     good = {"context": "c", "prompt": "p", "completion": "x"}
-    _jsonl(path, [{**good, "task": "qa"}, {**good, "task": 1.5}])
+    write_jsonl(path, [{**good, "task": "qa"}, {**good, "task": 1.5}])
     with pytest.raises(DataError, match=r"tasks.jsonl: line 2: field 'task' is float, not text"):
         load_samples(str(path), DatasetConfig(), seed=0)
-    _jsonl(path, [{**good, "task": "qa"}, {**good, "task": None}, good, {**good, "task": 3}])
+    write_jsonl(path, [{**good, "task": "qa"}, {**good, "task": None}, good, {**good, "task": 3}])
     assert [s.task for s in load_samples(str(path), DatasetConfig(), 0)] == [
         "qa",
         "unknown",

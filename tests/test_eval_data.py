@@ -13,6 +13,7 @@ from condense.data import load_samples
 from condense.eval_data import eval_samples, seen_context_note, trained_on_note
 from condense.samples import DataError, split_train_val
 from condense.synthetic import QUESTION_ANSWERING, synthetic_samples
+from tests.conftest import document_rows, write_jsonl
 
 
 @pytest.mark.parametrize(
@@ -137,7 +138,7 @@ def test_skip_bad_rows_also_holds_for_the_runs_own_validation_split(tmp_path):
     rows = [{"context": f"Passage {i}.", "prompt": "Who?", "completion": "Ka."} for i in range(6)]
     rows[2]["completion"] = None  # a row gone bad since the run trained
     data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(data, rows)
     config = {"train_data": str(data), "seed": 0, "val_size": 2, "training_config": {}}
     with pytest.raises(DataError, match="line 3: field 'completion' is null"):
         eval_samples(config, None, None)
@@ -158,11 +159,11 @@ def test_a_runs_data_file_changed_since_training_is_no_validation_split(tiny_pai
         for i in range(24)
     ]
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(data, rows)
     summary = train(tiny_config(*tiny_pair, tmp_path / "run", data=str(data), max_steps=1))
     config = read_config(Path(summary["artifact"]))
     assert len(eval_samples(config, None, None)) == 12  # unchanged: the run's own split
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows[:-1]))
+    write_jsonl(data, rows[:-1])
     with pytest.raises(DataError, match="has changed since the run"):
         eval_samples(config, None, None)
     assert len(eval_samples(config, str(data), None)) == 23  # --data scores it as it is
@@ -175,17 +176,7 @@ def test_a_run_from_before_the_group_column_was_read_is_told_apart(tmp_path):
 
     from condense.data import split_digest
 
-    rows = [
-        {
-            "context": f"Doc {i // 2} part {i % 2}.",
-            "prompt": "p",
-            "completion": "c",
-            "group": i // 2,
-        }
-        for i in range(24)
-    ]
-    data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = write_jsonl(tmp_path / "d.jsonl", document_rows(12, 2))
     # The split as such a run made it: every row its own context's group.
     old = [replace(s, group=None) for s in load_samples(str(data), DatasetConfig(), 0)]
     trained, validated = split_train_val(old, 6, 0)

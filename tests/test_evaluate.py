@@ -29,6 +29,7 @@ from condense.model import IGNORE_INDEX, Condenser
 from condense.samples import Sample
 from condense.synthetic import synthetic_samples
 from condense.weights import load_causal_lm
+from tests.conftest import write_jsonl
 
 
 def test_exact_match_normalises_case_punctuation_and_articles():
@@ -450,7 +451,7 @@ def test_the_one_passage_note_says_what_to_change(tiny_pair, tmp_path):
     _untrained_artifact(tiny_pair, tmp_path / "art")
     data = tmp_path / "one.jsonl"
     rows = [{"context": "Ka sat.", "prompt": p, "completion": "Ka."} for p in ("Who?", "What?")]
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(data, rows)
     for limit, hint in ((None, f" (--data {data} holds one)"), (1, " (a larger --limit)")):
         results = run_eval(str(tmp_path / "art"), str(data), limit, tmp_path / "eval.json")
         assert results["notes"][0] == ONE_PASSAGE_NOTE + hint
@@ -514,7 +515,7 @@ def test_an_out_the_results_cannot_go_to_is_one_line_before_anything_loads(
     rows = [{"context": "A cat sat.", "prompt": "Who sat?", "completion": "A cat."}]
     (tmp_path / "folder").mkdir()
     for data in (tmp_path / "data.jsonl", tmp_path / "folder" / "data.jsonl"):
-        data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        write_jsonl(data, rows)
     given = tmp_path / "folder" if out.startswith("folder/") else tmp_path / "data.jsonl"
     argv = ["eval", "--artifact", str(tmp_path / "art"), "--data", str(given)]
     with pytest.raises(SystemExit) as exit_:
@@ -554,7 +555,7 @@ def test_an_artifact_whose_card_cannot_be_written_still_evaluates(
     _untrained_artifact(tiny_pair, tmp_path / "art")
     rows = [{"context": c, "prompt": "Who?", "completion": "Ka."} for c in ("Ka.", "Lo.")]
     data = tmp_path / "my data.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(data, rows)
     argv = ["eval", "--artifact", str(tmp_path / "art"), "--data", str(data)]
     main([*argv, "--out", str(tmp_path / "first.json")])
     card = (tmp_path / "art" / "README.md").read_text()
@@ -581,7 +582,7 @@ def test_eval_skips_bad_rows_when_asked_and_says_how_many(tiny_pair, tmp_path, c
     rows = [{"context": c, "prompt": "Who?", "completion": "Ka."} for c in ("Ka.", "Lo.", "Mo.")]
     rows.insert(1, {"context": "Bo.", "prompt": "Who?", "completion": None})
     data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(data, rows)
     argv = ["eval", "--artifact", str(tmp_path / "art"), "--data", str(data)]
     with pytest.raises(SystemExit):
         main([*argv, "--out", str(tmp_path / "stopped.json")])
@@ -603,7 +604,7 @@ def test_eval_notes_a_folders_left_out_files_and_the_artifacts_own_training_data
     data.mkdir()
     rows = [{"context": c, "prompt": "Who?", "completion": "Ka."} for c in ("Ka.", "Lo.", "Mo.")]
     rows.insert(1, {"context": "Bo.", "prompt": "Who?", "completion": None})
-    (data / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(data / "train.jsonl", rows)
     (data / "test.jsonl").write_text(json.dumps(rows[0]) + "\n")
     _untrained_artifact(tiny_pair, tmp_path / "art", train_data=str(data.resolve()))
     main(["eval", "--artifact", str(tmp_path / "art"), "--data", str(data), "--skip-bad-rows",
@@ -629,8 +630,8 @@ def test_eval_scores_a_folders_test_split_where_asked(tiny_pair, tmp_path, capsy
     data = tmp_path / "data"
     data.mkdir()
     rows = [{"context": c, "prompt": "Who?", "completion": "Ka."} for c in ("Ka.", "Lo.", "Mo.")]
-    (data / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    (data / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[:2]))
+    write_jsonl(data / "train.jsonl", rows)
+    write_jsonl(data / "test.jsonl", rows[:2])
     _untrained_artifact(tiny_pair, tmp_path / "art", train_data=str(data.resolve()))
     argv = ["eval", "--artifact", str(tmp_path / "art"), "--out", str(tmp_path / "eval.json")]
     main([*argv, "--data", str(data), "--split", "test"])

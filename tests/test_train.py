@@ -20,7 +20,13 @@ from condense.module import CheckpointMismatchError, CondenseModule
 from condense.run_dir import read_checkpoint
 from condense.training import describe, train, trained_commits
 from condense.weights import load_causal_lm
-from tests.conftest import cache_as_hub_commit, shifted_copy, tiny_config
+from tests.conftest import (
+    cache_as_hub_commit,
+    document_rows,
+    shifted_copy,
+    tiny_config,
+    write_jsonl,
+)
 
 SUMMARY_KEYS = {
     "steps",
@@ -331,9 +337,9 @@ def test_resuming_after_the_data_file_changed_says_so(tiny_pair, tmp_path):
         }
         for i in range(31)
     ]
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows[:30]))
+    write_jsonl(data, rows[:30])
     train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, data=str(data)))
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(data, rows)
     with pytest.raises(DataError) as err:
         train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=4, data=str(data)))
     assert f"--data {data} has changed since the run started (30 rows then, 31 now)" in str(
@@ -352,17 +358,7 @@ def test_resuming_a_run_from_before_the_group_column_was_read_says_so(
     import condense.samples
     from condense.samples import DataError
 
-    data = tmp_path / "data.jsonl"
-    rows = [
-        {
-            "context": f"Doc {i // 3} part {i % 3}.",
-            "prompt": "p",
-            "completion": "c",
-            "group": i // 3,
-        }
-        for i in range(30)
-    ]
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = write_jsonl(tmp_path / "data.jsonl", document_rows(10, 3))
     read = condense.samples.row_fields
     monkeypatch.setattr(condense.samples, "row_fields", lambda row: {**read(row), "group": None})
     train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, data=str(data)))
