@@ -139,7 +139,7 @@ class SaveOnSigterm(Callback):
             raise KeyboardInterrupt
         self._set_stop("Ctrl-C", 128 + signal.SIGINT)
         rank_zero_info(
-            "\ncondense: Ctrl-C: stopping after this step with a checkpoint"
+            "condense: Ctrl-C: stopping after this step with a checkpoint"
             " (Ctrl-C again stops at once, without one)"
         )
         # Lightning's handler logs "Received SIGTERM: 15", which the user did not send.

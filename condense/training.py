@@ -7,6 +7,7 @@ import functools
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -23,6 +24,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from condense.build import build
 from condense.callbacks import ExportBest, LogGenerations
@@ -65,6 +67,30 @@ class _NoAdvert(logging.Filter):
         return "litlogger" not in record.getMessage()
 
 
+# Where Lightning's lines print, and condense's through rank_zero_info (see quiet_lightning):
+# handlers on "lightning.pytorch" and "lightning.fabric", or on "lightning" alone where the
+# root logger had one when Lightning was imported (which then prints them too).
+LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+
+
+def lines_above_progress_bar() -> Any:
+    """A context in which Lightning's log lines print above its progress bar, through
+    tqdm.write: on a terminal they shared the bar's line, which then drew again below them
+    ("... val_loss=5.870]`Trainer.fit` stopped")."""
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
+    # Only those that print: tqdm adds its handler to every logger it is given, and one
+    # on a logger that passes its lines up to a printing one would print them twice.
+    return logging_redirect_tqdm([log for log in loggers if _prints(log)])
+
+
+def _prints(log: logging.Logger) -> bool:
+    """Whether `log` has a handler of its own that writes to stdout or stderr."""
+    return any(
+        isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
+        for handler in log.handlers
+    )
+
+
 @functools.cache
 def quiet_lightning() -> None:
     """Silence Lightning's warnings and lines that a condense run causes on purpose; once a
@@ -96,7 +122,8 @@ def train(cfg: TrainConfig, *, check_finished: bool = True) -> dict[str, Any]:
     """
     quiet_lightning()
     try:
-        return _train(cfg, check_finished)
+        with lines_above_progress_bar():
+            return _train(cfg, check_finished)
     finally:
         if not cfg.run_dir:
             # The folder resolve_run_dir chose is this run's alone, however the run ended:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -269,15 +270,18 @@ def test_condense_train_test_runs_on_the_embedded_model(tmp_path):
             "--run-dir",
             str(run_dir),
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream, as on a terminal
         text=True,
         timeout=600,
         check=False,
     )
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 0, out.stdout[-2000:]
     summary = yaml.safe_load((run_dir / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["val_loss_initial"] > 0
     assert "val loss: initial" in out.stdout
+    # Lightning's line (stderr) on a line of its own, not after the bar's text (stdout).
+    assert re.search(r"(^|[\r\n])`Trainer.fit` stopped: `max_steps=2` reached", out.stdout)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ import csv
 import importlib
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -471,6 +473,37 @@ def test_a_sigterm_in_the_first_validation_stops_the_run_and_says_so(
         train(tiny_config(*tiny_pair, tmp_path / "run"))
     assert "SIGTERM during the first validation: stopped before any training step" in caplog.text
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# A progress bar on stdout and a line logged through Lightning mid-bar, as during fit.
+MID_BAR = """
+import sys
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from tqdm import tqdm
+from condense.training import lines_above_progress_bar
+with lines_above_progress_bar():
+    bar = tqdm(total=4, file=sys.stdout, desc="Epoch 1", mininterval=0)
+    bar.update(1)
+    rank_zero_info("condense: SIGTERM: saved step 1")
+    bar.close()
+"""
+
+
+def test_a_line_logged_mid_progress_bar_prints_on_a_line_of_its_own():
+    """condense's messages during fit (Ctrl-C, SIGTERM) go through Lightning's logging to
+    stderr, its progress bar to stdout: on a terminal a message carried on the bar's line
+    ("... train_loss=5.870]condense: SIGTERM: saved step 17 ..."), which then drew again."""
+    out = subprocess.run(
+        [sys.executable, "-c", MID_BAR],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream, as on a terminal
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert out.count("condense: SIGTERM: saved step 1") == 1, out
+    before = out.split("condense: SIGTERM")[0]
+    assert "Epoch 1" in before and before.endswith(("\r", "\n")), out  # the bar's line cleared
 
 
 def test_a_loss_that_is_not_a_number_is_null_in_summary_json_and_said_why():
