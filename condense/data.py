@@ -9,9 +9,11 @@ import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader
 
 from condense.batches import Collator, LengthGroupedBatchSampler, ResumableDataLoader, length_keys
@@ -245,10 +247,21 @@ def split_digest(seed: int, train_count: int, val_samples: list[Sample]) -> str:
     themselves, which another seed, data source (a Hub dataset's new revision too), edit
     of a data file or dataset setting that picks or cuts samples changes."""
     digest = hashlib.blake2b(f"{seed} {train_count}".encode(), digest_size=8)
-    for sample in val_samples:
+    _add_texts(digest, val_samples)
+    return digest.hexdigest()
+
+
+def samples_digest(samples: list[Sample]) -> str:
+    """A digest of samples' texts, in their order."""
+    digest = hashlib.blake2b(digest_size=8)
+    _add_texts(digest, samples)
+    return digest.hexdigest()
+
+
+def _add_texts(digest: Any, samples: list[Sample]) -> None:
+    for sample in samples:
         for text in (sample.context, sample.prompt, sample.completion):
             digest.update(text.encode() + b"\0")
-    return digest.hexdigest()
 
 
 # The dataset settings that pick or cut samples: what SPLIT_CHANGED names, beside the
@@ -290,6 +303,11 @@ SPLIT_CHANGED = (
 GROUPS_READ = (
     "; or it was started before condense read the data's group column (commit a8c093a),"
     " and split without it"
+)
+# Said where only the training samples changed (see check_same_split).
+TRAINING_CHANGED = (
+    "its training samples changed since the run started (not their count, nor the"
+    " validation split): it goes on with them as they are now"
 )
 TARGETS_CHANGED = (
     "read its validation samples otherwise (another dataset.max_tokens or train_on_prompt,"
@@ -343,6 +361,7 @@ class CondenseDataModule(L.LightningDataModule):
         self.val_set: list[Tokenized] = []
         self.train_samples: list[Sample] = []
         self.val_samples: list[Sample] = []
+        self.train_digest = ""  # samples_digest of train_samples, from setup
         self.report = DataReport()
 
     def setup(self, stage: str | None = None) -> None:
@@ -361,6 +380,8 @@ class CondenseDataModule(L.LightningDataModule):
                 f" {len(self.val_samples)} for validation), fewer than one batch"
                 f" (dataset.batch_size={self.cfg.batch_size})"
             )
+        # Once: checkpoints keep it, and hashing a large training set takes a while.
+        self.train_digest = samples_digest(self.train_samples)
         self.train_set, self.val_set = (
             tokenize(part, self.encoder_tok, self.decoder_tok, self.cfg, self.report)
             for part in (self.train_samples, self.val_samples)
@@ -375,6 +396,7 @@ class CondenseDataModule(L.LightningDataModule):
         # Kept in checkpoints for check_same_split, and only read there.
         return {
             "split": self.split_digest(),
+            "train": self.train_digest,
             "source": source_digest(self.source, self.seed, self.cfg),
             "rows_read": self.report.rows_read,
             "targets": self.targets_digest(),
@@ -432,6 +454,12 @@ class CondenseDataModule(L.LightningDataModule):
         elif "validated" in saved and saved["validated"] != self.validated_digest():
             reason = VALIDATED_CHANGED
         else:
+            # Rows edited in place, their count the same: the split holds, and the run goes
+            # on with the rows as they are now, which the user may have meant. Said, so
+            # that it is not silent.
+            if "train" in saved and saved["train"] != self.train_digest:
+                self.report.training_samples_changed = True
+                rank_zero_info(f"condense: note: --data {self.source}: {TRAINING_CHANGED}")
             return
         fixes = [fix] if fix else []
         fixes += ["start afresh with --resume never", "or carry its weights into a new run"]

@@ -52,6 +52,7 @@ class DataReport:
     targets_cut_to_max_tokens: int = 0
     files_left_out: list[str] = field(default_factory=list)  # of a --data folder
     one_validation_passage: bool = False  # so no val_loss_wrong
+    training_samples_changed: bool = False  # since the run started: resumed on edited rows
 
     def skip(self, problem: str) -> None:
         self.rows_skipped += 1
@@ -82,6 +83,11 @@ class DataReport:
                 " (of other tasks)"
             )
         notes += [f"{count} {what}" for what, count in cuts.items() if count]
+        if self.training_samples_changed:
+            notes.append(
+                "the training samples changed while the run was stopped (not their count,"
+                " nor the validation split): it went on with them as they were at the resume"
+            )
         if self.one_validation_passage:
             notes.append(
                 "val_loss_wrong: none, as every validated sample is of one passage, with no"

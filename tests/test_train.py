@@ -325,20 +325,25 @@ def test_resuming_on_another_split_is_refused_before_anything_is_written(
     assert train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=4))["resumed_at_step"] == 2
 
 
+def _lantern_rows(count: int) -> list[dict[str, str]]:
+    """Rows of a data file, each of its own passage."""
+    return [
+        {
+            "context": f"Passage {i} tells of {i} lanterns.",
+            "prompt": "How many?",
+            "completion": f"{i}",
+        }
+        for i in range(count)
+    ]
+
+
 def test_resuming_after_the_data_file_changed_says_so(tiny_pair, tmp_path):
     """A row appended to the data file was refused as "another seed, data source or
     dataset setting", none of which had changed."""
     from condense.samples import DataError
 
     data = tmp_path / "data.jsonl"
-    rows = [
-        {
-            "context": f"Passage {i} tells of {i} lanterns.",
-            "prompt": "How many?",
-            "completion": f"{i}",
-        }
-        for i in range(31)
-    ]
+    rows = _lantern_rows(31)
     write_jsonl(data, rows[:30])
     train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, data=str(data)))
     write_jsonl(data, rows)
@@ -351,6 +356,32 @@ def test_resuming_after_the_data_file_changed_says_so(tiny_pair, tmp_path):
     # A setting changed too: the message names them, as it cannot tell which of the two.
     with pytest.raises(DataError, match=r"another seed, data source or dataset setting"):
         train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=4, data=str(data), seed=3))
+
+
+def test_resuming_after_a_training_row_was_edited_says_so(tiny_pair, tmp_path, capsys, caplog):
+    """An edit that kept the row count and the validation split resumed without a word."""
+    from condense.data import load_samples
+    from condense.samples import split_train_val
+
+    data = tmp_path / "data.jsonl"
+    rows = _lantern_rows(30)
+    write_jsonl(data, rows)
+    cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, data=str(data))
+    train(cfg)
+    train_samples, _ = split_train_val(load_samples(str(data), cfg.dataset, cfg.seed), 12, cfg.seed)
+    edited = next(i for i, row in enumerate(rows) if row["context"] == train_samples[0].context)
+    rows[edited]["completion"] = "eleven"
+    write_jsonl(data, rows)
+    capsys.readouterr()
+    summary = train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=4, data=str(data)))
+    assert summary["steps"] == 4
+    assert f"--data {data}: its training samples changed since the run started" in caplog.text
+    # And in the closing notes.
+    assert "went on with them as they were at the resume" in capsys.readouterr().out
+    # Resumed again on the same rows: nothing more to say.
+    caplog.clear()
+    train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=6, data=str(data)))
+    assert "training samples changed" not in caplog.text + capsys.readouterr().out
 
 
 def test_resuming_a_run_from_before_the_group_column_was_read_says_so(
