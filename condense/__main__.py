@@ -123,6 +123,7 @@ def push_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="condense push",
         exit_on_error=False,
+        allow_abbrev=False,
         description="Upload an artifact to a Hugging Face Hub model repo (token from HF_TOKEN).",
     )
     parser.add_argument("artifact", help="The artifact folder (a run's artifact/).")
@@ -155,6 +156,7 @@ def generate_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="condense generate",
         exit_on_error=False,
+        allow_abbrev=False,
         description="Condense a context, then let the decoder answer a prompt from it.",
     )
     parser.add_argument(
@@ -177,6 +179,7 @@ def eval_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="condense eval",
         exit_on_error=False,
+        allow_abbrev=False,
         description="Score an artifact per task with no context, a wrong context, the condensed"
         " context and the full context.",
     )
@@ -227,6 +230,7 @@ def import_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="condense import",
         exit_on_error=False,
+        allow_abbrev=False,
         description="Turn a checkpoint folder of the original trainer (checkpoints/modules.pt"
         " and a peft adapter) into a condense artifact. The pickle is read with"
         " weights_only=True: a file carrying code is refused, not run.",

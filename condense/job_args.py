@@ -50,6 +50,23 @@ def resolve_configs(argv: list[str]) -> list[str]:
     return out
 
 
+def configs_first(argv: list[str]) -> list[str]:
+    """The job files (--config) moved before every other argument, in their own order:
+    the parser applies arguments in order, so `--max_steps 3 --config J` trained J's
+    max_steps, where flags on the line override the job file wherever they stand."""
+    configs, rest = [], []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--config" and index + 1 < len(argv):
+            configs += argv[index : index + 2]
+            index += 2
+            continue
+        (configs if arg.startswith("--config=") else rest).append(arg)
+        index += 1
+    return configs + rest
+
+
 JOB_NAME = re.compile(r"(jobs/)?[\w.-]+")  # what may name a shipped job, not inline YAML
 
 
@@ -97,6 +114,7 @@ def train_parser() -> ArgumentParser:
         description="Train a condenser. Every option below can be set in a job YAML (--config)"
         " and overridden on the command line; dashes and underscores are interchangeable.",
         exit_on_error=False,
+        allow_abbrev=False,
     )
     parser.add_argument(
         "--test",
@@ -125,7 +143,7 @@ def parse_job(parser: ArgumentParser, argv: list[str]) -> tuple[TrainConfig, Nam
         # jsonargparse prints and exits inside the parse, before the config's own checks:
         # `--max-steps 0 --print_config` printed a job that training refuses.
         parse_job(parser, [arg for arg in argv if arg not in printing])
-    argv = resolve_configs(normalize_flags(argv))
+    argv = configs_first(resolve_configs(normalize_flags(argv)))
     if "--test" in argv:
         if any(arg.partition("=")[0] == "--config" for arg in argv):
             # Both name a job, and the later file would silently win over the test job.
@@ -142,10 +160,8 @@ def parse_job(parser: ArgumentParser, argv: list[str]) -> tuple[TrainConfig, Nam
 
 
 def _asks_to_print(arg: str) -> bool:
-    """Whether `arg` is --print_config, spelt with dashes or abbreviated as argparse takes
-    it (`--print_conf=skip_null`; `--print` alone is ambiguous there)."""
-    name = normalize_flags([arg])[0].partition("=")[0]
-    return len(name) > len("--print") and "--print_config".startswith(name)
+    """Whether `arg` is --print_config, spelt with dashes or underscores."""
+    return normalize_flags([arg])[0].partition("=")[0] == "--print_config"
 
 
 def _file_asks_for_test(parser: ArgumentParser, argv: list[str]) -> bool:

@@ -35,6 +35,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         prog="python -m launch run",
         description="Run a condense job on this node: caches, cluster, resume, W&B, artifact."
         " Unknown flags are `condense train` overrides.",
+        allow_abbrev=False,  # a prefix of one of these would not reach condense train
     )
     parser.add_argument("job", help="A job name in jobs/ (test, default) or a job YAML path.")
     parser.add_argument(
@@ -56,7 +57,8 @@ def check_own_settings(
     cfg, checkpoint_dir: Path, resume: str, cluster: clusters.Cluster | None = None
 ) -> None:
     """Refuse overrides that moved the run dir or the checkpoint to resume from, or that
-    reshaped the cluster's processes, however they were spelt (--run-di, a --config file):
+    reshaped the cluster's processes, however they were spelt (--run-dir, --run_dir; a
+    --config file among them goes before every flag, so it cannot):
     training would write or resume elsewhere than the folder a restarted job looks in, or
     wait for nodes that do not exist (`--num-nodes 2` on one machine hung at "MEMBER: 1/2")."""
     if cfg.run_dir != str(checkpoint_dir) or cfg.resume != resume:

@@ -29,6 +29,15 @@ def test_test_flag_loads_the_test_job_and_lets_flags_override_it():
     assert (cfg.max_steps, cfg.seed, cfg.model.num_condense_tokens) == (7, 3, 5)
 
 
+def test_flags_override_the_job_file_before_or_after_it(tmp_path):
+    """`--max_steps 3 --config J` trained J's max_steps: the parser applies in order."""
+    later = tmp_path / "later.yaml"
+    later.write_text("seed: 5\nmax_steps: 9\n")
+    argv = ["--max_steps", "3", "--config", "test", f"--config={later}", "--name", "x"]
+    cfg = parse_train(argv)
+    assert (cfg.max_steps, cfg.seed, cfg.name) == (3, 5, "x")  # files in their order
+
+
 def test_stable_flags_reach_the_config(tmp_path):
     cfg = parse_train(
         ["--config", str(job_path("test")), "--run-dir", str(tmp_path), "--data", "x.jsonl"]
@@ -89,9 +98,7 @@ def test_a_job_file_saying_test_is_the_test_job_under_it(tmp_path, capsys):
     )
 
 
-@pytest.mark.parametrize(
-    "flag", ["--print_config", "--print-config=skip_null", "--print_conf=skip_null"]
-)
+@pytest.mark.parametrize("flag", ["--print_config", "--print-config=skip_null"])
 def test_print_config_checks_the_job_before_printing_it(flag, capsys):
     """It printed `max_steps: 0` with status 0, where training refuses it: the README
     offers --print_config as the check of a job before a cloud launch retries it."""
@@ -103,6 +110,21 @@ def test_print_config_checks_the_job_before_printing_it(flag, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--test", "--max-steps", "3", flag])
     assert exit_.value.code == 0 and "max_steps: 3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["bench", "--test", "--max_step", "3"], "--max_step (did you mean --max_steps?)"),
+        (["train", "--conf", "test"], "--conf (did you mean --config?)"),
+        (["eval", "--artifact", "a", "--out", "o.json", "--deb"], "--deb (did you mean --debug?)"),
+    ],
+)
+def test_an_abbreviated_option_is_refused(argv, message, capsys):
+    """argparse took unique prefixes: bench ran with `--max_step 3` unused (it refuses
+    --max_steps, which it would not use), `--conf test` skipped the lookup of jobs/ names,
+    and `--deb` turned on nothing that --debug does."""
+    assert command_error(argv, capsys) == [f"condense: error: unknown option {message}"]
 
 
 def test_test_and_config_together_are_refused(capsys):

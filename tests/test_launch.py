@@ -16,7 +16,7 @@ import torch
 
 from launch.checkpoints import newest_valid_checkpoint
 from launch.cluster import Cluster, detect, modal_cluster_env
-from launch.run import node_environment
+from launch.run import node_environment, parse_args
 from launch.spec import LaunchSpec
 from tests.conftest import job_under_test, tiny_job
 
@@ -73,6 +73,14 @@ def test_a_plain_machine_keeps_the_jobs_own_devices():
 def test_a_rank_outside_the_nodes_is_refused():
     with pytest.raises(ValueError, match="node rank 2"):
         detect({"SKYPILOT_NODE_RANK": "2", "SKYPILOT_NODE_IPS": "a\nb"})
+
+
+def test_a_prefix_of_the_entrys_own_flag_is_an_override_not_that_flag():
+    """`--checkpoint x` was taken as --checkpoint-dir: argparse's prefixes. Now it goes to
+    condense train as an override, which refuses it by name."""
+    args, overrides = parse_args(["test", "--checkpoint", "x", "--hub", "me/x"])
+    assert args.checkpoint_dir is None and args.hub_repo is None
+    assert overrides == ["--checkpoint", "x", "--hub", "me/x"]
 
 
 def test_hub_cache_goes_to_the_mounted_cache(tmp_path):
@@ -138,16 +146,11 @@ def test_a_bad_flag_on_a_node_is_one_line_exit_2(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-@pytest.mark.parametrize(
-    "override", [["--run-dir", "x"], ["--run_dir=x"], ["--resume", "x"], ["--run-di", "x"], "job"]
-)
-def test_the_run_dir_and_resume_are_the_entrys_own(override, tmp_path, capsys):
+@pytest.mark.parametrize("override", [["--run-dir", "x"], ["--run_dir=x"], ["--resume", "x"]])
+def test_the_run_dir_and_resume_are_the_entrys_own(override, capsys):
     from condense.job_args import job_path, parse_train
     from launch.run import check_own_settings, train_argv
 
-    if override == "job":  # a job file among the overrides, naming its own run_dir
-        (tmp_path / "other.yaml").write_text("run_dir: elsewhere\n")
-        override = ["--config", str(tmp_path / "other.yaml")]
     # Passed on, the run would write elsewhere than the folder a restart resumes from.
     cfg = parse_train(train_argv(job_path("test"), Path("/ck"), "never", None, override))
     with pytest.raises(SystemExit) as stop:
@@ -158,7 +161,27 @@ def test_the_run_dir_and_resume_are_the_entrys_own(override, tmp_path, capsys):
     check_own_settings(kept, Path("/ck"), "never")  # other overrides pass
 
 
-@pytest.mark.parametrize("override", [["--num-nodes", "2"], ["--devices=4"], ["--num_nod", "2"]])
+def test_a_job_file_among_the_overrides_cannot_move_the_run_or_reshape_the_cluster(tmp_path):
+    """Job files go before every flag (flags override them wherever they stand), so one
+    among the overrides sets neither the entry's run dir nor the cluster's shape; and a
+    flag's prefix (`--run-di`), which argparse took for the flag, is refused by name."""
+    from condense.config import ConfigError
+    from condense.job_args import job_path, parse_train
+    from launch.run import check_own_settings, train_argv
+
+    other = tmp_path / "other.yaml"
+    other.write_text("run_dir: elsewhere\nresume: auto\nnum_nodes: 3\n")
+    cluster = Cluster(node_ips=("10.0.0.5",), node_rank=0, gpus_per_node=1)
+    argv = train_argv(job_path("test"), Path("/ck"), "never", cluster, ["--config", str(other)])
+    cfg = parse_train(argv)
+    assert (cfg.run_dir, cfg.resume, cfg.num_nodes) == ("/ck", "never", 1)
+    check_own_settings(cfg, Path("/ck"), "never", cluster)
+    for prefix, flag in [("--run-di", "--run_dir"), ("--num_nod", "--num_nodes")]:
+        with pytest.raises(ConfigError, match=f"unknown option .* \\(did you mean {flag}\\?\\)"):
+            parse_train(train_argv(job_path("test"), Path("/ck"), "never", None, [prefix, "2"]))
+
+
+@pytest.mark.parametrize("override", [["--num-nodes", "2"], ["--devices=4"]])
 def test_the_clusters_shape_is_not_overridden(override, capsys):
     """`--num-nodes 2` on a one-node cluster came after the cluster's own flags and won:
     Lightning waited for a second node that never came ("MEMBER: 1/2"), for ever."""
