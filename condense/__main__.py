@@ -19,6 +19,7 @@ arguments and config, 1 for the rest); `--debug` shows the full traceback instea
 from __future__ import annotations
 
 import difflib
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -384,6 +385,10 @@ def run_bench(argv: list[str]) -> None:
         raise ConfigError(
             f"--steps must be 1 or more and --warmup 0 or more, got {args.steps}, {args.warmup}"
         )
+    cores = os.cpu_count() or 1
+    if args.threads is not None and args.threads > cores:
+        # torch.set_num_threads(100000) ended the process with a segfault and no word.
+        raise ConfigError(f"--threads: at most {cores}, this machine's CPUs, got {args.threads}")
     shape = sample_shape(cfg, args) if args.random_weights else None
     if shape is None and (args.context_tokens or args.target_tokens):
         raise ConfigError("--context-tokens and --target-tokens need --random-weights")

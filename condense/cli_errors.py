@@ -58,7 +58,7 @@ def check_job_file(path: Path) -> None:
     import yaml
 
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_keys_loader())
     except UnicodeDecodeError as err:
         raise ConfigError(f"--config {path}: not UTF-8 text (byte {err.start})") from err
     except yaml.YAMLError as err:
@@ -72,6 +72,14 @@ def check_job_file(path: Path) -> None:
         raise ConfigError(
             f"--config {path}: expected a mapping of settings, got {type(loaded).__name__}"
         )
+    for group in ("model", "dataset", "optim"):
+        # Every setting under it commented out: jsonargparse said "Unexpected config:", or
+        # failed with a TypeError where another key followed.
+        if group in loaded and loaded[group] is None:
+            raise ConfigError(
+                f"--config {path}: {group}: is empty: put {group}.* settings under it"
+                " (indented), or remove the line"
+            )
     if isinstance(loaded.get("wandb"), bool):
         # YAML 1.1 reads an unquoted off (or on, no, yes) as a boolean: jsonargparse's
         # "got 'False'" would not say why.
@@ -79,6 +87,39 @@ def check_job_file(path: Path) -> None:
             f"--config {path}: wandb: {str(loaded['wandb']).lower()}: YAML reads an unquoted"
             ' off or on as true/false; quote it: wandb: "off"'
         )
+
+
+def _unique_keys_loader() -> type:
+    """A safe YAML loader that refuses a key given twice in one mapping: YAML loaders keep
+    the last, so `model:` written twice silently dropped the first one's settings."""
+    import yaml
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+            seen = set()
+            for key_node, _ in node.value:
+                # A merge (<<) may be overridden by the mapping's own keys: that is YAML.
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if not _hashable(key):
+                    continue  # construct_mapping names that
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"{key!r} is given twice", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeys
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def option_names(parser: ArgumentParser) -> list[str]:

@@ -143,9 +143,16 @@ def model_name(name: str) -> str:
     anything else (a Hub id, the embedded model) as given. The artifact, config.yaml and
     the LoRA adapter keep the name, and a relative folder broke them from any other working
     folder, where it read as a Hub id."""
-    if name != EMBEDDED_MODEL and Path(name).is_dir():
-        return str(Path(name).resolve())
+    if name != EMBEDDED_MODEL and Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser().resolve())
     return name
+
+
+def expand_home(path: str) -> str:
+    """A path's leading ~ as the home folder: a job file is read by no shell, and a run
+    dir of `~/runs/x` was a folder named ~ for condense and the home folder for Lightning,
+    its checkpoints in one and its summary in the other."""
+    return os.path.expanduser(path) if path.startswith("~") else path
 
 
 @dataclass
@@ -361,6 +368,9 @@ class TrainConfig:
         # From Python (the command line checks types first): a wandb value other than the
         # four ran W&B online; a Path for data was "no data source".
         _check_types(self)
+        self.data = expand_home(self.data)
+        self.resume = expand_home(self.resume)
+        self.run_dir = self.run_dir and expand_home(self.run_dir)
         for name in ("max_steps", "val_every_n_steps", "log_every_n_steps", "num_nodes"):
             value = getattr(self, name)
             _require(value > 0, name, "must be positive", value)
@@ -393,6 +403,13 @@ class TrainConfig:
             "name",
             "must be a folder name (no / or \\)",
             self.name,
+        )
+        # W&B's own rule, which it enforces only once the run dir and config are written.
+        _require(
+            0 < len(self.wandb_project) <= 128 and not set(self.wandb_project) & set("/\\#?%:"),
+            "wandb_project",
+            "must be a W&B project name (1 to 128 characters, none of / \\ # ? % :)",
+            self.wandb_project,
         )
         if self.hub_repo is not None:
             check_hub_repo(self.hub_repo, "hub_repo")

@@ -178,10 +178,22 @@ def inside(path: str | Path, folder: str | Path) -> bool:
     return Path(folder).is_dir() and Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 
-def _artifact_holding(path: Path) -> Path | None:
+def artifact_holding(path: Path) -> Path | None:
     """The artifact folder that `path` is, or lies in; None where there is none."""
     folders = (path, *path.absolute().parents)
     return next((p for p in folders if (p / ARTIFACT_CONFIG_FILE).is_file()), None)
+
+
+def _run_holding(path: Path) -> Path | None:
+    """The run folder that `path` is a file of (its summary.json, config.yaml, a
+    checkpoint, ...: run_dir.RUN_FILES); None where there is none."""
+    from condense.run_dir import RUN_FILES  # which imports this module
+
+    path = path.absolute()
+    for folder in path.parents:
+        if (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir():
+            return folder if path.relative_to(folder).parts[0] in RUN_FILES else None
+    return None
 
 
 def json_out(
@@ -199,7 +211,7 @@ def json_out(
     if out is None:
         return None
     path = Path(out)
-    artifact = _artifact_holding(path)
+    artifact = artifact_holding(path)
     if artifact is not None:
         # Results there would be pushed with it, and outlive the weights they were of at its
         # next save (a new best in training, an import), which keeps what it finds.
@@ -207,6 +219,13 @@ def json_out(
         raise ConfigError(
             f"--out {out} is {'an artifact' if artifact == path else 'in the artifact'} folder"
             f" {artifact}, which holds the artifact alone: write the results beside it ({beside})"
+        )
+    run = _run_holding(path)
+    if run is not None:
+        # A checkpoint or summary.json replaced by results: the run no longer resumed.
+        raise ConfigError(
+            f"--out {out} is one of the files of the run in {run}: give the results a name of"
+            f" their own ({run / example})"
         )
     if path.is_dir():
         raise ConfigError(f"--out {out} is a folder: give the JSON file's path ({path / example})")

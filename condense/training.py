@@ -32,7 +32,7 @@ from condense.checkpoint_io import AtomicCheckpointIO, BestAndLastCheckpoint
 from condense.config import ConfigError, TrainConfig, first_line
 from condense.data import CondenseDataModule, is_synthetic
 from condense.device import FLOAT16_ON_CPU, check_devices, on_gpu, resolve_precision
-from condense.files import inside, write_atomic, write_json
+from condense.files import artifact_holding, inside, write_atomic, write_json
 from condense.loggers import (
     drop_rows_from,
     finish_wandb,
@@ -210,8 +210,8 @@ def _training_precision(cfg: TrainConfig) -> str:
 
 
 def _checked_run_dir(cfg: TrainConfig) -> Path:
-    """The run's folder (resolve_run_dir), refused where it is a file or lies inside the
-    --data folder."""
+    """The run's folder (resolve_run_dir), refused where it is a file, or lies inside the
+    --data folder or an artifact folder."""
     run_dir = resolve_run_dir(cfg)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run_dir {str(run_dir)!r} is a file, not a folder")
@@ -222,6 +222,14 @@ def _checked_run_dir(cfg: TrainConfig) -> Path:
         # Its artifact's JSON files would be read as training data by the next run.
         raise ConfigError(
             f"run_dir {run_dir} is inside the --data folder {cfg.data}: give a run dir outside it"
+        )
+    artifact = artifact_holding(run_dir)
+    if artifact is not None:
+        # Checkpoints, metrics and a second artifact inside it, all pushed with it.
+        where = "an artifact folder" if artifact == run_dir else f"inside the artifact {artifact}"
+        raise ConfigError(
+            f"run_dir {run_dir} is {where}, whose folder holds the artifact alone: give a run"
+            " dir outside it"
         )
     return run_dir
 
@@ -412,8 +420,9 @@ def make_trainer(
             enable_model_summary=False,
         )
     # What Lightning raises for devices or a strategy it cannot use (foo: TypeError and
-    # ValueError; 0: MisconfigurationException); the settings were checked, the rest is its.
-    except (ValueError, TypeError, MisconfigurationException) as err:
+    # ValueError; 0: MisconfigurationException; a 31-digit count: OverflowError); the
+    # settings were checked, the rest is its.
+    except (ValueError, TypeError, OverflowError, MisconfigurationException) as err:
         raise ConfigError(
             f"devices={cfg.devices!r}, strategy={cfg.strategy!r}, num_nodes={cfg.num_nodes}:"
             f" {first_line(err)}"

@@ -15,6 +15,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+# Imported here, as the rest of the suite does at collection: Lightning binds its log
+# handler to the stderr of the moment, and imported inside a case that is the case's
+# capture (a later case's info line went to a closed stream; run alone, this file failed).
+import lightning.pytorch  # noqa: F401
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -100,6 +104,12 @@ def run_dir_is_a_file(folder: Path) -> list[str]:
     return ["--run-dir", str(folder / "taken")]
 
 
+def run_dir_in_an_artifact(folder: Path) -> list[str]:
+    (folder / "artifact").mkdir()
+    (folder / "artifact" / "condense_config.json").write_text("{}")
+    return ["--run-dir", str(folder / "artifact" / "run")]
+
+
 # (id, input, exit status, what the one line must say)
 # fmt: off
 CASES = [
@@ -181,6 +191,17 @@ CASES = [
      r"--config .*job.yaml: expected a mapping of settings, got list"),
     ("job-file-wandb-off-unquoted", job_file("wandb: off\n"), CONFIG,
      r'--config .*job.yaml: wandb: false: YAML reads an unquoted off .*quote it: wandb: "off"'),
+    # YAML keeps a key's last value: the first model:'s settings were dropped unsaid.
+    ("job-file-key-twice", job_file("model:\n  lora_r: 3\nmodel:\n  lora_alpha: 5\n"),
+     CONFIG, r"job.yaml: not valid YAML, line 3 column 1: 'model' is given twice"),
+    # Its settings all commented out: a TypeError traceback where another key followed.
+    ("job-file-group-emptied", job_file("model:\nmax_steps: 3\n"), CONFIG,
+     r"job.yaml: model: is empty: put model.\* settings under it \(indented\), or remove"),
+    # W&B refused it with 48 lines, after config.yaml and hparams.yaml were written.
+    ("wandb-project-with-a-slash", flags("--wandb", "offline", "--wandb_project", "a/b"), CONFIG,
+     r"wandb_project must be a W&B project name .*got 'a/b'"),
+    ("devices-too-many-digits", flags("--devices", "1" + "0" * 30), CONFIG,
+     r"devices=10+, strategy='auto', num_nodes=1: cannot fit 'int'"),
     ("job-file-missing", flags("--config", "/no/such/job.yaml"), CONFIG,
      r"--config: File does not exist"),
     ("int-given-text", flags("--max-steps", "abc"), CONFIG,
@@ -230,6 +251,10 @@ CASES = [
     ("model-folder-without-a-model", folder_of("notes.txt", "--model.encoder"), DATA,
      r"model '.*': a folder without a model \(no config.json\)"),
     ("run-dir-is-a-file", run_dir_is_a_file, CONFIG, r"run_dir '.*taken' is a file"),
+    # Checkpoints, metrics and a second artifact grew inside it, and were pushed with it.
+    ("run-dir-in-an-artifact", run_dir_in_an_artifact, CONFIG,
+     r"run_dir .*artifact/run is inside the artifact .*artifact, whose folder holds the artifact"),
+
     ("resume-from-missing-checkpoint", flags("--resume", "/no/such.ckpt"), DATA,
      r"--resume /no/such.ckpt: no such checkpoint"),
     ("resume-from-a-file-that-is-not-a-checkpoint", not_a_checkpoint, DATA,

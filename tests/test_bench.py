@@ -562,3 +562,13 @@ def test_plan_time_and_cost_scale_as_one_over_the_mfu(tmp_path, capsys):
     assert command_error(["plan", "--test", "--mfu", "1.5"], capsys) == [
         "condense: error: --mfu must be in (0, 1], got 1.5"
     ]
+
+
+def test_more_threads_than_the_machine_has_are_refused(capsys):
+    """torch.set_num_threads(100000) ended the process with a segfault and no word."""
+    from tests.conftest import command_error
+
+    cores = os.cpu_count()
+    assert command_error(["bench", "--test", "--threads", str(cores + 1)], capsys) == [
+        f"condense: error: --threads: at most {cores}, this machine's CPUs, got {cores + 1}"
+    ]

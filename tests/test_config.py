@@ -56,3 +56,20 @@ def test_values_of_the_right_kind_in_another_form_are_taken_in_the_fields_form()
     assert alpha == 8 and isinstance(alpha, int)
     assert DatasetConfig(synthetic_facts=(1, 2), tasks=("qa",)).synthetic_facts == [1, 2]
     assert TrainConfig(max_steps=np.int64(5), devices=(0,)).max_steps == 5
+
+
+def test_a_path_from_the_home_folder_is_expanded(tmp_path, monkeypatch):
+    """A job file is read by no shell: `run_dir: ~/runs/x` was a folder named ~ for
+    condense and the home folder for Lightning, checkpoints in one, summary in the other."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "models" / "enc").mkdir(parents=True)
+    cfg = TrainConfig(
+        run_dir="~/runs/x",
+        data="~/data.jsonl",
+        resume="~/last.ckpt",
+        model=ModelConfig(encoder="~/models/enc"),
+    )
+    assert cfg.run_dir == str(tmp_path / "runs" / "x")
+    assert (cfg.data, cfg.resume) == (str(tmp_path / "data.jsonl"), str(tmp_path / "last.ckpt"))
+    assert cfg.model.encoder == str(tmp_path / "models" / "enc")
+    assert TrainConfig(data="synthetic", resume="auto").resume == "auto"

@@ -98,6 +98,25 @@ def test_an_out_in_an_artifact_folder_is_refused_for_every_command(out, tmp_path
     assert not (tmp_path / "art" / "sub").exists()
 
 
+@pytest.mark.parametrize("out", ["checkpoints/last.ckpt", "summary.json", "config.yaml"])
+def test_an_out_that_is_a_file_of_a_run_is_refused(out, tmp_path):
+    """eval --out run/checkpoints/last.ckpt replaced the checkpoint with its JSON, and the
+    next train said "not a readable checkpoint"; plan --out run/summary.json, its summary."""
+    from condense.config import ConfigError
+    from condense.files import json_out
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "summary.json", "checkpoints/last.ckpt"):
+        (run / name).write_text("kept")
+    with pytest.raises(
+        ConfigError, match=rf"files of the run in {run}: .*\({run / 'eval.json'}\)$"
+    ):
+        json_out(run / out, "eval.json")
+    assert json_out(run / "eval.json", "eval.json") == run / "eval.json"  # beside them
+    assert {p.read_text() for p in run.rglob("*") if p.is_file()} == {"kept"}
+
+
 def test_write_json_makes_its_folders_and_leaves_no_temporary_file(tmp_path):
     """bench --out and plan --out wrote in place: a reader could see half a file."""
     out = tmp_path / "results" / "bench.json"
