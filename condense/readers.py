@@ -25,6 +25,7 @@ from condense.samples import (
     DataError,
     DataReport,
     Sample,
+    Unreadable,
     from_rows,
     row_samples,
     some_samples,
@@ -316,7 +317,8 @@ def _json_array_rows(path: Path) -> list[Any]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed row or what is wrong with the line), blank lines left out.
+    """(line number, parsed row or an Unreadable saying what is wrong with the line),
+    blank lines left out.
 
     Read as bytes and decoded a line at a time, so that bytes that are not UTF-8 are
     named by their line instead of failing the whole file.
@@ -326,22 +328,20 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as err:
-                yield (
-                    number,
-                    f"not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})",
-                )
+                where = f"byte {raw[err.start]:#04x} at column {err.start + 1}"
+                yield number, Unreadable(f"not valid UTF-8 ({where})")
                 continue
             if not line.strip():
                 continue
             try:
                 yield number, json.loads(line)
             except json.JSONDecodeError as err:
-                yield number, f"not a JSON object ({err.msg})"
+                yield number, Unreadable(f"not a JSON object ({err.msg})")
 
 
 def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, Any]]:
-    """(the line a record starts on, its cells by the header's names, or what is wrong
-    with it), blank lines left out. Every cell stays text as written: a completion "4"
+    """(the line a record starts on, its cells by the header's names, or an Unreadable
+    saying what is wrong with it), blank lines left out. Every cell stays text as written: a completion "4"
     is not made a number, as a type-guessing reader would. Header names are stripped of
     blank space ("context, prompt"); a name given twice is refused."""
     csv.field_size_limit(CSV_CELL_LIMIT)
@@ -370,16 +370,16 @@ def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, Any]]:
             raise DataError(f"{path}: line {end + 1}: not readable as CSV ({err})") from None
 
 
-def _csv_row(header: list[str], cells: list[str]) -> dict[str, str] | str:
+def _csv_row(header: list[str], cells: list[str]) -> dict[str, str] | Unreadable:
     """A CSV record's cells by name, or what is wrong with it."""
     if len(cells) != len(header):
-        return f"{len(cells)} cells, where the header has {len(header)}"
+        return Unreadable(f"{len(cells)} cells, where the header has {len(header)}")
     for name, cell in zip(header, cells):
         try:
             cell.encode("utf-8")
         except UnicodeEncodeError as err:
             byte = ord(cell[err.start]) - 0xDC00  # surrogateescape's code for the byte
-            return f"field {name!r} is not valid UTF-8 (byte {byte:#04x})"
+            return Unreadable(f"field {name!r} is not valid UTF-8 (byte {byte:#04x})")
     return dict(zip(header, cells))
 
 

@@ -31,6 +31,15 @@ class DataError(ValueError):
     """Data that cannot be used, named by its origin and row."""
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """What a reader yields in a row's place for a line it could not read as one (not
+    JSON, not UTF-8, a CSV record of the wrong width): not a plain string, since a row
+    may itself be a JSON string, which row_fields names as the wrong kind of row."""
+
+    problem: str
+
+
 @dataclass
 class DataReport:
     """What reading and cutting the data did to it, for summary.json.
@@ -198,7 +207,7 @@ def from_rows(
     report: DataReport | None = None,
 ) -> list[Sample]:
     """Samples from numbered rows, each a dict in either our columns or the original's, or
-    a string saying why that row could not even be read.
+    an Unreadable saying why that row could not even be read.
 
     A row that cannot be used raises DataError naming `origin`, the row and the problem,
     unless `skip_bad`: then it is counted in `report`. No usable row at all is a DataError.
@@ -215,7 +224,7 @@ def row_samples(
     samples = []
     for number, row in rows:
         report.rows_read += 1
-        fields = row if isinstance(row, str) else row_fields(row)
+        fields = row.problem if isinstance(row, Unreadable) else row_fields(row)
         if isinstance(fields, str):
             where = f"{origin}: {unit} {number}: {fields}"
             if not skip_bad:

@@ -474,6 +474,22 @@ def test_a_line_that_is_not_json_is_named(tmp_path):
         load_samples(str(path), DatasetConfig(), seed=0)
 
 
+@pytest.mark.parametrize("name", ["rows.jsonl", "rows.json"])
+def test_a_row_that_is_a_json_string_is_named_as_the_wrong_kind_of_row(tmp_path, name):
+    """A string row was taken for the reader's own note on an unreadable line, and
+    printed as if it were the problem: `line 2: just a string`."""
+    path = tmp_path / name
+    rows = [ORIGINAL_ROWS[0], "just a string"]
+    if name.endswith(".jsonl"):
+        write_jsonl(path, rows)
+    else:
+        path.write_text(json.dumps(rows))
+    unit = "line" if name.endswith(".jsonl") else "row"
+    wrong = rf"{name}: {unit} 2: expected an object with context, prompt, completion, got str"
+    with pytest.raises(DataError, match=wrong):
+        load_samples(str(path), DatasetConfig(), seed=0)
+
+
 def test_a_row_without_a_field_is_named(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(
