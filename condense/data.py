@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,16 @@ def load_samples(
     elif Path(source).is_dir():
         samples = read_folder(Path(source), skip, report, split)
     elif data_suffix(Path(source)) or Path(source).exists():
-        if not Path(source).is_file():
+        if not Path(source).exists():
             raise DataError(f"--data {source}: no such file")
+        if not Path(source).is_file():
+            # /dev/null, or the pipe <(cat f.jsonl) makes, was "no such file". A pipe is
+            # read once, where a run reads its data again to resume, and eval to rebuild
+            # the run's validation split.
+            raise DataError(
+                f"--data {source}: {_special_file(Path(source))}, not a data file or folder"
+                " (write the rows to a file, and give that)"
+            )
         if split not in (None, "train"):
             raise unsplit
         samples = read_file(Path(source), skip, report)
@@ -106,6 +115,16 @@ def load_samples(
     cut = [_cut(s, cfg.max_characters) for s in samples]
     report.contexts_cut_to_max_characters += sum(a is not b for a, b in zip(samples, cut))
     return cut
+
+
+def _special_file(path: Path) -> str:
+    """What a path that is neither a regular file nor a folder is: a pipe, a device."""
+    mode = path.stat().st_mode
+    if stat.S_ISFIFO(mode):
+        return "a pipe (as <(...) gives)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
 
 
 def _cut(sample: Sample, max_characters: int) -> Sample:

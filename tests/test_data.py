@@ -6,6 +6,7 @@ import bz2
 import gzip
 import json
 import lzma
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -313,6 +314,16 @@ def test_a_folder_is_read_however_it_is_named(tmp_path, monkeypatch, given):
         str(Path("__pycache__") / "c.jsonl")
         + " (left out by datasets' folder rules: a metadata name or a __folder__)"
     ]
+
+
+def test_a_pipe_or_a_device_as_data_says_what_it_is(tmp_path):
+    """/dev/null and <(cat f.jsonl) were "no such file", though both are there."""
+    pipe = tmp_path / "rows.jsonl"
+    os.mkfifo(pipe)  # never opened: reading it would wait for a writer
+    with pytest.raises(DataError, match=r"rows.jsonl: a pipe \(as <\(...\) gives\), not a data"):
+        load_samples(str(pipe), DatasetConfig(), seed=0)
+    with pytest.raises(DataError, match=r"^--data /dev/null: a device, not a data file or folder"):
+        load_samples("/dev/null", DatasetConfig(), seed=0)
 
 
 def test_a_folder_saved_with_save_to_disk_loads(tmp_path):
