@@ -66,6 +66,8 @@ OPTIONAL_CONFIG_FIELDS = {
     "max_characters": INTEGER,
     "encoder_revision": TEXT,
     "decoder_revision": TEXT,
+    # null: no training config recorded, as an artifact saved from Python or imported.
+    "training_config": OBJECT,
 }
 
 
@@ -328,6 +330,15 @@ def read_config(folder: Path) -> dict[str, Any]:
     check_fields(folder / ARTIFACT_CONFIG_FILE, config, CONFIG_FIELDS)
     check_fields(folder / ARTIFACT_CONFIG_FILE, config["lora"], LORA_FIELDS, "lora.")
     check_fields(folder / ARTIFACT_CONFIG_FILE, config, OPTIONAL_CONFIG_FIELDS, optional=True)
+    # eval reads the tasks and skip_bad_rows of its dataset section to rebuild the split.
+    if config.get("training_config") is not None:
+        check_fields(
+            folder / ARTIFACT_CONFIG_FILE,
+            config["training_config"],
+            {"dataset": OBJECT},
+            "training_config.",
+            optional=True,
+        )
     return config
 
 

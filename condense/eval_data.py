@@ -102,7 +102,8 @@ def _run_samples(
     """Every sample the artifact's run loaded, both splits: its recorded training data,
     seed and number of synthetic passages, and the tasks it kept and the bad rows it
     skipped (from its training config, where the artifact records one)."""
-    trained = config.get("training_config", {}).get("dataset", {})
+    # null (read_config lets it be): an artifact that records no training config.
+    trained = (config.get("training_config") or {}).get("dataset") or {}
     sized = replace(
         cut,
         synthetic_passages=config.get("synthetic_passages", cut.synthetic_passages),

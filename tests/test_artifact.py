@@ -351,8 +351,15 @@ def _generate_error(artifact, tmp_path, capsys) -> str:
          "lora.alpha is null, expected a number"),
         (lambda c: json.dumps(c | {"num_condense_tokens": -4}),
          "model.num_condense_tokens must be positive, got -4"),
+        (lambda c: json.dumps(c | {"training_config": "none"}),
+         'training_config is "none", expected an object'),
+        (lambda c: json.dumps(c | {"training_config": {"dataset": []}}),
+         "training_config.dataset is [], expected an object"),
     ],
-    ids=["not-json", "a-list", "a-string-count", "a-null-alpha", "a-negative-count"],
+    ids=[
+        "not-json", "a-list", "a-string-count", "a-null-alpha", "a-negative-count",
+        "a-string-training-config", "a-list-training-dataset",
+    ],
 )  # fmt: skip
 def test_a_damaged_artifact_config_is_one_line_naming_the_file(
     damage, message, tiny_pair, tmp_path, capsys

@@ -30,6 +30,15 @@ def test_synthetic_eval_data_is_passages_the_condenser_never_saw(source, facts):
     assert {s.context for s in eval_samples(config, None, limit=None)} <= seen
 
 
+@pytest.mark.parametrize("recorded", [None, {"dataset": None}])
+def test_a_null_training_config_is_none_recorded(recorded):
+    """`training_config: null` in an artifact's config (read_config lets a null optional
+    field pass) was an AttributeError: 'NoneType' object has no attribute 'get'."""
+    config = {"seed": 3, "train_data": "synthetic", "val_size": 12, "training_config": recorded}
+    expected = eval_samples({k: v for k, v in config.items() if k != "training_config"}, None, None)
+    assert eval_samples(config, None, limit=None) == expected
+
+
 def test_the_default_eval_data_is_the_validation_split_of_a_task_filtered_run():
     """A run that kept one task validated on that task's samples alone; eval rebuilds that
     split, not one drawn from every task."""
