@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from condense.config import TrainConfig
-from condense.files import write_atomic
+from condense.files import ARTIFACT_CONFIG_FILE, write_atomic
 
 RUN_DIR_ENV = "CONDENSE_RUN_DIR"
 MOVING = ".moving"  # in an earlier-* folder while a run's files are being moved into it
@@ -63,16 +63,30 @@ def resolve_resume(resume: str, run_dir: Path) -> str | None:
     if resume == "auto":
         return str(last) if last.is_file() else None
     if Path(resume).is_dir():
-        raise FileNotFoundError(
-            f"--resume {resume} is a folder: give a checkpoint file in it"
-            f" ({Path(resume) / 'last.ckpt'}, say)"
-        )
+        raise FileNotFoundError(f"--resume {resume} is {_folder_for_a_checkpoint(Path(resume))}")
     if not Path(resume).is_file():
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
     start = started_from(run_dir)
     if last.is_file() and start == (Path(resume).resolve(), step_of(read_checkpoint(resume))):
         return str(last)
     return resume
+
+
+def _folder_for_a_checkpoint(folder: Path) -> str:
+    """What the folder given as --resume is, and the checkpoint it holds: its
+    own last.ckpt or best.ckpt, a run folder's in checkpoints/, or that it holds none."""
+    # A run folder's last.ckpt was named as FOLDER/last.ckpt, which is in checkpoints/.
+    for kept in (folder, folder / "checkpoints"):
+        found = sorted(kept.glob("*.ckpt"), key=lambda f: (f.name != "last.ckpt", f.name))
+        if found:
+            return f"a folder: give a checkpoint file in it ({found[0]}, say)"
+    if (folder / ARTIFACT_CONFIG_FILE).is_file():
+        # An artifact holds the trained weights alone, not the optimizer and step a run
+        # goes on from; the checkpoints are in the run folder beside it.
+        beside = folder.parent / "checkpoints" / "last.ckpt"
+        run = f" ({beside}, say)" if beside.is_file() else ""
+        return f"an artifact, not a checkpoint: give its run's checkpoints/last.ckpt{run}"
+    return "a folder holding no checkpoint (a run folder's is checkpoints/last.ckpt)"
 
 
 def started_from(run_dir: Path) -> tuple[Path, int | None] | None:

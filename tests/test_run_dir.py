@@ -30,10 +30,40 @@ def test_resume_ignores_a_leftover_of_a_killed_save(tmp_path):
     assert resolve_resume("auto", tmp_path) is None
 
 
-def test_resume_names_a_folder_given_for_a_checkpoint(tmp_path):
-    (tmp_path / "checkpoints").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"is a folder: give a checkpoint file in it"):
-        resolve_resume(str(tmp_path / "checkpoints"), tmp_path / "run")
+GIVE = r"is a folder: give a checkpoint file in it \("
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ("old", GIVE + r".*old/checkpoints/last.ckpt, say\)$"),
+        ("old/checkpoints", GIVE + r".*old/checkpoints/last.ckpt, say\)$"),
+        ("best", GIVE + r".*best/checkpoints/best.ckpt, say\)$"),
+        (
+            "old/artifact",
+            r"is an artifact, not a checkpoint: .* \(.*old/checkpoints/last.ckpt, say",
+        ),
+        (
+            "empty",
+            r"is a folder holding no checkpoint \(a run folder's is checkpoints/last.ckpt\)$",
+        ),
+    ],
+)
+def test_resume_names_a_folder_given_for_a_checkpoint(given, message, tmp_path):
+    """A run folder was told to give FOLDER/last.ckpt, which is in FOLDER/checkpoints/,
+    and an artifact folder, which holds no checkpoint at all, the same."""
+    for name in (
+        "old/checkpoints/last.ckpt",
+        "old/checkpoints/best.ckpt",
+        "best/checkpoints/best.ckpt",
+    ):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "old" / "artifact").mkdir()
+    (tmp_path / "old" / "artifact" / "condense_config.json").write_text("{}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=rf"^--resume {tmp_path / given} {message}"):
+        resolve_resume(str(tmp_path / given), tmp_path / "run")
 
 
 def test_a_run_dir_that_cannot_be_made_is_named(tiny_pair, tmp_path):
