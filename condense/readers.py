@@ -133,9 +133,28 @@ def read_folder(
     ]
     if not chosen:
         raise _no_files_of(split, folder, files, left_out)
+    _refuse_copies(folder, chosen)
     report.files_left_out += left_out
     samples = [s for f in chosen for s in _file_samples(f, skip_bad, report)]
     return some_samples(samples, str(folder), report)
+
+
+def _refuse_copies(folder: Path, chosen: list[Path]) -> None:
+    """A DataError where two of a folder's files to be read are one file, compressed and
+    otherwise (a.jsonl and a.jsonl.gz): both were read, and every row trained on twice,
+    without a word. Refused, not one of them read: which is the current one (the copy
+    compressed for the Hub, or an edit made since) cannot be told from the names."""
+    copies: dict[Path, list[Path]] = {}
+    for f in chosen:
+        uncompressed = f.with_suffix("") if f.suffix.lower() in COMPRESSIONS else f
+        copies.setdefault(uncompressed, []).append(f)
+    twice = next((found for found in copies.values() if len(found) > 1), None)
+    if twice:
+        names = " and ".join(str(f.relative_to(folder)) for f in twice)
+        raise DataError(
+            f"--data {folder}: {names} are copies of one file, compressed differently: all would be read,"
+            " every row twice (keep one)"
+        )
 
 
 def _no_files_of(

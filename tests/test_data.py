@@ -386,6 +386,20 @@ def test_compressed_json_files_are_read_alone_and_in_a_folder(name, opener, tmp_
         assert [s.completion for s in samples] == ["z0", "z1", "z2"]
 
 
+def test_a_folder_holding_a_file_and_its_compressed_copy_is_refused(tmp_path):
+    """a.jsonl beside a.jsonl.gz: both were read, every row twice, without a word."""
+    write_jsonl(tmp_path / "a.jsonl", _rows("a"))
+    with gzip.open(tmp_path / "a.jsonl.gz", "wt") as f:
+        f.write((tmp_path / "a.jsonl").read_text())
+    write_jsonl(tmp_path / "b.jsonl", _rows("b"))  # another file, still fine
+    with pytest.raises(
+        DataError, match=r"^--data .*: a.jsonl and a.jsonl.gz are copies of one file, compressed"
+    ):
+        load_samples(str(tmp_path), DatasetConfig(), seed=0)
+    (tmp_path / "a.jsonl").unlink()
+    assert len(load_samples(str(tmp_path), DatasetConfig(), seed=0)) == 6
+
+
 def test_csv_and_tsv_files_are_read_with_every_cell_as_text(tmp_path):
     """A folder of CSV files, the form many hand-made sets come in, was refused."""
     (tmp_path / "train.csv").write_text(
