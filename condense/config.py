@@ -229,7 +229,7 @@ class DatasetConfig:
             make short passages whose content a small condenser learns in a few hundred
             CPU steps (the test job); a one-fact passage is continued from the middle of
             its sentence.
-        tasks: Keep only these tasks (null keeps all).
+        tasks: Keep only these tasks (null keeps all; an empty list is refused).
         skip_bad_rows: Skip rows that cannot be used (a missing, null or non-text field, an
             empty context or completion, a task that is neither text nor an integer id, a field in both sets of
             columns, invalid unicode, a line that is not JSON, a CSV row of more or fewer
@@ -261,6 +261,10 @@ class DatasetConfig:
             )
         workers = self.num_workers
         _require(workers >= 0, "dataset.num_workers", "must be 0 or more", workers)
+        # An empty list trained on every task, as null does: a list emptied by mistake (or
+        # a `--dataset.tasks '[]'` meant as "none") got every task without a word.
+        tasks = self.tasks
+        _require(tasks != [], "dataset.tasks", "must name a task (null keeps every task)", tasks)
 
 
 @dataclass

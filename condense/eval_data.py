@@ -109,7 +109,8 @@ def _run_samples(
         synthetic_passages=config.get("synthetic_passages", cut.synthetic_passages),
         # Without these a task-filtered run's split is rebuilt from every task (scoring
         # tasks it never trained on), and a run that skipped a bad row fails on it.
-        tasks=trained.get("tasks"),
+        # An empty list, which dataset.tasks now refuses, trained a run on every task.
+        tasks=trained.get("tasks") or None,
         # Or eval's --skip-bad-rows: a run's data may have gained a bad row since.
         skip_bad_rows=trained.get("skip_bad_rows", False) or cut.skip_bad_rows,
     )

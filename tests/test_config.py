@@ -73,3 +73,10 @@ def test_a_path_from_the_home_folder_is_expanded(tmp_path, monkeypatch):
     assert (cfg.data, cfg.resume) == (str(tmp_path / "data.jsonl"), str(tmp_path / "last.ckpt"))
     assert cfg.model.encoder == str(tmp_path / "models" / "enc")
     assert TrainConfig(data="synthetic", resume="auto").resume == "auto"
+
+
+def test_an_empty_task_list_is_refused_naming_null():
+    """`--dataset.tasks '[]'` trained on every task, as null does, without a word."""
+    with pytest.raises(ConfigError, match=r"^dataset.tasks must name a task \(null keeps every"):
+        DatasetConfig(tasks=[])
+    assert DatasetConfig(tasks=None).tasks is None

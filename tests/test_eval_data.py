@@ -30,10 +30,11 @@ def test_synthetic_eval_data_is_passages_the_condenser_never_saw(source, facts):
     assert {s.context for s in eval_samples(config, None, limit=None)} <= seen
 
 
-@pytest.mark.parametrize("recorded", [None, {"dataset": None}])
+@pytest.mark.parametrize("recorded", [None, {"dataset": None}, {"dataset": {"tasks": []}}])
 def test_a_null_training_config_is_none_recorded(recorded):
     """`training_config: null` in an artifact's config (read_config lets a null optional
-    field pass) was an AttributeError: 'NoneType' object has no attribute 'get'."""
+    field pass) was an AttributeError: 'NoneType' object has no attribute 'get'. An empty
+    task list, refused since, trained its run on every task."""
     config = {"seed": 3, "train_data": "synthetic", "val_size": 12, "training_config": recorded}
     expected = eval_samples({k: v for k, v in config.items() if k != "training_config"}, None, None)
     assert eval_samples(config, None, limit=None) == expected
