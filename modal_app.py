@@ -114,7 +114,8 @@ def evaluate(run_name: str = SPEC.job, options: str = "", checkpoint_dir: str = 
     from launch.supervise import TRAIN_PYTHON_ENV, shell_status
 
     extra = shlex.split(options)
-    # Abbreviated too, as condense eval takes them: `--ou x.json` wrote outside the volume.
+    # Prefixes too, though condense eval now refuses them itself: `--ou x.json` wrote outside
+    # the volume when it took them.
     taken = [flag for flag in extra if _names_one_of(flag, ("--artifact", "--out"))]
     if taken:  # the results are read back from eval.json beside the run's artifact
         raise ValueError(f"options may not set {', '.join(taken)}: the run's folder decides it")

@@ -143,8 +143,8 @@ def model_name(name: str) -> str:
     anything else (a Hub id, the embedded model) as given. The artifact, config.yaml and
     the LoRA adapter keep the name, and a relative folder broke them from any other working
     folder, where it read as a Hub id."""
-    if name != EMBEDDED_MODEL and Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser().resolve())
+    if name != EMBEDDED_MODEL and Path(expand_home(name)).is_dir():
+        return str(Path(expand_home(name)).resolve())
     return name
 
 
@@ -152,6 +152,7 @@ def expand_home(path: str) -> str:
     """A path's leading ~ as the home folder: a job file is read by no shell, and a run
     dir of `~/runs/x` was a folder named ~ for condense and the home folder for Lightning,
     its checkpoints in one and its summary in the other."""
+    # os.path's: pathlib's raises where no home folder can be found (~nosuchuser).
     return os.path.expanduser(path) if path.startswith("~") else path
 
 

@@ -224,8 +224,8 @@ def json_out(
     if run is not None:
         # A checkpoint or summary.json replaced by results: the run no longer resumed.
         raise ConfigError(
-            f"--out {out} is one of the files of the run in {run}: give the results a name of"
-            f" their own ({run / example})"
+            f"--out {out} is one of the files of the run in {run} (or in its checkpoints/):"
+            f" give the results a name of their own ({run / example})"
         )
     if path.is_dir():
         raise ConfigError(f"--out {out} is a folder: give the JSON file's path ({path / example})")

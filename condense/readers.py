@@ -152,8 +152,8 @@ def _refuse_copies(folder: Path, chosen: list[Path]) -> None:
     if twice:
         names = " and ".join(str(f.relative_to(folder)) for f in twice)
         raise DataError(
-            f"--data {folder}: {names} are copies of one file, compressed differently: all would be read,"
-            " every row twice (keep one)"
+            f"--data {folder}: {names} are copies of one file (compressed and not, or"
+            " otherwise): every row would be read more than once (keep one)"
         )
 
 
@@ -360,9 +360,10 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
 
 def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, Any]]:
     """(the line a record starts on, its cells by the header's names, or an Unreadable
-    saying what is wrong with it), blank lines left out. Every cell stays text as written: a completion "4"
-    is not made a number, as a type-guessing reader would. Header names are stripped of
-    blank space ("context, prompt"); a name given twice is refused."""
+    saying what is wrong with it), blank lines left out. Every cell stays text as
+    written: a completion "4" is not made a number, as a type-guessing reader would.
+    Header names are stripped of blank space ("context, prompt"); a name given twice is
+    refused."""
     csv.field_size_limit(CSV_CELL_LIMIT)
     # Bytes that are not UTF-8 are kept as escapes, to be named in their row: decoding a
     # chunk ahead of the parser would stop the whole file, and name no line.

@@ -14,7 +14,8 @@ It prepares the node, then calls the same training as `condense train`:
 - the artifact is pushed to the Hub when a repo is given (--hub-repo or $HUB_REPO).
 
 Overrides are `condense train` flags (`--max-steps 500`, `--model.lora_r 64`); they come
-last, so they win over the job file and over what this entry sets.
+last, so they win over the job file and over what this entry sets. A second job file
+(`--config`) is refused among them: condense train applies job files first.
 """
 
 from __future__ import annotations
@@ -75,6 +76,17 @@ def check_own_settings(
         )
 
 
+def check_no_job_file(overrides: list[str]) -> None:
+    """Refuse a --config among the overrides: condense train applies job files before
+    every flag, so its settings would rank below this entry's own flags (run dir, resume,
+    the cluster's shape, the W&B project) and be dropped without a word."""
+    if any(arg.partition("=")[0] == "--config" for arg in overrides):
+        _refuse(
+            "--config among the overrides: the job is this entry's first argument (a name"
+            " in jobs/ or a YAML path); give changes to it as flags"
+        )
+
+
 def _refuse(problem: str) -> None:
     print(f"launch: error: {problem}", file=sys.stderr)
     raise SystemExit(2)
@@ -90,6 +102,13 @@ def node_environment(environ: dict[str, str], spec: LaunchSpec) -> dict[str, str
     if hf_home and "CONDENSE_CACHE" not in environ:
         env["CONDENSE_CACHE"] = str(Path(hf_home) / "condense")
     return env
+
+
+def checkpoint_folder(given: str | None, job: str) -> Path:
+    """--checkpoint-dir, or the job's default; a leading ~ as the home folder, as condense
+    reads run_dir, which check_own_settings compares with it (`--checkpoint-dir '~/ck'`
+    was refused as an override of run_dir that no one gave)."""
+    return Path(given or default_checkpoint_dir(job, SPEC)).expanduser()
 
 
 def default_checkpoint_dir(job: str, spec: LaunchSpec) -> Path:
@@ -118,6 +137,7 @@ def train_argv(
 def main(argv: list[str]) -> None:
     """Run a job on this node; exits 143 when stopped by SIGTERM (checkpoint saved)."""
     args, overrides = parse_args(argv)
+    check_no_job_file(overrides)
     os.environ.update(node_environment(dict(os.environ), SPEC))
     try:  # the cluster's variables, as a launcher or a user set them
         cluster = clusters.detect(os.environ)
@@ -136,7 +156,7 @@ def main(argv: list[str]) -> None:
     from condense.job_args import job_path, parse_train
     from launch.checkpoints import read_run_state
 
-    checkpoint_dir = Path(args.checkpoint_dir or default_checkpoint_dir(args.job, SPEC))
+    checkpoint_dir = checkpoint_folder(args.checkpoint_dir, args.job)
     state = read_run_state(checkpoint_dir)
     if cluster is not None and cluster.num_nodes > 1:
         state = _agree_across_nodes(state, cluster, master_port)

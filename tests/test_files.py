@@ -110,7 +110,8 @@ def test_an_out_that_is_a_file_of_a_run_is_refused(out, tmp_path):
     for name in ("config.yaml", "summary.json", "checkpoints/last.ckpt"):
         (run / name).write_text("kept")
     with pytest.raises(
-        ConfigError, match=rf"files of the run in {run}: .*\({run / 'eval.json'}\)$"
+        ConfigError,
+        match=rf"files of the run in {run} \(or in its checkpoints/\): .*\({run / 'eval.json'}\)$",
     ):
         json_out(run / out, "eval.json")
     assert json_out(run / "eval.json", "eval.json") == run / "eval.json"  # beside them

@@ -16,7 +16,7 @@ import torch
 
 from launch.checkpoints import newest_valid_checkpoint
 from launch.cluster import Cluster, detect, modal_cluster_env
-from launch.run import node_environment, parse_args
+from launch.run import check_no_job_file, checkpoint_folder, node_environment, parse_args
 from launch.spec import LaunchSpec
 from tests.conftest import job_under_test, tiny_job
 
@@ -81,6 +81,29 @@ def test_a_prefix_of_the_entrys_own_flag_is_an_override_not_that_flag():
     args, overrides = parse_args(["test", "--checkpoint", "x", "--hub", "me/x"])
     assert args.checkpoint_dir is None and args.hub_repo is None
     assert overrides == ["--checkpoint", "x", "--hub", "me/x"]
+
+
+def test_a_checkpoint_dir_from_the_home_folder_is_the_run_dir(tmp_path, monkeypatch):
+    """condense expands run_dir's ~: an unexpanded --checkpoint-dir '~/ck' then differed
+    from it, and was refused as an override of run_dir that no one gave."""
+    from condense.job_args import job_path, parse_train
+    from launch.run import check_own_settings, train_argv
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    folder = checkpoint_folder("~/ck", "test")
+    assert folder == tmp_path / "ck"
+    cfg = parse_train(train_argv(job_path("test"), folder, "never", None, []))
+    check_own_settings(cfg, folder, "never")
+
+
+def test_a_job_file_among_the_overrides_is_refused(capsys):
+    """Applied before every flag, its run_dir, cluster shape or W&B project would rank
+    below this entry's own flags and be dropped without a word."""
+    check_no_job_file(["--seed", "3"])
+    with pytest.raises(SystemExit) as stop:
+        check_no_job_file(["--seed", "3", "--config=extra.yaml"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("launch: error: --config among the overrides")
 
 
 def test_hub_cache_goes_to_the_mounted_cache(tmp_path):
