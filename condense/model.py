@@ -56,6 +56,13 @@ class Condenser(nn.Module):
         encoder_hidden = encoder.config.hidden_size
         decoder_hidden = decoder.config.hidden_size
 
+        # A rank above the encoder's width adds nothing that width does not have; a huge one
+        # ran out of memory (1e8) or overflowed inside torch (1e30) in a long traceback.
+        if cfg.lora_r > encoder_hidden:
+            raise ConfigError(
+                f"model.lora_r={cfg.lora_r} is above the encoder's hidden size"
+                f" ({encoder_hidden}): give a rank at most that"
+            )
         lora = LoraConfig(
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,

@@ -382,12 +382,27 @@ def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, Any]]:
             twice = sorted({name for name in header if header.count(name) > 1})
             if twice:
                 raise DataError(f"{path}: line {end}: columns named twice: {', '.join(twice)}")
+            if "context" not in header:
+                # Every row said "missing field 'context'", where the header is what lacks
+                # it: often a file of another separator (;-separated .csv), read as one column.
+                columns = ", ".join(repr(name) for name in header[:8])
+                raise DataError(
+                    f"{path}: line {end}: the header names no 'context' column (it has"
+                    f" {columns}){_other_separator(header, delimiter)}"
+                )
             for cells in reader:
                 start, end = end + 1, reader.line_num
                 if cells:
                     yield start, _csv_row(header, cells)
         except csv.Error as err:
             raise DataError(f"{path}: line {end + 1}: not readable as CSV ({err})") from None
+
+
+def _other_separator(header: list[str], delimiter: str) -> str:
+    """A hint where a header read as one column holds another separator."""
+    names = {",": "comma", "\t": "tab", ";": "semicolon"}
+    found = [sep for sep in names if sep != delimiter and len(header) == 1 and sep in header[0]]
+    return f": is it {names[found[0]]}-separated?" if found else ""
 
 
 def _csv_row(header: list[str], cells: list[str]) -> dict[str, str] | Unreadable:

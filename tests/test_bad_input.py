@@ -164,6 +164,9 @@ CASES = [
     # The type was every suffix: '.1.txt', and '.v2.txt.gz'.
     ("unsupported-dotted-name", file("squad_v1.1.txt", b"context,prompt\n"), DATA,
      r"squad_v1.1.txt: unsupported file type '.txt' \(use"),
+    # Every row said "missing field 'context'": the header, read as one column, lacked it.
+    ("csv-of-semicolons", file("data.csv", b"context;prompt;completion\na;b;c\n"), DATA,
+     r"data.csv: line 1: the header names no 'context' column .*: is it semicolon-separated"),
     ("csv-row-short", file("data.csv", b"context,prompt,completion\na,b\n"), DATA,
      r"data.csv: line 2: 2 cells, where the header has 3"),
     ("csv-not-utf8", file("data.csv", b"context,prompt,completion\ncaf\xe9,b,c\n"), DATA,
@@ -242,6 +245,9 @@ CASES = [
     ("devices-not-a-count", flags("--devices", "foo"), CONFIG, r"devices='foo', strategy="),
     ("devices-zero", flags("--devices", "0"), CONFIG, r"devices=0, strategy="),
     ("unknown-strategy", flags("--strategy", "foo"), CONFIG, r"strategy='foo'.*invalid strategy"),
+    # 1e8 ran out of memory after 75 s; 1e30 was a 67-line torch traceback.
+    ("lora-rank-above-the-width", flags("--model.lora_r", "1000"), CONFIG,
+     r"model.lora_r=1000 is above the encoder's hidden size \(32\): give a rank at most that"),
     ("lora-targets-not-in-the-model", flags("--model.lora_target_modules", "[foo]"), CONFIG,
      r"model.lora_target_modules=\['foo'\]: Target modules"),
     ("model-id-not-found-offline", flags("--model.encoder", "no-org/no-model"), DATA,

@@ -57,7 +57,7 @@ def _pad_more(batch, extra: int, enc_pad: int, dec_pad: int):
 def test_building_a_condenser_warns_nothing(tiny_pair):
     # peft reading transformers' deprecated is_gradient_checkpointing printed a
     # FutureWarning on every train, eval and generate.
-    cfg = ModelConfig(encoder=tiny_pair[0], decoder=tiny_pair[1], num_condense_tokens=4)
+    cfg = ModelConfig(encoder=tiny_pair[0], decoder=tiny_pair[1], num_condense_tokens=4, lora_r=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Condenser(load_causal_lm(tiny_pair[0]), load_causal_lm(tiny_pair[1]), cfg)
