@@ -12,7 +12,7 @@ import difflib
 import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,7 @@ def _unique_keys_loader() -> type:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
                 key = self.construct_object(key_node, deep=deep)
-                if not _hashable(key):
+                if not isinstance(key, Hashable):
                     continue  # construct_mapping names that
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
@@ -112,14 +112,6 @@ def _unique_keys_loader() -> type:
             return super().construct_mapping(node, deep)
 
     return UniqueKeys
-
-
-def _hashable(value: Any) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
 
 
 def option_names(parser: ArgumentParser) -> list[str]:

@@ -108,7 +108,9 @@ def checkpoint_folder(given: str | None, job: str) -> Path:
     """--checkpoint-dir, or the job's default; a leading ~ as the home folder, as condense
     reads run_dir, which check_own_settings compares with it (`--checkpoint-dir '~/ck'`
     was refused as an override of run_dir that no one gave)."""
-    return Path(given or default_checkpoint_dir(job, SPEC)).expanduser()
+    from condense.config import expand_home  # not pathlib's, which raises for ~nosuchuser
+
+    return Path(expand_home(str(given or default_checkpoint_dir(job, SPEC))))
 
 
 def default_checkpoint_dir(job: str, spec: LaunchSpec) -> Path:
