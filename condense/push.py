@@ -37,9 +37,11 @@ def push_artifact(folder: Path, repo: str, public: bool = False) -> str:
     """Upload the artifact in `folder` to the model repo `repo` (OWNER/NAME), creating it
     private unless `public`, with push_token's token. Returns the repo's URL.
     A ConfigError for a `repo` that is no OWNER/NAME, PushError for a push that failed."""
-    import httpx
     from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError
+
+    # HTTPError is the base of the transport errors (a dropped connection, a timeout) of
+    # huggingface_hub's own HTTP client: httpx's up to 1.x, httpx2's from 2.0.
+    from huggingface_hub.errors import HfHubHTTPError, HTTPError
 
     folder = Path(folder)
     check_hub_repo(repo, "--repo")
@@ -60,7 +62,7 @@ def push_artifact(folder: Path, repo: str, public: bool = False) -> str:
         raise PushError(
             f"the Hub refused the push to {repo} (HTTP {status}); {folder} is unchanged"
         ) from None
-    except (OSError, httpx.HTTPError) as err:
+    except (OSError, HTTPError) as err:
         raise PushError(
             f"push to {repo} failed ({type(err).__name__}); {folder} is unchanged"
         ) from None

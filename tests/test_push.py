@@ -32,6 +32,15 @@ def artifact(tiny_pair, tmp_path):
     return tmp_path / "art"
 
 
+def _hub_http_client():
+    """The HTTP client module huggingface_hub uses: httpx up to 1.x, httpx2 from 2.0."""
+    import importlib
+
+    from huggingface_hub.errors import HTTPError
+
+    return importlib.import_module(HTTPError.__module__.partition(".")[0])
+
+
 def _fingerprint(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
@@ -104,15 +113,15 @@ def test_push_to_an_unreachable_hub_fails_fast(artifact, monkeypatch):
 
 
 def test_a_refused_token_is_one_line(artifact, monkeypatch):
-    import httpx
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_TOKEN", "hf_x")
     monkeypatch.setattr("condense.push.reachable", lambda url: True)
-    response = httpx.Response(
-        401, request=httpx.Request("POST", f"{constants.ENDPOINT}/api/repos/create")
+    client = _hub_http_client()
+    response = client.Response(
+        401, request=client.Request("POST", f"{constants.ENDPOINT}/api/repos/create")
     )
 
     def refuse(self, *args, **kwargs):
@@ -124,6 +133,27 @@ def test_a_refused_token_is_one_line(artifact, monkeypatch):
     ) as err:
         push_artifact(artifact, "someone/condenser")
     assert "\n" not in str(err.value)
+
+
+def test_a_connection_dropped_during_the_upload_is_one_line(artifact, monkeypatch):
+    """huggingface_hub 2.x raises its HTTP client's (httpx2's) errors, which the push
+    caught as httpx's: a dropped connection was a traceback."""
+    from huggingface_hub import HfApi
+
+    client = _hub_http_client()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    monkeypatch.setattr("condense.push.reachable", lambda url: True)
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, *args, **kwargs: None)
+
+    def drop(self, *args, **kwargs):
+        raise client.ReadError("connection reset by peer")
+
+    monkeypatch.setattr(HfApi, "upload_folder", drop)
+    before = _fingerprint(artifact)
+    with pytest.raises(PushError, match=r"^push to someone/condenser failed \(ReadError\);"):
+        push_artifact(artifact, "someone/condenser")
+    assert _fingerprint(artifact) == before
 
 
 BAD_REPOS = ["condenser", "a/b/c", "/x", "bad name", "me/two..dots", "me/x.git", "me/-x"]
