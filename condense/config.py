@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import UnionType
@@ -45,6 +46,24 @@ def first_line(err: BaseException) -> str:
     another library's error that a one-line ConfigError or DataError quotes."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def weights_only_refusal(err: BaseException) -> str | None:
+    """What torch's weights-only loading refused, for a one-line message ("not weights
+    alone: it names posix.system, which ..."); None for any other error. torch's own
+    message opens with how to load the file anyway, which would run the code it holds."""
+    import pickle
+
+    text = str(err)
+    if not isinstance(err, pickle.UnpicklingError) or "weights_only" not in text:
+        return None
+    # A file cut short names a half-read global too: code is not the only cause.
+    named = re.search(r"GLOBAL (\S+)", text)
+    what = f"names {named.group(1)}, which" if named else "holds what"
+    return (
+        f"not weights alone: it {what} weights-only loading does not allow"
+        " (code to run, or a damaged file)"
+    )
 
 
 def _require(ok: bool, name: str, rule: str, value: object) -> None:

@@ -12,7 +12,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from condense.batches import other_context
-from condense.config import OptimConfig, first_line
+from condense.config import OptimConfig, first_line, weights_only_refusal
 from condense.model import IGNORE_INDEX, Condenser
 
 
@@ -325,6 +325,9 @@ class CondenseModule(L.LightningModule):
         try:
             checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
+            refusal = weights_only_refusal(err)
+            if refusal:
+                raise CheckpointMismatchError(f"{path}: refused: {refusal}") from None
             reason = first_line(err)
             raise CheckpointMismatchError(f"{path}: not a readable checkpoint ({reason})") from None
         self.check_checkpoint_state(checkpoint.get("state_dict", {}))

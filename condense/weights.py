@@ -10,13 +10,14 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
-from condense.config import EMBEDDED_MODEL, first_line
+from condense.config import EMBEDDED_MODEL, first_line, weights_only_refusal
 from condense.files import umask_modes
 from condense.network import hub_offline, hub_reachable
 
@@ -105,6 +106,11 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 
 SHIPPED_CONFIGS = Path(__file__).resolve().parent / "model_configs"
 
+# Left unset, transformers asks on a terminal whether to run the Python files a model's
+# config names (auto_map): the question would come from a downloaded file (a Hub model, a
+# shared artifact naming one), not from the user, and condense supports no such model.
+NO_MODEL_CODE = {"trust_remote_code": False}
+
 
 def model_config(name: str, revision: str | None = None):
     """The transformers config of `name`: the one shipped in condense/model_configs where
@@ -112,11 +118,26 @@ def model_config(name: str, revision: str | None = None):
     `revision` where one is given."""
     from transformers import AutoConfig
 
+    # An absolute path joined to SHIPPED_CONFIGS is that path: a local model is _loadable's.
     shipped = SHIPPED_CONFIGS / name
-    if (shipped / "config.json").is_file():
+    if not Path(name).is_absolute() and (shipped / "config.json").is_file():
         return AutoConfig.from_pretrained(shipped)
     loadable, revision = _loadable(name, revision)
-    return AutoConfig.from_pretrained(loadable, revision=revision)
+    try:
+        return AutoConfig.from_pretrained(loadable, revision=revision, **NO_MODEL_CODE)
+    except ValueError as err:
+        _refuse_model_code(err, name, "config")
+        raise
+
+
+def _refuse_model_code(err: ValueError, name: str, what: str) -> None:
+    """condense's one line for transformers' refusal (NO_MODEL_CODE) to run the Python
+    code that a model's config or tokenizer names; any other ValueError returns."""
+    if "trust_remote_code" in str(err):
+        raise ModelNotFoundError(
+            f"model {name!r}: its {what} asks to run the model's own Python code (auto_map),"
+            " which condense never does; choose a model that transformers supports"
+        ) from None
 
 
 def causal_lm_from_config(
@@ -156,8 +177,9 @@ def load_tokenizer(name: str, revision: str | None = None):
             " tokenizer_config.json, vocab or .model file)"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(loadable, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(loadable, revision=revision, **NO_MODEL_CODE)
     except ValueError as err:  # "Couldn't instantiate the backend tokenizer from one of: ..."
+        _refuse_model_code(err, name, "tokenizer")
         if not local:
             raise
         reason = first_line(err).rstrip(": ")
@@ -204,11 +226,20 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, revision: str 
             attn_implementation=attention.implementation_for(config),
             weights_only=True,
             output_loading_info=True,
+            **NO_MODEL_CODE,
         )
     except SafetensorError as err:  # names neither the model nor the file
         raise ModelNotFoundError(
             f"model {loadable!r}: {_damaged_weights(loadable)} is damaged or incomplete"
             f" ({err}); copy or download it again"
+        ) from None
+    except pickle.UnpicklingError as err:
+        refusal = weights_only_refusal(err)
+        if refusal is None:
+            raise
+        raise ModelNotFoundError(
+            f"model {loadable!r}: its pickled weights (.bin) were refused: {refusal};"
+            " condense loads weights only: use safetensors weights from a source you trust"
         ) from None
     missing = sorted(loading.get("missing_keys") or ())
     if missing:

@@ -99,6 +99,16 @@ def not_a_checkpoint(folder: Path) -> list[str]:
     return ["--resume", str(folder / "notes.ckpt")]
 
 
+class _RunsCode:
+    def __reduce__(self):
+        return print, ("unpickled",)
+
+
+def a_checkpoint_that_holds_code(folder: Path) -> list[str]:
+    torch.save({"state_dict": {}, "hook": _RunsCode()}, folder / "shared.ckpt")
+    return ["--resume", str(folder / "shared.ckpt")]
+
+
 def run_dir_is_a_file(folder: Path) -> list[str]:
     (folder / "taken").write_text("not a folder")
     return ["--run-dir", str(folder / "taken")]
@@ -265,6 +275,9 @@ CASES = [
      r"--resume /no/such.ckpt: no such checkpoint"),
     ("resume-from-a-file-that-is-not-a-checkpoint", not_a_checkpoint, DATA,
      r"notes.ckpt: not a readable checkpoint"),
+    # torch's message said how to load it anyway: weights_only=False, which runs the code.
+    ("resume-from-a-checkpoint-that-holds-code", a_checkpoint_that_holds_code, DATA,
+     r"shared.ckpt: refused: not weights alone: it names print, which weights-only"),
 ]
 # fmt: on
 if not torch.cuda.is_available():

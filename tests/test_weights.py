@@ -156,6 +156,54 @@ def test_a_truncated_model_weights_file_is_named_as_damaged(tiny_pair, tmp_path,
     )
 
 
+class _RunsCode:
+    """Unpickled, it would write `marker`: what a pickled weights file can hold."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_model_that_names_its_own_code_is_refused_without_asking_or_running_it(
+    tiny_pair, tmp_path
+):
+    """transformers asked "Do you wish to run the custom code? [y/N]" on a terminal (and
+    raised a ValueError paragraph elsewhere), for a config that came from a download or a
+    shared artifact; an absolute path skipped even that, read as a shipped config."""
+    import json
+
+    folder, marker = tmp_path / "own-code", tmp_path / "ran"
+    shutil.copytree(tiny_pair[0], folder)
+    (folder / "configuration_own.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+        "from transformers import PretrainedConfig\n"
+        "class OwnConfig(PretrainedConfig):\n    model_type = 'own'\n"
+    )
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="own", auto_map={"AutoConfig": "configuration_own.OwnConfig"})
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelNotFoundError, match=r"asks to run the model's own Python code"):
+        weights.load_causal_lm(str(folder))
+    assert not marker.exists()
+
+
+def test_pickled_weights_that_hold_code_are_one_line_and_never_run(tiny_pair, tmp_path):
+    """torch's refusal was a traceback whose advice, a load with weights_only=False, runs it."""
+    folder, marker = tmp_path / "pickled", tmp_path / "ran"
+    shutil.copytree(tiny_pair[0], folder)
+    (folder / "model.safetensors").unlink()
+    torch.save({"model.embed_tokens.weight": _RunsCode(marker)}, folder / "pytorch_model.bin")
+    with pytest.raises(
+        ModelNotFoundError, match=r"pickled weights \(\.bin\) were refused: not weights alone"
+    ):
+        weights.load_causal_lm(str(folder))
+    assert not marker.exists()
+
+
 def _tiny_folder(config, tokenizer_from: str, folder, weights_of=None) -> str:
     """`folder` with `config` and the tokenizer of the model folder `tokenizer_from`; with
     random weights of the class `weights_of` where given (else a config alone)."""
