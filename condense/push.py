@@ -6,8 +6,10 @@ that says what to do, and never touches the local artifact, which is only read.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from condense.artifact import read_config
 from condense.config import check_hub_repo
@@ -46,16 +48,23 @@ def push_artifact(folder: Path, repo: str, public: bool = False) -> str:
     folder = Path(folder)
     check_hub_repo(repo, "--repo")
     config = read_config(folder)  # refuse anything but an artifact before any network call
+    check_no_links_out(folder, repo)
     if hub_offline():
         raise PushError(f"cannot push to {repo}: HF_HUB_OFFLINE is set; {folder} is unchanged")
     token = push_token(repo)
+    endpoint = without_credentials(constants.ENDPOINT)
     if not reachable(constants.ENDPOINT):
-        raise PushError(
-            f"cannot push to {repo}: {constants.ENDPOINT} does not answer; {folder} is unchanged"
-        )
+        raise PushError(f"cannot push to {repo}: {endpoint} does not answer; {folder} is unchanged")
     api = HfApi(token=token)
     try:
         api.create_repo(repo, private=not public, exist_ok=True, repo_type="model")
+        # create_repo keeps an existing repo's visibility, whatever `private` says.
+        if not public and api.repo_info(repo, repo_type="model").private is False:
+            raise PushError(
+                f"{repo} exists and is public, and this push is private: give --public (a"
+                " job: hub_public: true) to publish it there, or name another repo;"
+                " nothing was uploaded"
+            )
         api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="condense artifact")
     except HfHubHTTPError as err:
         status = getattr(err.response, "status_code", "?")
@@ -74,7 +83,34 @@ def push_artifact(folder: Path, repo: str, public: bool = False) -> str:
             " it loads only where those exist; train on Hub ids for one that loads anywhere",
             file=sys.stderr,
         )
-    return f"{constants.ENDPOINT}/{repo}"
+    return f"{endpoint}/{repo}"
+
+
+def check_no_links_out(folder: Path, repo: str) -> None:
+    """PushError for a symbolic link in `folder` to anything outside it: the upload would
+    send what it points to (a link left in a shared artifact, to ~/.cache/huggingface/token,
+    would publish the token). Inside a Hub-cache snapshot, links to the repo's blobs are
+    how the cache stores files, and are taken."""
+    folder = folder.resolve()
+    root = folder.parents[1] if folder.parent.name == "snapshots" else folder
+    for where, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            entry = Path(where, name)
+            if entry.is_symlink() and not entry.resolve().is_relative_to(root):
+                raise PushError(
+                    f"cannot push to {repo}: {entry} is a link to {entry.resolve()}, outside"
+                    " the artifact, which the upload would send: copy the file in, or remove"
+                    " the link"
+                )
+
+
+def without_credentials(url: str) -> str:
+    """`url` without a user:password part (an HF_ENDPOINT may carry one), for messages
+    and summary.json."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def _local(name: str) -> bool:

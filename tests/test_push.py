@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,6 +41,31 @@ def _hub_http_client():
     from huggingface_hub.errors import HTTPError
 
     return importlib.import_module(HTTPError.__module__.partition(".")[0])
+
+
+def _fake_hub(monkeypatch, existing_public: bool | None = None) -> dict:
+    """HfApi's calls recorded, for a repo that create_repo makes with the visibility asked
+    for or, with `existing_public`, one that exists already, public or not."""
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi
+
+    calls = {}
+    private = None if existing_public is None else not existing_public
+
+    def create_repo(self, repo, **kw):
+        calls.update(create=(repo, kw))
+        calls["private"] = kw["private"] if private is None else private
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    monkeypatch.setattr("condense.push.reachable", lambda url: True)
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(
+        HfApi, "repo_info", lambda self, repo, **kw: SimpleNamespace(private=calls["private"])
+    )
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.update(upload=kw))
+    return calls
 
 
 def _fingerprint(folder):
@@ -141,10 +168,7 @@ def test_a_connection_dropped_during_the_upload_is_one_line(artifact, monkeypatc
     from huggingface_hub import HfApi
 
     client = _hub_http_client()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv("HF_TOKEN", "hf_x")
-    monkeypatch.setattr("condense.push.reachable", lambda url: True)
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, *args, **kwargs: None)
+    _fake_hub(monkeypatch)
 
     def drop(self, *args, **kwargs):
         raise client.ReadError("connection reset by peer")
@@ -186,21 +210,13 @@ def test_training_refuses_a_bad_hub_repo_before_it_trains():
 
 
 def test_push_creates_a_private_repo_unless_public(artifact, monkeypatch, capsys):
-    from huggingface_hub import HfApi
-
-    calls = {}
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv("HF_TOKEN", "hf_x")
-    monkeypatch.setattr("condense.push.reachable", lambda url: True)
-    monkeypatch.setattr(
-        HfApi, "create_repo", lambda self, repo, **kw: calls.update(create=(repo, kw))
-    )
-    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.update(upload=kw))
+    calls = _fake_hub(monkeypatch)
     push_artifact(artifact, "someone/condenser")
     assert calls["create"][1]["private"] is True
     assert calls["upload"]["folder_path"] == str(artifact)
     from condense.__main__ import main
 
+    calls.clear()
     main(["push", str(artifact), "--repo", "someone/condenser", "--public"])  # the flag
     assert calls["create"][1]["private"] is False
     # Made from local folders, it loads only where they are: the push says so.
@@ -209,6 +225,56 @@ def test_push_creates_a_private_repo_unless_public(artifact, monkeypatch, capsys
         .err.splitlines()[-1]
         .startswith("condense: note: the artifact names local model folders (encoder /")
     )
+
+
+def test_a_private_push_to_an_existing_public_repo_uploads_nothing(artifact, monkeypatch):
+    """create_repo keeps an existing repo's visibility: the private push was published."""
+    calls = _fake_hub(monkeypatch, existing_public=True)
+    with pytest.raises(PushError, match=r"someone/condenser exists and is public, .*--public"):
+        push_artifact(artifact, "someone/condenser")
+    assert "upload" not in calls
+    push_artifact(artifact, "someone/condenser", public=True)
+    assert calls["upload"]["folder_path"] == str(artifact)
+
+
+def test_a_link_to_a_file_outside_the_artifact_is_refused_before_the_hub(
+    artifact, tmp_path, monkeypatch
+):
+    """upload_folder sends what a link points to: a shared artifact's notes.txt linked to
+    the Hub token published the token."""
+    secret = tmp_path / "token"
+    secret.write_text("hf_secret")
+    (artifact / "notes.txt").symlink_to(secret)
+    calls = _fake_hub(monkeypatch)
+    with pytest.raises(PushError, match=r"notes.txt is a link to .*token, outside the artifact"):
+        push_artifact(artifact, "someone/condenser")
+    assert calls == {}
+
+
+def test_a_hub_cache_snapshot_whose_files_link_to_its_blobs_pushes(artifact, tmp_path, monkeypatch):
+    repo = tmp_path / "models--someone--condenser"
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for file in artifact.iterdir():
+        shutil.copy(file, repo / "blobs" / file.name)
+        (snapshot / file.name).symlink_to(Path("../..") / "blobs" / file.name)
+    calls = _fake_hub(monkeypatch)
+    push_artifact(snapshot, "someone/condenser")
+    assert calls["upload"]["folder_path"] == str(snapshot)
+
+
+def test_an_endpoint_with_a_password_is_never_shown_with_it(artifact, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    monkeypatch.setattr(constants, "ENDPOINT", "http://alice:S3CRET@127.0.0.1:9")
+    with pytest.raises(PushError, match=r"http://127.0.0.1:9 does not answer") as err:
+        push_artifact(artifact, "someone/condenser")
+    assert "S3CRET" not in str(err.value)
+    _fake_hub(monkeypatch)
+    assert push_artifact(artifact, "someone/condenser") == "http://127.0.0.1:9/someone/condenser"
 
 
 @pytest.mark.parametrize("public", [False, True])
