@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -426,10 +427,20 @@ EVALUATION_HEADING = "## Evaluation"
 def add_evaluation(folder: Path, table: str, command: str, setting: str = "") -> None:
     """Put an evaluation table into the artifact's model card, replacing any earlier one;
     `setting` (where and in what precision it ran) follows the command."""
-    from condense.files import write_atomic
+    from condense.files import leads_out, write_atomic
 
     card_path = Path(folder) / "README.md"
-    card = card_path.read_text() if card_path.is_file() else ""
+    if leads_out(card_path, Path(folder)):
+        # Its target's text went into the card, which push uploads: a link planted in a
+        # shared artifact, to a private file, published the file.
+        print(
+            f"condense: note: {card_path} is a link out of the artifact; the evaluation's"
+            " card replaces the link (what it points to is unchanged)",
+            file=sys.stderr,
+        )
+        card = ""
+    else:
+        card = card_path.read_text() if card_path.is_file() else ""
     head = card.split(EVALUATION_HEADING)[0].rstrip("\n")
     how = f"`{command}` ({setting})" if setting else f"`{command}`"
     write_atomic(card_path, f"{head}\n\n{EVALUATION_HEADING}\n\nMeasured with {how}:\n\n{table}\n")

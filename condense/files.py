@@ -36,7 +36,7 @@ def replace_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     path = Path(path)
     tmp = temporary_sibling(path)
     try:
-        with open(tmp, "wb") as f:
+        with _create_new(tmp) as f:
             write(f)
             f.flush()
             # On disk before the name points at it: after a power cut the file is whole too.
@@ -47,9 +47,33 @@ def replace_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise
 
 
+def _create_new(path: Path) -> BinaryIO:
+    """`path` opened for writing as a file this call creates: the temporary name is known
+    in advance, and where others can write to the folder (/tmp, a shared disk), a link
+    planted under it would have had the write land in the file it points to."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except FileExistsError:  # left by a killed writer of this pid, or planted
+        path.unlink()
+        fd = os.open(path, flags, 0o666)
+    return os.fdopen(fd, "wb")
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` so that a reader sees the old file or the new one, never a part."""
     replace_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def leads_out(entry: Path, folder: Path) -> bool:
+    """Whether `entry`, in `folder`, is a symbolic link to something outside it; in a
+    Hub-cache snapshot, outside its repo's folder, where the links to blobs that store its
+    files lead."""
+    if not entry.is_symlink():
+        return False
+    folder = folder.resolve()
+    root = folder.parents[1] if folder.parent.name == "snapshots" else folder
+    return not entry.resolve().is_relative_to(root)
 
 
 def write_json(path: Path, data: Any) -> None:

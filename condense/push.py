@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from condense.artifact import read_config
 from condense.config import check_hub_repo
+from condense.files import leads_out
 from condense.network import hub_offline, reachable
 
 
@@ -89,14 +90,11 @@ def push_artifact(folder: Path, repo: str, public: bool = False) -> str:
 def check_no_links_out(folder: Path, repo: str) -> None:
     """PushError for a symbolic link in `folder` to anything outside it: the upload would
     send what it points to (a link left in a shared artifact, to ~/.cache/huggingface/token,
-    would publish the token). Inside a Hub-cache snapshot, links to the repo's blobs are
-    how the cache stores files, and are taken."""
-    folder = folder.resolve()
-    root = folder.parents[1] if folder.parent.name == "snapshots" else folder
+    would publish the token). A Hub-cache snapshot's links to its blobs are taken."""
     for where, dirs, files in os.walk(folder):
         for name in dirs + files:
             entry = Path(where, name)
-            if entry.is_symlink() and not entry.resolve().is_relative_to(root):
+            if leads_out(entry, folder):
                 raise PushError(
                     f"cannot push to {repo}: {entry} is a link to {entry.resolve()}, outside"
                     " the artifact, which the upload would send: copy the file in, or remove"

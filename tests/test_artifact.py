@@ -644,3 +644,27 @@ def test_an_artifact_and_an_original_adapter_with_a_float_alpha_load(tiny_pair, 
     main(["import", str(tmp_path / "original"), "--out", str(tmp_path / "imported"),
           "--encoder", tiny_pair[0], "--decoder", tiny_pair[1]])  # fmt: skip
     assert read_config(tmp_path / "imported")["lora"]["alpha"] == 8
+
+
+def test_an_evaluation_card_never_copies_what_a_link_out_of_the_artifact_points_to(
+    tmp_path, capsys
+):
+    """A README.md linked to a private file had that file's text put into the card, a file
+    of its own, which push then uploaded."""
+    from condense.artifact import add_evaluation
+
+    folder, secret = tmp_path / "art", tmp_path / "secret.txt"
+    folder.mkdir()
+    secret.write_text("ssh key material")
+    (folder / "README.md").symlink_to(secret)
+    add_evaluation(folder, "| a | b |", "condense eval")
+    card = (folder / "README.md").read_text()
+    assert "ssh key" not in card and "| a | b |" in card
+    assert secret.read_text() == "ssh key material"
+    assert "is a link out of the artifact" in capsys.readouterr().err
+    # A link inside the artifact is the user's own card: it is read, and kept.
+    (folder / "card.md").write_text("# My condenser\n")
+    (folder / "README.md").unlink()
+    (folder / "README.md").symlink_to("card.md")
+    add_evaluation(folder, "| c |", "condense eval")
+    assert (folder / "README.md").read_text().startswith("# My condenser\n\n## Evaluation")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from condense.checkpoint_io import AtomicCheckpointIO
-from condense.files import replace_atomic, write_atomic, write_json
+from condense.files import replace_atomic, temporary_sibling, write_atomic, write_json
 
 PACKAGE = Path(__file__).parents[1] / "condense"
 
@@ -27,6 +27,18 @@ def test_a_write_that_fails_half_way_leaves_the_old_file_and_no_leftover(tmp_pat
         replace_atomic(path, half)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_a_link_planted_under_the_temporary_name_is_not_written_through(tmp_path):
+    """The temporary name is known in advance (.NAME.tmp-PID): in a folder others can write
+    to, a link planted there had summary.json's text written into the file it named."""
+    victim, path = tmp_path / "victim.txt", tmp_path / "summary.json"
+    victim.write_text("mine")
+    temporary_sibling(path).symlink_to(victim)
+    write_atomic(path, "{}")
+    assert victim.read_text() == "mine"
+    assert path.read_text() == "{}" and not path.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json", "victim.txt"]
 
 
 def test_checkpoints_are_swapped_in_whole(tmp_path):
