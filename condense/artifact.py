@@ -461,7 +461,8 @@ def local_folder(path_or_id: str) -> Path:
         # A path (/abs/..., runs/x/artifact), not an id: the Hub's reason would mislead.
         raise ArtifactError(f"{path_or_id}: no such folder") from None
     try:
-        return Path(snapshot_download(path_or_id))
+        # What loads, not whatever else the repo holds (checkpoints, data: gigabytes).
+        return Path(snapshot_download(path_or_id, allow_patterns=sorted(ARTIFACT_FILES)))
     except Exception as err:  # offline, not found, no access: all one line for the user
         raise ArtifactError(
             f"{path_or_id}: not a local folder, and not loadable from the Hub ({type(err).__name__})"

@@ -668,3 +668,31 @@ def test_an_evaluation_card_never_copies_what_a_link_out_of_the_artifact_points_
     (folder / "README.md").symlink_to("card.md")
     add_evaluation(folder, "| c |", "condense eval")
     assert (folder / "README.md").read_text().startswith("# My condenser\n\n## Evaluation")
+
+
+def test_a_hub_artifact_downloads_only_the_files_that_load(tiny_pair, tmp_path, monkeypatch):
+    """Its whole repo was downloaded: a checkpoint or data kept beside the artifact on the
+    Hub (gigabytes) came with it. The stand-in downloads as the Hub's allow_patterns do."""
+    import fnmatch
+
+    import huggingface_hub
+
+    repo, snapshot = tmp_path / "repo", tmp_path / "snapshot"
+    cfg = ModelConfig(
+        encoder=tiny_pair[0], decoder=tiny_pair[1], num_condense_tokens=4, lora_r=4, lora_alpha=8
+    )
+    Condenser(load_causal_lm(tiny_pair[0]), load_causal_lm(tiny_pair[1]), cfg).save_pretrained(
+        str(repo)
+    )
+    (repo / "last.ckpt").write_bytes(b"\0" * 1000)
+
+    def download(repo_id, allow_patterns=None, **_):
+        snapshot.mkdir(exist_ok=True)
+        for file in repo.iterdir():
+            if allow_patterns is None or any(fnmatch.fnmatch(file.name, p) for p in allow_patterns):
+                shutil.copy(file, snapshot)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    assert Condenser.from_pretrained("me/condenser").num_condense_tokens == 4
+    assert sorted(p.name for p in snapshot.iterdir()) == sorted(ARTIFACT_FILES)
