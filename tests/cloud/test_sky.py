@@ -126,9 +126,17 @@ def _run_command(task, tmp_path, **envs: str) -> list[str]:
     fake.chmod(0o755)
     env = {**task.envs, **envs, "HOME": str(tmp_path), "PATH": os.environ["PATH"]}
     out = subprocess.run(
-        ["bash", "-c", task.run], env=env, capture_output=True, text=True, check=True
+        ["bash", "-c", task.run], env=env, capture_output=True, text=True, check=True, cwd=tmp_path
     )
     return out.stdout.splitlines()
+
+
+def test_an_override_is_never_read_as_a_file_pattern(task, tmp_path):
+    """`[q_proj,v_proj]` (LoRA targets) became `q` where a file of that name was."""
+    (tmp_path / "q").write_text("")
+    value = "[q_proj,v_proj]"
+    argv = _run_command(task, tmp_path, OVERRIDES=f"--model.lora_target_modules {value}")
+    assert argv[-2:] == ["--model.lora_target_modules", value]
 
 
 @pytest.mark.parametrize("job", ["test", "jobs/test.yaml", "test.yaml"])
