@@ -125,14 +125,17 @@ def push_parser() -> ArgumentParser:
         prog="condense push",
         exit_on_error=False,
         allow_abbrev=False,
-        description="Upload an artifact to a Hugging Face Hub model repo (token from HF_TOKEN).",
+        description="Upload an artifact to a Hugging Face Hub model repo (token from HF_TOKEN,"
+        " or the one `hf auth login` saved).",
     )
     parser.add_argument("artifact", help="The artifact folder (a run's artifact/).")
     parser.add_argument(
         "--repo", required=True, help="OWNER/NAME of the model repo; created if missing."
     )
     parser.add_argument(
-        "--public", action="store_true", help="Create the repo public (default: private)."
+        "--public",
+        action="store_true",
+        help="Create the repo public, or push to one that is; without it, private.",
     )
     return add_debug(parser)
 
