@@ -56,7 +56,8 @@ class ResumableCSVLogger(CSVLogger):
 
 
 def drop_rows_from(metrics: Path, step: int) -> None:
-    """Remove the rows of `metrics` (a metrics.csv) logged at `step` or later.
+    """Remove the rows of `metrics` (a metrics.csv) logged at `step` or later, and a row
+    that a full disk or a kill cut short (it stopped every resume with an IndexError).
 
     A run killed after its last checkpoint logged steps that the resumed run trains and
     logs again; without this, metrics.csv would hold those steps twice. A checkpoint of
@@ -66,15 +67,33 @@ def drop_rows_from(metrics: Path, step: int) -> None:
     if not metrics.is_file():
         return
     with metrics.open(newline="") as f:
-        rows = list(csv.reader(f))
+        text = f.read()
+    rows = list(csv.reader(io.StringIO(text)))
+    whole = text.endswith("\n")
+    if len(rows) == 1 and not whole:  # its header cut short: the resumed run writes it again
+        metrics.unlink()
+        return
     if not rows or "step" not in rows[0]:
         return
-    column = rows[0].index("step")
-    kept = [rows[0]] + [row for row in rows[1:] if int(float(row[column])) < step]
-    if len(kept) < len(rows):
+    if not whole:
+        # A row cut short (a full disk, a kill mid-write): the next would join its line.
+        rows.pop()
+    header, column = rows[0], rows[0].index("step")
+    kept = [header] + [
+        row for row in rows[1:] if len(row) == len(header) and _step(row[column]) < step
+    ]
+    if len(kept) < len(rows) or not whole:
         out = io.StringIO()
         csv.writer(out).writerows(kept)  # \r\n, as Lightning writes it
         write_atomic(metrics, out.getvalue())
+
+
+def _step(cell: str) -> float:
+    """A row's step; infinity, so that the row goes, where a cut-short row left no number."""
+    try:
+        return float(cell)
+    except ValueError:
+        return float("inf")
 
 
 def make_loggers(

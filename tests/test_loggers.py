@@ -68,6 +68,34 @@ def test_a_resume_drops_the_rows_its_checkpoint_did_not_see(tmp_path):
     assert steps == [0, 1, 2, 2, 3] and "9.0" in text and "2.0" not in text
 
 
+@pytest.mark.parametrize("cut", ["2,1.5,", "2,1.5,0.00848", "2", "4,1.5,0.0084"])
+def test_a_resume_drops_a_row_cut_short_and_appends_on_a_line_of_its_own(tmp_path, cut):
+    """A disk that filled while a row was written left it without its end: every resume
+    then stopped with an IndexError; a cut row that still read as an earlier step had the
+    next rows appended onto its line (12 fields under a header of 8)."""
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text(
+        "step,train_loss,val_loss\r\n0,3.0,\r\n1,2.0,\r\n1,,2.5\r\n" + cut, newline=""
+    )
+    drop_rows_from(metrics, 3)
+    resumed = ResumableCSVLogger(tmp_path, name="", version="")
+    resumed.log_metrics({"train_loss": 1.5}, step=3)
+    resumed.save()
+    lines = metrics.read_text().splitlines()
+    assert [line.count(",") for line in lines] == [2] * 5
+    assert [line.split(",")[0] for line in lines[1:]] == ["0", "1", "1", "3"]
+
+
+def test_a_resume_after_a_header_cut_short_writes_it_again(tmp_path):
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("step,train_lo")
+    drop_rows_from(metrics, 3)
+    resumed = ResumableCSVLogger(tmp_path, name="", version="")
+    resumed.log_metrics({"train_loss": 1.5}, step=3)
+    resumed.save()
+    assert metrics.read_text().splitlines() == ["step,train_loss", "3,1.5"]
+
+
 def test_a_resumed_run_continues_its_wandb_run_and_a_fresh_one_does_not(tmp_path):
     (tmp_path / "wandb_run_id").write_text("abcd1234")
     resumed = make_loggers("offline", "condense", "tiny", tmp_path, fresh=False)
