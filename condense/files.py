@@ -42,6 +42,14 @@ def replace_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
             # On disk before the name points at it: after a power cut the file is whole too.
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)
+        # A full disk's OSError names no file (or the temporary one), and torch.save turns
+        # it into a RuntimeError ("unexpected pos 64 vs 0") that a user cannot read.
+        failed = err if isinstance(err, OSError) else err.__context__
+        if not isinstance(failed, OSError) or failed.errno is None:
+            raise
+        raise OSError(failed.errno, failed.strerror, str(path)) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -41,6 +41,31 @@ def test_a_link_planted_under_the_temporary_name_is_not_written_through(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json", "victim.txt"]
 
 
+def test_a_full_disk_is_one_oserror_that_names_the_file(tmp_path):
+    """torch.save into a real file turns the write's ENOSPC into RuntimeError("[enforce
+    fail at inline_container.cc:672] . unexpected pos 64 vs 0"), shown as a 90-line
+    traceback; a plain write's OSError named no file. The stand-in fails as torch does."""
+    import errno
+
+    path = tmp_path / "checkpoints" / "best.ckpt"
+    path.parent.mkdir()
+
+    def torch_save_on_a_full_disk(f):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    def write_on_a_full_disk(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for write in (torch_save_on_a_full_disk, write_on_a_full_disk):
+        with pytest.raises(OSError) as err:
+            replace_atomic(path, write)
+        assert str(err.value) == f"[Errno 28] No space left on device: '{path}'"
+        assert list(path.parent.iterdir()) == []
+
+
 def test_checkpoints_are_swapped_in_whole(tmp_path):
     io = AtomicCheckpointIO()
     path = tmp_path / "checkpoints" / "last.ckpt"
