@@ -1,5 +1,5 @@
-"""Training-time callbacks: what the condenser has learned, beyond a loss, and the
-artifact of its best weights so far."""
+"""Training-time callbacks: what the condenser has learned, beyond a loss, the artifact
+of its best weights so far, and progress bars that end where training ends."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
@@ -18,6 +18,21 @@ from condense.generate import generate
 from condense.samples import Sample
 
 GENERATION_COLUMNS = ["step", "task", "prompt", "reference", "output"]
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bars, also closed when training stops on an exception (SIGTERM,
+    Ctrl-C, an error). Left open, they were drawn again below condense's last line ("saved
+    step N ...; run the same command again to resume", the error), glued to it."""
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        for name in ("val_progress_bar", "train_progress_bar"):
+            try:
+                getattr(self, name).close()
+            except TypeError:  # Lightning's "reference has not been set yet": none opened
+                pass
 
 
 class LogGenerations(Callback):

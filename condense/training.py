@@ -19,7 +19,6 @@ from lightning.pytorch.callbacks import (
     Callback,
     LearningRateMonitor,
     ModelCheckpoint,
-    TQDMProgressBar,
 )
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -27,7 +26,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from condense.build import build
-from condense.callbacks import ExportBest, LogGenerations
+from condense.callbacks import ExportBest, LogGenerations, ProgressBar
 from condense.checkpoint_io import AtomicCheckpointIO, BestAndLastCheckpoint
 from condense.config import ConfigError, TrainConfig, first_line
 from condense.data import CondenseDataModule, is_synthetic
@@ -383,13 +382,14 @@ def make_trainer(
     there are several processes), validation and checkpoints every `val_every_n_steps`.
     Devices or a strategy Lightning refuses are a ConfigError (one line)."""
     callbacks = [
+        # First, so that on an exception its bars close before SaveOnSigterm's last line.
+        ProgressBar(refresh_rate=1),
         checkpoints,
         ExportBest(run_dir / "artifact", cfg),
         SaveOnSigterm(run_dir / "checkpoints" / "last.ckpt", resume_hint(cfg, run_dir)),
         ResumeRandomState(),
         LearningRateMonitor(logging_interval="step"),
         *(extra_callbacks or []),
-        TQDMProgressBar(refresh_rate=1),
     ]
     try:
         return L.Trainer(

@@ -344,6 +344,10 @@ def test_ctrl_c_stops_with_a_checkpoint_and_the_next_run_resumes_there(tiny_pair
     step = _checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]
     assert 0 < step < 1000  # saved where it stopped, before any validation could
     assert f"Ctrl-C: saved step {step}" in log.read_text()
+    # The last words, as a user reads them: the bars that were left open used to be drawn
+    # again after them, at exit.
+    last = log.read_text().rstrip().splitlines()[-1]
+    assert last.startswith(f"condense: Ctrl-C: saved step {step} to "), last
     assert "`weights_only` was not set" not in log.read_text()  # Lightning's, on the save
     assert "Received SIGTERM" not in log.read_text()  # Lightning's too: not what was sent
     # The same job, to end two steps later.
