@@ -251,6 +251,25 @@ def test_a_link_to_a_file_outside_the_artifact_is_refused_before_the_hub(
     assert calls == {}
 
 
+@pytest.mark.parametrize(
+    ("name", "cut", "said"),
+    [
+        ("condenser.safetensors", 0.5, "damaged or incomplete"),
+        ("adapter_model.safetensors", 0.99, "damaged or incomplete"),
+        ("adapter_config.json", 0.0, r"damaged or incomplete \(not a JSON object\)"),
+    ],
+)
+def test_a_damaged_artifact_is_refused_before_the_hub(artifact, monkeypatch, name, cut, said):
+    """Only the files' presence was checked: a copy cut short went up as it stood (here it
+    would have, with the Hub answering)."""
+    path = artifact / name
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * cut)])
+    calls = _fake_hub(monkeypatch)
+    with pytest.raises(ArtifactError, match=f"{re.escape(str(path))}: {said}"):
+        push_artifact(artifact, "someone/condenser")
+    assert calls == {}
+
+
 def test_a_hub_cache_snapshot_whose_files_link_to_its_blobs_pushes(artifact, tmp_path, monkeypatch):
     repo = tmp_path / "models--someone--condenser"
     snapshot = repo / "snapshots" / "abc123"
