@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from condense.config import TrainConfig
+from condense.config import ConfigError, TrainConfig
 from condense.files import ARTIFACT_CONFIG_FILE, write_atomic
 
 RUN_DIR_ENV = "CONDENSE_RUN_DIR"
@@ -46,6 +47,76 @@ def resolve_run_dir(cfg: TrainConfig) -> Path:
     )
     os.environ[RUN_DIR_ENV] = chosen
     return Path(chosen)
+
+
+def launched_as_rank_zero() -> bool:
+    """Whether this process is global rank 0 as its launcher numbered it, before Lightning
+    sets the ranks: Lightning's DDP processes carry LOCAL_RANK, torchrun's RANK, and the
+    nodes of `python -m launch run` NODE_RANK. The one that writes the run's files."""
+    return all(int(os.environ.get(name) or 0) == 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+class RunDirLock:
+    """One `condense train` at a time in a run dir. Two used to resume from each other's
+    checkpoints and write the same files, logging each step twice, without a word.
+
+    An exclusive flock on the folder itself: the kernel lets go when the process ends, a
+    kill included, and no lock file is left to clean up or to move aside with a run. Where
+    the file system has no flock (some mounted buckets), there is no lock.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self._fd: int | None = None
+
+    def take(self) -> None:
+        """Hold the run dir where it exists and this is rank 0 (launched_as_rank_zero); a
+        ConfigError where another process holds it."""
+        if self._fd is not None or not self.run_dir.is_dir() or not launched_as_rank_zero():
+            return
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            return
+        fd = os.open(self.run_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"run_dir {self.run_dir} is in use by another condense train: wait for it to"
+                " end, or give another --run-dir"
+            ) from None
+        except OSError:  # no flock on this file system
+            os.close(fd)
+            return
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def check_writable(run_dir: Path) -> None:
+    """A ConfigError where this process cannot write the run's files: in run_dir (or, where
+    it is still to be made, the nearest folder above it) and its checkpoints/. Asked before
+    the models load; the first checkpoint, a validation interval of training later, found
+    out before."""
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    for folder in (existing, run_dir / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".condense-probe-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise ConfigError(
+                f"run_dir {run_dir}: cannot write in {folder} ({err.strerror or err})"
+            ) from None
 
 
 def resolve_resume(resume: str, run_dir: Path) -> str | None:

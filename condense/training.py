@@ -46,8 +46,11 @@ from condense.push import PushError, push_artifact, push_token
 from condense.rng import ResumeRandomState
 from condense.run_dir import (
     RUN_DIR_ENV,
+    RunDirLock,
+    check_writable,
     continues_run,
     is_finished,
+    launched_as_rank_zero,
     read_checkpoint,
     read_summary,
     record_start,
@@ -137,6 +140,25 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     # The run dir, the checkpoint to resume from, the data and the weights are all checked
     # before anything is written, so a bad input costs nothing but its error message.
     run_dir = _checked_run_dir(cfg)
+    lock = RunDirLock(run_dir)
+    lock.take()
+    try:
+        return _train_in(cfg, check_finished, precision, run_dir, lock, start)
+    finally:
+        lock.release()
+
+
+def _train_in(
+    cfg: TrainConfig,
+    check_finished: bool,
+    precision: str,
+    run_dir: Path,
+    lock: RunDirLock,
+    start: float,
+) -> dict[str, Any]:
+    """_train's run, in `run_dir`, which `lock` holds (or takes once the run makes it)."""
+    if launched_as_rank_zero():
+        check_writable(run_dir)
     resume_from = resolve_resume(cfg.resume, run_dir)
     continues = continues_run(resume_from, run_dir)
     # Before the models load (minutes). Not where a caller decided for every process that
@@ -144,7 +166,9 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     # first node's checkpoint, outside its own folder, and must take part.
     # A finished run's own last step is the same command again: told below, not refused.
     finished = _finished_summary(run_dir, resume_from, cfg.max_steps) if continues else None
-    if resume_from is not None and check_finished and finished is None:
+    if finished is not None and check_finished:
+        return _rerun_of_finished(finished, cfg, run_dir, launched_as_rank_zero())
+    if resume_from is not None and check_finished:
         check_something_to_train(resume_from, cfg.max_steps, own=continues)
     saved = read_checkpoint(resume_from) if resume_from is not None else None
     commits = trained_commits(saved, cfg)
@@ -169,10 +193,9 @@ def _train(cfg: TrainConfig, check_finished: bool) -> dict[str, Any]:
     )
     watch = [LogGenerations(datamodule.val_samples)]
     trainer = make_trainer(cfg, precision, run_dir, loggers, checkpoints, watch)
-    if finished is not None and check_finished:
-        return _rerun_of_finished(finished, cfg, run_dir, trainer.is_global_zero)
     if trainer.is_global_zero:
         _write_run_start(cfg, run_dir, loggers, resume_from, resumed_step, continues)
+        lock.take()  # a run dir made just now
     if resume_from is None:
         module.val_loss_initial = trainer.validate(module, datamodule, verbose=False)[0]["val_loss"]
         stop_if_signalled(trainer)
@@ -248,6 +271,11 @@ def _write_run_start(
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"run_dir {run_dir}: cannot make it ({err.strerror or err})") from None
+    # write_atomic's temporary files (.config.yaml.tmp-PID) that a kill left: no other
+    # process writes here (RunDirLock), and nothing reads them.
+    for stale in run_dir.glob(".*.tmp-*"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
     if continues:
         drop_rows_from(run_dir / "metrics.csv", resumed_step)
     else:

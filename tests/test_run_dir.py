@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,6 +71,55 @@ def test_a_run_dir_that_cannot_be_made_is_named(tiny_pair, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match=r"run_dir .*file/run: cannot make it \(Not a directory"):
         train(tiny_config(*tiny_pair, tmp_path / "file" / "run"))
+
+
+def test_a_run_dir_in_use_by_another_train_is_refused_and_left_alone(tiny_pair, tmp_path):
+    """A second train in the same folder resumed from the first one's checkpoints while it
+    ran, and both wrote the same files: each step logged twice, without a word."""
+    from condense.run_dir import RunDirLock
+
+    cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=2)
+    train(cfg)
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    other = RunDirLock(tmp_path / "run")  # the first one, still training
+    other.take()
+    try:
+        with pytest.raises(ConfigError, match=r"run_dir .*/run is in use by another condense"):
+            train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=4, resume="never"))
+    finally:
+        other.release()
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+    # Once it has ended, the next goes on, and clears what a killed write left.
+    (tmp_path / "run" / ".summary.json.tmp-99999").write_text("{")
+    assert train(tiny_config(*tiny_pair, tmp_path / "run", max_steps=3))["steps"] == 3
+    assert not list((tmp_path / "run").glob(".*.tmp-*"))
+
+
+def test_a_run_dir_it_cannot_write_in_is_refused_before_the_models_load(
+    tiny_pair, tmp_path, monkeypatch
+):
+    """An immutable (or another user's) checkpoints/ was found at the first save, after a
+    validation interval of training. The stand-in refuses as such a folder does: root
+    writes through a chmod."""
+    import tempfile
+
+    import condense.training
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    mkstemp = tempfile.mkstemp
+
+    def refuse_checkpoints(*args, dir, **kwargs):
+        if Path(dir).name == "checkpoints":
+            raise PermissionError(1, "Operation not permitted")
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse_checkpoints)
+    monkeypatch.setattr(condense.training, "build", lambda *_: pytest.fail("models loaded"))
+    with pytest.raises(
+        ConfigError, match=r"run_dir .*/run: cannot write in .*/run/checkpoints \(Operation not"
+    ):
+        train(tiny_config(*tiny_pair, tmp_path / "run"))
+    assert os.listdir(tmp_path / "run" / "checkpoints") == []
 
 
 def test_an_empty_or_unused_folder_has_nothing_to_set_aside(tmp_path):
