@@ -35,6 +35,15 @@ PRECISIONS = (
 )
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 WandbSetting = Literal["auto", "online", "offline", "off"]
+# DataLoader worker processes per training process. A fixed bound, not this machine's CPUs:
+# a job is checked where it is planned as well as where it trains. More than the largest
+# cloud machines' CPUs (an 8-GPU node has 192-224) only compete for them; 1e12 forked
+# processes until the machine ran out of memory.
+MAX_NUM_WORKERS = 256
+# Synthetic passages are generated in memory, three samples each: 200,000 took 5 s and
+# 250 MB on a 2-core CPU before tokenizing, so this bound is ~25 s and ~1.3 GB; 1e12 ran
+# until memory ran out.
+MAX_SYNTHETIC_PASSAGES = 1_000_000
 
 
 class ConfigError(ValueError):
@@ -236,14 +245,15 @@ class DatasetConfig:
         max_characters: Contexts are cut to this many characters before tokenizing.
         batch_size: Samples per optimizer step (per device). Validation batches hold at
             least 2, as val_loss_wrong pairs samples within a batch.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes (0 to 256).
         val_size: Validation samples, taken a whole context at a time so that no context is
             in both splits (a synthetic passage and its prefixes count as one).
         train_on_prompt: Put the prompt tokens in the loss too, as the original trainer did
             (not the BOS a Llama-like tokenizer opens the prompt with: a free target).
             Off by default: the loss is on the completion only.
         synthetic_passages: Passages generated when `data` is "synthetic"; each passage
-            yields a reconstruction, a question-answering and a continuation sample.
+            yields a reconstruction, a question-answering and a continuation sample
+            (1 to 1,000,000: generated in memory).
         synthetic_facts: [lo, hi]: each synthetic passage states lo to hi of its person's
             seven facts (1 <= lo <= hi <= 7). Null: five to seven, ~100 tokens. Fewer facts
             make short passages whose content a small condenser learns in a few hundred
@@ -272,7 +282,13 @@ class DatasetConfig:
     def __post_init__(self) -> None:
         _check_types(self, "dataset.")
         _positive("dataset", self, "max_tokens", "max_characters", "batch_size", "val_size")
-        _positive("dataset", self, "synthetic_passages")
+        passages = self.synthetic_passages
+        _require(
+            0 < passages <= MAX_SYNTHETIC_PASSAGES,
+            "dataset.synthetic_passages",
+            f"must be 1 to {MAX_SYNTHETIC_PASSAGES} (generated in memory, 3 samples each)",
+            passages,
+        )
         facts = self.synthetic_facts
         if facts is not None:
             ok = len(facts) == 2 and 1 <= facts[0] <= facts[1] <= 7
@@ -280,7 +296,12 @@ class DatasetConfig:
                 ok, "dataset.synthetic_facts", "must be [lo, hi] with 1 <= lo <= hi <= 7", facts
             )
         workers = self.num_workers
-        _require(workers >= 0, "dataset.num_workers", "must be 0 or more", workers)
+        _require(
+            0 <= workers <= MAX_NUM_WORKERS,
+            "dataset.num_workers",
+            f"must be 0 to {MAX_NUM_WORKERS} (worker processes per training process)",
+            workers,
+        )
         # An empty list trained on every task, as null does: a list emptied by mistake (or
         # a `--dataset.tasks '[]'` meant as "none") got every task without a word.
         tasks = self.tasks

@@ -80,3 +80,24 @@ def test_an_empty_task_list_is_refused_naming_null():
     with pytest.raises(ConfigError, match=r"^dataset.tasks must name a task \(null keeps every"):
         DatasetConfig(tasks=[])
     assert DatasetConfig(tasks=None).tasks is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("num_workers", 10**12, "dataset.num_workers must be 0 to 256"),
+        ("num_workers", 257, "dataset.num_workers must be 0 to 256"),
+        ("synthetic_passages", 10**12, "dataset.synthetic_passages must be 1 to 1000000"),
+    ],
+)
+def test_counts_that_would_run_away_are_refused_with_their_bound(field, value, said, capsys):
+    """1e12 workers forked processes, and 1e12 synthetic passages were generated in
+    memory, until the machine ran out of it (its run folder made first). Refused with the
+    job, so `condense plan` (which runs nothing) refuses it too."""
+    from tests.conftest import command_error
+
+    with pytest.raises(ConfigError, match=f"^{said} .*, got {value}$"):
+        DatasetConfig(**{field: value})
+    lines = command_error(["plan", "--test", f"--dataset.{field}", str(value)], capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"condense: error: {said}")
+    assert DatasetConfig(num_workers=256, synthetic_passages=1_000_000).num_workers == 256
