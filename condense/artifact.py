@@ -16,8 +16,9 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
@@ -45,13 +46,24 @@ CONDENSER_KEYS = (
     "projection.weight",
     "projection.bias",
 )
-# The JSON types the fields a loader reads must have, (types, as a user would say it): a
-# wrong one failed deep inside, as a TypeError that named no field and no file.
-INTEGER = ((int,), "an integer")
-NUMBER = ((int, float), "a number")
-TEXT = ((str,), "a string")
-OBJECT = ((dict,), "an object")
-TEXT_OR_LIST = ((str, list), "a string or a list")
+
+
+class Kind(NamedTuple):
+    """What a field a loader reads must hold: JSON types, and a rule on a value of them
+    (`ok`), as a user would say it (`words`). A wrong one failed deep inside, as a
+    TypeError that named no field and no file, or cut every context to nothing."""
+
+    types: tuple[type, ...]
+    words: str
+    ok: Callable[[Any], bool] | None = None
+
+
+INTEGER = Kind((int,), "an integer")
+POSITIVE_INTEGER = Kind((int,), "an integer above 0", lambda value: value > 0)
+NUMBER = Kind((int, float), "a number")
+TEXT = Kind((str,), "a string")
+OBJECT = Kind((dict,), "an object")
+TEXT_OR_LIST = Kind((str, list), "a string or a list")
 CONFIG_FIELDS = {
     "encoder": TEXT,
     "decoder": TEXT,
@@ -60,11 +72,11 @@ CONFIG_FIELDS = {
     "lora": OBJECT,
 }
 LORA_FIELDS = {"r": INTEGER, "alpha": NUMBER, "dropout": NUMBER, "target_modules": TEXT_OR_LIST}
-# max_tokens, max_characters null: no cut; a revision null: a folder's model, or the
-# Hub's newest (an artifact's config edited to load that).
+# max_tokens, max_characters null: no cut (0 cut every context to nothing); a revision
+# null: a folder's model, or the Hub's newest (an artifact's config edited to load that).
 OPTIONAL_CONFIG_FIELDS = {
-    "max_tokens": INTEGER,
-    "max_characters": INTEGER,
+    "max_tokens": POSITIVE_INTEGER,
+    "max_characters": POSITIVE_INTEGER,
     "encoder_revision": TEXT,
     "decoder_revision": TEXT,
     # null: no training config recorded, as an artifact saved from Python or imported.
@@ -365,15 +377,18 @@ def check_fields(
     """ArtifactError naming the file `path` and the field of `mapping` that is missing or
     not of its type in `fields` (a loader would fail on it deep inside, naming neither).
     `optional`: a missing or null field passes."""
-    for name, (types, kind) in fields.items():
+    for name, kind in fields.items():
         value = mapping.get(name)
         if optional and value is None:
             continue
         if name not in mapping:
             raise ArtifactError(f"{path}: no {prefix}{name} field")
         # true and false are ints to Python, never a count to a user.
-        if isinstance(value, bool) or not isinstance(value, types):
-            raise ArtifactError(f"{path}: {prefix}{name} is {_shown(value)}, expected {kind}")
+        typed = isinstance(value, kind.types) and not (
+            isinstance(value, bool) and bool not in kind.types
+        )
+        if not typed or (kind.ok is not None and not kind.ok(value)):
+            raise ArtifactError(f"{path}: {prefix}{name} is {_shown(value)}, expected {kind.words}")
 
 
 def _shown(value: Any) -> str:

@@ -355,10 +355,15 @@ def _generate_error(artifact, tmp_path, capsys) -> str:
          'training_config is "none", expected an object'),
         (lambda c: json.dumps(c | {"training_config": {"dataset": []}}),
          "training_config.dataset is [], expected an object"),
+        # Generate and eval cut every context to nothing (-3: a traceback of the tokenizer).
+        (lambda c: json.dumps(c | {"max_tokens": 0}), "max_tokens is 0, expected an integer above 0"),
+        (lambda c: json.dumps(c | {"max_tokens": -3}), "max_tokens is -3, expected an integer above"),
+        (lambda c: json.dumps(c | {"max_characters": 0}), "max_characters is 0, expected an integer"),
     ],
     ids=[
         "not-json", "a-list", "a-string-count", "a-null-alpha", "a-negative-count",
-        "a-string-training-config", "a-list-training-dataset",
+        "a-string-training-config", "a-list-training-dataset", "max-tokens-zero",
+        "max-tokens-negative", "max-characters-zero",
     ],
 )  # fmt: skip
 def test_a_damaged_artifact_config_is_one_line_naming_the_file(
