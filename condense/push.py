@@ -24,10 +24,16 @@ class PushError(RuntimeError):
 
 def push_token(repo: str) -> str:
     """The token a push to `repo` would use: HF_TOKEN, else the one `hf auth login` saved;
-    PushError where there is none. Training asks before it starts, so a run that ends in a
-    push does not find out after hours that it cannot."""
+    PushError where there is none, or where HF_HUB_OFFLINE is set (no push can happen).
+    Training asks before it starts, so a run that ends in a push does not find out after
+    hours that it cannot."""
     from huggingface_hub import get_token
 
+    if hub_offline():
+        raise PushError(
+            f"cannot push to {repo}: hub_repo needs the Hub, and HF_HUB_OFFLINE is set;"
+            " unset it, or leave hub_repo out and `condense push` the artifact later"
+        )
     token = get_token()
     if not token:
         raise PushError(

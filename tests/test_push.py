@@ -119,6 +119,7 @@ def test_push_uses_the_token_a_login_saved(monkeypatch, tmp_path):
     """It asked for HF_TOKEN of a user who had logged in with `hf auth login`."""
     from huggingface_hub import constants
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # offline, no token would do
     monkeypatch.delenv("HF_TOKEN", raising=False)
     (tmp_path / "token").write_text("hf_saved_by_login\n")
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "token"))
@@ -310,6 +311,7 @@ def test_training_pushes_its_best_artifact_when_a_repo_is_configured(
         "push_artifact",
         lambda folder, repo, public: pushed.append((folder, repo, public)) or f"hub/{repo}",
     )
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the push is the fake above: nothing goes out
     monkeypatch.setenv("HF_TOKEN", "hf_x")
     cfg = tiny_config(
         *tiny_pair, tmp_path / "run", max_steps=2, hub_repo="me/condenser", hub_public=public
@@ -325,10 +327,12 @@ def test_a_failed_push_after_training_keeps_the_run_and_says_so(tiny_pair, tmp_p
     from condense.training import train
     from tests.conftest import tiny_config
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # The Hub does not answer at the end (HF_HUB_OFFLINE is refused before training).
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("condense.push.reachable", lambda url: False)
     monkeypatch.setenv("HF_TOKEN", "hf_x")
     cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, hub_repo="me/condenser")
-    with pytest.raises(PushError, match="HF_HUB_OFFLINE is set"):
+    with pytest.raises(PushError, match="does not answer"):
         train(cfg)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["pushed_to"] is None
@@ -351,6 +355,24 @@ def test_a_failed_push_after_training_keeps_the_run_and_says_so(tiny_pair, tmp_p
     assert train(cfg)["pushed_to"] == "hub/me/condenser"  # pushed once: the next re-run leaves it
 
 
+def test_a_job_that_would_push_offline_stops_before_it_trains(
+    tiny_pair, tmp_path, monkeypatch, capsys
+):
+    """With HF_HUB_OFFLINE set it trained the whole run, then failed at the push."""
+    from tests.conftest import command_error, tiny_job
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    job = tiny_job(*tiny_pair, tmp_path / "job.yaml", max_steps=2, hub_repo="me/condenser")
+    argv = ["train", "--config", str(job), "--run-dir", str(tmp_path / "run")]
+    assert command_error(argv, capsys, status=1)[-1] == (
+        "condense: error: cannot push to me/condenser: hub_repo needs the Hub, and"
+        " HF_HUB_OFFLINE is set; unset it, or leave hub_repo out and `condense push` the"
+        " artifact later"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_job_that_would_push_without_a_token_stops_before_it_trains(
     tiny_pair, tmp_path, monkeypatch
 ):
@@ -358,6 +380,7 @@ def test_a_job_that_would_push_without_a_token_stops_before_it_trains(
     from condense.training import train
     from tests.conftest import tiny_config
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # offline is refused first
     _no_saved_token(monkeypatch, tmp_path)
     cfg = tiny_config(*tiny_pair, tmp_path / "run", max_steps=2, hub_repo="me/condenser")
     with pytest.raises(PushError, match="set HF_TOKEN"):
