@@ -25,7 +25,14 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from condense.config import ConfigError, ModelConfig, first_line, model_name
+from condense.config import (
+    MAX_SYNTHETIC_PASSAGES,
+    SEED_LIMIT,
+    ConfigError,
+    ModelConfig,
+    first_line,
+    model_name,
+)
 from condense.files import ARTIFACT_CONFIG_FILE, file_above, swap_in_folder, umask_modes
 from condense.model import Condenser
 
@@ -64,6 +71,21 @@ NUMBER = Kind((int, float), "a number")
 TEXT = Kind((str,), "a string")
 OBJECT = Kind((dict,), "an object")
 TEXT_OR_LIST = Kind((str, list), "a string or a list")
+BOOLEAN = Kind((bool,), "true or false")
+SEED = Kind((int,), f"an integer from 0 to {SEED_LIMIT - 1}", lambda value: 0 <= value < SEED_LIMIT)
+PASSAGES = Kind(
+    (int,),
+    f"an integer from 1 to {MAX_SYNTHETIC_PASSAGES}",
+    lambda value: 0 < value <= MAX_SYNTHETIC_PASSAGES,
+)
+TEXT_LIST = Kind((list,), "a list of strings", lambda value: all(isinstance(v, str) for v in value))
+FACTS = Kind(
+    (list,),
+    "[lo, hi] with 1 <= lo <= hi <= 7",
+    lambda value: (
+        len(value) == 2 and all(type(v) is int for v in value) and 1 <= value[0] <= value[1] <= 7
+    ),
+)
 CONFIG_FIELDS = {
     "encoder": TEXT,
     "decoder": TEXT,
@@ -81,7 +103,18 @@ OPTIONAL_CONFIG_FIELDS = {
     "decoder_revision": TEXT,
     # null: no training config recorded, as an artifact saved from Python or imported.
     "training_config": OBJECT,
+    # The run's record, which eval rebuilds the validation split from: `"seed": "zero"`
+    # was "the training data has changed", a string of tasks a message naming no file.
+    "train_data": TEXT,
+    "seed": SEED,
+    "val_size": POSITIVE_INTEGER,
+    "synthetic_passages": PASSAGES,
+    "synthetic_facts": FACTS,
+    "split_digest": TEXT,
 }
+# What eval reads of the training config's dataset section (an empty list of tasks, from
+# before dataset.tasks refused one, trained on every task).
+TRAINING_DATASET_FIELDS = {"tasks": TEXT_LIST, "skip_bad_rows": BOOLEAN}
 
 
 class ArtifactError(RuntimeError):
@@ -344,14 +377,11 @@ def read_config(folder: Path) -> dict[str, Any]:
     check_fields(folder / ARTIFACT_CONFIG_FILE, config["lora"], LORA_FIELDS, "lora.")
     check_fields(folder / ARTIFACT_CONFIG_FILE, config, OPTIONAL_CONFIG_FIELDS, optional=True)
     # eval reads the tasks and skip_bad_rows of its dataset section to rebuild the split.
-    if config.get("training_config") is not None:
-        check_fields(
-            folder / ARTIFACT_CONFIG_FILE,
-            config["training_config"],
-            {"dataset": OBJECT},
-            "training_config.",
-            optional=True,
-        )
+    trained = config.get("training_config") or {}
+    path, prefix = folder / ARTIFACT_CONFIG_FILE, "training_config."
+    check_fields(path, trained, {"dataset": OBJECT}, prefix, optional=True)
+    dataset = trained.get("dataset") or {}
+    check_fields(path, dataset, TRAINING_DATASET_FIELDS, f"{prefix}dataset.", optional=True)
     return config
 
 

@@ -35,6 +35,9 @@ PRECISIONS = (
 )
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 WandbSetting = Literal["auto", "online", "offline", "off"]
+# numpy's and Python's generators take 32-bit seeds; outside them numpy's error came from
+# deep inside Lightning's seed_everything.
+SEED_LIMIT = 2**32
 # DataLoader worker processes per training process. A fixed bound, not this machine's CPUs:
 # a job is checked where it is planned as well as where it trains. More than the largest
 # cloud machines' CPUs (an 8-GPU node has 192-224) only compete for them; 1e12 forked
@@ -426,9 +429,7 @@ class TrainConfig:
             self.val_batches,
         )
         self.precision = str(self.precision)
-        # numpy's and Python's generators take 32-bit seeds; outside them numpy's error
-        # came from deep inside Lightning's seed_everything.
-        _require(0 <= self.seed < 2**32, "seed", "must be 0 to 4294967295", self.seed)
+        _require(0 <= self.seed < SEED_LIMIT, "seed", f"must be 0 to {SEED_LIMIT - 1}", self.seed)
         _require(
             self.precision in PRECISIONS,
             "precision",

@@ -665,3 +665,39 @@ def test_an_artifact_with_no_training_data_needs_data_to_score(tiny_pair, tmp_pa
     with pytest.raises(ConfigError, match="records no training data.*--data"):
         run_eval(str(tmp_path / "art"), None, 3, tmp_path / "eval.json")
     assert not (tmp_path / "eval.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("record", "said"),
+    [
+        ({"seed": "zero"}, 'seed is "zero", expected an integer from 0 to 4294967295'),
+        ({"val_size": 0}, "val_size is 0, expected an integer above 0"),
+        (
+            {"synthetic_facts": [3, 1]},
+            "synthetic_facts is [3, 1], expected [lo, hi] with 1 <= lo <= hi <= 7",
+        ),
+        (
+            {"training_config": {"dataset": {"tasks": "reconstruction"}}},
+            'training_config.dataset.tasks is "reconstruction", expected a list of strings',
+        ),
+        (
+            {"training_config": {"dataset": {"skip_bad_rows": "yes"}}},
+            'training_config.dataset.skip_bad_rows is "yes", expected true or false',
+        ),
+    ],
+    ids=["seed-text", "val-size-zero", "facts-reversed", "tasks-a-string", "skip-a-string"],
+)
+def test_a_malformed_run_record_is_refused_naming_the_file(
+    record, said, tiny_pair, tmp_path, capsys
+):
+    """`"seed": "zero"` said the training data had changed since the run; a string of tasks
+    or skip_bad_rows was refused as dataset.* of no file, as if the command line's."""
+    from condense.__main__ import main
+
+    run = {"max_tokens": 64, "train_data": "synthetic", "seed": 0, "val_size": 6}
+    _untrained_artifact(tiny_pair, tmp_path / "art", **(run | {"synthetic_passages": 10} | record))
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--artifact", str(tmp_path / "art"), "--out", str(tmp_path / "e.json")])
+    assert exit_.value.code == 1
+    path = tmp_path / "art" / "condense_config.json"
+    assert capsys.readouterr().err.splitlines()[-1] == f"condense: error: {path}: {said}"
