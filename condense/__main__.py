@@ -33,6 +33,7 @@ from condense.files import json_out
 from condense.job_args import (
     add_debug,
     add_flag,
+    command_parser,
     job_parser,
     normalize_flags,
     parse_job,
@@ -121,12 +122,10 @@ class BenchHelp(DefaultHelpFormatter):
 
 
 def push_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="condense push",
-        exit_on_error=False,
-        allow_abbrev=False,
-        description="Upload an artifact to a Hugging Face Hub model repo (token from HF_TOKEN,"
-        " or the one `hf auth login` saved).",
+    parser = command_parser(
+        "condense push",
+        "Upload an artifact to a Hugging Face Hub model repo (token from HF_TOKEN, or the one"
+        " `hf auth login` saved).",
     )
     parser.add_argument("artifact", help="The artifact folder (a run's artifact/).")
     parser.add_argument(
@@ -157,11 +156,9 @@ def add_inference(parser: ArgumentParser) -> ArgumentParser:
 
 
 def generate_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="condense generate",
-        exit_on_error=False,
-        allow_abbrev=False,
-        description="Condense a context, then let the decoder answer a prompt from it.",
+    parser = command_parser(
+        "condense generate",
+        "Condense a context, then let the decoder answer a prompt from it.",
     )
     parser.add_argument(
         "--artifact", required=True, help="An artifact folder or a Hub repo holding one."
@@ -180,11 +177,9 @@ def generate_parser() -> ArgumentParser:
 
 
 def eval_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="condense eval",
-        exit_on_error=False,
-        allow_abbrev=False,
-        description="Score an artifact per task with no context, a wrong context, the condensed"
+    parser = command_parser(
+        "condense eval",
+        "Score an artifact per task with no context, a wrong context, the condensed"
         " context and the full context.",
     )
     parser.add_argument(
@@ -231,11 +226,9 @@ def eval_parser() -> ArgumentParser:
 
 
 def import_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="condense import",
-        exit_on_error=False,
-        allow_abbrev=False,
-        description="Turn a checkpoint folder of the original trainer (checkpoints/modules.pt"
+    parser = command_parser(
+        "condense import",
+        "Turn a checkpoint folder of the original trainer (checkpoints/modules.pt"
         " and a peft adapter) into a condense artifact. The pickle is read with"
         " weights_only=True: a file carrying code is refused, not run.",
     )

@@ -107,14 +107,30 @@ def add_debug(parser: ArgumentParser) -> ArgumentParser:
     return parser
 
 
+# A value that opens with "-" is read by argparse as a flag unless it looks like a negative
+# number, and argparse's test (-1, -.5) misses scientific notation: `--optim.lr_condense
+# -1e-4` was "expected one argument", where `=-1e-4` was read.
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def command_parser(prog: str, description: str) -> ArgumentParser:
+    """The parser of a condense command: a mistake raised, not printed with the usage
+    (cli_errors.parse makes it one line), no flag taken by a prefix of its name, and a
+    negative number in any notation read as a value."""
+    parser = ArgumentParser(
+        prog=prog, description=description, exit_on_error=False, allow_abbrev=False
+    )
+    # An attribute argparse sets in __init__ and reads when it sorts flags from values.
+    parser._negative_number_matcher = NEGATIVE_NUMBER
+    return parser
+
+
 def train_parser() -> ArgumentParser:
     """`condense train`'s parser: --test, --config and every TrainConfig field as a flag."""
-    parser = ArgumentParser(
-        prog="condense train",
-        description="Train a condenser. Every option below can be set in a job YAML (--config)"
+    parser = command_parser(
+        "condense train",
+        "Train a condenser. Every option below can be set in a job YAML (--config)"
         " and overridden on the command line; dashes and underscores are interchangeable.",
-        exit_on_error=False,
-        allow_abbrev=False,
     )
     parser.add_argument(
         "--test",

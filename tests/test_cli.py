@@ -209,6 +209,26 @@ def test_non_positive_step_counts_are_refused(flag):
         parse_train(["--test", flag])
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["train", "--test", "--optim.lr_condense", "-1e-4"],
+         "optim.lr_condense must be a positive number, got -0.0001"),
+        (["train", "--test", "--optim.lr_lora", "-2.5E+3"],
+         "optim.lr_lora must be a positive number, got -2500.0"),
+        (["plan", "--test", "--mfu", "-1e-1"], "--mfu must be in (0, 1], got -0.1"),
+        (["eval", "--artifact", "a", "--out", "e.json", "--limit", "-2e3"],
+         "--limit: expected an integer, got '-2000.0'"),
+        # A flag where a value was due is still a flag.
+        (["train", "--test", "--optim.lr_lora", "--max-steps", "3"],
+         "argument --optim.lr_lora: expected one argument"),
+    ],
+)  # fmt: skip
+def test_a_negative_number_in_scientific_notation_is_read_as_a_value(argv, said, capsys):
+    """argparse took `-1e-4` for a flag ("expected one argument"); `=-1e-4` was read."""
+    assert command_error(argv, capsys) == [f"condense: error: {said}"]
+
+
 def test_unknown_option_is_refused_with_the_nearest_name():
     with pytest.raises(
         ConfigError, match=r"unknown option --max_stepz \(did you mean --max_steps\?\)"
