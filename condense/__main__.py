@@ -352,7 +352,18 @@ def job_files(cfg: TrainConfig, args: Namespace) -> list[tuple[str, str]]:
     return [("--data", cfg.data)] + [("--config", str(c)) for c in args.get("config") or []]
 
 
+def check_planned(argv: list[str]) -> None:
+    """A ConfigError for --steps, which plan has not: the nearest option, a job's
+    --max_steps, was hinted, and plan reads no step count."""
+    if "steps" in given_flags(argv):
+        raise ConfigError(
+            "unknown option --steps: condense plan gives one step's time and the cost per"
+            " million tokens, for no number of steps (condense bench --steps times steps)"
+        )
+
+
 def run_plan(argv: list[str]) -> None:
+    check_planned(argv)
     cfg, args = parse_job(plan_parser(), argv)
     context, target = sample_shape(cfg, args)
     out = json_out(args.out, "plan.json", job_files(cfg, args))  # last: it makes the folder
@@ -365,10 +376,14 @@ def run_plan(argv: list[str]) -> None:
     print(describe(result))
 
 
+def given_flags(argv: list[str]) -> list[str]:
+    """The names of the flags on a command line, spelt with underscores: `max_steps`."""
+    return [arg.partition("=")[0][2:] for arg in normalize_flags(argv) if arg.startswith("--")]
+
+
 def check_benched(argv: list[str]) -> None:
     """A ConfigError for a `condense train` option on the line that bench would ignore."""
-    given = [arg.partition("=")[0][2:] for arg in normalize_flags(argv) if arg.startswith("--")]
-    ignored = [name for name in given if name in NOT_BENCHED]
+    ignored = [name for name in given_flags(argv) if name in NOT_BENCHED]
     if ignored:
         name = ignored[0]
         raise ConfigError(f"condense bench does not use --{name}: {NOT_BENCHED[name]}")

@@ -145,9 +145,32 @@ def _unknown_arguments(words: list[str], names: list[str]) -> str:
 
 
 def _unknown(key: str, names: list[str], kind: str, prefix: str) -> str:
-    nearest = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
-    hint = f" (did you mean {prefix}{nearest[0]}?)" if nearest else ""
-    return f"unknown {kind} {prefix}{key}{hint}"
+    if kind == "key" and key in names:
+        # An option of the command line that a job file cannot set: it was told to mean
+        # itself ("unknown key print_config (did you mean print_config?)").
+        return f"unknown key {key}: --{key} is a command-line flag, not a job file setting"
+    nearest = [f"{prefix}{name}" for name in _nearest(key, names)]
+    if not nearest:
+        return f"unknown {kind} {prefix}{key}"
+    said = nearest[0] if len(nearest) == 1 else f"{', '.join(nearest[:-1])} or {nearest[-1]}"
+    return f"unknown {kind} {prefix}{key} (did you mean {said}?)"
+
+
+def _nearest(key: str, names: list[str]) -> list[str]:
+    """The options a misspelt `key` may mean: the few (3 at most) whose name, or whose last
+    part for an undotted key, it begins (optim.lr: optim.lr_condense, optim.lr_projection,
+    optim.lr_lora), else the nearest in spelling. Never the group a dotted key is in,
+    which difflib found nearest: `optim.lr` was "did you mean optim?"."""
+    names = [name for name in names if not key.startswith(f"{name}.")]
+    dotted = "." in key
+    begun = [
+        name
+        for name in names
+        if name.startswith(key) or (not dotted and name.rpartition(".")[2].startswith(key))
+    ]
+    if 0 < len(begun) <= 3:
+        return begun
+    return difflib.get_close_matches(key, names, n=1, cutoff=0.6)
 
 
 def _bad_value(key: str, detail: str) -> str:

@@ -195,6 +195,14 @@ CASES = [
      r"unknown option --model.lora_rr \(did you mean --model.lora_r\?\)"),
     ("unknown-key-in-job-file", job_file("optim:\n  lr_loar: 0.001\n"), CONFIG,
      r"unknown key optim.lr_loar \(did you mean optim.lr_lora\?\)"),
+    # "did you mean optim?": the group holding it.
+    ("job-file-key-a-prefix", job_file("optim:\n  lr: 0.001\n"), CONFIG,
+     (r"unknown key optim.lr \(did you mean optim.lr_condense, optim.lr_projection or"
+     r" optim.lr_lora\?\)$")),
+    # "did you mean print_config?"
+    ("job-file-print-config", job_file("print_config: true\n"), CONFIG,
+     (r"unknown key print_config: --print_config is a command-line flag, not a job file"
+     r" setting$")),
     ("group-not-a-mapping", job_file("model: 3\n"), CONFIG, r"model: expected a mapping"),
     ("job-file-not-yaml", job_file("max_steps: [\n"), CONFIG,
      r"--config .*job.yaml: not valid YAML, line 2 column 1: expected the node content"),

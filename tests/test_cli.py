@@ -127,6 +127,16 @@ def test_an_abbreviated_option_is_refused(argv, message, capsys):
     assert command_error(argv, capsys) == [f"condense: error: unknown option {message}"]
 
 
+def test_plan_says_it_takes_no_step_count(capsys):
+    """It hinted --max_steps, a job's option that plan accepts and reads nothing of."""
+    assert command_error(["plan", "--test", "--steps", "3"], capsys) == [
+        (
+            "condense: error: unknown option --steps: condense plan gives one step's time and the"
+            " cost per million tokens, for no number of steps (condense bench --steps times steps)"
+        )
+    ]
+
+
 def test_test_and_config_together_are_refused(capsys):
     """--test used to load jobs/test.yaml and then let --config's job silently win."""
     assert command_error(["plan", "--test", "--config", "default"], capsys) == [
