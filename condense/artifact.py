@@ -30,7 +30,6 @@ from condense.config import (
     SEED_LIMIT,
     ConfigError,
     ModelConfig,
-    first_line,
     model_name,
 )
 from condense.files import ARTIFACT_CONFIG_FILE, file_above, swap_in_folder, umask_modes
@@ -576,19 +575,23 @@ def import_original(
     return save_artifact(condenser, out, {"imported_from": str(folder)})
 
 
+# What the original trainer's checkpoints/modules.pt holds.
+ORIGINAL_MODULES = (
+    "{'modules': {pre_condensed_tokens: a tensor, linear_state_dict and norm_state_dict:"
+    " weight and bias}}"
+)
+
+
 def _original_modules(path: Path) -> tuple[torch.Tensor, dict, dict]:
+    """(condense tokens, projection state, norm state) of the original's modules.pt; an
+    ArtifactError naming the file where it cannot be read or holds something else."""
     import pickle
 
     try:
-        modules = torch.load(path, map_location="cpu", weights_only=True)["modules"]
-        return (
-            modules["pre_condensed_tokens"],
-            modules["linear_state_dict"],
-            modules["norm_state_dict"],
-        )
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights_only" not in str(err):
-            raise ArtifactError(f"{path}: not a readable original checkpoint ({err})") from None
+            raise ArtifactError(f"{path}: {UNREADABLE_CHECKPOINT}") from None
         # torch's own message opens with how to load it anyway, not with what it refused.
         # A file cut short names a half-read global too: code is not the only cause.
         named = re.search(r"GLOBAL (\S+)", str(err))
@@ -597,12 +600,35 @@ def _original_modules(path: Path) -> tuple[torch.Tensor, dict, dict]:
             f"{path}: refused: not weights alone: it {what} weights-only loading does not"
             " allow (code to run, or a damaged file); import reads weights only"
         ) from None
-    # EOFError: an empty file, or one cut short before its first record.
-    except (RuntimeError, OSError, KeyError, TypeError, EOFError) as err:
-        reason = first_line(err)
+    except OSError as err:  # a folder, no permission
+        raise ArtifactError(f"{path}: cannot be read ({err.strerror or err})") from None
+    # EOFError for an empty file; for other bytes whatever the unpickler tripped on, often
+    # as a bare number ("KeyError: 174812789"): said as what it means, not quoted.
+    except (RuntimeError, EOFError, KeyError, IndexError, TypeError, ValueError):
+        raise ArtifactError(f"{path}: {UNREADABLE_CHECKPOINT}") from None
+    modules = loaded.get("modules") if isinstance(loaded, dict) else None
+    parts = [(modules or {}).get(key) for key in ORIGINAL_MODULE_KEYS]
+    tokens, linear, norm = parts if isinstance(modules, dict) else (None, None, None)
+    if not (isinstance(tokens, torch.Tensor) and _weight_and_bias(linear, norm)):
         raise ArtifactError(
-            f"{path}: not a readable original checkpoint ({reason[:200]})"
-        ) from None
+            f"{path}: not a modules file of the original trainer (that holds {ORIGINAL_MODULES})"
+        )
+    return tokens, linear, norm
+
+
+ORIGINAL_MODULE_KEYS = ("pre_condensed_tokens", "linear_state_dict", "norm_state_dict")
+UNREADABLE_CHECKPOINT = (
+    "not a readable original checkpoint: damaged, cut short, or not a file torch saved"
+)
+
+
+def _weight_and_bias(*states: Any) -> bool:
+    """Whether each of `states` is a state dict with a weight and a bias tensor."""
+    return all(
+        isinstance(state, dict)
+        and all(isinstance(state.get(key), torch.Tensor) for key in ("weight", "bias"))
+        for state in states
+    )
 
 
 # What import_original reads of the original's peft adapter_config.json.

@@ -572,6 +572,12 @@ def _cut(path):
     path.write_bytes(path.read_bytes()[:100])
 
 
+def _drop_projection_bias(path):
+    saved = torch.load(path, weights_only=True)
+    del saved["modules"]["linear_state_dict"]["bias"]
+    torch.save(saved, path)
+
+
 def _edit_json(path, **changes):
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
@@ -589,16 +595,28 @@ def _edit_json(path, **changes):
          "{folder}/adapter_model.safetensors: damaged or incomplete ("),
         (lambda f: _edit_json(f / "adapter_config.json", r=0),
          "{folder}/adapter_config.json: model.lora_r must be positive, got 0"),
-        # A traceback: EOFError, with no message at all.
+        # A traceback: EOFError, with no message at all; then "(EOFError)".
         (lambda f: (f / "checkpoints" / "modules.pt").write_bytes(b""),
-         "{folder}/checkpoints/modules.pt: not a readable original checkpoint (EOFError)"),
+         ("{folder}/checkpoints/modules.pt: not a readable original checkpoint: damaged, cut"
+         " short, or not a file torch saved")),
+        # "(544502645)": the unpickler's KeyError, a memo index read from the text.
+        (lambda f: (f / "checkpoints" / "modules.pt").write_bytes(b"just some text\n"),
+         ("{folder}/checkpoints/modules.pt: not a readable original checkpoint: damaged, cut"
+         " short, or not a file torch saved")),
+        # "('int' object is not subscriptable)", and a KeyError traceback for a projection
+        # without its bias.
+        (lambda f: torch.save(174812789, f / "checkpoints" / "modules.pt"),
+         ("{folder}/checkpoints/modules.pt: not a modules file of the original trainer (that"
+         " holds {{'modules': {{pre_condensed_tokens: a tensor, linear_state_dict and")),
+        (lambda f: _drop_projection_bias(f / "checkpoints" / "modules.pt"),
+         "{folder}/checkpoints/modules.pt: not a modules file of the original trainer"),
         # "it names which weights-only loading ...": torch named no global to quote.
         (lambda f: (f / "checkpoints" / "modules.pt").write_bytes(b"\x80\x02P0\n."),
          ("{folder}/checkpoints/modules.pt: refused: not weights alone: it holds what"
           " weights-only loading does not allow")),
     ],
     ids=["config-not-json", "no-config", "no-weights", "weights-cut", "r-zero", "modules-empty",
-         "modules-no-global"],
+         "modules-text", "modules-a-number", "modules-no-bias", "modules-no-global"],
 )  # fmt: skip
 def test_import_of_a_damaged_original_is_one_line_naming_the_file(
     damage, message, tiny_pair, tmp_path, capsys
