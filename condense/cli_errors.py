@@ -198,7 +198,18 @@ def _bad_value(key: str, detail: str) -> str:
         kinds = re.findall(r"<class '(?:[\w.]+\.)?(\w+)'>|\b(list)\[", expected_part)
         words = dict.fromkeys(TYPE_WORDS.get(a or b, a or b) for a, b in kinds)
         expected = " or ".join(words) or "another type"
-    return f"--{key}: expected {expected}, got {given.group(1).strip()!r}"
+    got = given.group(1).strip()
+    return f"--{key}: expected {expected}, got {got!r}{_yaml_boolean_hint(got, expected)}"
+
+
+def _yaml_boolean_hint(got: str, expected: str) -> str:
+    """Why a value the user wrote as a word arrived as a boolean: YAML 1.1, which the job
+    file (and a value on the line) is read as, takes an unquoted yes, no, on or off for
+    one. `name: no` was "expected text, got 'False'", with nothing said of the no. Only
+    where text is taken: a quoted yes is no integer either."""
+    if "text" not in expected or not re.search(r"\b(True|False)\b", got):
+        return ""
+    return " (YAML reads an unquoted yes, no, on or off as true/false: quote it)"
 
 
 def check_groups(parsed: Namespace, groups: list[str]) -> None:

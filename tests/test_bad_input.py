@@ -212,6 +212,10 @@ CASES = [
      r"--config .*job.yaml: expected a mapping of settings, got list"),
     ("job-file-wandb-off-unquoted", job_file("wandb: off\n"), CONFIG,
      r'--config .*job.yaml: wandb: false: YAML reads an unquoted off .*quote it: wandb: "off"'),
+    # "got 'False'", with nothing said of the no.
+    ("job-file-name-no-unquoted", job_file("name: no\n"), CONFIG,
+     (r"--name: expected text, got 'False' \(YAML reads an unquoted yes, no, on or off as"
+     r" true/false: quote it\)$")),
     # YAML keeps a key's last value: the first model:'s settings were dropped unsaid.
     ("job-file-key-twice", job_file("model:\n  lora_r: 3\nmodel:\n  lora_alpha: 5\n"),
      CONFIG, r"job.yaml: not valid YAML, line 3 column 1: 'model' is given twice"),
