@@ -486,8 +486,11 @@ def main(argv: list[str] | None = None) -> None:
     if command not in commands:
         near = difflib.get_close_matches(command, commands, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
+        # One line, as every other mistake (the whole usage was 11 lines).
+        listed = ", ".join(commands)
         print(
-            f"condense: error: unknown command {command!r}{hint}\n{USAGE}", end="", file=sys.stderr
+            f"condense: error: unknown command {command!r}{hint}; commands: {listed}",
+            file=sys.stderr,
         )
         raise SystemExit(2)  # a bad argument, as argparse's own exit
     run_reporting_errors(commands[command], "condense", debug="--debug" in rest)
