@@ -79,8 +79,8 @@ def _eval_cut(config: dict[str, Any], skip_bad_rows: bool = False) -> DatasetCon
     cut them, fresh synthetic passages of the shape it trained on."""
     # No max_characters (an artifact saved from Python, or imported): the condenser it
     # loads cuts no context, and its scores must be of the contexts it would condense.
-    # (Tokens are still cut, to max_tokens or 4096 where none is recorded: a batch of
-    # whole long contexts would not fit in memory.)
+    # (Tokens are cut, to max_tokens, or where none is recorded to what the models'
+    # positions hold: evaluate.positions_limit.)
     return DatasetConfig(
         max_characters=config.get("max_characters") or sys.maxsize,
         synthetic_facts=config.get("synthetic_facts"),

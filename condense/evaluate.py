@@ -41,6 +41,7 @@ from condense.generate import generate
 from condense.model import IGNORE_INDEX, Condenser, token_embeddings
 from condense.samples import DataReport, Sample
 from condense.synthetic import CONTINUATION, QUESTION_ANSWERING, RECONSTRUCTION
+from condense.weights import max_positions
 
 CONDITIONS = ("none", "wrong", "condensed", "full")
 
@@ -95,24 +96,48 @@ NO_SPAN_NOTE = (
 )
 
 
+POSITIONS_CUT_NOTE = (
+    "{contexts} of {samples} contexts and {targets} of their prompt+completions were cut to"
+    " {limit} tokens, what the models' positions hold beside the {n} condensed vectors:"
+    " this artifact records no max_tokens to cut them as its training did"
+)
+
+
 @torch.no_grad()
 def evaluate(
-    condenser: Condenser, samples: list[Sample], max_tokens: int, batch_size: int = 8
+    condenser: Condenser, samples: list[Sample], max_tokens: int | None, batch_size: int = 8
 ) -> dict[str, Any]:
     """Loss, token accuracy, QA exact match and reconstruction ROUGE-L per task and
     condition; see the module docstring for the conditions. Runs where the condenser is,
-    `batch_size` samples at a time (a batch scores as its samples would one by one)."""
+    `batch_size` samples at a time (a batch scores as its samples would one by one).
+    Contexts, and prompts with their completions, are cut to `max_tokens` (the artifact's,
+    as its training cut them); None: to what the models' positions hold (positions_limit),
+    with a note where that cut any."""
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be 1 or more, got {batch_size}")
     with condenser.autocast():
         return _evaluate(condenser, samples, max_tokens, batch_size)
 
 
+def positions_limit(condenser: Condenser) -> int:
+    """The most tokens of a context, and of a prompt with its completion, that both models
+    read beside the N condensed vectors, as training allows max_tokens (build.check_models);
+    no limit (sys.maxsize) where neither model has a position table (Bloom's ALiBi, RWKV).
+    condense() and generate() cut nothing where an artifact records no max_tokens: eval
+    scores the same contexts, except past the positions, where a model fails or reads
+    positions it has no embedding for."""
+    encoder = condenser.encoder.get_base_model().config
+    tables = [p for p in (max_positions(encoder), condenser.decoder_positions) if p is not None]
+    return min(tables) - condenser.num_condense_tokens if tables else sys.maxsize
+
+
 def _evaluate(
-    condenser: Condenser, samples: list[Sample], max_tokens: int, batch_size: int
+    condenser: Condenser, samples: list[Sample], recorded: int | None, batch_size: int
 ) -> dict[str, Any]:
     enc_tok, dec_tok = condenser.encoder_tokenizer, condenser.decoder_tokenizer
-    tokenized = tokenize(samples, enc_tok, dec_tok, DatasetConfig(max_tokens=max_tokens))
+    max_tokens = recorded if recorded is not None else positions_limit(condenser)
+    cuts = DataReport()
+    tokenized = tokenize(samples, enc_tok, dec_tok, DatasetConfig(max_tokens=max_tokens), cuts)
     prompts = [_prompt_part(t) for t in tokenized]
     items = [_first_label_predictable(t) for t in tokenized]
     # The full context is the decoder reading the context's tokens before the prompt,
@@ -166,6 +191,8 @@ def _evaluate(
     after = dict.fromkeys(CONDITIONS, prompts) | {"full": [p[len(bos) :] for p in prompts]}
     examples = _generated_scores(condenser, samples, prefixes, after, report, batch_size)
     notes = [] if partners is not None else [ONE_PASSAGE_NOTE]
+    if recorded is None:
+        notes += _positions_cut_note(cuts, len(samples), max_tokens, condenser.num_condense_tokens)
     # A user's own task names: "qa" scored losses alone, silently.
     unnamed = sorted(set(report) - {QUESTION_ANSWERING, RECONSTRUCTION, CONTINUATION})
     if unnamed:
@@ -175,6 +202,15 @@ def _evaluate(
     if any(scores["gap_closed"] is None for scores in report.values()):
         notes.append(NO_SPAN_NOTE)
     return {"samples": len(samples), "by_task": report, "examples": examples, "notes": notes}
+
+
+def _positions_cut_note(cuts: DataReport, samples: int, limit: int, n: int) -> list[str]:
+    """POSITIONS_CUT_NOTE, where the cut to `limit` (positions_limit) cut anything."""
+    contexts, targets = cuts.contexts_cut_to_max_tokens, cuts.targets_cut_to_max_tokens
+    if not contexts + targets:
+        return []
+    counts = {"contexts": contexts, "targets": targets, "samples": samples}
+    return [POSITIONS_CUT_NOTE.format(**counts, limit=limit, n=n)]
 
 
 def _fit_full_context(
@@ -532,7 +568,7 @@ def run_eval(
         "device": str(where),
         "precision": precision,
     }
-    results |= evaluate(condenser, samples, config.get("max_tokens") or 4096, batch_size)
+    results |= evaluate(condenser, samples, config.get("max_tokens"), batch_size)
     if report.rows_skipped:
         results["rows_skipped"] = report.rows_skipped
     notes = results["notes"]

@@ -701,3 +701,27 @@ def test_a_malformed_run_record_is_refused_naming_the_file(
     assert exit_.value.code == 1
     path = tmp_path / "art" / "condense_config.json"
     assert capsys.readouterr().err.splitlines()[-1] == f"condense: error: {path}: {said}"
+
+
+def test_an_artifact_without_max_tokens_is_cut_to_the_models_positions(tiny_pair, tmp_path):
+    """Where an artifact records no max_tokens (imported, or saved from Python), eval cut at
+    4096 tokens, where generate cuts nothing: a completion of 1,600 tokens went past the tiny
+    GPT-2's 512 positions, an IndexError. It is cut where both models' positions hold it
+    beside the 4 condensed vectors (508 tokens), and the results say so."""
+    from condense.evaluate import run_eval
+
+    _untrained_artifact(tiny_pair, tmp_path / "art")  # no max_tokens
+    passages = synthetic_samples(60, seed=5)
+    long = " ".join(s.context for s in passages[::3])
+    rows = [
+        {"context": long, "prompt": "Who?\n", "completion": "Ana"},
+        {"context": passages[3].context, "prompt": "Go on.\n", "completion": long[:3000]},
+    ]
+    data = write_jsonl(tmp_path / "long.jsonl", rows)
+    results = run_eval(str(tmp_path / "art"), str(data), None, tmp_path / "eval.json")
+    assert results["samples"] == 2
+    assert results["notes"][0] == (
+        "1 of 2 contexts and 1 of their prompt+completions were cut to 508 tokens, what the"
+        " models' positions hold beside the 4 condensed vectors: this artifact records no"
+        " max_tokens to cut them as its training did"
+    )
