@@ -12,7 +12,6 @@ The frozen encoder base and decoder are referred to by id, never copied.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from condense.config import (
     ConfigError,
     ModelConfig,
     model_name,
+    weights_only_refusal,
 )
 from condense.files import ARTIFACT_CONFIG_FILE, file_above, swap_in_folder, umask_modes
 from condense.model import Condenser
@@ -590,16 +590,10 @@ def _original_modules(path: Path) -> tuple[torch.Tensor, dict, dict]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights_only" not in str(err):
+        refusal = weights_only_refusal(err)
+        if refusal is None:
             raise ArtifactError(f"{path}: {UNREADABLE_CHECKPOINT}") from None
-        # torch's own message opens with how to load it anyway, not with what it refused.
-        # A file cut short names a half-read global too: code is not the only cause.
-        named = re.search(r"GLOBAL (\S+)", str(err))
-        what = f"names {named.group(1)}, which" if named else "holds what"
-        raise ArtifactError(
-            f"{path}: refused: not weights alone: it {what} weights-only loading does not"
-            " allow (code to run, or a damaged file); import reads weights only"
-        ) from None
+        raise ArtifactError(f"{path}: refused: {refusal}; import reads weights only") from None
     except OSError as err:  # a folder, no permission
         raise ArtifactError(f"{path}: cannot be read ({err.strerror or err})") from None
     # EOFError for an empty file; for other bytes whatever the unpickler tripped on, often

@@ -170,6 +170,8 @@ def _train_in(
         return _rerun_of_finished(finished, cfg, run_dir, launched_as_rank_zero())
     if resume_from is not None and check_finished:
         check_something_to_train(resume_from, cfg.max_steps, own=continues)
+    if cfg.hub_repo:
+        push_token(cfg.hub_repo)  # the push comes at the end: no token, no hours of training
     saved = read_checkpoint(resume_from) if resume_from is not None else None
     commits = trained_commits(saved, cfg)
     module, datamodule = build(cfg, precision, commits)
@@ -179,8 +181,6 @@ def _train_in(
     if continues:  # another run's checkpoint may start this one on other data
         state = (saved or {}).get(type(datamodule).__qualname__)  # read once, above
         datamodule.check_same_split(state, resume_from)
-    if cfg.hub_repo:
-        push_token(cfg.hub_repo)  # the push comes at the end: no token, no hours of training
     loggers = make_loggers(cfg.wandb, cfg.wandb_project, cfg.name, run_dir, not continues)
     checkpoints = BestAndLastCheckpoint(
         dirpath=run_dir / "checkpoints",

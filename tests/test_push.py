@@ -358,9 +358,12 @@ def test_a_failed_push_after_training_keeps_the_run_and_says_so(tiny_pair, tmp_p
 def test_a_job_that_would_push_offline_stops_before_it_trains(
     tiny_pair, tmp_path, monkeypatch, capsys
 ):
-    """With HF_HUB_OFFLINE set it trained the whole run, then failed at the push."""
+    """With HF_HUB_OFFLINE set it trained the whole run, then failed at the push. Said
+    before the models load (minutes for a large job)."""
+    import condense.training
     from tests.conftest import command_error, tiny_job
 
+    monkeypatch.setattr(condense.training, "build", lambda *_: pytest.fail("models loaded"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_TOKEN", "hf_x")
     job = tiny_job(*tiny_pair, tmp_path / "job.yaml", max_steps=2, hub_repo="me/condenser")
