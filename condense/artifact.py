@@ -12,6 +12,8 @@ The frozen encoder base and decoder are referred to by id, never copied.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import sys
 import tempfile
@@ -147,6 +149,13 @@ def save_artifact(condenser: Condenser, out: Path, extra: dict[str, Any] | None 
         umask_modes(tmp)
         _carry_over(out, tmp)
         swap_in_folder(tmp, out)
+    except SafetensorError as err:
+        # A full disk: safetensors' "I/O error: ... (os error 28)" names no file, and is no
+        # user error (a traceback); the OSError it stands for is one line.
+        code = re.search(r"\(os error (\d+)\)", str(err))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(out)) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -59,7 +59,9 @@ def _create_new(path: Path) -> BinaryIO:
     """`path` opened for writing as a file this call creates: the temporary name is known
     in advance, and where others can write to the folder (/tmp, a shared disk), a link
     planted under it would have had the write land in the file it points to."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    # O_BINARY: on Windows a descriptor is text mode without it, whatever fdopen's mode.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags, 0o666)
     except FileExistsError:  # left by a killed writer of this pid, or planted
@@ -73,15 +75,22 @@ def write_atomic(path: Path, text: str) -> None:
     replace_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
+# The folders of the Hub cache's repos (models--OWNER--NAME), whose snapshots link to blobs.
+HUB_CACHE_REPOS = ("models--", "datasets--", "spaces--")
+
+
 def leads_out(entry: Path, folder: Path) -> bool:
-    """Whether `entry`, in `folder`, is a symbolic link to something outside it; in a
-    Hub-cache snapshot, outside its repo's folder, where the links to blobs that store its
-    files lead."""
+    """Whether `entry`, in `folder`, is a symbolic link to something outside it; a Hub-cache
+    snapshot's links into its repo's blobs, which store its files, are not."""
     if not entry.is_symlink():
         return False
     folder = folder.resolve()
-    root = folder.parents[1] if folder.parent.name == "snapshots" else folder
-    return not entry.resolve().is_relative_to(root)
+    target = entry.resolve()
+    repo = folder.parents[1] if len(folder.parents) > 1 else folder
+    in_hub_cache = folder.parent.name == "snapshots" and repo.name.startswith(HUB_CACHE_REPOS)
+    return not (
+        target.is_relative_to(folder) or in_hub_cache and target.is_relative_to(repo / "blobs")
+    )
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -69,7 +69,7 @@ def drop_rows_from(metrics: Path, step: int) -> None:
     with metrics.open(newline="") as f:
         text = f.read()
     rows = list(csv.reader(io.StringIO(text)))
-    whole = text.endswith("\n")
+    whole = text.endswith(("\n", "\r"))  # a row cut between \r and \n is whole
     if len(rows) == 1 and not whole:  # its header cut short: the resumed run writes it again
         metrics.unlink()
         return

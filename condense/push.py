@@ -6,13 +6,18 @@ that says what to do, and never touches the local artifact, which is only read.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from condense.artifact import ADAPTER_FILE, WEIGHTS_FILE, ArtifactError, load_tensors, read_config
+from condense.artifact import (
+    ADAPTER_FILE,
+    WEIGHTS_FILE,
+    ArtifactError,
+    read_config,
+    read_json_object,
+)
 from condense.config import check_hub_repo
 from condense.files import leads_out
 from condense.network import hub_offline, reachable
@@ -57,7 +62,7 @@ def push_artifact(folder: Path, repo: str, public: bool = False) -> str:
     check_hub_repo(repo, "--repo")
     config = read_config(folder)  # refuse anything but an artifact before any network call
     check_no_links_out(folder, repo)
-    check_whole(folder)
+    check_whole(folder, repo)
     if hub_offline():
         raise PushError(f"cannot push to {repo}: HF_HUB_OFFLINE is set; {folder} is unchanged")
     token = push_token(repo)
@@ -95,19 +100,24 @@ def push_artifact(folder: Path, repo: str, public: bool = False) -> str:
     return f"{endpoint}/{repo}"
 
 
-def check_whole(folder: Path) -> None:
-    """An ArtifactError for an artifact whose weights or adapter config do not read: a copy
-    cut short was uploaded as it stood, since read_config only looks for the files."""
-    for name in (ADAPTER_FILE, WEIGHTS_FILE):
-        load_tensors(folder / name)
-    path = folder / "adapter_config.json"
+def check_whole(folder: Path, repo: str) -> None:
+    """PushError for an artifact whose weights or adapter config do not read: read_config
+    only looks for the files, and a copy cut short went up as it stood. The safetensors
+    headers are read, not the tensors (gigabytes on a large job): a file cut short no
+    longer covers what its header lists."""
+    from safetensors import SafetensorError, safe_open
+
     try:
-        adapter_config = json.loads(path.read_text())
-    except (UnicodeDecodeError, ValueError):
-        adapter_config = None
-    if not isinstance(adapter_config, dict):
+        for name in (ADAPTER_FILE, WEIGHTS_FILE):
+            try:
+                with safe_open(folder / name, "pt"):
+                    pass
+            except SafetensorError as err:
+                raise ArtifactError(f"{folder / name}: damaged or incomplete ({err})") from None
         # condense does not read it, but whoever loads the repo with peft does.
-        raise ArtifactError(f"{path}: damaged or incomplete (not a JSON object); export it again")
+        read_json_object(folder / "adapter_config.json")
+    except ArtifactError as err:
+        raise PushError(f"cannot push to {repo}: {err}; export it again") from None
 
 
 def check_no_links_out(folder: Path, repo: str) -> None:

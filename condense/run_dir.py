@@ -50,10 +50,14 @@ def resolve_run_dir(cfg: TrainConfig) -> Path:
 
 
 def launched_as_rank_zero() -> bool:
-    """Whether this process is global rank 0 as its launcher numbered it, before Lightning
-    sets the ranks: Lightning's DDP processes carry LOCAL_RANK, torchrun's RANK, and the
-    nodes of `python -m launch run` NODE_RANK. The one that writes the run's files."""
-    return all(int(os.environ.get(name) or 0) == 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    """Whether this process is the job's global rank 0 as its launcher numbered it, before
+    Lightning sets the ranks up: the one that writes the run's files. torchrun gives RANK,
+    SLURM SLURM_PROCID, LSF JSM_NAMESPACE_RANK (as Lightning reads them); the processes
+    Lightning starts carry LOCAL_RANK, on the node `python -m launch run` gives NODE_RANK."""
+    for name in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(name):
+            return int(os.environ[name]) == 0
+    return all(int(os.environ.get(name) or 0) == 0 for name in ("NODE_RANK", "LOCAL_RANK"))
 
 
 class RunDirLock:
@@ -61,8 +65,9 @@ class RunDirLock:
     checkpoints and write the same files, logging each step twice, without a word.
 
     An exclusive flock on the folder itself: the kernel lets go when the process ends, a
-    kill included, and no lock file is left to clean up or to move aside with a run. Where
-    the file system has no flock (some mounted buckets), there is no lock.
+    kill included, and no lock file is left to clean up or to move aside with a run. It
+    holds on one machine: a mounted bucket (FUSE) locks on this machine alone, and where
+    the file system has no flock (NFS refuses it here), there is no lock.
     """
 
     def __init__(self, run_dir: Path):
@@ -101,11 +106,13 @@ class RunDirLock:
 def check_writable(run_dir: Path) -> None:
     """A ConfigError where this process cannot write the run's files: in run_dir (or, where
     it is still to be made, the nearest folder above it) and its checkpoints/. Asked before
-    the models load; the first checkpoint, a validation interval of training later, found
-    out before."""
+    the models load: until now the first checkpoint found it out, a validation interval
+    into training."""
     existing = run_dir
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"run_dir {run_dir}: cannot make it ({existing} is a file)")
     for folder in (existing, run_dir / "checkpoints"):
         if not folder.is_dir():
             continue

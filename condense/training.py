@@ -194,8 +194,7 @@ def _train_in(
     watch = [LogGenerations(datamodule.val_samples)]
     trainer = make_trainer(cfg, precision, run_dir, loggers, checkpoints, watch)
     if trainer.is_global_zero:
-        _write_run_start(cfg, run_dir, loggers, resume_from, resumed_step, continues)
-        lock.take()  # a run dir made just now
+        _write_run_start(cfg, run_dir, lock, loggers, resume_from, resumed_step, continues)
     if resume_from is None:
         module.val_loss_initial = trainer.validate(module, datamodule, verbose=False)[0]["val_loss"]
         stop_if_signalled(trainer)
@@ -259,18 +258,22 @@ def _checked_run_dir(cfg: TrainConfig) -> Path:
 def _write_run_start(
     cfg: TrainConfig,
     run_dir: Path,
+    lock: RunDirLock,
     loggers: list[Logger],
     resume_from: str | None,
     resumed_step: int,
     continues: bool,
 ) -> None:
-    """Global rank 0, once everything is checked: the run dir made (an earlier run in it
-    set aside, or a continued run's metrics rows after its checkpoint dropped), its start
-    recorded, config.yaml written, and the hyperparameters logged."""
+    """Global rank 0, once everything is checked: the run dir made and held (`lock`), an
+    earlier run in it set aside (or a continued run's metrics rows after its checkpoint
+    dropped), its start recorded, config.yaml written, and the hyperparameters logged."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"run_dir {run_dir}: cannot make it ({err.strerror or err})") from None
+    # A run dir made just now; one made by a run that started beside this one (the same
+    # runs/NAME-TIME, or a new --run-dir) is refused here, before anything of it moves.
+    lock.take()
     # write_atomic's temporary files (.config.yaml.tmp-PID) that a kill left: no other
     # process writes here (RunDirLock), and nothing reads them.
     for stale in run_dir.glob(".*.tmp-*"):

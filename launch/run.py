@@ -250,12 +250,10 @@ def _say(line: str) -> None:
 
 
 def _first_process() -> bool:
-    """Whether this is the job's global rank 0. Before Lightning has set ranks up, the
-    processes it starts carry LOCAL_RANK, and the node's rank is NODE_RANK (set in main)."""
-    if os.environ.get("RANK"):
-        return int(os.environ["RANK"]) == 0
-    node, local = os.environ.get("NODE_RANK") or 0, os.environ.get("LOCAL_RANK") or 0
-    return int(node) == 0 and int(local) == 0
+    """Whether this is the job's global rank 0 (NODE_RANK is set in main)."""
+    from condense.run_dir import launched_as_rank_zero
+
+    return launched_as_rank_zero()
 
 
 if __name__ == "__main__":

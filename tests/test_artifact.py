@@ -719,3 +719,33 @@ def test_a_hub_artifact_downloads_only_the_files_that_load(tiny_pair, tmp_path, 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
     assert Condenser.from_pretrained("me/condenser").num_condense_tokens == 4
     assert sorted(p.name for p in snapshot.iterdir()) == sorted(ARTIFACT_FILES)
+
+
+def test_a_full_disk_while_exporting_is_one_oserror_and_keeps_the_artifact(
+    tiny_pair, tmp_path, monkeypatch
+):
+    """safetensors' "I/O error: No space left on device (os error 28)" named no file and
+    was a traceback (a SafetensorError is no user error). The stand-in raises its text."""
+    from safetensors import SafetensorError
+
+    import condense.artifact
+    from condense.artifact import save_artifact
+
+    cfg = ModelConfig(
+        encoder=tiny_pair[0], decoder=tiny_pair[1], num_condense_tokens=4, lora_r=4, lora_alpha=8
+    )
+    condenser = Condenser(load_causal_lm(tiny_pair[0]), load_causal_lm(tiny_pair[1]), cfg)
+    out = save_artifact(condenser, tmp_path / "artifact")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full(*_):
+        raise SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        )
+
+    monkeypatch.setattr(condense.artifact, "save_file", full)
+    with pytest.raises(OSError) as err:
+        save_artifact(condenser, out)
+    assert str(err.value) == f"[Errno 28] No space left on device: '{out}'"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]

@@ -86,6 +86,13 @@ def test_a_resume_drops_a_row_cut_short_and_appends_on_a_line_of_its_own(tmp_pat
     assert [line.split(",")[0] for line in lines[1:]] == ["0", "1", "1", "3"]
 
 
+def test_a_row_cut_between_its_carriage_return_and_newline_is_kept(tmp_path):
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("step,train_loss\r\n0,3.0\r\n1,2.0\r", newline="")
+    drop_rows_from(metrics, 3)
+    assert metrics.read_text().splitlines() == ["step,train_loss", "0,3.0", "1,2.0"]
+
+
 def test_a_resume_after_a_header_cut_short_writes_it_again(tmp_path):
     metrics = tmp_path / "metrics.csv"
     metrics.write_text("step,train_lo")

@@ -257,7 +257,7 @@ def test_a_link_to_a_file_outside_the_artifact_is_refused_before_the_hub(
     [
         ("condenser.safetensors", 0.5, "damaged or incomplete"),
         ("adapter_model.safetensors", 0.99, "damaged or incomplete"),
-        ("adapter_config.json", 0.0, r"damaged or incomplete \(not a JSON object\)"),
+        ("adapter_config.json", 0.0, r"not valid JSON"),
     ],
 )
 def test_a_damaged_artifact_is_refused_before_the_hub(artifact, monkeypatch, name, cut, said):
@@ -266,8 +266,22 @@ def test_a_damaged_artifact_is_refused_before_the_hub(artifact, monkeypatch, nam
     path = artifact / name
     path.write_bytes(path.read_bytes()[: int(path.stat().st_size * cut)])
     calls = _fake_hub(monkeypatch)
-    with pytest.raises(ArtifactError, match=f"{re.escape(str(path))}: {said}"):
+    with pytest.raises(PushError, match=f"to someone/condenser: {re.escape(str(path))}: {said}"):
         push_artifact(artifact, "someone/condenser")
+    assert calls == {}
+
+
+def test_a_folder_named_like_a_snapshot_takes_no_link_out(artifact, tmp_path, monkeypatch):
+    """Any folder under one named snapshots/ was taken for the Hub cache's, whose links
+    lead out of it into blobs/: ~/snapshots/my-artifact/notes.txt published the token."""
+    moved = tmp_path / "snapshots" / "my-artifact"
+    moved.parent.mkdir()
+    artifact.rename(moved)
+    (tmp_path / "token").write_text("hf_secret")
+    (moved / "notes.txt").symlink_to(tmp_path / "token")
+    calls = _fake_hub(monkeypatch)
+    with pytest.raises(PushError, match=r"notes.txt is a link to .*token, outside the artifact"):
+        push_artifact(moved, "someone/condenser")
     assert calls == {}
 
 

@@ -67,10 +67,68 @@ def test_resume_names_a_folder_given_for_a_checkpoint(given, message, tmp_path):
         resolve_resume(str(tmp_path / given), tmp_path / "run")
 
 
-def test_a_run_dir_that_cannot_be_made_is_named(tiny_pair, tmp_path):
+def test_a_run_dir_that_cannot_be_made_is_named_before_the_models_load(
+    tiny_pair, tmp_path, monkeypatch
+):
+    import condense.training
+
+    monkeypatch.setattr(condense.training, "build", lambda *_: pytest.fail("models loaded"))
     (tmp_path / "file").write_text("")
-    with pytest.raises(ConfigError, match=r"run_dir .*file/run: cannot make it \(Not a directory"):
+    with pytest.raises(ConfigError, match=r"run_dir .*file/run: cannot make it \(.*file is a file"):
         train(tiny_config(*tiny_pair, tmp_path / "file" / "run"))
+
+
+def test_a_run_dir_that_another_run_made_meanwhile_is_refused_before_its_files_move(
+    tiny_pair, tmp_path, monkeypatch
+):
+    """Two runs started before their folder existed (the same runs/NAME-TIME in one second,
+    or a new --run-dir): the second moved the first one's config.yaml and metrics.csv
+    aside, wrote its own, and only then was refused."""
+    import condense.training
+    from condense.run_dir import RunDirLock
+
+    run, build = tmp_path / "run", condense.training.build
+    first = RunDirLock(run)
+
+    def the_first_starts_meanwhile(*args):
+        built = build(*args)
+        run.mkdir()
+        first.take()
+        (run / "config.yaml").write_text("the first run's")
+        return built
+
+    monkeypatch.setattr(condense.training, "build", the_first_starts_meanwhile)
+    try:
+        with pytest.raises(ConfigError, match=r"run_dir .*/run is in use by another condense"):
+            train(tiny_config(*tiny_pair, run, max_steps=2))
+    finally:
+        first.release()
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+    assert (run / "config.yaml").read_text() == "the first run's"
+
+
+@pytest.mark.parametrize(
+    ("environ", "first"),
+    [
+        ({}, True),
+        ({"LOCAL_RANK": "1"}, False),  # a process Lightning started
+        ({"NODE_RANK": "1"}, False),  # another node of `python -m launch run`
+        ({"RANK": "0", "LOCAL_RANK": "0", "NODE_RANK": "0"}, True),
+        ({"RANK": "3", "LOCAL_RANK": "0"}, False),  # torchrun: RANK is the global one
+        ({"SLURM_PROCID": "1"}, False),  # srun's tasks
+        ({"SLURM_PROCID": "0"}, True),
+    ],
+)
+def test_only_the_jobs_first_process_counts_as_rank_zero(environ, first, monkeypatch):
+    """srun's tasks all counted as rank 0: each took the run dir's lock (the second was
+    refused, and the first waited for it), and a finished run's each one published."""
+    from condense.run_dir import launched_as_rank_zero
+
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert launched_as_rank_zero() is first
 
 
 def test_a_run_dir_in_use_by_another_train_is_refused_and_left_alone(tiny_pair, tmp_path):
