@@ -30,9 +30,15 @@ class ProgressBar(TQDMProgressBar):
     ) -> None:
         for name in ("val_progress_bar", "train_progress_bar"):
             try:
-                getattr(self, name).close()
+                bar = getattr(self, name)
             except TypeError:  # Lightning's "reference has not been set yet": none opened
-                pass
+                continue
+            if bar.disable:  # closed already, or never shown (ranks above 0): no stream
+                continue
+            bar.close()
+            # close() ends the bar's line without a flush: into a file (a cloud log) the
+            # newline came after the next line, written to the other stream.
+            bar.fp.flush()
 
 
 class LogGenerations(Callback):

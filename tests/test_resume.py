@@ -324,6 +324,9 @@ def test_position_is_kept_across_a_change_in_the_number_of_processes():
 def _train(job: Path, run_dir: Path, log: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", WANDB_MODE="offline")
     env.pop("WANDB_SERVICE", None)  # see tests/test_launch.py::_launch
+    # Its stdout buffered, as into a user's log file (and in CI): the order of the lines in
+    # the log is then the program's own, not one that unbuffered streams would give.
+    env.pop("PYTHONUNBUFFERED", None)
     command = ["condense", "train", "--config", str(job), "--run-dir", str(run_dir)]
     return subprocess.Popen(
         [sys.executable, "-m", *command], cwd=ROOT, env=env, stdout=log.open("w"),
