@@ -19,7 +19,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
-from condense.files import replace_atomic
+from condense.files import remove_temporaries, replace_atomic
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -34,8 +34,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Leftovers of a writer killed mid-save: as large as a checkpoint, and never read.
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):
-            stale.unlink(missing_ok=True)
+        remove_temporaries(path.parent, path.name)
         replace_atomic(path, lambda f: torch.save(checkpoint, f))
 
     def load_checkpoint(

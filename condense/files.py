@@ -31,6 +31,14 @@ def temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def remove_temporaries(folder: Path, name: str = "*") -> None:
+    """Remove the temporary siblings (temporary_sibling) of the files `name` in `folder`
+    that writers killed mid-write left, whatever their process."""
+    for stale in folder.glob(f".{name}.tmp-*"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+
+
 def replace_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Call `write` on a temporary sibling of `path`, then rename it to `path`."""
     path = Path(path)

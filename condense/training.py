@@ -31,7 +31,13 @@ from condense.checkpoint_io import AtomicCheckpointIO, BestAndLastCheckpoint
 from condense.config import ConfigError, TrainConfig, first_line
 from condense.data import CondenseDataModule, is_synthetic
 from condense.device import FLOAT16_ON_CPU, check_devices, on_gpu, resolve_precision
-from condense.files import artifact_holding, inside, write_atomic, write_json
+from condense.files import (
+    artifact_holding,
+    inside,
+    remove_temporaries,
+    write_atomic,
+    write_json,
+)
 from condense.loggers import (
     drop_rows_from,
     finish_wandb,
@@ -157,7 +163,8 @@ def _train_in(
     start: float,
 ) -> dict[str, Any]:
     """_train's run, in `run_dir`, which `lock` holds (or takes once the run makes it)."""
-    if launched_as_rank_zero():
+    first = launched_as_rank_zero()
+    if first:
         check_writable(run_dir)
     resume_from = resolve_resume(cfg.resume, run_dir)
     continues = continues_run(resume_from, run_dir)
@@ -167,7 +174,7 @@ def _train_in(
     # A finished run's own last step is the same command again: told below, not refused.
     finished = _finished_summary(run_dir, resume_from, cfg.max_steps) if continues else None
     if finished is not None and check_finished:
-        return _rerun_of_finished(finished, cfg, run_dir, launched_as_rank_zero())
+        return _rerun_of_finished(finished, cfg, run_dir, first)
     if resume_from is not None and check_finished:
         check_something_to_train(resume_from, cfg.max_steps, own=continues)
     if cfg.hub_repo:
@@ -276,9 +283,7 @@ def _write_run_start(
     lock.take()
     # write_atomic's temporary files (.config.yaml.tmp-PID) that a kill left: no other
     # process writes here (RunDirLock), and nothing reads them.
-    for stale in run_dir.glob(".*.tmp-*"):
-        if stale.is_file():
-            stale.unlink(missing_ok=True)
+    remove_temporaries(run_dir)
     if continues:
         drop_rows_from(run_dir / "metrics.csv", resumed_step)
     else:
